@@ -1,0 +1,27 @@
+"""Exceptions raised by music_attn.
+
+Every error a user can cause is one of these (or a plain ``ValueError`` /
+``FileNotFoundError`` from argument checking); the command line turns each into
+a one-line ``error: ...`` message and exit code 2.
+"""
+
+__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError"]
+
+
+class MusicAttnError(Exception):
+    """Base class of every music_attn error."""
+
+
+class MidiError(MusicAttnError, ValueError):
+    """A MIDI file could not be read: missing, not MIDI, truncated or corrupt.
+
+    The message names the file and what is wrong with it.
+    """
+
+
+class TokenizerError(MusicAttnError, ValueError):
+    """Tokens or a tokenizer config that cannot be used (unknown token, bad JSON)."""
+
+
+class CheckpointError(MusicAttnError, ValueError):
+    """A checkpoint that is not one, is truncated, or does not match its config."""
