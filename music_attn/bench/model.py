@@ -1,0 +1,205 @@
+"""``music-attn bench model``: generation and training throughput against torch eager, and the evaluation.
+
+For the shipped model's config and for a larger reference config (d_model 256,
+4 layers, 4 heads, vocab 400), in one run:
+
+- generation tokens/s with and without the KV cache (greedy, the model alone);
+- per-token latency with the cache at position 10 and at position 1000;
+- training tokens/s (sequence 256, batch 16: forward, backward, AdamW step);
+- the same for the architecture in torch eager (:mod:`music_attn.bench.torch_ref`)
+  when torch is installed, after checking both give the same logits (1e-4).
+
+Then, when the shipped model and the corpus (``data/``) are there, the
+evaluation of :func:`music_attn.evaluate.evaluate_shipped`.
+"""
+
+import time
+
+import numpy as np
+
+from music_attn.model import ModelConfig, init_model
+
+__all__ = ["run"]
+
+REFERENCE = dict(vocab_size=400, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=1024)
+
+
+def _best_of(fn, repeats):
+    """Smallest wall time of ``repeats`` calls of ``fn`` (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ------------------------------------------------------------------ numpy side
+
+def _np_generate(model, n, cached):
+    ids = np.zeros((1, 1), dtype=np.int64)
+    if cached:
+        cache = model.new_cache()
+        nxt = ids
+        for _ in range(n):
+            nxt = model.forward(nxt, cache=cache)[:, -1:].argmax(-1)
+    else:
+        for _ in range(n):
+            nxt = model.forward(ids)[:, -1:].argmax(-1)
+            ids = np.concatenate([ids, nxt], axis=1)
+
+
+def _np_latency(model, position, repeats):
+    rng = np.random.default_rng(0)
+    cache = model.new_cache()
+    model.forward(rng.integers(0, model.config.vocab_size, (1, position)), cache=cache)
+    one = np.ones((1, 1), dtype=np.int64)
+
+    def step():
+        model.forward(one, cache=cache)
+        cache.length = position          # rewind: the next call writes the same slot again
+    return _best_of(step, repeats)
+
+
+def _np_train_step_fn(model, batch, seq):
+    from music_attn.train import AdamW
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.config.vocab_size, (batch, seq + 1))
+    opt = AdamW(model.params)
+
+    def step():
+        _, grads = model.loss_and_grads(ids[:, :-1], ids[:, 1:])
+        opt.step(model.params, grads, 1e-4)
+    return step
+
+
+# ------------------------------------------------------------------ torch side
+
+def _torch_side(model):
+    import torch
+
+    from music_attn.bench.torch_ref import TorchModel, check_logits
+
+    torch.set_num_threads(2)
+    ref = TorchModel(model)
+    ids = np.random.default_rng(1).integers(0, model.config.vocab_size, (2, 64))
+    diff = check_logits(model, ref, ids)
+    return torch, ref, diff
+
+
+def _torch_generate(torch, ref, n, cached):
+    with torch.no_grad():
+        ids = torch.zeros((1, 1), dtype=torch.int64)
+        if cached:
+            cache, nxt = ref.new_cache(), ids
+            for _ in range(n):
+                nxt = ref.forward(nxt, cache)[:, -1:].argmax(-1)
+        else:
+            for _ in range(n):
+                nxt = ref.forward(ids)[:, -1:].argmax(-1)
+                ids = torch.cat([ids, nxt], dim=1)
+
+
+def _torch_latency(torch, ref, position, repeats):
+    with torch.no_grad():
+        cache = ref.new_cache()
+        ref.forward(torch.randint(0, ref.config.vocab_size, (1, position)), cache)
+        saved = {k: list(cache[k]) for k in ("k", "v")}
+        one = torch.ones((1, 1), dtype=torch.int64)
+
+        def step():
+            ref.forward(one, cache)
+            cache["len"], cache["k"], cache["v"] = position, list(saved["k"]), list(saved["v"])
+        return _best_of(step, repeats)
+
+
+def _torch_train_step_fn(torch, model, batch, seq):
+    from music_attn.bench.torch_ref import TorchModel
+
+    ref = TorchModel(model, requires_grad=True)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
+    V = model.config.vocab_size
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits = ref.forward(ids[:, :-1])
+        torch.nn.functional.cross_entropy(logits.reshape(-1, V), ids[:, 1:].reshape(-1)).backward()
+        opt.step()
+    return step
+
+
+# ------------------------------------------------------------------ table
+
+def _measure(name, model, quick):
+    n_gen, n_nocache = (64, 16) if quick else (256, 64)
+    batch, seq = (4, 128) if quick else (16, 256)
+    reps = 2 if quick else 3
+    far = min(1000, model.config.max_len - 1)
+    row = {"config": name, "params": model.n_params, "far": far}
+    row["np_gen"] = n_gen / _best_of(lambda: _np_generate(model, n_gen, True), reps)
+    row["np_gen_nocache"] = n_nocache / _best_of(lambda: _np_generate(model, n_nocache, False), 1)
+    row["np_lat10"] = _np_latency(model, 10, 20)
+    row["np_latfar"] = _np_latency(model, far, 20)
+    step = _np_train_step_fn(model.astype(np.float32), batch, seq)
+    step()
+    row["np_train"] = batch * seq / _best_of(step, reps)
+    try:
+        torch, ref, row["logit_diff"] = _torch_side(model)
+    except ImportError:
+        return row
+    row["t_gen"] = n_gen / _best_of(lambda: _torch_generate(torch, ref, n_gen, True), reps)
+    row["t_gen_nocache"] = n_nocache / _best_of(lambda: _torch_generate(torch, ref, n_nocache, False), 1)
+    row["t_lat10"] = _torch_latency(torch, ref, 10, 20)
+    row["t_latfar"] = _torch_latency(torch, ref, far, 20)
+    tstep = _torch_train_step_fn(torch, model, batch, seq)
+    tstep()
+    row["t_train"] = batch * seq / _best_of(tstep, reps)
+    return row
+
+
+def _print_rows(rows):
+    def fmt(row, key, spec):
+        return format(row[key], spec) if key in row else "-"
+
+    print(f"{'config':<22} {'':>10} {'gen tok/s':>10} {'no cache':>9} {'lat@10 ms':>10} "
+          f"{'lat@far ms':>11} {'far/10':>7} {'train tok/s':>12}")
+    for row in rows:
+        for side, label in (("np", "numpy"), ("t", "torch eager")):
+            if f"{side}_gen" not in row:
+                continue
+            lat10, latfar = row[f"{side}_lat10"] * 1e3, row[f"{side}_latfar"] * 1e3
+            print(f"{row['config']:<22} {label:>10} {row[f'{side}_gen']:>10.0f} "
+                  f"{row[f'{side}_gen_nocache']:>9.1f} {lat10:>10.2f} {latfar:>11.2f} "
+                  f"{latfar / lat10:>7.2f} {row[f'{side}_train']:>12.0f}")
+        if "t_gen" in row:
+            print(f"{'':<22} {'ratio':>10} {row['np_gen'] / row['t_gen']:>9.2f}x "
+                  f"{row['np_gen_nocache'] / row['t_gen_nocache']:>8.2f}x {'':>10} {'':>11} {'':>7} "
+                  f"{row['np_train'] / row['t_train']:>11.2f}x   (numpy/torch; logits agree to "
+                  f"{fmt(row, 'logit_diff', '.1e')})")
+    print("targets: generation with cache >= 2.5x torch; lat@1000 <= 1.5x lat@10; training >= 0.8x torch")
+
+
+def run(quick=False):
+    """Print the throughput table, then the evaluation when the shipped model and data/ exist."""
+    from music_attn.checkpoint import load_model
+    from music_attn.errors import CheckpointError
+
+    configs = []
+    try:
+        shipped = load_model()
+        configs.append(("shipped " + shipped.config.positional, shipped))
+    except (CheckpointError, FileNotFoundError):
+        shipped = None
+        print("(no shipped model in this install: benchmarking the reference config only)")
+    ref_cfg = ModelConfig(**REFERENCE)
+    configs.append(("d256 L4 H4 V400", init_model(ref_cfg, np.random.default_rng(0))))
+    rows = [_measure(name, model, quick) for name, model in configs]
+    print("Generation and training throughput (2 threads each; best of repeats)")
+    _print_rows(rows)
+    if shipped is not None:
+        from music_attn.evaluate import evaluate_shipped
+
+        print()
+        evaluate_shipped(shipped, quick=quick)

@@ -1,0 +1,197 @@
+"""Evaluation of a model on the corpus: validation NLL against n-gram baselines, and melody statistics.
+
+- :func:`model_nll`: nats per token on whole sequences.  A sequence longer than
+  the model's window is scored with windows of ``max_len`` tokens moved by half
+  a window, each token scored once, with at least half a window of context
+  (the usual strided evaluation), so long tunes are not cut into contextless pieces.
+- :func:`ngram_nll`: interpolated Kneser-Ney baselines (:mod:`music_attn.ngram`)
+  trained on the same training tokens, scored on the same tokens.
+- :func:`generation_stats` / :func:`reference_stats`: for continuations of the
+  first bars of validation melodies and for the real continuations, the share
+  decoded without skipped tokens, the share of notes in the key of the prompt,
+  pitch range and repetition (:mod:`music_attn.stats`).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from music_attn.generate import generate
+from music_attn.ngram import KneserNeyLM
+from music_attn.stats import estimate_key, in_key_share, pitch_range, repetition
+
+__all__ = ["model_nll", "ngram_nll", "generation_stats", "reference_stats", "find_data_dir",
+           "evaluate_shipped", "ABLATION_FILE"]
+
+ABLATION_FILE = Path(__file__).resolve().parent / "assets" / "ablation.json"
+
+
+def model_nll(model, sequences, *, batch_size=16):
+    """Mean NLL (nats/token) of every token after the first of each sequence; returns (nll, tokens)."""
+    L = model.config.max_len
+    rows, masks = [], []
+    for seq in sequences:
+        for window, scored in _windows(np.asarray(seq, dtype=np.int64), L):
+            rows.append(window)
+            masks.append(scored)
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        total_i, count_i = _score_batch(model, rows[i:i + batch_size], masks[i:i + batch_size])
+        total += total_i
+        count += count_i
+    return total / max(count, 1), count
+
+
+def _windows(seq, L):
+    """(window, scored-target mask) pairs covering ``seq``: stride L/2, each target once."""
+    if len(seq) <= L + 1:
+        yield seq, np.ones(len(seq) - 1, dtype=bool)
+        return
+    stride, done = L // 2, 0          # done: targets (1-based positions) already scored
+    start = 0
+    while done < len(seq) - 1:
+        window = seq[start:start + L + 1]
+        scored = np.arange(start + 1, start + len(window)) > done
+        yield window, scored
+        done = start + len(window) - 1
+        start += stride
+
+
+def _score_batch(model, windows, masks):
+    T = max(len(w) for w in windows) - 1
+    ids = np.zeros((len(windows), T + 1), dtype=np.int64)
+    targets = np.full((len(windows), T), -1, dtype=np.int64)
+    for r, (w, m) in enumerate(zip(windows, masks)):
+        ids[r, :len(w)] = w
+        targets[r, :len(w) - 1] = np.where(m, w[1:], -1)
+    n = int((targets >= 0).sum())
+    return model.loss(ids[:, :-1], targets) * n, n
+
+
+def ngram_nll(train, validation, vocab_size, orders=(3, 4, 5)):
+    """{order: validation NLL} of interpolated Kneser-Ney models fitted on ``train``."""
+    return {n: KneserNeyLM(n, vocab_size).fit(train).nll(validation)[0] for n in orders}
+
+
+# ------------------------------------------------------------------ melodies
+
+def _bar_starts(ids, tokenizer):
+    return np.flatnonzero(np.asarray(ids) == tokenizer.bar_id)
+
+
+def _pitches(tokenizer, ids):
+    """(pitches in onset order, durations, skipped) of decoded ids."""
+    result = tokenizer.decode(ids)
+    notes = sorted((n for inst in result.midi.instruments for n in inst.notes),
+                   key=lambda n: (n.start, n.pitch))
+    return (np.array([n.pitch for n in notes], dtype=np.int64),
+            np.array([n.end - n.start for n in notes]), result.skipped)
+
+
+def _split_prompt(ids, tokenizer, prompt_bars, bars):
+    """(prompt ids, real continuation ids of ``bars`` bars) or None when the tune is too short."""
+    starts = _bar_starts(ids, tokenizer)
+    if len(starts) < prompt_bars + bars:
+        return None
+    cut = starts[prompt_bars]
+    end = starts[prompt_bars + bars] if len(starts) > prompt_bars + bars else len(ids) - 1
+    return ids[:cut], ids[cut:end]
+
+
+def _row(pitches, key, decoded_ok):
+    return {"ok": decoded_ok, "in_key": in_key_share(pitches, key), "range": pitch_range(pitches),
+            "repetition": repetition(pitches), "notes": len(pitches)}
+
+
+def _summarise(rows):
+    def mean(key):
+        values = [r[key] for r in rows if r["notes"] and not np.isnan(r[key])]
+        return float(np.mean(values)) if values else float("nan")
+    return {"n": len(rows), "decoded_ok": float(np.mean([r["ok"] for r in rows])),
+            "in_key": mean("in_key"), "range": mean("range"), "repetition": mean("repetition"),
+            "notes": mean("notes")}
+
+
+def generation_stats(model, validation, *, seeds=100, prompt_bars=4, bars=8, temperature=1.0, top_p=0.95):
+    """Continue the first ``prompt_bars`` bars of validation tunes (seed i -> tune i mod n) for ``bars`` bars."""
+    tok = model.tokenizer
+    prompts = [p for p in (_split_prompt(np.asarray(s), tok, prompt_bars, bars) for s in validation) if p]
+    rows = []
+    for seed in range(seeds):
+        prompt, _ = prompts[seed % len(prompts)]
+        out = generate(model, prompt, n_bars=bars, temperature=temperature, top_p=top_p,
+                       rng=np.random.default_rng(seed))
+        prompt_pitches, prompt_durations, _ = _pitches(tok, np.append(prompt, tok.eos_id))
+        pitches, _, skipped = _pitches(tok, np.append(out.ids, tok.eos_id))
+        key = estimate_key(prompt_pitches, prompt_durations)
+        rows.append(_row(pitches[len(prompt_pitches):], key, skipped == 0))
+    return _summarise(rows)
+
+
+def reference_stats(tokenizer, validation, *, prompt_bars=4, bars=8):
+    """The same statistics on the real bars that follow the prompts in the validation tunes."""
+    rows = []
+    for seq in validation:
+        split = _split_prompt(np.asarray(seq), tokenizer, prompt_bars, bars)
+        if split is None:
+            continue
+        prompt, real = split
+        key = estimate_key(*_pitches(tokenizer, np.append(prompt, tokenizer.eos_id))[:2])
+        pitches, _, skipped = _pitches(tokenizer, np.concatenate([[tokenizer.bos_id], real, [tokenizer.eos_id]]))
+        rows.append(_row(pitches, key, skipped == 0))
+    return _summarise(rows)
+
+
+# ------------------------------------------------------------------ report
+
+def find_data_dir():
+    """The corpus folder: ``data/`` beside the package (a source checkout) or in the working directory."""
+    for candidate in (Path(__file__).resolve().parents[1] / "data", Path.cwd() / "data"):
+        if (candidate / "MANIFEST.csv").is_file():
+            return candidate
+    return None
+
+
+def evaluate_shipped(model, *, quick=False, data_dir=None):
+    """Print validation NLL vs n-grams, generation statistics and the recorded ablation."""
+    from music_attn.data import load_corpus
+
+    data_dir = data_dir or find_data_dir()
+    if data_dir is None:
+        print("(no corpus folder data/ with MANIFEST.csv here: run from a source checkout to evaluate)")
+        return None
+    tok = model.tokenizer
+    train = load_corpus(data_dir, tok, "train", progress=False)
+    val = load_corpus(data_dir, tok, "validation", progress=False)
+    if quick:
+        train, val = train[:300], val[:40]
+    nll, n = model_nll(model, val)
+    grams = ngram_nll(train, val, tok.vocab_size)
+    best = min(grams, key=grams.get)
+    print(f"Validation NLL ({n:,} tokens of {len(val)} held-out tunes; n-grams fitted on {len(train)} training tunes)")
+    print(f"  {'model':<34} {'nats/token':>10} {'perplexity':>11}")
+    print(f"  {'transformer (shipped)':<34} {nll:>10.4f} {np.exp(nll):>11.2f}")
+    for order, value in grams.items():
+        print(f"  {f'{order}-gram interpolated Kneser-Ney':<34} {value:>10.4f} {np.exp(value):>11.2f}")
+    print(f"  ratio transformer / best n-gram ({best}-gram): {nll / grams[best]:.3f}  (target <= 0.85)")
+    gen = generation_stats(model, val, seeds=20 if quick else 100)
+    ref = reference_stats(tok, val)
+    print("\nMelodies: 8 bars after the first 4 bars of validation tunes (key = key of those 4 bars)")
+    print(f"  {'':<24} {'n':>5} {'decoded ok':>10} {'in key':>7} {'range':>6} {'repetition':>10} {'notes':>6}")
+    for label, s in (("generated (seeds)", gen), ("validation melodies", ref)):
+        print(f"  {label:<24} {s['n']:>5} {s['decoded_ok']:>10.0%} {s['in_key']:>7.1%} {s['range']:>6.1f} "
+              f"{s['repetition']:>10.2f} {s['notes']:>6.1f}")
+    _print_ablation()
+    return {"nll": nll, "ngram": grams, "generated": gen, "reference": ref}
+
+
+def _print_ablation():
+    if not ABLATION_FILE.is_file():
+        return
+    table = json.loads(ABLATION_FILE.read_text(encoding="utf-8"))
+    print(f"\nPositional ablation (recorded by scripts/train_default.py --ablation; {table['budget']})")
+    print(f"  {'positions':<12} {'val NLL':>8} {'perplexity':>11} {'train tok/s':>12}")
+    for row in table["rows"]:
+        print(f"  {row['positional']:<12} {row['val_nll']:>8.4f} {np.exp(row['val_nll']):>11.2f} "
+              f"{row['tokens_per_s']:>12.0f}")
