@@ -1,0 +1,360 @@
+"""The two tokenizers: vocabularies, hand-written encodings, decode of any ids, grammar, config."""
+
+import json
+
+import mido
+import numpy as np
+import pytest
+
+from midi_factory import midi_file, note_events, off, on, random_tune, tempo, time_signature, track
+from music_attn.errors import TokenizerError
+from music_attn.tokenizer import (
+    PerformanceTokenizer,
+    RemiTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    velocity_values,
+)
+
+TOKENIZERS = {
+    "remi": RemiTokenizer,
+    "remi_no_velocity": lambda: RemiTokenizer(velocity_bins=0),
+    "performance": PerformanceTokenizer,
+}
+
+
+def _tune(notes, meta=(), tpb=480):
+    return midi_file(track(list(meta)), track(note_events(notes)), ticks_per_beat=tpb)
+
+
+def _decoded_notes(midi):
+    """(pitch, start s, end s, velocity) of a PrettyMIDI, sorted; times rounded to 1 ms."""
+    return sorted(
+        (n.pitch, round(n.start, 3), round(n.end, 3), n.velocity) for inst in midi.instruments for n in inst.notes
+    )
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+def test_default_vocabulary_sizes():
+    # performance: 128 NoteOn + 128 NoteOff + 100 TimeShift + 32 Velocity = 388 events, + 3 specials
+    assert PerformanceTokenizer().vocab_size == 388 + 3
+    # REMI: Bar + 30 TimeSig + 144 Position (12/4 = 12 beats * 12) + 128 Pitch + 32 Velocity
+    #       + 96 Duration (8 beats * 12) + 3 specials
+    assert RemiTokenizer().vocab_size == 1 + 30 + 144 + 128 + 32 + 96 + 3
+    assert RemiTokenizer(velocity_bins=0).vocab_size == RemiTokenizer().vocab_size - 32
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_specials_come_first_and_tokens_read_type_value(name):
+    tok = TOKENIZERS[name]()
+    assert tok.vocab[:3] == ["PAD", "BOS", "EOS"]
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    assert len(set(tok.vocab)) == tok.vocab_size
+    for token in tok.vocab[3:]:
+        kind, _, value = token.partition("_")
+        assert kind.isalpha() and kind[0].isupper() and (value or token == "Bar"), token
+    for i in (0, 5, tok.vocab_size - 1):
+        assert tok.token_to_id(tok.id_to_token(i)) == i
+    with pytest.raises(TokenizerError):
+        tok.token_to_id("Pitch_999")
+    with pytest.raises(TokenizerError):
+        tok.id_to_token(tok.vocab_size)
+
+
+def test_velocity_bins_pick_the_nearest_value_ties_to_the_lower():
+    values = velocity_values(32).tolist()
+    assert values[0] == 4 and values[-1] == 127 and values == sorted(set(values))
+    tok = RemiTokenizer()
+    for v in range(1, 128):
+        dist = [abs(v - x) for x in values]
+        expected = dist.index(min(dist))  # first minimum: the lower bin on a tie
+        assert tok._velocity_bin_of(np.array([v]))[0] == expected
+
+
+def test_structure_tokens_and_bar_id():
+    remi, perf = RemiTokenizer(), PerformanceTokenizer()
+    assert remi.vocab[remi.bar_id] == "Bar" and perf.bar_id is None
+    for tok, structure, note in ((remi, ["Bar", "TimeSig_3/4", "Position_5", "BOS"], ["Pitch_60", "Velocity_79", "Duration_3"]),
+                                 (perf, ["TimeShift_7", "EOS", "PAD"], ["NoteOn_60", "NoteOff_60", "Velocity_79"])):
+        assert all(tok.is_structure(tok.token_to_id(t)) for t in structure)
+        assert not any(tok.is_structure(tok.token_to_id(t)) for t in note)
+
+
+# --------------------------------------------------------------------------- REMI encoding
+
+
+def test_remi_encodes_bars_positions_triplets_and_metre_changes():
+    meta = [(0, time_signature(3, 4)), (4320, time_signature(6, 8))]  # 3/4 bars: 1440 ticks
+    notes = [
+        (60, 0, 480, 80),  # bar 0, beat 1
+        (62, 640, 960, 80),  # second triplet eighth of beat 2: 12 + 4
+        (64, 1560, 1680, 80),  # bar 1, second sixteenth: position 3
+        (67, 4320, 5040, 80),  # bar 3 (bar 2 is empty), now 6/8: 36 positions per bar
+        (69, 5760, 6240, 80),  # 4320 + 1440: bar 4
+    ]
+    got = RemiTokenizer(velocity_bins=0).encode(_tune(notes, meta)).tokens
+    assert got == (
+        "BOS Bar TimeSig_3/4 Position_0 Pitch_60 Duration_12 Position_16 Pitch_62 Duration_8 "
+        "Bar Position_3 Pitch_64 Duration_3 Bar Bar TimeSig_6/8 Position_0 Pitch_67 Duration_18 "
+        "Bar Position_0 Pitch_69 Duration_12 EOS"
+    ).split()
+
+
+def test_remi_velocity_token_follows_pitch_and_notes_at_one_position_go_low_to_high():
+    notes = [(67, 0, 480, 100), (60, 0, 240, 80)]
+    got = RemiTokenizer().encode(_tune(notes)).tokens
+    v80, v100 = (f"Velocity_{velocity_values(32)[round(v * 32 / 127 - 1)]}" for v in (80, 100))
+    assert got == f"BOS Bar TimeSig_4/4 Position_0 Pitch_60 {v80} Duration_6 Pitch_67 {v100} Duration_12 EOS".split()
+
+
+def test_remi_metre_change_inside_a_bar_waits_for_the_next_bar_line():
+    meta = [(0, time_signature(4, 4)), (480, time_signature(3, 4))]
+    notes = [(60, 1440, 1920, 80), (62, 1920 + 1440, 1920 + 1920, 80)]
+    got = RemiTokenizer(velocity_bins=0).encode(_tune(notes, meta)).tokens
+    # bar 0 stays 4/4 (ends at 1920); from there bars are 3/4 (1440 ticks)
+    assert got == "BOS Bar TimeSig_4/4 Position_36 Pitch_60 Duration_12 Bar TimeSig_3/4 Bar Position_0 Pitch_62 Duration_12 EOS".split()
+
+
+def test_remi_quantizes_half_up_and_bounds_durations():
+    tok = RemiTokenizer(velocity_bins=0, max_duration_beats=2)
+    # 480 ticks per beat, 40 per position: 20 -> 0.5 -> 1 (half up); 10 ticks long -> 1 position;
+    # 10 beats long -> 24 positions (2 beats)
+    notes = [(60, 20, 30, 80), (62, 960, 960 + 4800, 80)]
+    assert tok.encode(_tune(notes)).tokens[3:9] == "Position_1 Pitch_60 Duration_1 Position_24 Pitch_62 Duration_24".split()
+
+
+def test_remi_long_silence_costs_at_most_max_empty_bars():
+    tok = RemiTokenizer(velocity_bins=0, max_empty_bars=2)
+    notes = [(60, 0, 480, 80), (62, 1920 * 1000, 1920 * 1000 + 480, 80)]
+    seq = tok.encode(_tune(notes))
+    assert seq.tokens.count("Bar") == 1 + 2 + 1
+    starts = [n.start for n in tok.decode(seq.ids).midi.instruments[0].notes]
+    assert starts == [0.0, 3 * 2.0]  # the second note moves to bar 3 (2 s per 4/4 bar at 120 bpm)
+
+
+def test_unsupported_metre_reads_as_four_four():
+    got = RemiTokenizer(velocity_bins=0).encode(_tune([(60, 0, 480, 80)], [(0, time_signature(13, 16))])).tokens
+    assert got[2] == "TimeSig_4/4"
+
+
+# --------------------------------------------------------------------------- performance encoding
+
+
+def test_performance_encodes_seconds_as_time_shifts_offs_before_ons():
+    notes = [(60, 0, 480, 80), (64, 240, 1920, 80), (60, 480, 720, 80)]  # 120 bpm: 1 beat = 0.5 s
+    got = PerformanceTokenizer(velocity_bins=0).encode(_tune(notes)).tokens
+    assert got == (
+        "BOS NoteOn_60 TimeShift_25 NoteOn_64 TimeShift_25 NoteOff_60 NoteOn_60 TimeShift_25 NoteOff_60 "
+        "TimeShift_100 TimeShift_25 NoteOff_64 EOS"
+    ).split()
+
+
+def test_performance_follows_the_tempo_map():
+    meta = [(0, tempo(60)), (480, tempo(240))]  # beat 1 lasts 1 s, then 0.25 s per beat
+    got = PerformanceTokenizer(velocity_bins=0).encode(_tune([(60, 0, 960, 80)], meta)).tokens
+    assert got == "BOS NoteOn_60 TimeShift_100 TimeShift_25 NoteOff_60 EOS".split()
+
+
+def test_performance_velocity_token_only_when_the_bin_changes():
+    notes = [(60, 0, 240, 80), (62, 240, 480, 81), (64, 480, 720, 120)]  # 80 and 81: one bin
+    got = PerformanceTokenizer().encode(_tune(notes)).tokens
+    assert sum(t.startswith("Velocity_") for t in got) == 2
+    assert got[1].startswith("Velocity_") and got[2] == "NoteOn_60"
+
+
+def test_performance_long_silence_is_capped():
+    hour = 3600 * 2 * 480  # ticks in an hour at 120 bpm
+    notes = [(60, 0, 240, 80), (62, hour, hour + 240, 80)]
+    tok = PerformanceTokenizer(velocity_bins=0)
+    seq = tok.encode(_tune(notes))
+    assert seq.tokens.count("TimeShift_100") == 5 and len(seq) < 20
+    starts = [n.start for n in sorted(tok.decode(seq.ids).midi.instruments[0].notes, key=lambda n: n.start)]
+    assert starts == pytest.approx([0.0, 0.25 + 5.0])
+
+
+def test_performance_sustain_pedal_lengthens_notes_by_default():
+    pedal = [(0, mido.Message("control_change", control=64, value=100)), (960, mido.Message("control_change", control=64, value=0))]
+    mid = midi_file(track(pedal + [(0, on(60, 80)), (240, off(60))]))
+    held = PerformanceTokenizer(velocity_bins=0).encode(mid).tokens
+    dry = PerformanceTokenizer(velocity_bins=0, sustain=False).encode(mid).tokens
+    assert held == "BOS NoteOn_60 TimeShift_100 NoteOff_60 EOS".split()
+    assert dry == "BOS NoteOn_60 TimeShift_25 NoteOff_60 EOS".split()
+
+
+# --------------------------------------------------------------------------- both: alignment, empty, transpose
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_every_note_token_points_at_its_note(name):
+    tok = TOKENIZERS[name]()
+    mid, _ = random_tune(np.random.default_rng(3), metres=((3, 4), (6, 8)), voices=2)
+    seq = tok.encode(mid)
+    assert seq.ids.dtype == np.int32 and seq.ids[0] == tok.bos_id and seq.ids[-1] == tok.eos_id
+    assert len(seq.note_of_token) == len(seq) and set(seq.note_of_token[[0, -1]]) == {-1}
+    for i, token in enumerate(seq.tokens):
+        note = seq.note_of_token[i]
+        kind, _, value = token.partition("_")
+        assert (note >= 0) == (kind in ("Pitch", "Velocity", "Duration", "NoteOn", "NoteOff")), token
+        if kind in ("Pitch", "NoteOn", "NoteOff"):
+            assert int(value) == seq.notes["pitch"][note]
+    counts = np.bincount(seq.note_of_token[seq.note_of_token >= 0], minlength=len(seq.notes))
+    assert counts.min() >= 2  # every note has its tokens
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_file_without_notes_encodes_to_bos_eos_and_decodes_to_nothing(name):
+    tok = TOKENIZERS[name]()
+    seq = tok.encode(midi_file(track([(0, tempo(100))], end=5000)))
+    assert seq.tokens == ["BOS", "EOS"] and len(seq.notes) == 0
+    result = tok.decode(seq.ids)
+    assert result.skipped == 0 and sum(len(i.notes) for i in result.midi.instruments) == 0
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_transpose_moves_every_note_and_nothing_else(name):
+    tok = TOKENIZERS[name]()
+    mid, _ = random_tune(np.random.default_rng(4), metres=((2, 4), (3, 4)))
+    seq = tok.encode(mid)
+    up = tok.transpose(seq.ids, 5)
+    before, after = _decoded_notes(tok.decode(seq.ids).midi), _decoded_notes(tok.decode(up).midi)
+    assert after == [(p + 5, s, e, v) for p, s, e, v in before]
+    assert np.array_equal(tok.transpose(up, -5), seq.ids)
+    with pytest.raises(TokenizerError, match="outside"):
+        tok.transpose(seq.ids, 100)
+
+
+# --------------------------------------------------------------------------- decode of any ids
+
+
+def test_remi_decode_skips_and_counts_illegal_tokens():
+    tok = RemiTokenizer(velocity_bins=0)
+    tokens = "BOS Bar Pitch_60 Position_12 Pitch_60 Duration_12 Position_6 Bar EOS Pitch_70 PAD".split()
+    result = tok.decode(tok.ids_from_tokens(tokens))
+    # skipped: Pitch_60 right after Bar, Position_6 (not after 12), Pitch_70 after EOS; PAD is ignored
+    assert result.skipped == 3
+    assert _decoded_notes(result.midi) == [(60, 0.5, 1.0, 80)]
+
+
+def test_remi_decode_counts_an_unfinished_note():
+    tok = RemiTokenizer()
+    tokens = "BOS Bar Position_0 Pitch_60 Velocity_79".split()
+    assert tok.decode(tok.ids_from_tokens(tokens)).skipped == 3
+
+
+def test_performance_decode_skips_note_offs_of_silent_pitches():
+    tok = PerformanceTokenizer(velocity_bins=0)
+    tokens = "NoteOff_60 NoteOn_60 TimeShift_50 NoteOff_60 NoteOff_60 NoteOn_62".split()
+    result = tok.decode(tok.ids_from_tokens(tokens))
+    assert result.skipped == 2
+    # the held NoteOn_62 ends where the sequence ends, one step long at least
+    assert _decoded_notes(result.midi) == [(60, 0.0, 0.5, 80), (62, 0.5, 0.51, 80)]
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_decode_accepts_any_ids(name):
+    tok = TOKENIZERS[name]()
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        ids = rng.integers(-3, tok.vocab_size + 3, size=int(rng.integers(0, 200)))
+        result = tok.decode(ids)
+        outside = int(((ids < 0) | (ids >= tok.vocab_size)).sum())
+        assert outside <= result.skipped <= len(ids)
+    with pytest.raises(TokenizerError):
+        tok.decode(np.array([1.5, 2.0]))
+
+
+# --------------------------------------------------------------------------- grammar
+
+
+def _walk(tok, rng, max_len=400):
+    """Sample only allowed tokens (EOS made rare) until EOS; returns the ids."""
+    state, ids = tok.grammar(), []
+    while not state.done:
+        mask = state.allowed()
+        assert mask.any()
+        weights = mask.astype(float)
+        if len(ids) < max_len and mask.sum() > 1:
+            weights[tok.eos_id] *= 0.002
+        elif mask[tok.eos_id]:
+            weights = np.eye(len(mask))[tok.eos_id]
+        token = int(rng.choice(len(mask), p=weights / weights.sum()))
+        state.advance(token)
+        ids.append(token)
+    return ids
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_sequences_sampled_under_the_grammar_decode_without_skips(name):
+    tok = TOKENIZERS[name]()
+    notes = 0
+    for seed in range(40):
+        ids = _walk(tok, np.random.default_rng(seed))
+        result = tok.decode(ids)
+        assert result.skipped == 0, (seed, [tok.vocab[i] for i in ids])
+        notes += sum(len(i.notes) for i in result.midi.instruments)
+    assert notes > 100  # the walks did make music
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_allowed_mask_matches_what_the_state_accepts(name):
+    tok = TOKENIZERS[name]()
+    rng = np.random.default_rng(11)
+    state = tok.grammar()
+    for step in range(60):
+        mask = state.allowed()
+        probe = rng.choice(np.arange(1, tok.vocab_size), size=25, replace=False)
+        for token in probe.tolist():
+            assert state.copy().step(token) == bool(mask[token]), (step, tok.vocab[token], state.state)
+        choice = int(rng.choice(np.flatnonzero(mask & (np.arange(tok.vocab_size) != tok.eos_id))))
+        state.advance(choice)
+
+
+def test_advance_refuses_an_illegal_token():
+    tok = RemiTokenizer()
+    state = tok.grammar()
+    state.advance(tok.bos_id)
+    with pytest.raises(TokenizerError, match="Pitch_60"):
+        state.advance(tok.token_to_id("Pitch_60"))
+    assert not state.allowed()[tok.bos_id]
+
+
+def test_remi_grammar_offers_only_positions_inside_the_bar_after_the_last_one():
+    tok = RemiTokenizer()
+    state = tok.grammar()
+    for t in "BOS Bar TimeSig_3/4 Position_5 Pitch_60 Velocity_79 Duration_2".split():
+        state.advance(tok.token_to_id(t))
+    offered = [tok.vocab[i] for i in np.flatnonzero(state.allowed()) if tok.vocab[i].startswith("Position_")]
+    assert offered == [f"Position_{p}" for p in range(6, 36)]
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "tok",
+    [RemiTokenizer(), RemiTokenizer(positions_per_beat=4, velocity_bins=8, time_signatures=[(3, 4), (6, 8)]),
+     PerformanceTokenizer(), PerformanceTokenizer(time_step=0.02, max_shift_steps=50, sustain=False)],
+    ids=["remi", "remi_custom", "performance", "performance_custom"],
+)
+def test_config_survives_dict_and_json(tok, tmp_path):
+    again = Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
+    assert type(again) is type(tok) and again.vocab == tok.vocab and again == tok
+    tok.save(tmp_path / "tok.json")
+    loaded = load_tokenizer(tmp_path / "tok.json")
+    assert loaded.vocab == tok.vocab and loaded.to_dict() == tok.to_dict()
+
+
+def test_bad_configs_raise_tokenizer_error(tmp_path):
+    with pytest.raises(TokenizerError, match="type"):
+        Tokenizer.from_dict({"type": "abc"})
+    with pytest.raises(TokenizerError, match="bad remi"):
+        Tokenizer.from_dict({"type": "remi", "colour": "red"})
+    with pytest.raises(TokenizerError, match="vocabulary"):
+        Tokenizer.from_dict({**RemiTokenizer().to_dict(), "vocab": ["PAD"]})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match="bad.json"):
+        load_tokenizer(tmp_path / "bad.json")
+    with pytest.raises(TokenizerError, match="missing.json"):
+        load_tokenizer(tmp_path / "missing.json")
