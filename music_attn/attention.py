@@ -1,0 +1,736 @@
+"""The attention core: softmax, masks, scaled dot-product attention and the interview API.
+
+Shape legend: B batch, H heads, T query length (time), S key length, C model dim,
+D head dim (queries and keys), Dv value dim.
+
+Everything here is plain numpy and exact. ``scaled_dot_product_attention`` is the one
+general routine (leading batch/head dims, boolean masks, causal masks aligned to the end,
+sliding windows, additive bias); with ``block_size`` it runs as a blocked online softmax
+over key blocks whose memory grows as T x block_size instead of T x S, skipping key blocks
+a query block cannot see and spreading query blocks over the CPU cores.
+
+The interview API (``compute_qkv``, ``self_attention``, ``multi_head_attention``) and
+soft-alignment attention (SAMUeL-GEN) are thin layers over it.
+
+Numerical rules: integer inputs are computed in float64; float32 stays float32; a query
+with no key it may attend to gets zeros (output and weights), never NaN; NaN inputs are
+not hidden.
+"""
+
+import contextlib
+import functools
+import itertools
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from music_attn.positional import apply_rope
+
+__all__ = [
+    "softmax",
+    "attention_mask",
+    "scaled_dot_product_attention",
+    "compute_qkv",
+    "self_attention",
+    "multi_head_attention",
+    "soft_align_attention",
+]
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+def _float_dtype(*arrays):
+    """Floating dtype to compute in: floats keep theirs, integers/bools become float64."""
+    dtype = np.result_type(*arrays)
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def _softmax_(s, axis=-1):
+    """Softmax of the float array ``s`` in place along ``axis``; returns ``s``."""
+    if s.shape[axis] == 0:
+        return s
+    m = s.max(axis=axis, keepdims=True)
+    m[np.isneginf(m)] = 0.0              # a row with nothing allowed: exp(-inf - 0) = 0
+    s -= m
+    np.exp(s, out=s)
+    total = s.sum(axis=axis, keepdims=True)
+    np.divide(s, total, out=s, where=total != 0)   # all -inf rows stay 0; NaN stays NaN
+    return s
+
+
+def softmax(x, axis=-1):
+    """Numerically stable softmax.
+
+    Subtracts the row maximum before exponentiating, so logits of 1e4 do not overflow.
+    A row that is entirely ``-inf`` (nothing may be attended to) gives zeros, not NaN;
+    a NaN anywhere in a row makes the whole row NaN.
+
+    Parameters
+    ----------
+    x : array_like
+        Logits; integers are computed in float64, float dtypes are kept.
+    axis : int
+        Axis to normalise over.
+
+    Returns
+    -------
+    ndarray, same shape as ``x``
+    """
+    x = np.asarray(x)
+    return _softmax_(np.array(x, dtype=_float_dtype(x), copy=True), axis)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def _check_window(window):
+    if window is not None and (int(window) != window or window < 1):
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+
+
+def _outside_band(t, s, delta, window):
+    """Boolean (t, s), True where the causal/window rule forbids: key column ``c`` of
+    query row ``r`` is allowed when ``r + delta - window < c <= r + delta``."""
+    r = np.arange(t)[:, None]
+    c = np.arange(s)[None, :]
+    out = c > r + delta
+    if window is not None:
+        out |= c <= r + delta - window
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _outside_band_cached(t, s, delta, window):
+    """:func:`_outside_band` of a block, cached (blocks of one shape repeat along the
+    diagonal) and read-only."""
+    out = _outside_band(t, s, delta, window)
+    out.flags.writeable = False
+    return out
+
+
+def attention_mask(T, S=None, *, causal=False, window=None):
+    """The boolean mask (True = may attend) that ``causal`` and ``window`` stand for.
+
+    Queries are aligned to the end of the keys (query ``i`` sits at position
+    ``i + S - T``, as with a KV cache): ``causal`` allows keys ``j <= i + S - T``;
+    ``window=w`` allows only the ``w`` most recent of those,
+    ``i + S - T - w < j <= i + S - T`` (a window implies causality).
+
+    Parameters
+    ----------
+    T, S : int
+        Query and key lengths (``S`` defaults to ``T``).
+    causal : bool
+    window : int, optional
+
+    Returns
+    -------
+    ndarray of bool, shape (T, S)
+    """
+    S = T if S is None else S
+    _check_window(window)
+    if not causal and window is None:
+        return np.ones((T, S), dtype=bool)
+    return ~_outside_band(T, S, S - T, window)
+
+
+def _as_bool_mask(mask):
+    """Accept a boolean mask (or 0/1 integers); refuse additive float masks."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask
+    if np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all():
+        return mask.astype(bool)
+    raise ValueError(
+        f"mask must be boolean (True = may attend), got dtype {mask.dtype}; "
+        "pass additive masks as bias=")
+
+
+def _as_trailing_2d(a, T, S, what):
+    """View ``a`` broadcast to shape (..., T, S) (its own leading dims), without copying."""
+    a = np.asarray(a)
+    a = a.reshape((1,) * max(0, 2 - a.ndim) + a.shape)
+    try:
+        return np.broadcast_to(a, a.shape[:-2] + (T, S))
+    except ValueError:
+        raise ValueError(f"{what} of shape {a.shape} does not broadcast to "
+                         f"(..., {T}, {S})") from None
+
+
+# ----------------------------------------------------------------------------- SDPA
+
+
+def _check_qkv(q, k, v):
+    """Shapes must be q (..., T, D), k (..., S, D), v (..., S, Dv) with broadcastable lead."""
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+        raise ValueError(f"attention needs arrays of shape (..., T, D); got q {q.shape}, "
+                         f"k {k.shape}, v {v.shape}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention shape mismatch: q {q.shape} (..., T, D), k {k.shape} "
+                         f"(..., S, D), v {v.shape} (..., S, Dv)")
+    try:
+        return np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(f"leading dims of q {q.shape}, k {k.shape}, v {v.shape} "
+                         "do not broadcast") from None
+
+
+def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=None, bias=None,
+                                 scale=None, return_weights=False, block_size=None):
+    """``softmax(q k^T * scale + bias, masked) v`` over the last two axes.
+
+    Parameters
+    ----------
+    q : array_like, shape (..., T, D)
+    k : array_like, shape (..., S, D)
+    v : array_like, shape (..., S, Dv)
+        Leading dims broadcast (e.g. k, v shared by all heads).
+    mask : array_like of bool, broadcastable to (..., T, S), optional
+        True = may attend (torch's ``scaled_dot_product_attention`` convention).
+    causal : bool
+        Query ``i`` sees keys ``j <= i + S - T`` (aligned to the end, as a KV cache needs).
+    window : int, optional
+        Local attention: query ``i`` sees only keys ``i+S-T-window < j <= i+S-T``.
+    bias : array_like, broadcastable to (..., T, S), optional
+        Additive logits (relative positions, ALiBi); ``-inf`` entries act as a mask.
+    scale : float, optional
+        Logit scale, default ``1/sqrt(D)``.
+    return_weights : bool
+        Also return the attention probabilities (..., T, S).
+    block_size : int, optional
+        Compute exactly by blocks of queries and keys (online softmax), with memory
+        O(T x block_size) instead of O(T x S); key blocks a query block cannot see are
+        skipped. Returned weights, if asked for, still take (..., T, S).
+
+    Returns
+    -------
+    out : ndarray, shape (..., T, Dv)
+    weights : ndarray, shape (..., T, S), only with ``return_weights``
+        A query with no allowed key gets a zero output row and zero weights.
+    """
+    q, k, v = (np.asarray(a) for a in (q, k, v))
+    _check_qkv(q, k, v)
+    _check_window(window)
+    dtype = _float_dtype(q, k, v)
+    q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
+    T, S = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    mask = None if mask is None else _as_trailing_2d(_as_bool_mask(mask), T, S, "mask")
+    bias = None if bias is None else _as_trailing_2d(np.asarray(bias).astype(dtype, copy=False),
+                                                     T, S, "bias")
+    spec = _Spec(scale, mask, bias, causal, window, S - T)
+    if block_size is None:
+        return _sdpa_full(q, k, v, spec, return_weights)
+    if int(block_size) != block_size or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    return _sdpa_blocked(q, k, v, spec, int(block_size), return_weights)
+
+
+class _Spec:
+    """What decides the logits of a block: scale, explicit mask, bias, causal/window rule."""
+
+    def __init__(self, scale, mask, bias, causal, window, offset, bias_scale=1.0):
+        self.scale, self.mask, self.bias, self.bias_scale = scale, mask, bias, bias_scale
+        self.causal, self.window, self.offset = causal, window, offset
+
+    def key_range(self, i0, i1, S):
+        """Keys [lo, hi) that queries [i0, i1) may see under the causal/window rule."""
+        lo, hi = 0, S
+        if self.causal or self.window is not None:
+            hi = min(S, i1 - 1 + self.offset + 1)
+        if self.window is not None:
+            lo = max(0, i0 + self.offset - self.window + 1)
+        return lo, max(lo, hi)
+
+    def cuts(self, i0, i1, j0, j1):
+        """Does the causal/window rule cut through block [i0:i1, j0:j1]?"""
+        if not self.causal and self.window is None:
+            return False
+        inside = j1 - 1 <= i0 + self.offset
+        if self.window is not None:
+            inside = inside and j0 > i1 - 1 + self.offset - self.window
+        return not inside
+
+    def logits_(self, s, i0, i1, j0, j1):
+        """Turn raw scores ``q k^T`` of block [i0:i1, j0:j1] into masked logits, in place."""
+        if self.scale != 1.0:
+            s *= self.scale
+        if self.bias is not None and self.bias_scale == 1.0:
+            s += self.bias[..., i0:i1, j0:j1]
+        elif self.bias is not None:
+            s += self.bias[..., i0:i1, j0:j1] * self.bias_scale
+        if self.cuts(i0, i1, j0, j1):      # only the columns some row may not see
+            c0 = 0 if self.window is not None else max(0, i0 + self.offset + 1 - j0)
+            t, w, delta = i1 - i0, j1 - j0 - c0, i0 + self.offset - j0 - c0
+            band = _outside_band_cached if t * w <= 1 << 20 else _outside_band
+            bad = band(t, w, delta, self.window)
+            np.copyto(s[..., c0:], -np.inf, where=bad)
+        if self.mask is not None:
+            np.copyto(s, -np.inf, where=~self.mask[..., i0:i1, j0:j1])
+        return s
+
+    def lead(self, s_shape):
+        """Shape of the logits once the mask and bias leading dims are broadcast in."""
+        if self.mask is None and self.bias is None:
+            return s_shape
+        return np.broadcast_shapes(s_shape, *(a.shape[:-2] + s_shape[-2:]
+                                              for a in (self.mask, self.bias) if a is not None))
+
+
+def _scores(qb, kT, spec, i0, i1, j0, j1, out=None):
+    """Masked logits of the query block ``qb`` = queries [i0, i1) against keys [j0, j1).
+
+    ``qb`` (..., t, D), ``kT`` (..., D, S) the keys transposed -> (..., t, s); written
+    into ``out`` (of that shape) when given.
+    """
+    kt = kT[..., j0:j1]                                                # (..., D, s)
+    s = qb @ kt if out is None else np.matmul(qb, kt, out=out)
+    shape = spec.lead(s.shape)
+    if shape != s.shape:
+        s = np.array(np.broadcast_to(s, shape))
+    return spec.logits_(s, i0, i1, j0, j1)
+
+
+def _sdpa_full(q, k, v, spec, return_weights):
+    """Unblocked attention: the whole (..., T, S) weight matrix at once."""
+    T, S = q.shape[-2], k.shape[-2]
+    w = _softmax_(_scores(q, np.swapaxes(k, -1, -2), spec, 0, T, 0, S))   # (..., T, S)
+    out = w @ v                                                    # (..., T, S) @ (..., S, Dv)
+    return (out, w) if return_weights else out
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """A lazily created thread pool, one worker per core (numpy releases the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                       thread_name_prefix="music_attn")
+    return _POOL
+
+
+_BLAS = {"controller": None, "users": 0, "limiter": None}
+_BLAS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Run the body with one BLAS thread: our own threads already use every core, and
+    BLAS threads spinning beside them would slow everything down several times.
+    The first caller in limits the threads (threadpoolctl), the last one out restores them."""
+    with _BLAS_LOCK:
+        if _BLAS["controller"] is None:
+            _BLAS["controller"] = ThreadpoolController().select(user_api="blas")
+        if _BLAS["users"] == 0:
+            _BLAS["limiter"] = _BLAS["controller"].limit(limits=1)
+        _BLAS["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS["users"] -= 1
+            if _BLAS["users"] == 0:
+                _BLAS["limiter"].restore_original_limits()
+
+
+def _run_parallel(fn, items):
+    """``fn`` over ``items``, one thread per core each taking the next item in turn
+    (the caller lists the biggest first); returns when all are done."""
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers < 2:
+        for item in items:
+            fn(item)
+        return
+    counter = itertools.count()            # next() on it is atomic under the GIL
+
+    def drain():
+        for i in iter(lambda: next(counter), None):
+            if i >= len(items):
+                return
+            fn(items[i])
+
+    with _single_threaded_blas():
+        futures = [_pool().submit(drain) for _ in range(workers - 1)]
+        drain()
+        for f in futures:
+            f.result()
+
+
+# ----------------------------------------------------------------------------- blocked SDPA
+#
+# Online softmax over key blocks. Each query row keeps a running shift m, a running sum
+# l = sum_j exp(s_j - m) and an accumulator acc = sum_j exp(s_j - m) v_j; at the end
+# out = acc / l. The classic version (``_Plan.online``) takes m as the running maximum
+# and rescales l and acc whenever a key block raises it. The fast version
+# (``_Plan.bounded``) starts m at an upper bound of every logit the row can see,
+# |q_i| * max_j |k_j| * scale + max_j bias_ij (Cauchy-Schwarz), so no block can raise
+# it: no max pass, no rescaling, and one matrix product of [q, -m] with [k, 1] gives the
+# shifted logits directly. exp(s - m) cannot overflow; the result is exact unless the
+# bound is so loose that the largest terms come near underflow, which shows up as a tiny
+# row sum l -- such a query block is recomputed with the classic version.
+#
+# Work items are (head, query block) pairs: the (t, s) scratch block of one head stays
+# in the core's cache, and the items are shared out to one thread per core.
+
+_LOOSE = 1e-16        # row sum below this: the bound shift was too loose, redo exactly
+_QUERY_BLOCK = 512    # at most this many query rows per work item
+_STRIP = 64           # rows per strip where the causal diagonal cuts a block
+_LOG2E = 1.4426950408889634
+
+
+def _key_blocks(spec, mask, i0, i1, S, bs):
+    """Key blocks [j0, j1) that queries [i0, i1) may see, ending at the last visible key
+    (so only one block crosses the causal diagonal); blocks the mask hides are skipped."""
+    lo, hi = spec.key_range(i0, i1, S)
+    blocks = [(max(lo, j1 - bs), j1) for j1 in range(hi, lo, -bs)]
+    if mask is not None:
+        blocks = [(j0, j1) for j0, j1 in blocks if mask[i0:i1, j0:j1].any()]
+    return blocks
+
+
+def _tiles(spec, i0, i1, blocks):
+    """Cut key blocks into tiles (r0, r1, j0, j1), rows relative to i0. A block the causal
+    diagonal runs through is cut into strips of rows, each stopping at its own last key,
+    so that little of the masked triangle is computed at all."""
+    t, tiles = i1 - i0, []
+    for j0, j1 in blocks:
+        if not spec.causal or spec.window is not None or not spec.cuts(i0, i1, j0, j1):
+            tiles.append((0, t, j0, j1))
+            continue
+        jc = min(j1, max(j0, i0 + spec.offset + 1))          # keys < jc: seen by every row
+        if jc > j0:
+            tiles.append((0, t, j0, jc))
+        for r0 in range(0, t, _STRIP):
+            r1 = min(r0 + _STRIP, t)
+            hi = min(j1, i0 + r1 + spec.offset)              # past the last key of row r1-1
+            if hi > jc:
+                tiles.append((r0, r1, jc, hi))
+    return tiles
+
+
+def _online_update(s, vb, state):
+    """Fold one key block into the running (max, sum, accumulator) of the classic version.
+
+    ``s`` (t, s) masked logits, consumed in place; ``vb`` (s, Dv).
+    """
+    m_blk = s.max(axis=-1)                                        # (t,)
+    m = m_blk if state is None else np.maximum(state[0], m_blk)
+    m_safe = np.where(np.isneginf(m), 0.0, m).astype(s.dtype)    # rows with nothing yet
+    s -= m_safe[:, None]
+    np.exp(s, out=s)                                              # s is now p (unnormalised)
+    if state is None:
+        return m, s.sum(axis=-1), s @ vb
+    _, l, acc = state
+    corr = np.exp(state[0] - m_safe)                              # rescale the old running sums
+    l = l * corr + s.sum(axis=-1)
+    acc *= corr[:, None]
+    acc += s @ vb                                                 # (t, s) @ (s, Dv)
+    return m, l, acc
+
+
+def _append_column(x, last=None):
+    """[x, last] along the feature axis (``last`` defaults to ones): (..., n, D+1)."""
+    out = np.empty(x.shape[:-1] + (x.shape[-1] + 1,), dtype=x.dtype)
+    out[..., :-1] = x
+    out[..., -1] = 1 if last is None else last
+    return out
+
+
+class _Plan:
+    """Blocked attention of one call, as views broadcast to the common leading shape.
+
+    ``kaT`` = [k, 1]^T and ``va`` = [v, 1] carry one extra feature, so that one product
+    of [q, -m] with ``kaT`` gives the shifted logits and one product with ``va`` gives the
+    accumulator and the row sum together. The fast path works in base 2 (``exp2`` is
+    twice as fast as ``exp``): q, m and the bias are multiplied by log2(e).
+    """
+
+    def __init__(self, q, k, v, spec, bs):
+        T, S = q.shape[-2], k.shape[-2]
+        self.lead = spec.lead(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+                              + (T, S))[:-2]
+        self.spec, self.bs, self.dtype, self.S = spec, bs, q.dtype, S
+        knorm = np.sqrt(np.einsum("...sd,...sd->...s", k, k))               # (..., S)
+        kmax = np.fmax.accumulate(knorm, axis=-1)            # (..., S) max |k_j'| over j' <= j
+        kaT = _append_column(k)                                        # (..., S, D+1)
+        kaT = np.ascontiguousarray(np.swapaxes(kaT, -1, -2))            # (..., D+1, S)
+        self.q, self.kT, self.v, self.kaT, self.va, self.mask, self.bias = (
+            self._broadcast(a, 2)
+            for a in (q, np.swapaxes(k, -1, -2), v, kaT, _append_column(v), spec.mask, spec.bias))
+        self.kmax = self._broadcast(kmax, 1)
+
+    def _broadcast(self, a, tail):
+        """View of ``a`` with the common leading shape and its own last ``tail`` dims."""
+        return None if a is None else np.broadcast_to(a, self.lead + a.shape[a.ndim - tail:])
+
+    def head_spec(self, idx, scale, bias_scale=1.0):
+        """The 2-D spec of head ``idx`` (mask and bias sliced), with the given scales."""
+        sp = self.spec
+        return _Spec(scale, None if self.mask is None else self.mask[idx],
+                     None if self.bias is None else self.bias[idx],
+                     sp.causal, sp.window, sp.offset, bias_scale)
+
+    def row_shift(self, idx, i0, i1, hi):
+        """Upper bound (t,) of the logits of queries [i0, i1) of head ``idx`` against the
+        keys < hi they may see: |q_i| |scale| max_j |k_j| + max_j bias_ij."""
+        sp, q = self.spec, self.q[idx][i0:i1]
+        last = np.full(i1 - i0, hi - 1)                                # last key of each row
+        if sp.causal or sp.window is not None:
+            last = np.clip(np.arange(i0, i1) + sp.offset, 0, hi - 1)
+        c = np.sqrt(np.einsum("td,td->t", q, q)) * abs(sp.scale) * self.kmax[idx][last]
+        if self.bias is not None:
+            c = c + np.fmax.reduce(self.bias[idx][i0:i1, :hi], axis=-1)
+        c[np.isinf(c)] = 0.0               # rows all -inf (fully masked): any finite shift
+        return c.astype(self.dtype, copy=False)                        # (t,)
+
+    def bounded(self, idx, i0, i1, blocks):
+        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, shift fixed at the bound."""
+        spec2 = self.head_spec(idx, 1.0, _LOG2E)
+        c = self.row_shift(idx, i0, i1, blocks[0][1])                  # (t,)
+        qa = _append_column(self.q[idx][i0:i1] * self.dtype.type(self.spec.scale * _LOG2E),
+                            -c * self.dtype.type(_LOG2E))              # (t, D+1)
+        kaT, va = self.kaT[idx], self.va[idx]                          # (D+1, S), (S, Dv+1)
+        buf = np.empty((i1 - i0) * self.bs, self.dtype)                # scratch for (t, s)
+        acc = np.zeros((i1 - i0, va.shape[-1]), self.dtype)           # (t, Dv+1)
+        tmp = np.empty_like(acc)
+        for r0, r1, j0, j1 in _tiles(self.spec, i0, i1, blocks):
+            p = buf[:(r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
+            p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # (q.k - c) log2 e
+            np.exp2(p, out=p)
+            acc[r0:r1] += np.matmul(p, va[j0:j1], out=tmp[r0:r1])      # (t, s) @ (s, Dv+1)
+        return acc[:, :-1], c, acc[:, -1]
+
+    def online(self, idx, i0, i1, blocks):
+        """(acc, shift, sum) of queries [i0, i1) of head ``idx`` by the classic version."""
+        spec, q, kT, v = (self.head_spec(idx, self.spec.scale), self.q[idx], self.kT[idx],
+                          self.v[idx])
+        state = None
+        for j0, j1 in blocks:
+            state = _online_update(_scores(q[i0:i1], kT, spec, i0, i1, j0, j1), v[j0:j1], state)
+        m, l, acc = state
+        return acc, np.where(np.isneginf(m), 0.0, m).astype(self.dtype), l
+
+    def blocks(self, idx, i0, i1):
+        return _key_blocks(self.spec, None if self.mask is None else self.mask[idx],
+                           i0, i1, self.S, self.bs)
+
+    def item(self, idx, i0, i1):
+        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, or None if they see no key."""
+        blocks = self.blocks(idx, i0, i1)
+        if not blocks:
+            return None
+        res = self.bounded(idx, i0, i1, blocks)
+        loose = res[2] < _LOOSE                        # bound too loose, or a masked row
+        if self.spec.causal or self.spec.window is not None:
+            loose &= np.arange(i0, i1) + self.spec.offset >= 0    # rows before any key
+        if loose.any():
+            res = self.online(idx, i0, i1, blocks)
+        return res
+
+    def weights(self, idx, i0, i1, shift, l, w):
+        """Write the normalised weights of queries [i0, i1) of head ``idx`` into ``w``."""
+        spec, q, kT = self.head_spec(idx, self.spec.scale), self.q[idx], self.kT[idx]
+        for j0, j1 in self.blocks(idx, i0, i1):
+            p = _scores(q[i0:i1], kT, spec, i0, i1, j0, j1)
+            p -= shift[:, None]
+            np.exp(p, out=p)
+            np.divide(p, l[:, None], out=p, where=l[:, None] != 0)
+            w[i0:i1, j0:j1] = p
+
+
+def _sdpa_blocked(q, k, v, spec, bs, return_weights):
+    """Exact attention by (head, query block) items shared out to the cores."""
+    T, S = q.shape[-2], k.shape[-2]
+    plan = _Plan(q, k, v, spec, bs)
+    out = np.zeros(plan.lead + (T, v.shape[-1]), dtype=q.dtype)       # (..., T, Dv)
+    w = np.zeros(plan.lead + (T, S), dtype=q.dtype) if return_weights else None
+
+    def work(item):
+        idx, i0, i1 = item
+        res = plan.item(idx, i0, i1)
+        if res is None:                                               # no key visible at all
+            return
+        acc, shift, l = res
+        np.divide(acc, l[:, None], out=out[idx][i0:i1], where=l[:, None] != 0)  # l == 0: none
+        if return_weights:
+            plan.weights(idx, i0, i1, shift, l, w[idx])
+
+    bq = min(bs, _QUERY_BLOCK)
+    items = [(idx, i0, min(i0 + bq, T)) for i0 in range(0, T, bq)[::-1]   # causal: big first
+             for idx in np.ndindex(plan.lead)]
+    _run_parallel(work, items)
+    return (out, w) if return_weights else out
+
+
+# ----------------------------------------------------------------------------- interview API
+
+
+def _as_float_arrays(*arrays):
+    arrays = [np.asarray(a) for a in arrays]
+    dtype = _float_dtype(*arrays)
+    return [a.astype(dtype, copy=False) for a in arrays]
+
+
+def compute_qkv(X, W_q, W_k, W_v):
+    """Project the inputs to queries, keys and values: ``Q = X W_q``, ``K = X W_k``, ``V = X W_v``.
+
+    Parameters
+    ----------
+    X : array_like, shape (..., T, C)
+        One row per token.
+    W_q, W_k, W_v : array_like, shapes (C, Dq), (C, Dk), (C, Dv)
+
+    Returns
+    -------
+    Q, K, V : ndarrays, shapes (..., T, Dq), (..., T, Dk), (..., T, Dv)
+    """
+    X, W_q, W_k, W_v = _as_float_arrays(X, W_q, W_k, W_v)
+    for name, W in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v)):
+        if X.ndim < 1 or W.ndim != 2 or W.shape[0] != X.shape[-1]:
+            raise ValueError(f"compute_qkv: X of shape {X.shape} cannot be multiplied by "
+                             f"{name} of shape {W.shape} (need X (..., T, C), W (C, D))")
+    return X @ W_q, X @ W_k, X @ W_v      # (..., T, C) @ (C, D) -> (..., T, D)
+
+
+def self_attention(Q, K, V, *, mask=None):
+    """Scaled dot-product attention ``softmax(Q K^T / sqrt(d_k)) V`` of one head.
+
+    Parameters
+    ----------
+    Q : array_like, shape (T, d_k)
+    K : array_like, shape (S, d_k)
+    V : array_like, shape (S, d_v)
+    mask : array_like of bool, shape (T, S), optional
+        True where query ``i`` may attend to key ``j``.
+
+    Returns
+    -------
+    ndarray, shape (T, d_v)
+    """
+    return scaled_dot_product_attention(Q, K, V, mask=mask)
+
+
+def _split_heads(X, n_heads, name):
+    """(..., T, C) -> (..., H, T, C/H): the FEATURE axis is cut into heads."""
+    *lead, T, C = X.shape
+    if C % n_heads:
+        raise ValueError(f"n_heads={n_heads} does not divide the model dim of {name} "
+                         f"with shape {X.shape}")
+    X = X.reshape(*lead, T, n_heads, C // n_heads)        # (..., T, C) -> (..., T, H, D)
+    return np.swapaxes(X, -3, -2)                          # (..., T, H, D) -> (..., H, T, D)
+
+
+def multi_head_attention(Q, K, V, n_heads, *, mask=None):
+    """Multi-head attention of already projected Q, K, V (no output projection).
+
+    The feature axis of Q, K and V is split into ``n_heads`` heads of ``C / n_heads``
+    features; each head attends with its own scale ``1/sqrt(C / n_heads)``; the head
+    outputs are concatenated back along the feature axis.
+
+    Parameters
+    ----------
+    Q : array_like, shape (T, C)
+    K : array_like, shape (S, C)
+    V : array_like, shape (S, Cv)
+    n_heads : int
+        Must divide C and Cv.
+    mask : array_like of bool, shape (T, S), optional
+        True = may attend; shared by all heads.
+
+    Returns
+    -------
+    ndarray, shape (T, Cv)
+    """
+    Q, K, V = _as_float_arrays(Q, K, V)
+    if int(n_heads) != n_heads or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+    if Q.ndim < 2 or K.ndim < 2 or V.ndim < 2:
+        raise ValueError(f"multi_head_attention needs Q (T, C), K (S, C), V (S, Cv); got "
+                         f"Q {Q.shape}, K {K.shape}, V {V.shape}")
+    _check_qkv(Q, K, V)
+    heads = [_split_heads(X, int(n_heads), name) for X, name in ((Q, "Q"), (K, "K"), (V, "V"))]
+    if mask is not None:
+        mask = _as_bool_mask(mask)
+        mask = mask.reshape((1,) * max(0, 2 - mask.ndim) + mask.shape)[..., None, :, :]
+    out = scaled_dot_product_attention(*heads, mask=mask)           # (..., H, T, Dv)
+    out = np.swapaxes(out, -3, -2)                                   # (..., T, H, Dv)
+    return out.reshape(*out.shape[:-2], V.shape[-1])                 # (..., T, Cv)
+
+
+# ----------------------------------------------------------------------------- soft alignment
+
+
+def _local_mask(T, S, window, causal):
+    """Local-attention mask: the causal window, or a symmetric band when not causal."""
+    if causal:
+        return attention_mask(T, S, window=window)
+    i = np.arange(T)[:, None] + (S - T)
+    return np.abs(np.arange(S)[None, :] - i) < window                # (T, S)
+
+
+def soft_align_attention(q, k, v, *, alpha=0.5, window=16, positions=None, base=10000.0,
+                         causal=True, mask=None, scale=None, return_weights=False,
+                         block_size=None):
+    """Soft-alignment attention (SAMUeL-GEN): ``alpha * local + (1 - alpha) * global``.
+
+    ``local`` is sliding-window attention over the ``window`` most recent keys (a band of
+    half-width ``window`` when ``causal=False``); ``global`` is full attention with rotary
+    embeddings applied to queries and keys. Both use the same q, k, v and scale.
+
+    Parameters
+    ----------
+    q : array_like, shape (..., T, D)
+    k : array_like, shape (..., S, D), D even (for RoPE)
+    v : array_like, shape (..., S, Dv)
+    alpha : float or array_like broadcastable to (..., T, 1)
+        Weight of the local branch.
+    window : int
+        Local window size.
+    positions : array_like, shape (S,), optional
+        Positions of the keys for RoPE (default ``0 .. S-1``); queries take the last T.
+    base : float
+        RoPE frequency base.
+    causal : bool
+        Decoder (causal) attention in both branches.
+    mask, scale, block_size
+        As in :func:`scaled_dot_product_attention`, for both branches.
+    return_weights : bool
+        Also return the mixed probabilities ``alpha * W_local + (1 - alpha) * W_global``
+        (..., T, S), which is exactly what multiplies ``v``.
+
+    Returns
+    -------
+    out : ndarray, shape (..., T, Dv) [, weights (..., T, S)]
+    """
+    q, k, v = _as_float_arrays(q, k, v)
+    T, S = q.shape[-2], k.shape[-2]
+    _check_window(window)
+    if window is None:
+        raise ValueError("soft_align_attention needs a window for its local branch")
+    pos = np.arange(S) if positions is None else np.asarray(positions)
+    if pos.shape[-1:] != (S,):
+        raise ValueError(f"positions of shape {pos.shape} do not match keys of shape {k.shape}")
+    local_mask = _local_mask(T, S, window, causal)
+    if mask is not None:
+        local_mask = local_mask & _as_bool_mask(mask)
+    common = dict(scale=scale, return_weights=return_weights, block_size=block_size)
+    local = scaled_dot_product_attention(q, k, v, mask=local_mask, **common)
+    glob = scaled_dot_product_attention(apply_rope(q, pos[..., S - T:], base=base),
+                                        apply_rope(k, pos, base=base), v,
+                                        mask=mask, causal=causal, **common)
+    alpha = np.asarray(alpha, dtype=q.dtype) if np.ndim(alpha) else q.dtype.type(alpha)
+    if not return_weights:
+        return alpha * local + (1 - alpha) * glob
+    return alpha * local[0] + (1 - alpha) * glob[0], alpha * local[1] + (1 - alpha) * glob[1]

@@ -1,0 +1,257 @@
+"""Positional encodings: sinusoids, rotary embeddings and Music Transformer relative logits.
+
+Shape legend: B batch, H heads, T query length (time), S key length, C model dim,
+D head dim, L number of relative embeddings (distances 0 .. L-1).
+
+* ``sinusoidal(T, C)`` -- the fixed table of "Attention Is All You Need".
+* ``apply_rope(x, positions)`` -- rotary embeddings (Su et al. 2021): rotate each pair of
+  features ``(x[2i], x[2i+1])`` by ``position * base**(-2i/D)``; the score between two
+  rotated vectors then depends only on the difference of their positions.
+* ``relative_logits(q, rel)`` -- relative attention of the Music Transformer (Huang et al.
+  2018) with the memory-saving "skew": one ``(T, S)`` matrix product, then pad one column,
+  reshape and drop, instead of gathering a ``(T, S, D)`` tensor of embeddings.
+  ``skew_backward`` is the exact adjoint of ``skew`` (the backward pass of the trick), and
+  ``relative_logits_backward`` the backward pass of the whole thing.
+"""
+
+import numpy as np
+
+__all__ = [
+    "sinusoidal",
+    "rope_angles",
+    "apply_rope",
+    "skew",
+    "skew_backward",
+    "relative_logits",
+    "relative_logits_backward",
+]
+
+
+def _float_dtype(*arrays):
+    """Floating dtype to compute in: floats keep theirs, integers/bools become float64."""
+    dtype = np.result_type(*arrays)
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def sinusoidal(T, C, *, base=10000.0, dtype=np.float64):
+    """Sinusoidal position table of "Attention Is All You Need".
+
+    ``PE[t, 2i] = sin(t / base**(2i/C))`` and ``PE[t, 2i+1] = cos(t / base**(2i/C))``.
+
+    Parameters
+    ----------
+    T : int
+        Number of positions (0 .. T-1).
+    C : int
+        Model dimension; an odd ``C`` ends with a sine column (the cosine of the
+        last pair is dropped).
+    base : float
+        Wavelength scale: wavelengths run from 2*pi to about ``2*pi*base``.
+    dtype : numpy dtype
+        Output dtype (float64 by default).
+
+    Returns
+    -------
+    ndarray, shape (T, C)
+    """
+    if T < 0 or C < 1:
+        raise ValueError(f"sinusoidal needs T >= 0 and C >= 1, got T={T}, C={C}")
+    n_pairs = (C + 1) // 2
+    inv_freq = base ** (-2.0 * np.arange(n_pairs) / C)             # (C/2,)
+    angles = np.arange(T, dtype=np.float64)[:, None] * inv_freq    # (T, C/2)
+    pe = np.empty((T, 2 * n_pairs))
+    pe[:, 0::2] = np.sin(angles)
+    pe[:, 1::2] = np.cos(angles)
+    return pe[:, :C].astype(dtype, copy=False)
+
+
+def rope_angles(positions, D, *, base=10000.0):
+    """Rotation angles of rotary embeddings: ``positions[..., None] * base**(-2i/D)``.
+
+    Parameters
+    ----------
+    positions : array_like, shape (..., T)
+        Position of each token (need not be 0 .. T-1, e.g. with a KV cache).
+    D : int
+        Head dimension (even).
+
+    Returns
+    -------
+    ndarray, shape (..., T, D/2), float64
+    """
+    if D % 2:
+        raise ValueError(f"rotary embeddings need an even head dimension, got D={D}")
+    inv_freq = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)         # (D/2,)
+    return np.asarray(positions, dtype=np.float64)[..., None] * inv_freq  # (..., T, D/2)
+
+
+def apply_rope(x, positions=None, *, base=10000.0, inverse=False):
+    """Rotate each feature pair ``(x[2i], x[2i+1])`` by ``positions * base**(-2i/D)``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., T, D)
+        Queries or keys, D even.
+    positions : array_like, shape (T,) or broadcastable to (..., T), optional
+        Position of each row; default ``0 .. T-1``.
+    base : float
+        Frequency base.
+    inverse : bool
+        Rotate by the negative angle. A rotation's inverse is its transpose, so this is
+        also the backward pass: ``dx = apply_rope(dy, positions, inverse=True)``.
+
+    Returns
+    -------
+    ndarray, shape (..., T, D), dtype of ``x`` (float64 for integer input)
+    """
+    x = np.asarray(x)
+    x = x.astype(_float_dtype(x), copy=False)
+    if x.ndim < 2:
+        raise ValueError(f"apply_rope expects x of shape (..., T, D), got {x.shape}")
+    T, D = x.shape[-2:]
+    positions = np.arange(T) if positions is None else np.asarray(positions)
+    if positions.shape[-1:] != (T,):
+        raise ValueError(f"positions of shape {positions.shape} do not match x of shape {x.shape}")
+    angles = rope_angles(positions, D, base=base)                   # (..., T, D/2)
+    cos = np.cos(angles).astype(x.dtype)
+    sin = np.sin(angles).astype(x.dtype)
+    if inverse:
+        sin = -sin
+    x0, x1 = x[..., 0::2], x[..., 1::2]                              # (..., T, D/2) each
+    out = np.empty(np.broadcast_shapes(x.shape, angles.shape[:-1] + (D,)), dtype=x.dtype)
+    out[..., 0::2] = x0 * cos - x1 * sin
+    out[..., 1::2] = x0 * sin + x1 * cos
+    return out
+
+
+def skew(x):
+    """The Music Transformer skew: pad one zero column on the left, reshape, drop.
+
+    For a square ``x`` this is "pad, reshape to (T+1, T), drop the first row". In general
+    (``T <= S``) the padded ``(T, S+1)`` matrix is flattened, its first ``T`` entries are
+    dropped and the rest read as ``(T, S)``. If ``x[i, m]`` holds the logit of query ``i``
+    against the relative embedding of distance ``S-1-m``, then on the causal region
+    (``j <= i + S - T``) the result is ``out[i, j] = x[i, T-1-i+j]``: query ``i`` against
+    the embedding of its distance ``i + S - T - j`` to key ``j``. Entries above that
+    region are meaningless and must be masked.
+
+    Parameters
+    ----------
+    x : ndarray, shape (..., T, S), T <= S
+
+    Returns
+    -------
+    ndarray, shape (..., T, S)
+    """
+    *lead, T, S = x.shape
+    if T > S:
+        raise ValueError(f"skew needs T <= S, got x of shape {x.shape}")
+    padded = np.zeros((*lead, T, S + 1), dtype=x.dtype)
+    padded[..., 1:] = x                                              # (..., T, S+1)
+    flat = padded.reshape(*lead, T * (S + 1))                        # (..., T*(S+1))
+    return flat[..., T:].reshape(*lead, T, S)                        # (..., T, S)
+
+
+def skew_backward(dout):
+    """Exact adjoint of :func:`skew`: ``sum(skew(x) * g) == sum(x * skew_backward(g))``.
+
+    The forward pads, reshapes and drops; the backward undoes each step in reverse:
+    put zeros where entries were dropped, reshape back, drop the padding column.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (..., T, S)
+        Gradient with respect to the output of ``skew``.
+
+    Returns
+    -------
+    ndarray, shape (..., T, S)
+        Gradient with respect to the input of ``skew``.
+    """
+    *lead, T, S = dout.shape
+    if T > S:
+        raise ValueError(f"skew_backward needs T <= S, got dout of shape {dout.shape}")
+    flat = np.zeros((*lead, T * (S + 1)), dtype=dout.dtype)
+    flat[..., T:] = dout.reshape(*lead, T * S)      # forward was: out = flat[T:].reshape(T, S)
+    return flat.reshape(*lead, T, S + 1)[..., 1:]    # forward was: padded[..., 1:] = x
+
+
+def _causal_rel(T, S):
+    """Boolean (T, S): key j is at distance >= 0 from query i (queries aligned to the end)."""
+    return np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)
+
+
+def _check_rel(q, rel, S):
+    T, D = q.shape[-2:]
+    if rel.ndim < 2 or rel.shape[-1] != D or rel.shape[-2] < S or S < T:
+        raise ValueError(
+            f"relative_logits needs q (..., T, D) and rel (..., L, D) with L >= S >= T; "
+            f"got q {q.shape}, rel {rel.shape}, S={S}")
+
+
+def relative_logits(q, rel, *, key_len=None):
+    """Relative-position logits ``q . E[distance]`` via the skew, never a (T, S, D) tensor.
+
+    Parameters
+    ----------
+    q : array_like, shape (..., T, D)
+        Queries (the last T of ``S`` positions when ``key_len`` is given).
+    rel : array_like, shape (..., L, D)
+        Learned relative embeddings: row ``L-1`` is distance 0, row ``L-1-r`` distance
+        ``r`` (the key ``r`` steps back). Needs ``L >= S``.
+    key_len : int, optional
+        Number of keys ``S`` (default ``T``); queries are aligned to the end, so query ``i``
+        is at position ``i + S - T``.
+
+    Returns
+    -------
+    ndarray, shape (..., T, S)
+        ``out[..., i, j] = q[i] . rel[L-1-(i+S-T-j)]`` for ``j <= i+S-T``, 0 above
+        (future keys; mask them anyway).
+    """
+    q, rel = np.asarray(q), np.asarray(rel)
+    dtype = _float_dtype(q, rel)
+    q, rel = q.astype(dtype, copy=False), rel.astype(dtype, copy=False)
+    T, L = q.shape[-2], rel.shape[-2]
+    S = T if key_len is None else int(key_len)
+    _check_rel(q, rel, S)
+    qe = q @ np.swapaxes(rel[..., L - S:, :], -1, -2)   # (..., T, D) @ (..., D, S) -> (..., T, S)
+    out = skew(qe)
+    out *= _causal_rel(T, S)
+    return out
+
+
+def relative_logits_backward(dout, q, rel, *, key_len=None):
+    """Backward pass of :func:`relative_logits`.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (..., T, S)
+        Gradient with respect to the logits.
+    q, rel, key_len
+        As given to the forward pass.
+
+    Returns
+    -------
+    dq : ndarray, shape of ``q``
+    drel : ndarray, shape of ``rel`` (rows ``< L-S`` get zero; broadcast dims summed)
+    """
+    q, rel = np.asarray(q), np.asarray(rel)
+    T, L = q.shape[-2], rel.shape[-2]
+    S = T if key_len is None else int(key_len)
+    _check_rel(q, rel, S)
+    dqe = skew_backward(dout * _causal_rel(T, S))      # forward was: out = skew(qe) * causal
+    dq = dqe @ rel[..., L - S:, :]                     # forward was: qe = q @ rel[L-S:].T
+    drel_used = np.swapaxes(dqe, -1, -2) @ q           # (..., S, T) @ (..., T, D) -> (..., S, D)
+    drel = np.zeros(np.broadcast_shapes(drel_used.shape[:-2], rel.shape[:-2]) + rel.shape[-2:],
+                    dtype=drel_used.dtype)
+    drel[..., L - S:, :] = drel_used
+    return _sum_to_shape(dq, q.shape), _sum_to_shape(drel, rel.shape)
+
+
+def _sum_to_shape(g, shape):
+    """Sum a broadcast gradient back down to ``shape``."""
+    extra = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(extra))) if extra > 0 else g
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
