@@ -1,0 +1,459 @@
+"""The decoder-only transformer: config, parameters, forward (with a KV cache) and backward.
+
+A model is token embedding (scaled by sqrt(C)) + positions, ``n_layers`` pre-norm
+blocks ``x += attn(ln1(x)); x += ff(ln2(x))``, a final layer norm and an output
+head.  Positions are ``"sinusoidal"`` (added to the embedding), ``"rope"``
+(rotary, applied to queries and keys) or ``"relative"`` (Music Transformer
+relative logits, one learned table per layer).  Attention is ``"full"`` causal,
+``"local"`` (each token sees its ``window`` most recent tokens) or
+``"soft_align"`` (SAMUeL-GEN: ``alpha`` x local attention over ``window`` tokens
++ ``1 - alpha`` x full attention with rotary positions).
+
+``Model.forward`` serves inference and the attention inspector;
+``Model.loss_and_grads`` runs the same forward and then the hand-written backward
+of :mod:`music_attn.layers`.
+
+Shape legend: B batch, T time (new tokens), S key length (cached + new),
+C model dim, H heads, D head dim, F feed-forward dim, V vocab, L max length.
+"""
+
+import ctypes
+import dataclasses
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from music_attn.layers import (
+    AttentionSpec, LayerKV,
+    attention_backward, attention_forward,
+    cross_entropy_backward, cross_entropy_forward,
+    embedding_backward, embedding_forward,
+    gelu_backward, gelu_forward,
+    layernorm_backward, layernorm_forward,
+    linear_backward, linear_forward,
+)
+from music_attn.positional import sinusoidal
+
+__all__ = ["ModelConfig", "Model", "KVCache", "init_model", "load_model", "POSITIONALS", "ATTENTIONS"]
+
+POSITIONALS = ("sinusoidal", "rope", "relative")
+ATTENTIONS = ("full", "local", "soft_align")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every hyper-parameter of a model; saved with its weights.
+
+    Attributes
+    ----------
+    vocab_size : V, the tokenizer's vocabulary size.
+    d_model, n_layers, n_heads, d_ff : C, number of blocks, H, F.
+    max_len : L, the longest sequence (and KV cache) the model takes.
+    positional : "sinusoidal" | "rope" | "relative".
+    attention : "full" | "local" | "soft_align".
+    window : local attention window (also the local half of soft-align).
+    alpha : soft-align weight of the local attention (0 = full, 1 = local).
+    rope_base : rotary frequency base.
+    """
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    max_len: int = 256
+    positional: str = "sinusoidal"
+    attention: str = "full"
+    window: int = 32
+    alpha: float = 0.5
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if (self.positional == "rope" or self.attention == "soft_align") and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+
+    @property
+    def head_dim(self):
+        return self.d_model // self.n_heads
+
+    def to_dict(self):
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def param_shapes(config):
+    """Name -> shape of every parameter of a model with this config (in a fixed order)."""
+    C, F, V, H = config.d_model, config.d_ff, config.vocab_size, config.n_heads
+    shapes = {"tok_emb": (V, C)}
+    for i in range(config.n_layers):
+        p = f"h{i}."
+        shapes.update({
+            p + "ln1.g": (C,), p + "ln1.b": (C,),
+            p + "attn.w_qkv": (C, 3 * C), p + "attn.b_qkv": (3 * C,),
+            p + "attn.w_o": (C, C), p + "attn.b_o": (C,),
+        })
+        if config.positional == "relative":
+            shapes[p + "attn.rel"] = (H, config.max_len, config.head_dim)
+        shapes.update({
+            p + "ln2.g": (C,), p + "ln2.b": (C,),
+            p + "ff.w1": (C, F), p + "ff.b1": (F,),
+            p + "ff.w2": (F, C), p + "ff.b2": (C,),
+        })
+    shapes.update({"ln_f.g": (C,), "ln_f.b": (C,), "head.w": (C, V), "head.b": (V,)})
+    return shapes
+
+
+def init_model(config, rng, *, dtype=np.float32, tokenizer=None):
+    """A freshly initialised model.
+
+    Weights ~ N(0, 0.02) (GPT-2), residual projections scaled by 1/sqrt(2 n_layers),
+    embedding ~ N(0, 1/C) (scaled by sqrt(C) in the forward), biases 0, norms 1.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    rng : np.random.Generator
+    dtype : float dtype of the parameters (float32; float64 for gradient checks).
+    tokenizer : optional tokenizer to attach.
+    """
+    residual_std = 0.02 / np.sqrt(2 * config.n_layers)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name == "tok_emb":
+            value = rng.normal(0.0, config.d_model ** -0.5, shape)
+        elif name.endswith((".g",)):
+            value = np.ones(shape)
+        elif name.endswith(("attn.w_o", "ff.w2")):
+            value = rng.normal(0.0, residual_std, shape)
+        elif name.endswith((".w_qkv", ".w1", ".w", ".rel")):
+            value = rng.normal(0.0, 0.02, shape)
+        else:
+            value = np.zeros(shape)
+        params[name] = value.astype(dtype)
+    return Model(config, params, tokenizer=tokenizer)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer.
+
+    ``model.forward(ids, cache=c)`` writes the new keys/values at positions
+    ``len(c) .. len(c)+T-1`` and advances ``len(c)``; nothing is ever concatenated.
+    """
+
+    def __init__(self, config, batch, dtype):
+        shape = (batch, config.n_heads, config.head_dim, config.max_len)   # (B, H, D, L)
+        rot = config.attention == "soft_align"      # soft-align also keeps RoPE-rotated keys
+        self.layers = [LayerKV(np.zeros(shape, dtype), np.zeros(shape, dtype),
+                               np.zeros(shape, dtype) if rot else None)
+                       for _ in range(config.n_layers)]
+        self.batch = batch
+        self.capacity = config.max_len
+        self.length = 0
+
+    def __len__(self):
+        return self.length
+
+    def reset(self):
+        """Forget everything (the buffers are reused)."""
+        self.length = 0
+
+
+class BlockCache(NamedTuple):
+    ln1: tuple
+    attn: tuple
+    ln2: tuple
+    ff1: tuple
+    gelu: tuple
+    ff2: tuple
+
+
+class ForwardCache(NamedTuple):
+    emb: tuple
+    blocks: list
+    ln_f: tuple
+    head: tuple
+
+
+class Model:
+    """A decoder-only transformer over token ids.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    params : dict name -> ndarray, shapes as :func:`param_shapes` (checked).
+    tokenizer : the tokenizer the model was trained with, or None.
+    """
+
+    def __init__(self, config, params, tokenizer=None):
+        check_params(config, params)
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.dtype = params["tok_emb"].dtype
+        self._spec = AttentionSpec(
+            n_heads=config.n_heads,
+            rope=config.positional == "rope",
+            rope_base=config.rope_base,
+            window=config.window if config.attention == "local" else None,
+            alpha=config.alpha if config.attention == "soft_align" else None,
+            align_window=config.window if config.attention == "soft_align" else None,
+        )
+        self._pe = (sinusoidal(config.max_len, config.d_model, dtype=self.dtype)
+                    if config.positional == "sinusoidal" else None)
+
+    def __repr__(self):
+        c = self.config
+        return (f"Model(d_model={c.d_model}, n_layers={c.n_layers}, n_heads={c.n_heads}, "
+                f"positional={c.positional!r}, attention={c.attention!r}, params={self.n_params:,})")
+
+    @property
+    def n_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def astype(self, dtype):
+        """A copy of the model with parameters of another float dtype."""
+        params = {k: v.astype(dtype) for k, v in self.params.items()}
+        return Model(self.config, params, tokenizer=self.tokenizer)
+
+    def new_cache(self, batch=1):
+        """An empty KVCache for ``batch`` sequences."""
+        return KVCache(self.config, batch, self.dtype)
+
+    def forward(self, ids, *, cache=None, return_attention=False):
+        """Next-token logits for every position.
+
+        Parameters
+        ----------
+        ids : (B, T) int token ids.
+        cache : KVCache or None.  With a cache, ``ids`` continue the sequences
+            already in it (positions ``len(cache)..``) and are appended to it.
+        return_attention : also return the attention probabilities.
+
+        Returns
+        -------
+        logits : (B, T, V) in the model's dtype (float32).
+        attention : (L, B, H, T, S) float32, only with ``return_attention``:
+            the softmax probabilities each layer used (S = cached + T).
+        """
+        logits, fwd = self._forward(ids, cache)
+        if not return_attention:
+            return logits
+        attention = np.stack([b.attn.probs for b in fwd.blocks]).astype(np.float32, copy=False)
+        return logits, attention
+
+    def loss_and_grads(self, ids, targets, *, workers=None):
+        """Mean cross-entropy of ``targets`` given ``ids`` and its gradient.
+
+        Parameters
+        ----------
+        ids : (B, T) int inputs.
+        targets : (B, T) int next tokens; negative targets are not counted.
+        workers : split the batch over this many threads (each calling BLAS
+            single-threaded) and sum their gradients in a fixed order: the same
+            ``workers`` always gives the same bits.  Default: one per CPU core.
+
+        Returns
+        -------
+        loss : float, nats per counted token.
+        grads : dict name -> ndarray, the same keys and shapes as ``params``.
+        """
+        ids, targets = np.asarray(ids), np.asarray(targets)
+        count = max(int(np.sum(targets >= 0)), 1)
+        parts = np.array_split(np.arange(len(ids)), _n_workers(workers, len(ids)))
+        results = list(_pool(len(parts)).map(
+            lambda rows: self._loss_and_grads(ids[rows], targets[rows], count), parts))
+        loss, grads = results[0]
+        for part_loss, part_grads in results[1:]:
+            loss += part_loss
+            for name, g in part_grads.items():
+                grads[name] += g
+        return loss, grads
+
+    def _loss_and_grads(self, ids, targets, count):
+        """Summed cross-entropy / ``count`` of these rows and its gradient."""
+        logits, fwd = self._forward(ids, None)
+        loss, ce = cross_entropy_forward(logits, targets, count)
+        dlogits = cross_entropy_backward(1.0, ce, logits.shape)
+        return loss, self._backward(dlogits, fwd)
+
+    def loss(self, ids, targets, *, workers=None):
+        """Mean cross-entropy (nats per counted token) without gradients."""
+        ids, targets = np.asarray(ids), np.asarray(targets)
+        count = max(int(np.sum(targets >= 0)), 1)
+
+        def part(rows):
+            return cross_entropy_forward(self._forward(ids[rows], None)[0], targets[rows], count)[0]
+        parts = np.array_split(np.arange(len(ids)), _n_workers(workers, len(ids)))
+        return float(sum(_pool(len(parts)).map(part, parts)))
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_ids(self, ids, cache):
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids must be an integer array of shape (B, T), got {ids.dtype} {ids.shape}")
+        start = 0 if cache is None else cache.length
+        if start + ids.shape[1] > self.config.max_len:
+            raise ValueError(f"{start} cached + {ids.shape[1]} new tokens exceed "
+                             f"max_len={self.config.max_len}")
+        if cache is not None and cache.batch != ids.shape[0]:
+            raise ValueError(f"ids have batch {ids.shape[0]} but the cache holds {cache.batch}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), "
+                             f"got {ids.min()}..{ids.max()}")
+        return ids, start
+
+    def _forward(self, ids, cache):
+        """Logits (B, T, V) and the ForwardCache the backward needs."""
+        ids, start = self._check_ids(ids, cache)
+        p, T = self.params, ids.shape[1]
+        x, emb = embedding_forward(ids, p["tok_emb"])            # (B, T, C)
+        x *= math.sqrt(self.config.d_model)
+        if self._pe is not None:
+            x += self._pe[start:start + T]
+        blocks = []
+        for i in range(self.config.n_layers):
+            kv = None if cache is None else cache.layers[i]
+            x, block = self._block_forward(x, f"h{i}.", kv, start)
+            blocks.append(block)
+        h, ln_f = layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])
+        logits, head = linear_forward(h, p["head.w"], p["head.b"])  # (B, T, V)
+        if cache is not None:
+            cache.length += T
+        return logits, ForwardCache(emb, blocks, ln_f, head)
+
+    def _block_forward(self, x, pre, kv, start):
+        """One pre-norm block: x += attn(ln1(x)); x += ff(ln2(x))."""
+        p = self.params
+        h, ln1 = layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])
+        a, attn = attention_forward(h, p[pre + "attn.w_qkv"], p[pre + "attn.b_qkv"],
+                                    p[pre + "attn.w_o"], p[pre + "attn.b_o"], self._spec,
+                                    rel=p.get(pre + "attn.rel"), kv=kv, start=start)
+        x = x + a
+        h, ln2 = layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])
+        f, ff1 = linear_forward(h, p[pre + "ff.w1"], p[pre + "ff.b1"])   # (B, T, F)
+        g, gelu = gelu_forward(f)
+        m, ff2 = linear_forward(g, p[pre + "ff.w2"], p[pre + "ff.b2"])   # (B, T, C)
+        x += m
+        return x, BlockCache(ln1, attn, ln2, ff1, gelu, ff2)
+
+    # ------------------------------------------------------------------ backward
+
+    def _backward(self, dlogits, fwd):
+        """Gradients of every parameter given d logits (B, T, V)."""
+        grads = {}
+        # forward was: logits = ln_f(x) @ head.w + head.b
+        dh, grads["head.w"], grads["head.b"] = linear_backward(dlogits, fwd.head)
+        dx, grads["ln_f.g"], grads["ln_f.b"] = layernorm_backward(dh, fwd.ln_f)
+        for i in reversed(range(self.config.n_layers)):
+            dx = self._block_backward(dx, fwd.blocks[i], f"h{i}.", grads)
+        # forward was: x = tok_emb[ids] * sqrt(C) (+ pe)
+        dx *= math.sqrt(self.config.d_model)
+        grads["tok_emb"] = embedding_backward(dx, fwd.emb)
+        return {name: grads[name] for name in self.params}
+
+    def _block_backward(self, dx, block, pre, grads):
+        """Backward of one block; fills ``grads`` and returns d x (B, T, C)."""
+        # forward was: x += ff.w2 @ gelu(ff.w1 @ ln2(x))
+        dg, grads[pre + "ff.w2"], grads[pre + "ff.b2"] = linear_backward(dx, block.ff2)
+        df = gelu_backward(dg, block.gelu)
+        dh, grads[pre + "ff.w1"], grads[pre + "ff.b1"] = linear_backward(df, block.ff1)
+        dln, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = layernorm_backward(dh, block.ln2)
+        dx = dx + dln
+        # forward was: x = x + attn(ln1(x))
+        dh, *dattn = attention_backward(dx, block.attn)
+        (grads[pre + "attn.w_qkv"], grads[pre + "attn.b_qkv"],
+         grads[pre + "attn.w_o"], grads[pre + "attn.b_o"], drel) = dattn
+        if drel is not None:
+            grads[pre + "attn.rel"] = drel
+        dln, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = layernorm_backward(dh, block.ln1)
+        dx += dln
+        return dx
+
+
+_POOLS = {}
+
+
+def _n_workers(workers, batch):
+    """Threads to split a batch over: ``workers`` (default one per core), at most one per row."""
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    return max(1, min(workers, batch))
+
+
+def _pool(workers):
+    """A thread pool whose threads call BLAS single-threaded (numpy releases the GIL)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="music_attn_model",
+                                             initializer=_one_blas_thread)
+    return _POOLS[workers]
+
+
+def parallel_map(fn, items, workers=None):
+    """``map(fn, items)`` on the model's thread pool (one thread per core by default).
+
+    For work that releases the GIL (large numpy operations); results in order.
+    """
+    items = list(items)
+    return _pool(_n_workers(workers, len(items))).map(fn, items)
+
+
+def _one_blas_thread():
+    """Make OpenBLAS calls from the current thread single-threaded (best effort).
+
+    Two threads that each run half a batch on one core beat one thread with a
+    two-thread BLAS, whose workers spin-wait badly when the cores are shared.
+    Uses OpenBLAS's per-thread setting; other BLAS builds are left alone.
+    """
+    folder = Path(np.__file__).parent
+    for lib in sorted(folder.parent.glob(f"{folder.name}.libs/*openblas*")):
+        try:
+            ctypes.CDLL(str(lib)).openblas_set_num_threads_local(1)
+            return
+        except (OSError, AttributeError):
+            continue
+
+
+def check_params(config, params):
+    """Raise ValueError naming the first parameter missing or of the wrong shape."""
+    shapes = param_shapes(config)
+    missing = [name for name in shapes if name not in params]
+    extra = [name for name in params if name not in shapes]
+    if missing or extra:
+        raise ValueError(f"parameters do not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, shape in shapes.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, config needs {shape}")
+    dtypes = {np.asarray(p).dtype for p in params.values()}
+    if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
+        raise ValueError(f"parameters must share one float dtype, got {sorted(map(str, dtypes))}")
+
+
+def load_model(path=None):
+    """Load a model (with its tokenizer) from a checkpoint; None -> the shipped model."""
+    from music_attn.checkpoint import load_model as _load   # checkpoint sits above model
+    return _load(path)

@@ -1,0 +1,337 @@
+"""Training in numpy: AdamW, warmup + cosine schedule, clipping, validation, exact resume.
+
+Everything random (weight init, window sampling, transposition) draws from one
+seeded ``np.random.Generator`` whose state is saved in every checkpoint, so the
+same seed gives bit-identical weights and ``N steps + resume + N steps`` equals
+``2N steps``.  Checkpoints are written atomically; Ctrl-C finishes the current
+step, saves and stops.
+
+Shape legend: B batch, T window length.
+"""
+
+import dataclasses
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from music_attn.checkpoint import save_checkpoint
+from music_attn.data import augment_transpose, sample_windows
+from music_attn.model import parallel_map
+
+__all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train", "evaluate",
+           "validation_windows", "train_state_from_checkpoint"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (saved in the checkpoint's training state).
+
+    Attributes
+    ----------
+    steps : total optimizer steps (the cosine schedule ends there).
+    batch_size, seq_len : B and T of a training batch.
+    lr, min_lr : peak and final learning rate; warmup : linear warmup steps.
+    betas, eps, weight_decay : AdamW (decay on matrices only, not biases/norms).
+    grad_clip : clip the global gradient norm to this (0 = off).
+    eval_every : validation loss every this many steps (0 = only at the end).
+    eval_tokens : at most this many validation tokens per evaluation.
+    checkpoint_every : save every this many steps (0 = only at the end).
+    transpose : (low, high) semitone range of transposition augmentation, or None.
+    seed : seed of the run's np.random.Generator.
+    workers : threads sharing each batch (see ``Model.loss_and_grads``); part of
+        the config because the summation order of the gradients depends on it.
+    """
+    steps: int = 2000
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 100
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_tokens: int = 32768
+    checkpoint_every: int = 500
+    transpose: Optional[tuple] = (-5, 6)
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ValueError(f"learning rates must be positive, got lr={self.lr}, min_lr={self.min_lr}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        for key in ("betas", "transpose"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- optimizer
+
+def lr_at(step, config):
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    span = max(config.steps - config.warmup, 1)
+    progress = min((step - config.warmup) / span, 1.0)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def clip_grads(grads, max_norm):
+    """Scale every gradient so that their global L2 norm is at most ``max_norm``; returns the norm."""
+    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if max_norm and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), updating params in place.
+
+    Weight decay applies to parameters with two or more dimensions (matrices,
+    embeddings, relative tables), not to biases or norm gains.
+    """
+
+    def __init__(self, params, *, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01):
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self.t = 0
+
+    def step(self, params, grads, lr):
+        """One update of every parameter with learning rate ``lr`` (parameters in parallel)."""
+        self.t += 1
+        list(parallel_map(lambda name: self._update(params[name], grads[name], name, lr), params))
+
+    def _update(self, p, g, name, lr):
+        b1, b2 = self.betas
+        m, v = self.m[name], self.v[name]
+        tmp = g * (1.0 - b1)
+        m *= b1
+        m += tmp                                  # m = b1 m + (1 - b1) g
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
+        v *= b2
+        v += tmp                                  # v = b2 v + (1 - b2) g^2
+        np.sqrt(v, out=tmp)
+        tmp *= 1.0 / math.sqrt(1.0 - b2 ** self.t)
+        tmp += self.eps                           # sqrt(v_hat) + eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= lr / (1.0 - b1 ** self.t)          # lr m_hat / (sqrt(v_hat) + eps)
+        if self.weight_decay and p.ndim >= 2:
+            p *= 1.0 - lr * self.weight_decay     # decoupled weight decay
+        p -= tmp
+
+    def state_arrays(self):
+        return {**{f"m/{k}": v for k, v in self.m.items()}, **{f"v/{k}": v for k, v in self.v.items()}}
+
+    def load_state_arrays(self, arrays, t):
+        for k in self.m:
+            self.m[k][...] = arrays[f"m/{k}"]
+            self.v[k][...] = arrays[f"v/{k}"]
+        self.t = int(t)
+
+
+# --------------------------------------------------------------------------- state
+
+class TrainState:
+    """Everything that changes while training: step, optimizer, RNG, history."""
+
+    def __init__(self, model, config, rng):
+        self.config = config
+        self.rng = rng
+        self.step = 0
+        self.optimizer = AdamW(model.params, betas=config.betas, eps=config.eps,
+                               weight_decay=config.weight_decay)
+        self.history = []           # dicts: step, loss, lr, (val_loss)
+
+    def to_checkpoint(self):
+        """The ``train_state`` dict that :func:`save_checkpoint` stores."""
+        meta = {"step": self.step, "optimizer_t": self.optimizer.t,
+                "rng": _jsonable_rng_state(self.rng), "config": self.config.to_dict(),
+                "history": self.history}
+        return {"meta": meta, "arrays": self.optimizer.state_arrays()}
+
+
+def _jsonable_rng_state(rng):
+    state = rng.bit_generator.state
+    return {"bit_generator": state["bit_generator"], "state": state}
+
+
+def train_state_from_checkpoint(model, train_state, config=None):
+    """Rebuild a TrainState from a loaded checkpoint's ``train_state`` (exact resume).
+
+    ``config`` overrides the saved TrainConfig (e.g. more steps).
+    """
+    meta = train_state["meta"]
+    config = TrainConfig.from_dict(meta["config"]) if config is None else config
+    bitgen = getattr(np.random, meta["rng"]["bit_generator"])()
+    bitgen.state = meta["rng"]["state"]
+    state = TrainState(model, config, np.random.Generator(bitgen))
+    state.optimizer.load_state_arrays(train_state["arrays"], meta["optimizer_t"])
+    state.step = int(meta["step"])
+    state.history = list(meta["history"])
+    return state
+
+
+# --------------------------------------------------------------------------- data
+
+def _batch(sequences, config, rng, tokenizer, pad_id):
+    """Inputs and targets (B, T) of one random batch; padding targets are -1 (not counted)."""
+    windows = sample_windows(sequences, config.batch_size, config.seq_len, rng, pad_id=pad_id)
+    if config.transpose is not None and tokenizer is not None:
+        low, high = config.transpose
+        windows = np.stack([augment_transpose(w, tokenizer, rng, low, high) for w in windows])
+    ids, targets = windows[:, :-1], windows[:, 1:].astype(np.int64)   # (B, T+1) -> (B, T)
+    targets[targets == pad_id] = -1
+    return ids, targets
+
+
+def validation_windows(sequences, seq_len, max_tokens, pad_id=0):
+    """Consecutive windows (N, T+1) covering the validation sequences (no randomness)."""
+    rows, total = [], 0
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int32)
+        for start in range(0, max(len(seq) - 1, 1), seq_len):
+            chunk = seq[start:start + seq_len + 1]
+            if len(chunk) < 2 or total >= max_tokens:
+                continue
+            row = np.full(seq_len + 1, pad_id, dtype=np.int32)
+            row[:len(chunk)] = chunk
+            rows.append(row)
+            total += len(chunk) - 1
+    return np.stack(rows) if rows else np.zeros((0, seq_len + 1), np.int32)
+
+
+def evaluate(model, windows, *, batch_size=16, pad_id=0, workers=2):
+    """Mean NLL (nats/token) of the model on windows (N, T+1), padding not counted."""
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        w = windows[i:i + batch_size]
+        targets = w[:, 1:].astype(np.int64)
+        targets[targets == pad_id] = -1
+        n = int((targets >= 0).sum())
+        if n:
+            total += model.loss(w[:, :-1], targets, workers=workers) * n
+            count += n
+    return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------- loop
+
+class _StopOnInterrupt:
+    """Turn the first Ctrl-C into a request to stop at the end of the current step.
+
+    A second Ctrl-C interrupts at once.  Only active in the main thread.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _train_step(model, sequences, state, tokenizer, pad_id):
+    """One optimizer step; returns the history record of the step."""
+    config = state.config
+    ids, targets = _batch(sequences, config, state.rng, tokenizer, pad_id)
+    loss, grads = model.loss_and_grads(ids, targets, workers=config.workers)
+    norm = clip_grads(grads, config.grad_clip)
+    lr = lr_at(state.step, config)
+    state.optimizer.step(model.params, grads, lr)
+    return {"step": state.step + 1, "loss": float(loss), "lr": lr, "grad_norm": norm}
+
+
+def _due(step, every, last):
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer=None,
+          checkpoint=None, stop_after=None, time_limit=None, progress=True):
+    """Train ``model`` in place on token sequences.
+
+    Parameters
+    ----------
+    model : Model (its ``tokenizer`` is saved in checkpoints).
+    sequences : list of int arrays, the training token sequences.
+    config : TrainConfig.
+    state : TrainState to continue (resume); None starts afresh from ``config.seed``.
+    val_sequences : validation sequences, evaluated every ``config.eval_every`` steps.
+    tokenizer : needed for transposition augmentation (defaults to ``model.tokenizer``).
+    checkpoint : path to save to every ``config.checkpoint_every`` steps, at the end
+        and on Ctrl-C; None saves nothing.
+    stop_after : stop at this step (before ``config.steps``) without changing the schedule.
+    time_limit : stop (and save) after this many seconds, whatever the step.
+    progress : show a tqdm bar (loss, tokens/s, ETA).
+
+    Returns
+    -------
+    TrainState  (``state.interrupted`` is True when Ctrl-C stopped the run)
+    """
+    if config.seq_len > model.config.max_len:
+        raise ValueError(f"seq_len={config.seq_len} exceeds the model's max_len={model.config.max_len}")
+    tokenizer = model.tokenizer if tokenizer is None else tokenizer
+    pad_id = tokenizer.pad_id if tokenizer is not None else 0
+    state = TrainState(model, config, np.random.default_rng(config.seed)) if state is None else state
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    val = (validation_windows(val_sequences, config.seq_len, config.eval_tokens, pad_id)
+           if val_sequences else None)
+    state.interrupted, saved = False, None
+    deadline = math.inf if time_limit is None else time.monotonic() + time_limit
+    with _StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, disable=not progress,
+                                          unit="step", dynamic_ncols=True) as bar:
+        while state.step < end and not stop.requested and time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            record = _train_step(model, sequences, state, tokenizer, pad_id)
+            tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
+            state.step += 1
+            if val is not None and len(val) and _due(state.step, config.eval_every, end):
+                record["val_loss"] = evaluate(model, val, batch_size=config.batch_size, pad_id=pad_id,
+                                              workers=config.workers)
+                if progress:
+                    bar.write(f"step {state.step}: train loss {record['loss']:.4f}, "
+                              f"validation loss {record['val_loss']:.4f}")
+            state.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            bar.update(1)
+            if checkpoint is not None and _due(state.step, config.checkpoint_every, end):
+                save_checkpoint(checkpoint, model, train_state=state.to_checkpoint())
+                saved = state.step
+        state.interrupted = stop.requested
+        if checkpoint is not None and saved != state.step:
+            save_checkpoint(checkpoint, model, train_state=state.to_checkpoint())
+    return state

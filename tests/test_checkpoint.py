@@ -1,0 +1,176 @@
+"""Checkpoints: exact round trips, no pickles, and clear errors for anything else."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from music_attn import checkpoint
+from music_attn.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.errors import CheckpointError
+from music_attn.model import ModelConfig, init_model
+from music_attn.tokenizer import RemiTokenizer
+
+
+@pytest.fixture
+def model():
+    tokenizer = RemiTokenizer()
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                         max_len=24, positional="relative", attention="soft_align", window=4)
+    return init_model(config, np.random.default_rng(0), tokenizer=tokenizer)
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    path = tmp_path / "model.npz"
+    save_checkpoint(path, model)
+    return path
+
+
+def rewrite(path, **changes):
+    """Copy a checkpoint with some entries replaced (None deletes)."""
+    with np.load(path, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    for key, value in changes.items():
+        if value is None:
+            entries.pop(key)
+        else:
+            entries[key] = value
+    np.savez(path, **entries)
+
+
+def test_round_trip_gives_identical_weights_config_and_tokenizer(model, saved):
+    loaded = load_checkpoint(saved)
+    assert loaded.train_state is None
+    assert loaded.model.config == model.config
+    assert loaded.model.tokenizer == model.tokenizer
+    assert loaded.model.tokenizer.vocab == model.tokenizer.vocab
+    assert set(loaded.model.params) == set(model.params)
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(loaded.model.params[name], value)
+        assert loaded.model.params[name].dtype == value.dtype
+    ids = np.array([[1, 3, 5, 7]])
+    np.testing.assert_array_equal(loaded.model.forward(ids), model.forward(ids))
+
+
+def test_file_holds_only_plain_arrays_and_json(saved):
+    with np.load(saved, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    assert not any(v.dtype == object for v in entries.values())
+    assert json.loads(str(entries["model_config"][()]))["positional"] == "relative"
+    assert json.loads(str(entries["tokenizer"][()]))["type"] == "remi"
+    assert json.loads(str(entries["vocab"][()]))[:3] == ["PAD", "BOS", "EOS"]
+
+
+def test_training_state_round_trips(model, tmp_path):
+    path = tmp_path / "train.npz"
+    arrays = {"m/tok_emb": np.arange(6.0).reshape(2, 3)}
+    meta = {"step": 17, "rng": {"state": 2 ** 100 + 1}, "history": [{"loss": 1.5}]}
+    save_checkpoint(path, model, train_state={"meta": meta, "arrays": arrays})
+    state = load_checkpoint(path).train_state
+    assert state["meta"] == meta
+    np.testing.assert_array_equal(state["arrays"]["m/tok_emb"], arrays["m/tok_emb"])
+
+
+def test_model_without_tokenizer_round_trips(tmp_path):
+    config = ModelConfig(vocab_size=9, d_model=8, n_layers=1, n_heads=2, d_ff=8, max_len=8)
+    path = tmp_path / "bare.npz"
+    save_checkpoint(path, init_model(config, np.random.default_rng(0)))
+    loaded = load_checkpoint(path).model
+    assert loaded.tokenizer is None and loaded.config == config
+
+
+def test_truncated_file_is_a_checkpoint_error_naming_the_file(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.npz"):
+        load_checkpoint(saved)
+
+
+def test_file_that_is_not_a_zip_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "noise.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(CheckpointError, match="noise.npz"):
+        load_checkpoint(path)
+
+
+def test_foreign_npz_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "foreign.npz"
+    np.savez(path, weights=np.ones(3))
+    with pytest.raises(CheckpointError, match="foreign.npz.*not a music_attn checkpoint"):
+        load_checkpoint(path)
+
+
+def test_pickled_object_arrays_are_never_unpickled(tmp_path):
+    path = tmp_path / "pickled.npz"
+    np.savez(path, format=np.array([{"format": "music_attn.checkpoint"}], dtype=object))
+    with pytest.raises(CheckpointError, match="pickled.npz"):
+        load_checkpoint(path)
+
+
+def test_config_that_does_not_match_the_weights_is_a_checkpoint_error(model, saved):
+    config = {**model.config.to_dict(), "d_model": 32}
+    rewrite(saved, model_config=np.array(json.dumps(config)))
+    with pytest.raises(CheckpointError, match="model.npz.*do not match"):
+        load_checkpoint(saved)
+
+
+def test_missing_parameter_is_a_checkpoint_error(saved):
+    rewrite(saved, **{"param/h1.ff.w2": None})
+    with pytest.raises(CheckpointError, match="h1.ff.w2"):
+        load_checkpoint(saved)
+
+
+def test_vocabulary_that_differs_from_the_tokenizer_is_a_checkpoint_error(model, saved):
+    vocab = list(model.tokenizer.vocab)
+    vocab[10], vocab[11] = vocab[11], vocab[10]
+    rewrite(saved, vocab=np.array(json.dumps(vocab)))
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        load_checkpoint(saved)
+
+
+def test_newer_format_version_is_refused(saved):
+    rewrite(saved, format=np.array(json.dumps({"format": "music_attn.checkpoint", "version": 99})))
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(saved)
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.npz")
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(model, saved, monkeypatch):
+    before = saved.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", explode)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(saved, model)
+    assert saved.read_bytes() == before
+    assert [p.name for p in saved.parent.iterdir()] == ["model.npz"]
+    assert zipfile.is_zipfile(saved)
+
+
+def test_load_model_none_reads_the_packaged_model(saved, monkeypatch):
+    monkeypatch.setattr(checkpoint, "shipped_model_path", lambda: saved)
+    loaded = load_model()
+    assert loaded.tokenizer is not None and loaded.config.d_model == 16
+
+
+def test_missing_packaged_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "shipped_model_path", lambda: tmp_path / "model.npz")
+    with pytest.raises(CheckpointError, match="pretrained model is missing"):
+        load_model()
+
+
+def test_shipped_model_loads_with_its_tokenizer():
+    path = checkpoint.shipped_model_path()
+    if not path.is_file():
+        pytest.skip("the pretrained model has not been built yet")
+    model = load_model()
+    assert model.tokenizer is not None
+    assert model.tokenizer.vocab_size == model.config.vocab_size
+    assert path.stat().st_size < 25 * 2 ** 20

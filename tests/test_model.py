@@ -1,0 +1,154 @@
+"""The decoder: KV cache == full forward, causality, attention probabilities, config checks."""
+
+import numpy as np
+import pytest
+
+from music_attn.model import ATTENTIONS, POSITIONALS, ModelConfig, init_model
+
+V = 23
+
+
+def make_model(positional="sinusoidal", attention="full", *, max_len=40, seed=0, window=5):
+    config = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_len=max_len,
+                         positional=positional, attention=attention, window=window)
+    model = init_model(config, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed + 1)         # larger weights: attention that is far from uniform
+    for name, value in model.params.items():
+        value += rng.normal(0, 0.2, value.shape).astype(np.float32)
+    return model
+
+
+CASES = [(p, a) for p in POSITIONALS for a in ATTENTIONS]
+
+
+@pytest.mark.parametrize("positional, attention", CASES)
+def test_one_token_with_cache_equals_full_forward_over_the_prefix(positional, attention):
+    model = make_model(positional, attention)
+    ids = np.random.default_rng(5).integers(0, V, (2, 40))
+    cache = model.new_cache(batch=2)
+    model.forward(ids[:, :3], cache=cache)
+    for t in range(3, 40):
+        step = model.forward(ids[:, t:t + 1], cache=cache)[:, 0]           # (B, V)
+        full = model.forward(ids[:, :t + 1])[:, -1]                        # the whole prefix again
+        np.testing.assert_allclose(step, full, atol=1e-5, rtol=0, err_msg=f"position {t}")
+    assert len(cache) == 40
+
+
+@pytest.mark.parametrize("positional, attention", CASES)
+def test_cache_equals_full_forward_past_several_query_blocks(positional, attention):
+    model = make_model(positional, attention, max_len=150, window=70)   # blocks of 64 queries
+    ids = np.random.default_rng(10).integers(0, V, (1, 150))
+    full, att = model.forward(ids, return_attention=True)
+    np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-5)
+    i, j = np.indices((150, 150))
+    assert not att[..., j > i].any()
+    cache = model.new_cache()
+    steps = [model.forward(ids[:, :100], cache=cache)]
+    steps += [model.forward(ids[:, t:t + 1], cache=cache) for t in range(100, 150)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positional", POSITIONALS)
+def test_chunks_through_the_cache_equal_one_full_forward(positional):
+    model = make_model(positional, "local")
+    ids = np.random.default_rng(6).integers(0, V, (1, 33))
+    cache = model.new_cache()
+    pieces = [model.forward(ids[:, a:b], cache=cache) for a, b in ((0, 10), (10, 11), (11, 25), (25, 33))]
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), model.forward(ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positional, attention", CASES)
+def test_future_tokens_do_not_change_past_outputs(positional, attention):
+    model = make_model(positional, attention)
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, V, (1, 30))
+    changed = ids.copy()
+    changed[0, 17:] = rng.integers(0, V, 13)
+    a, b = model.forward(ids), model.forward(changed)
+    np.testing.assert_array_equal(a[:, :17], b[:, :17])
+    assert np.abs(a[:, 17:] - b[:, 17:]).max() > 1e-3        # the future itself does change
+
+
+@pytest.mark.parametrize("positional, attention", CASES)
+def test_attention_rows_sum_to_one_and_never_look_ahead(positional, attention):
+    model = make_model(positional, attention, window=4)
+    ids = np.random.default_rng(8).integers(0, V, (3, 20))
+    logits, att = model.forward(ids, return_attention=True)
+    assert logits.shape == (3, 20, V) and logits.dtype == np.float32
+    assert att.shape == (2, 3, 4, 20, 20) and att.dtype == np.float32
+    np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-5)
+    i, j = np.indices((20, 20))
+    assert not att[..., j > i].any()
+    if attention == "local":                                  # only the 4 most recent keys
+        assert not att[..., j <= i - 4].any()
+    assert (att >= 0).all()
+
+
+def test_attention_with_a_cache_covers_cached_and_new_keys():
+    model = make_model("relative")
+    ids = np.random.default_rng(9).integers(0, V, (1, 12))
+    cache = model.new_cache()
+    model.forward(ids[:, :9], cache=cache)
+    _, att = model.forward(ids[:, 9:], cache=cache, return_attention=True)
+    _, full = model.forward(ids, return_attention=True)
+    assert att.shape == (2, 1, 4, 3, 12)
+    np.testing.assert_allclose(att, full[..., 9:, :], atol=1e-6)
+
+
+def test_local_attention_ignores_tokens_beyond_the_window_with_one_layer():
+    config = ModelConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2, d_ff=16, max_len=20,
+                         positional="rope", attention="local", window=3)
+    model = init_model(config, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, V, (1, 20))
+    changed = ids.copy()
+    changed[0, :10] = rng.integers(0, V, 10)        # keys more than 3 back from position 12+
+    np.testing.assert_array_equal(model.forward(ids)[:, 12:], model.forward(changed)[:, 12:])
+
+
+def test_cache_refuses_to_overflow_max_len():
+    model = make_model(max_len=8)
+    cache = model.new_cache()
+    model.forward(np.zeros((1, 6), int), cache=cache)
+    with pytest.raises(ValueError, match="max_len"):
+        model.forward(np.zeros((1, 3), int), cache=cache)
+    with pytest.raises(ValueError, match="max_len"):
+        model.forward(np.zeros((1, 9), int))
+
+
+def test_bad_ids_are_refused_with_a_clear_message():
+    model = make_model()
+    with pytest.raises(ValueError, match="token ids"):
+        model.forward(np.array([[0, V]]))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        model.forward(np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="batch"):
+        model.forward(np.zeros((2, 1), int), cache=model.new_cache(batch=1))
+
+
+def test_config_round_trips_through_a_dict_and_rejects_nonsense():
+    config = ModelConfig(vocab_size=50, d_model=24, n_heads=3, positional="relative", attention="local")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(vocab_size=50, d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="positional"):
+        ModelConfig(vocab_size=50, positional="learned")
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**config.to_dict(), "colour": "red"})
+
+
+def test_parameters_of_the_wrong_shape_are_refused():
+    model = make_model()
+    params = dict(model.params)
+    params["h0.ff.w1"] = params["h0.ff.w1"][:, :-1]
+    with pytest.raises(ValueError, match="h0.ff.w1"):
+        type(model)(model.config, params)
+
+
+def test_same_seed_same_weights_and_different_seed_different_weights():
+    config = ModelConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2, d_ff=16, max_len=8)
+    a = init_model(config, np.random.default_rng(3))
+    b = init_model(config, np.random.default_rng(3))
+    c = init_model(config, np.random.default_rng(4))
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not np.array_equal(a.params["tok_emb"], c.params["tok_emb"])
