@@ -96,7 +96,7 @@ class Generated(NamedTuple):
 
     ids : (n,) int32, the prompt (without a trailing EOS) followed by the new tokens.
     prompt_length : number of prompt tokens at the start of ``ids``.
-    stop : why generation stopped: "eos", "bars", "tokens" or "max_len".
+    stop : why generation stopped: "eos", "bars" or "tokens".
     """
     ids: np.ndarray
     prompt_length: int
@@ -134,20 +134,30 @@ def _primed_grammar(tokenizer, prompt):
 
 
 class _Stepper:
-    """Next-token logits of a growing sequence, with or without the KV cache."""
+    """Next-token logits of a growing sequence, with or without the KV cache.
+
+    When the window the model can see (``max_len``) is full, it slides: the
+    last ``max_len // 2`` tokens are fed again from an empty cache, so
+    generation can go on for as long as asked, each token seeing at least
+    half a window of context.
+    """
 
     def __init__(self, model, context, use_cache):
         self.model, self.use_cache = model, use_cache
-        self.seq = list(int(t) for t in context)
         self.cache = model.new_cache(1) if use_cache else None
-        self.logits = model.forward(np.asarray([self.seq]), cache=self.cache)[0, -1]   # (V,)
+        self._restart(list(int(t) for t in context))
 
-    def full(self):
-        return len(self.seq) >= self.model.config.max_len
+    def _restart(self, window):
+        self.seq = window
+        if self.cache is not None:
+            self.cache.reset()
+        self.logits = self.model.forward(np.asarray([self.seq]), cache=self.cache)[0, -1]   # (V,)
 
     def push(self, token):
         self.seq.append(token)
-        if self.use_cache:
+        if len(self.seq) > self.model.config.max_len:
+            self._restart(self.seq[-(self.model.config.max_len // 2):])
+        elif self.use_cache:
             self.logits = self.model.forward(np.array([[token]]), cache=self.cache)[0, -1]
         else:
             self.logits = self.model.forward(np.asarray([self.seq]))[0, -1]
@@ -163,7 +173,9 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     prompt_ids : int ids to continue (a trailing EOS is dropped); None or empty
         starts from BOS.  A prompt too long for ``max_len`` is cropped to its
         last tokens for the model (the grammar still reads all of it).
-    max_new_tokens : stop after this many new tokens.
+    max_new_tokens : stop after this many new tokens.  Default: ``max_len``
+        without ``n_bars``, ``n_bars * max_len`` with it (a bound, should the
+        model never close a bar).
     n_bars : stop before the Bar token that would start bar ``n_bars + 1`` (REMI).
     temperature, top_k, top_p : see :func:`next_token_distribution`.
     rng : np.random.Generator (needed unless temperature is 0).
@@ -173,13 +185,16 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
 
     Returns
     -------
-    Generated(ids, prompt_length, stop): generation also stops at EOS and when
-    the model's context (``max_len``) is full; a note left unfinished by a
-    budget is dropped, so constrained output always decodes with 0 skipped.
+    Generated(ids, prompt_length, stop): generation also stops at EOS; past
+    ``max_len`` tokens the model's window slides (see ``_Stepper``); a note
+    left unfinished by a budget is dropped, so constrained output always
+    decodes with 0 skipped.
     """
     tokenizer = model.tokenizer if tokenizer is None else tokenizer
     if constrained and tokenizer is None:
         raise ValueError("grammar-constrained generation needs a tokenizer")
+    if max_new_tokens is None:
+        max_new_tokens = model.config.max_len * (1 if n_bars is None else n_bars)
     prompt = _prompt(prompt_ids, tokenizer)
     grammar = _primed_grammar(tokenizer, prompt) if constrained else None
     stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens), use_cache)
@@ -196,9 +211,7 @@ def _sample_loop(stepper, grammar, tokenizer, max_new_tokens, n_bars, sampling):
     bar_id = getattr(tokenizer, "bar_id", None)
     eos_id = None if tokenizer is None else tokenizer.eos_id
     new, bars = [], 0
-    while True:
-        if max_new_tokens is not None and len(new) >= max_new_tokens:
-            return new, "tokens"
+    while len(new) < max_new_tokens:
         allowed = None if grammar is None else grammar.allowed()
         token = sample_next(stepper.logits, *sampling, allowed=allowed)
         if n_bars is not None and token == bar_id:
@@ -210,6 +223,6 @@ def _sample_loop(stepper, grammar, tokenizer, max_new_tokens, n_bars, sampling):
             grammar.advance(token)
         if token == eos_id:
             return new, "eos"
-        if stepper.full():
-            return new, "max_len"
-        stepper.push(token)
+        if len(new) < max_new_tokens:      # the last token needs no logits after it
+            stepper.push(token)
+    return new, "tokens"
