@@ -17,17 +17,13 @@ with no key it may attend to gets zeros (output and weights), never NaN; NaN inp
 not hidden.
 """
 
-import contextlib
 import functools
 import itertools
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
 from music_attn.positional import apply_rope
 
 __all__ = [
@@ -307,48 +303,10 @@ def _sdpa_full(q, k, v, spec, return_weights):
 # ----------------------------------------------------------------------------- threads
 
 
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool():
-    """A lazily created thread pool, one worker per core (numpy releases the GIL)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
-                                       thread_name_prefix="music_attn")
-    return _POOL
-
-
-_BLAS = {"controller": None, "users": 0, "limiter": None}
-_BLAS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Run the body with one BLAS thread: our own threads already use every core, and
-    BLAS threads spinning beside them would slow everything down several times.
-    The first caller in limits the threads (threadpoolctl), the last one out restores them."""
-    with _BLAS_LOCK:
-        if _BLAS["controller"] is None:
-            _BLAS["controller"] = ThreadpoolController().select(user_api="blas")
-        if _BLAS["users"] == 0:
-            _BLAS["limiter"] = _BLAS["controller"].limit(limits=1)
-        _BLAS["users"] += 1
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _BLAS["users"] -= 1
-            if _BLAS["users"] == 0:
-                _BLAS["limiter"].restore_original_limits()
-
-
 def _run_parallel(fn, items):
     """``fn`` over ``items``, one thread per core each taking the next item in turn
     (the caller lists the biggest first); returns when all are done."""
-    workers = min(len(items), os.cpu_count() or 1)
+    workers = min(len(items), cpu_count())
     if workers < 2:
         for item in items:
             fn(item)
@@ -361,8 +319,9 @@ def _run_parallel(fn, items):
                 return
             fn(items[i])
 
-    with _single_threaded_blas():
-        futures = [_pool().submit(drain) for _ in range(workers - 1)]
+    with single_threaded_blas():
+        pool = thread_pool("attention", cpu_count())
+        futures = [pool.submit(drain) for _ in range(workers - 1)]
         drain()
         for f in futures:
             f.result()

@@ -17,13 +17,9 @@ Shape legend: B batch, T time (new tokens), S key length (cached + new),
 C model dim, H heads, D head dim, F feed-forward dim, V vocab, L max length.
 """
 
-import ctypes
 import dataclasses
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -37,6 +33,7 @@ from music_attn.layers import (
     layernorm_backward, layernorm_forward,
     linear_backward, linear_forward,
 )
+from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
 from music_attn.positional import sinusoidal
 
 __all__ = ["ModelConfig", "Model", "KVCache", "init_model", "load_model", "POSITIONALS", "ATTENTIONS"]
@@ -284,9 +281,8 @@ class Model:
         """
         ids, targets = np.asarray(ids), np.asarray(targets)
         count = max(int(np.sum(targets >= 0)), 1)
-        parts = np.array_split(np.arange(len(ids)), _n_workers(workers, len(ids)))
-        results = list(_pool(len(parts)).map(
-            lambda rows: self._loss_and_grads(ids[rows], targets[rows], count), parts))
+        results = parallel_map(lambda rows: self._loss_and_grads(ids[rows], targets[rows], count),
+                               _row_parts(len(ids), workers), workers)
         loss, grads = results[0]
         for part_loss, part_grads in results[1:]:
             loss += part_loss
@@ -308,8 +304,7 @@ class Model:
 
         def part(rows):
             return cross_entropy_forward(self._forward(ids[rows], None)[0], targets[rows], count)[0]
-        parts = np.array_split(np.arange(len(ids)), _n_workers(workers, len(ids)))
-        return float(sum(_pool(len(parts)).map(part, parts)))
+        return float(sum(parallel_map(part, _row_parts(len(ids), workers), workers)))
 
     # ------------------------------------------------------------------ forward
 
@@ -396,46 +391,30 @@ class Model:
         return dx
 
 
-_POOLS = {}
-
-
 def _n_workers(workers, batch):
     """Threads to split a batch over: ``workers`` (default one per core), at most one per row."""
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    workers = cpu_count() if workers is None else int(workers)
     return max(1, min(workers, batch))
 
 
-def _pool(workers):
-    """A thread pool whose threads call BLAS single-threaded (numpy releases the GIL)."""
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="music_attn_model",
-                                             initializer=_one_blas_thread)
-    return _POOLS[workers]
+def _row_parts(batch, workers):
+    """Row indices of the batch, split into one part per worker."""
+    return np.array_split(np.arange(batch), _n_workers(workers, batch))
 
 
 def parallel_map(fn, items, workers=None):
-    """``map(fn, items)`` on the model's thread pool (one thread per core by default).
+    """``list(map(fn, items))`` on the model's thread pool, BLAS single-threaded meanwhile.
 
     For work that releases the GIL (large numpy operations); results in order.
-    """
-    items = list(items)
-    return _pool(_n_workers(workers, len(items))).map(fn, items)
-
-
-def _one_blas_thread():
-    """Make OpenBLAS calls from the current thread single-threaded (best effort).
-
     Two threads that each run half a batch on one core beat one thread with a
     two-thread BLAS, whose workers spin-wait badly when the cores are shared.
-    Uses OpenBLAS's per-thread setting; other BLAS builds are left alone.
     """
-    folder = Path(np.__file__).parent
-    for lib in sorted(folder.parent.glob(f"{folder.name}.libs/*openblas*")):
-        try:
-            ctypes.CDLL(str(lib)).openblas_set_num_threads_local(1)
-            return
-        except (OSError, AttributeError):
-            continue
+    items = list(items)
+    n = _n_workers(workers, len(items))
+    if n == 1:
+        return [fn(item) for item in items]
+    with single_threaded_blas():
+        return list(thread_pool("model", n).map(fn, items))
 
 
 def check_params(config, params):
