@@ -6,6 +6,45 @@ maps over the notes of a melody, next-token probabilities and sampled
 continuations written back to MIDI.
 """
 
+from music_attn.attention import (
+    attention_mask,
+    compute_qkv,
+    multi_head_attention,
+    scaled_dot_product_attention,
+    self_attention,
+    soft_align_attention,
+    softmax,
+)
+from music_attn.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.data import load_corpus, shipped_melodies, tokenize_folder
 from music_attn.errors import CheckpointError, MidiError, MusicAttnError, TokenizerError
+from music_attn.generate import generate, sample_next
+from music_attn.inspector import AttentionMaps, attention_maps
+from music_attn.midi import Score, read_midi, write_midi
+from music_attn.model import Model, ModelConfig, init_model
+from music_attn.positional import apply_rope, relative_logits, sinusoidal, skew
+from music_attn.tokenizer import (
+    PerformanceTokenizer,
+    RemiTokenizer,
+    TokenSequence,
+    load_tokenizer,
+)
+from music_attn.train import TrainConfig, train
 
-__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError"]
+__all__ = [
+    # the interview API
+    "compute_qkv", "self_attention", "multi_head_attention",
+    # the attention core
+    "softmax", "attention_mask", "scaled_dot_product_attention", "soft_align_attention",
+    "sinusoidal", "apply_rope", "relative_logits", "skew",
+    # music
+    "read_midi", "write_midi", "Score", "RemiTokenizer", "PerformanceTokenizer", "TokenSequence",
+    "load_tokenizer", "tokenize_folder", "load_corpus", "shipped_melodies",
+    # the model
+    "ModelConfig", "Model", "init_model", "load_model", "save_checkpoint", "load_checkpoint",
+    "TrainConfig", "train", "generate", "sample_next",
+    # looking inside
+    "attention_maps", "AttentionMaps",
+    # errors
+    "MusicAttnError", "MidiError", "TokenizerError", "CheckpointError",
+]
