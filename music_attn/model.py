@@ -36,7 +36,7 @@ from music_attn.layers import (
 from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
 from music_attn.positional import sinusoidal
 
-__all__ = ["ModelConfig", "Model", "KVCache", "init_model", "load_model", "POSITIONALS", "ATTENTIONS"]
+__all__ = ["ModelConfig", "Model", "KVCache", "init_model", "POSITIONALS", "ATTENTIONS"]
 
 POSITIONALS = ("sinusoidal", "rope", "relative")
 ATTENTIONS = ("full", "local", "soft_align")
@@ -430,9 +430,3 @@ def check_params(config, params):
     dtypes = {np.asarray(p).dtype for p in params.values()}
     if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
         raise ValueError(f"parameters must share one float dtype, got {sorted(map(str, dtypes))}")
-
-
-def load_model(path=None):
-    """Load a model (with its tokenizer) from a checkpoint; None -> the shipped model."""
-    from music_attn.checkpoint import load_model as _load   # checkpoint sits above model
-    return _load(path)

@@ -5,7 +5,7 @@ Run from the repository root:
     python scripts/train_default.py                 # ~45 minutes on 2 cores
     python scripts/train_default.py --minutes 2     # a smoke run
     python scripts/train_default.py --resume        # continue build/train_default.npz
-    python scripts/train_default.py --ablation --minutes 8   # sinusoidal vs RoPE vs relative
+    python scripts/train_default.py --ablation --steps 800   # sinusoidal vs RoPE vs relative
 
 REMI tokens of the train split of data/ (MANIFEST.csv), without Velocity
 tokens (every note of the corpus has velocity 80: they would be a quarter of
@@ -59,7 +59,7 @@ def _parse(argv):
     p.add_argument("-o", "--output", default=str(ASSET))
     p.add_argument("--positional", choices=("sinusoidal", "rope", "relative"), default=MODEL["positional"])
     p.add_argument("--ablation", action="store_true",
-                   help=f"train each positional option for --minutes and record {ABLATION.relative_to(ROOT)}")
+                   help=f"train each positional option with the same budget and record {ABLATION.relative_to(ROOT)}")
     return p.parse_args(argv)
 
 
@@ -124,8 +124,8 @@ def main(argv=None):
         rows.append(row)
         if interrupted:
             return 130
-    budget = (f"{args.minutes:g} min of training each on 2 cores, d_model {MODEL['d_model']}, "
-              f"{MODEL['n_layers']} layers, {MODEL['n_heads']} heads, windows of {TRAIN.seq_len}")
+    budget = (f"{rows[0]['steps']} steps of {TRAIN.batch_size} x {TRAIN.seq_len} tokens each, "
+              f"d_model {MODEL['d_model']}, {MODEL['n_layers']} layers, {MODEL['n_heads']} heads")
     with atomic_write(ABLATION, "w") as f:
         json.dump({"budget": budget, "rows": rows}, f, indent=2)
     print(f"wrote {ABLATION}")

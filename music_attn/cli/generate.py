@@ -35,7 +35,7 @@ def _run(args):
     import numpy as np
     from music_attn.generate import generate
     from music_attn.midi import write_midi
-    from music_attn.model import load_model
+    from music_attn.checkpoint import load_model
     _check(args)
     model = load_model(args.model)
     tokenizer = model.tokenizer

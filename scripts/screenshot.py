@@ -1,0 +1,95 @@
+"""Take docs/screenshot.png: the inspector page of a shipped melody, in headless Chromium.
+
+Run from the repository root (needs playwright for Python and Debian's chromium):
+
+    python scripts/screenshot.py                      # shipped model, first shipped melody
+    python scripts/screenshot.py --melody tune.mid -o docs/screenshot.png
+    python scripts/screenshot.py --random-model       # a tiny untrained model, when none ships yet
+
+The page opens on the last layer with the mean of its heads (``--head N`` picks
+one head, ``--head focused`` the most focused one) and the last note (the final
+cadence) clicked, so its arcs show.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _model(random_model):
+    from music_attn.checkpoint import load_model
+    from music_attn.model import ModelConfig, init_model
+
+    if not random_model:
+        return load_model()
+    from music_attn.tokenizer import RemiTokenizer
+
+    tokenizer = RemiTokenizer()
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+                         max_len=512)
+    return init_model(config, np.random.default_rng(0), tokenizer=tokenizer)
+
+
+def _melody(path):
+    if path:
+        return Path(path)
+    from importlib import resources
+
+    folder = resources.files("music_attn").joinpath("assets", "melodies")
+    return sorted(Path(str(folder)).glob("*.mid"))[0]
+
+
+def _view(maps, head):
+    """(layer, head index) to show; head index n_heads is the page's "mean of heads"."""
+    if head == "focused":
+        return maps.most_focused_head()
+    if head == "mean":
+        return maps.n_layers - 1, maps.n_heads
+    return maps.n_layers - 1, int(head) - 1
+
+
+def shoot(page_path, out, layer, head, note):
+    """Open ``page_path``, pick ``layer``/``head``, click ``note`` and save a screenshot to ``out``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+        page.goto(Path(page_path).resolve().as_uri())
+        page.wait_for_selector("body[data-ready='1']")
+        page.select_option("#layer", str(layer))
+        page.select_option("#head", str(head))
+        page.locator(f"rect.note[data-i='{note}']").scroll_into_view_if_needed()
+        page.click(f"rect.note[data-i='{note}']")
+        page.mouse.move(2, 2)
+        page.screenshot(path=str(out), full_page=True)
+        browser.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--melody", help="MIDI file (default: the first shipped melody)")
+    parser.add_argument("-o", "--out", default="docs/screenshot.png")
+    parser.add_argument("--random-model", action="store_true", help="tiny random model instead of the shipped one")
+    parser.add_argument("--head", default="mean", help="'mean' (of the last layer's heads), 'focused' or a head number")
+    args = parser.parse_args()
+    from music_attn.inspector import attention_maps
+    from music_attn.viz import write_html
+
+    maps = attention_maps(_model(args.random_model), _melody(args.melody))
+    layer, head = _view(maps, args.head)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_html(maps, Path(tmp) / "page.html")
+        shoot(Path(tmp) / "page.html", args.out, layer, head, maps.n_notes - 1)
+    print(f"wrote {args.out} ({maps!r}, layer {layer + 1}, head index {head})")
+
+
+if __name__ == "__main__":
+    main()
