@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
-from music_attn.positional import apply_rope
+from music_attn.positional import _float_dtype, apply_rope
 
 __all__ = [
     "softmax",
@@ -38,12 +38,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- softmax
-
-
-def _float_dtype(*arrays):
-    """Floating dtype to compute in: floats keep theirs, integers/bools become float64."""
-    dtype = np.result_type(*arrays)
-    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
 
 
 def _softmax_(s, axis=-1):
