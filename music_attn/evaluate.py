@@ -81,7 +81,10 @@ def _bar_starts(ids, tokenizer):
 
 
 def _pitches(tokenizer, ids):
-    """(pitches in onset order, durations, skipped) of decoded ids."""
+    """(pitches in onset order, durations, skipped) of ids, closed with EOS unless they are."""
+    ids = np.asarray(ids)
+    if ids.size == 0 or ids[-1] != tokenizer.eos_id:
+        ids = np.append(ids, tokenizer.eos_id)
     result = tokenizer.decode(ids)
     notes = sorted((n for inst in result.midi.instruments for n in inst.notes),
                    key=lambda n: (n.start, n.pitch))
@@ -122,8 +125,8 @@ def generation_stats(model, validation, *, seeds=100, prompt_bars=4, bars=8, tem
         prompt, _ = prompts[seed % len(prompts)]
         out = generate(model, prompt, n_bars=bars, temperature=temperature, top_p=top_p,
                        rng=np.random.default_rng(seed))
-        prompt_pitches, prompt_durations, _ = _pitches(tok, np.append(prompt, tok.eos_id))
-        pitches, _, skipped = _pitches(tok, np.append(out.ids, tok.eos_id))
+        prompt_pitches, prompt_durations, _ = _pitches(tok, prompt)
+        pitches, _, skipped = _pitches(tok, out.ids)
         key = estimate_key(prompt_pitches, prompt_durations)
         rows.append(_row(pitches[len(prompt_pitches):], key, skipped == 0))
     return _summarise(rows)
@@ -137,8 +140,10 @@ def reference_stats(tokenizer, validation, *, prompt_bars=4, bars=8):
         if split is None:
             continue
         prompt, real = split
-        key = estimate_key(*_pitches(tokenizer, np.append(prompt, tokenizer.eos_id))[:2])
-        pitches, _, skipped = _pitches(tokenizer, np.concatenate([[tokenizer.bos_id], real, [tokenizer.eos_id]]))
+        prompt_pitches, prompt_durations, _ = _pitches(tokenizer, prompt)
+        pitches, _, skipped = _pitches(tokenizer, np.concatenate([prompt, real]))
+        key = estimate_key(prompt_pitches, prompt_durations)
+        pitches = pitches[len(prompt_pitches):]
         rows.append(_row(pitches, key, skipped == 0))
     return _summarise(rows)
 

@@ -40,11 +40,19 @@ def _torch():
     return torch
 
 
-def _best_times(fns, reps):
-    """Best wall time of each function in ``fns`` (a dict), runs interleaved."""
-    best = {name: math.inf for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+def _best_times(fns, reps, settle=0.2):
+    """Best wall time of each function in ``fns`` (a dict), each timed in a block of its own.
+
+    Each block starts after a pause of ``settle`` seconds: BLAS and OpenMP worker
+    threads spin for a while after their last call, and would otherwise steal the
+    cores from whichever contender runs next.
+    """
+    best = {}
+    for name, fn in fns.items():
+        time.sleep(settle)
+        fn()                                   # warm-up
+        best[name] = math.inf
+        for _ in range(reps):
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)

@@ -24,8 +24,10 @@ __all__ = ["run"]
 REFERENCE = dict(vocab_size=400, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=1024)
 
 
-def _best_of(fn, repeats):
-    """Smallest wall time of ``repeats`` calls of ``fn`` (seconds)."""
+def _best_of(fn, repeats, settle=0.2):
+    """Smallest wall time of ``repeats`` calls of ``fn`` (seconds), after a pause of ``settle``
+    seconds so that the previous contender's spinning BLAS/OpenMP threads have gone idle."""
+    time.sleep(settle)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
