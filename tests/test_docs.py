@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "attention.md"
@@ -42,6 +43,11 @@ def test_every_text_block_follows_a_python_block():
 
 
 def test_walkthrough_blocks_run_and_print_what_the_doc_shows():
+    with np.printoptions():     # the walkthrough sets print options; keep them from leaking
+        _run_walkthrough()
+
+
+def _run_walkthrough():
     namespace = {"__name__": "docs_attention"}
     for line, code, expected in doc_blocks(DOC.read_text(encoding="utf-8")):
         buf = io.StringIO()
