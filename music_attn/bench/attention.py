@@ -7,7 +7,6 @@ Times are the best of several runs, interleaved so that a busy machine slows eve
 contender alike. Torch (when installed) gets as many threads as we use cores.
 """
 
-import math
 import os
 import time
 import tracemalloc
@@ -15,6 +14,7 @@ import tracemalloc
 import numpy as np
 
 from music_attn.attention import scaled_dot_product_attention
+from music_attn.bench._timing import best_of
 
 __all__ = ["run", "naive_causal_attention"]
 
@@ -40,22 +40,13 @@ def _torch():
     return torch
 
 
-def _best_times(fns, reps, settle=0.2):
-    """Best wall time of each function in ``fns`` (a dict), each timed in a block of its own.
-
-    Each block starts after a pause of ``settle`` seconds: BLAS and OpenMP worker
-    threads spin for a while after their last call, and would otherwise steal the
-    cores from whichever contender runs next.
-    """
+def _best_times(fns, reps):
+    """Best wall time of each function in ``fns`` (a dict), each warmed up and timed in a
+    block of its own (see :func:`best_of`)."""
     best = {}
     for name, fn in fns.items():
-        time.sleep(settle)
         fn()                                   # warm-up
-        best[name] = math.inf
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+        best[name] = best_of(fn, reps)
     return best
 
 

@@ -13,27 +13,15 @@ Then, when the shipped model and the corpus (``data/``) are there, the
 evaluation of :func:`music_attn.evaluate.evaluate_shipped`.
 """
 
-import time
 
 import numpy as np
 
+from music_attn.bench._timing import best_of
 from music_attn.model import ModelConfig, init_model
 
 __all__ = ["run"]
 
 REFERENCE = dict(vocab_size=400, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=1024)
-
-
-def _best_of(fn, repeats, settle=0.2):
-    """Smallest wall time of ``repeats`` calls of ``fn`` (seconds), after a pause of ``settle``
-    seconds so that the previous contender's spinning BLAS/OpenMP threads have gone idle."""
-    time.sleep(settle)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 # ------------------------------------------------------------------ numpy side
@@ -60,7 +48,7 @@ def _np_latency(model, position, repeats):
     def step():
         model.forward(one, cache=cache)
         cache.length = position          # rewind: the next call writes the same slot again
-    return _best_of(step, repeats)
+    return best_of(step, repeats)
 
 
 def _np_train_step_fn(model, batch, seq):
@@ -113,7 +101,7 @@ def _torch_latency(torch, ref, position, repeats):
         def step():
             ref.forward(one, cache)
             cache["len"], cache["k"], cache["v"] = position, list(saved["k"]), list(saved["v"])
-        return _best_of(step, repeats)
+        return best_of(step, repeats)
 
 
 def _torch_train_step_fn(torch, model, batch, seq):
@@ -140,24 +128,24 @@ def _measure(name, model, quick):
     reps = 2 if quick else 3
     far = min(1000, model.config.max_len - 1)
     row = {"config": name, "params": model.n_params, "far": far}
-    row["np_gen"] = n_gen / _best_of(lambda: _np_generate(model, n_gen, True), reps)
-    row["np_gen_nocache"] = n_nocache / _best_of(lambda: _np_generate(model, n_nocache, False), 1)
+    row["np_gen"] = n_gen / best_of(lambda: _np_generate(model, n_gen, True), reps)
+    row["np_gen_nocache"] = n_nocache / best_of(lambda: _np_generate(model, n_nocache, False), 1)
     row["np_lat10"] = _np_latency(model, 10, 20)
     row["np_latfar"] = _np_latency(model, far, 20)
     step = _np_train_step_fn(model.astype(np.float32), batch, seq)
     step()
-    row["np_train"] = batch * seq / _best_of(step, reps)
+    row["np_train"] = batch * seq / best_of(step, reps)
     try:
         torch, ref, row["logit_diff"] = _torch_side(model)
     except ImportError:
         return row
-    row["t_gen"] = n_gen / _best_of(lambda: _torch_generate(torch, ref, n_gen, True), reps)
-    row["t_gen_nocache"] = n_nocache / _best_of(lambda: _torch_generate(torch, ref, n_nocache, False), 1)
+    row["t_gen"] = n_gen / best_of(lambda: _torch_generate(torch, ref, n_gen, True), reps)
+    row["t_gen_nocache"] = n_nocache / best_of(lambda: _torch_generate(torch, ref, n_nocache, False), 1)
     row["t_lat10"] = _torch_latency(torch, ref, 10, 20)
     row["t_latfar"] = _torch_latency(torch, ref, far, 20)
     tstep = _torch_train_step_fn(torch, model, batch, seq)
     tstep()
-    row["t_train"] = batch * seq / _best_of(tstep, reps)
+    row["t_train"] = batch * seq / best_of(tstep, reps)
     return row
 
 
