@@ -6,7 +6,7 @@ maps over the notes of a melody, next-token probabilities and sampled
 continuations written back to MIDI.
 """
 
-from music_attn.attention import (
+from music_attn.core.attention import (
     attention_mask,
     compute_qkv,
     multi_head_attention,
@@ -15,21 +15,21 @@ from music_attn.attention import (
     soft_align_attention,
     softmax,
 )
-from music_attn.checkpoint import load_checkpoint, load_model, save_checkpoint
-from music_attn.data import load_corpus, shipped_melodies, tokenize_folder
+from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.training.data import load_corpus, shipped_melodies, tokenize_folder
 from music_attn.errors import CheckpointError, MidiError, MusicAttnError, TokenizerError
-from music_attn.generate import generate, sample_next
-from music_attn.inspector import AttentionMaps, attention_maps
-from music_attn.midi import Score, read_midi, write_midi
-from music_attn.model import Model, ModelConfig, init_model
-from music_attn.positional import apply_rope, relative_logits, sinusoidal, skew
-from music_attn.tokenizer import (
+from music_attn.training.generate import generate, sample_next
+from music_attn.inspect.inspector import AttentionMaps, attention_maps
+from music_attn.music.midi import Score, read_midi, write_midi
+from music_attn.core.model import Model, ModelConfig, init_model
+from music_attn.core.positional import apply_rope, relative_logits, sinusoidal, skew
+from music_attn.music.tokenizer import (
     PerformanceTokenizer,
     RemiTokenizer,
     TokenSequence,
     load_tokenizer,
 )
-from music_attn.train import TrainConfig, train
+from music_attn.training.train import TrainConfig, train
 
 __all__ = [
     # the interview API

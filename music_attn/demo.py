@@ -48,8 +48,8 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
     echo : callable
         Where the printed lines go.
     """
-    from music_attn.inspector import attention_maps
-    from music_attn.checkpoint import load_model
+    from music_attn.inspect.inspector import attention_maps
+    from music_attn.training.checkpoint import load_model
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -67,7 +67,7 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
 # ----------------------------------------------------------------- steps
 def _pick_melody(rng):
     """(path, title) of a shipped melody chosen with ``rng``."""
-    from music_attn.data import melody_catalogue, shipped_melodies
+    from music_attn.training.data import melody_catalogue, shipped_melodies
 
     try:
         rows = [(Path(r["path"]), r.get("title") or Path(r["path"]).stem) for r in melody_catalogue()]
@@ -81,7 +81,7 @@ def _pick_melody(rng):
 
 def _write_maps(maps, out, stem, echo):
     """Page, PNG (None without matplotlib) and JSON of ``maps`` in ``out``."""
-    from music_attn.viz import render_png, write_html, write_json
+    from music_attn.inspect.viz import render_png, write_html, write_json
 
     page, png, json_path = out / f"{stem}_attention.html", out / f"{stem}_attention.png", out / f"{stem}_attention.json"
     write_html(maps, page)
@@ -96,8 +96,8 @@ def _write_maps(maps, out, stem, echo):
 
 def _continue(model, maps, path, rng):
     """Sample ``N_BARS`` bars after the melody, write melody + continuation; (path, new notes)."""
-    from music_attn.generate import generate
-    from music_attn.midi import write_midi
+    from music_attn.training.generate import generate
+    from music_attn.music.midi import write_midi
 
     tokenizer = model.tokenizer
     gen = generate(model, maps.ids, n_bars=N_BARS, max_new_tokens=model.config.max_len // 2,
@@ -121,7 +121,7 @@ def _print_melody(echo, title, path, maps):
 
 
 def _print_summary(echo, maps, files, continuation, seconds):
-    from music_attn.inspector import note_name
+    from music_attn.inspect.inspector import note_name
 
     labels = ("interactive page", "heatmap grid (PNG)", "maps (JSON)", "melody + continuation (MIDI)")
     echo("Wrote:")

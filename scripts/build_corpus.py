@@ -19,7 +19,7 @@ notes and chord symbols are left out; ties are merged; repeats are played as
 written (not expanded).  Tunes music21 cannot read are skipped, counted and
 listed.  The output is deterministic: rebuilding gives byte-identical files,
 the same ``data/MANIFEST.csv`` and the same train/validation split (by tune
-title, see ``music_attn.data.split_for_title``).  Finally a few short
+title, see ``music_attn.training.data.split_for_title``).  Finally a few short
 validation melodies are copied into ``music_attn/assets/melodies/``.
 """
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import mido
 
 from music_attn._io import atomic_write
-from music_attn.data import split_for_title
+from music_attn.training.data import split_for_title
 
 REPO = Path(__file__).resolve().parent.parent
 TPQ = 480  # ticks per quarter note: holds sixteenths, triplets and quintuplets exactly

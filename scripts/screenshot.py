@@ -23,12 +23,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 
 
 def _model(random_model):
-    from music_attn.checkpoint import load_model
-    from music_attn.model import ModelConfig, init_model
+    from music_attn.training.checkpoint import load_model
+    from music_attn.core.model import ModelConfig, init_model
 
     if not random_model:
         return load_model()
-    from music_attn.tokenizer import RemiTokenizer
+    from music_attn.music.tokenizer import RemiTokenizer
 
     tokenizer = RemiTokenizer()
     config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4, d_ff=128,
@@ -79,8 +79,8 @@ def main():
     parser.add_argument("--random-model", action="store_true", help="tiny random model instead of the shipped one")
     parser.add_argument("--head", default="mean", help="'mean' (of the last layer's heads), 'focused' or a head number")
     args = parser.parse_args()
-    from music_attn.inspector import attention_maps
-    from music_attn.viz import write_html
+    from music_attn.inspect.inspector import attention_maps
+    from music_attn.inspect.viz import write_html
 
     maps = attention_maps(_model(args.random_model), _melody(args.melody))
     layer, head = _view(maps, args.head)

@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-import music_attn.attention as attention_module
-from music_attn.attention import (
+import music_attn.core.attention as attention_module
+from music_attn.core.attention import (
     attention_mask,
     scaled_dot_product_attention as sdpa,
     soft_align_attention,

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from music_attn.viz import write_html
+from music_attn.inspect.viz import write_html
 from test_viz import synthetic_maps
 
 CHROMIUM = "/usr/bin/chromium"
@@ -161,9 +161,9 @@ def _evil_midi(path, track_name, lyric):
 
 
 def test_markup_in_midi_texts_is_shown_as_text_and_never_runs(browser, tmp_path):
-    tok = pytest.importorskip("music_attn.tokenizer")
-    model = pytest.importorskip("music_attn.model")
-    from music_attn.inspector import attention_maps
+    tok = pytest.importorskip("music_attn.music.tokenizer")
+    model = pytest.importorskip("music_attn.core.model")
+    from music_attn.inspect.inspector import attention_maps
 
     midi = tmp_path / "<img src=x onerror=alert(3)>.mid"
     _evil_midi(midi, "<script>alert(1)</script>", "<img src=x onerror=alert(2)>")

@@ -1,4 +1,4 @@
-"""Tests of music_attn.data: the shipped corpus, its split, the token cache,
+"""Tests of music_attn.training.data: the shipped corpus, its split, the token cache,
 worker processes, transposition augmentation and the training-window sampler."""
 
 import csv
@@ -11,7 +11,7 @@ import mido
 import numpy as np
 import pytest
 
-from music_attn import data
+from music_attn.training import data
 from music_attn.errors import MidiError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -24,7 +24,7 @@ def manifest():
 
 
 def tokenizers():
-    tok = pytest.importorskip("music_attn.tokenizer")
+    tok = pytest.importorskip("music_attn.music.tokenizer")
     return [tok.RemiTokenizer(), tok.PerformanceTokenizer()]
 
 
@@ -153,7 +153,7 @@ def counting(tokenizer):
 @needs_corpus
 def test_cache_is_reused_then_invalidated_by_file_content_and_tokenizer_config(midi_folder,
                                                                                tmp_path):
-    tok_module = pytest.importorskip("music_attn.tokenizer")
+    tok_module = pytest.importorskip("music_attn.music.tokenizer")
     cache = tmp_path / "cache"
     tok = tok_module.RemiTokenizer()
     calls = counting(tok)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from music_attn.evaluate import _windows, model_nll
-from music_attn.model import ModelConfig, init_model
+from music_attn.training.evaluate import _windows, model_nll
+from music_attn.core.model import ModelConfig, init_model
 
 
 @pytest.mark.parametrize("n", [2, 50, 65, 66, 200, 1001])
@@ -42,8 +42,8 @@ def test_model_nll_equals_direct_log_softmax_on_short_sequences():
 
 @pytest.fixture(scope="module")
 def melodies_and_model():
-    from music_attn.data import shipped_melodies
-    from music_attn.tokenizer import RemiTokenizer
+    from music_attn.training.data import shipped_melodies
+    from music_attn.music.tokenizer import RemiTokenizer
 
     tok = RemiTokenizer(velocity_bins=0)
     seqs = [tok.encode(p).ids for p in shipped_melodies()]   # 2/2 ... 9/8, 3/8: several metres
@@ -52,7 +52,7 @@ def melodies_and_model():
 
 
 def test_real_continuations_decode_cleanly_in_every_metre(melodies_and_model):
-    from music_attn.evaluate import reference_stats
+    from music_attn.training.evaluate import reference_stats
 
     seqs, model = melodies_and_model
     stats = reference_stats(model.tokenizer, seqs)
@@ -61,7 +61,7 @@ def test_real_continuations_decode_cleanly_in_every_metre(melodies_and_model):
 
 
 def test_constrained_generations_count_as_decoded_even_when_they_end_at_eos(melodies_and_model):
-    from music_attn.evaluate import generation_stats
+    from music_attn.training.evaluate import generation_stats
 
     seqs, model = melodies_and_model
     model.params["head.b"][model.tokenizer.eos_id] = 3.0     # make early EOS common

@@ -1,4 +1,4 @@
-"""Tests of music_attn.inspector: token -> note aggregation, surprise, windows, JSON."""
+"""Tests of music_attn.inspect.inspector: token -> note aggregation, surprise, windows, JSON."""
 
 import json
 import math
@@ -7,8 +7,8 @@ import types
 import numpy as np
 import pytest
 
-from music_attn import inspector
-from music_attn.inspector import AttentionMaps, attention_maps, note_name
+from music_attn.inspect import inspector
+from music_attn.inspect.inspector import AttentionMaps, attention_maps, note_name
 
 NOTES3 = {"pitch": [60, 62, 64], "start": [0.0, 0.5, 1.0], "end": [0.5, 1.0, 1.5]}
 
@@ -22,7 +22,7 @@ def _random_causal_attention(rng, L, H, T):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    model = pytest.importorskip("music_attn.model")
+    model = pytest.importorskip("music_attn.core.model")
     config = model.ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=24)
     return model.init_model(config, np.random.default_rng(0))
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from music_attn.attention import compute_qkv, multi_head_attention, self_attention
+from music_attn.core.attention import compute_qkv, multi_head_attention, self_attention
 
 I2 = np.eye(2)
 V12 = np.array([[1.0, 2.0], [3.0, 4.0]])

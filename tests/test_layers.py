@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from music_attn.attention import soft_align_attention
-from music_attn.layers import (
+from music_attn.core.attention import soft_align_attention
+from music_attn.core.layers import (
     AttentionSpec,
     attention_backward,
     attention_forward,
@@ -24,8 +24,8 @@ from music_attn.layers import (
     skew_view,
     skew_view_backward,
 )
-from music_attn.positional import skew, skew_backward
-from music_attn.model import ModelConfig, init_model
+from music_attn.core.positional import skew, skew_backward
+from music_attn.core.model import ModelConfig, init_model
 
 EPS = 1e-6
 

@@ -9,7 +9,7 @@ import pytest
 
 from midi_factory import midi_file, note_events, note_tuples, off, on, random_tune, save, tempo, time_signature, track
 from music_attn.errors import MidiError
-from music_attn.midi import read_midi, to_pretty_midi, write_midi
+from music_attn.music.midi import read_midi, to_pretty_midi, write_midi
 
 
 def _raw_track(body):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from music_attn.model import ATTENTIONS, POSITIONALS, ModelConfig, init_model
+from music_attn.core.model import ATTENTIONS, POSITIONALS, ModelConfig, init_model
 
 V = 23
 

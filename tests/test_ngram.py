@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from music_attn.ngram import KneserNeyLM
+from music_attn.training.ngram import KneserNeyLM
 
 
 def test_bigram_probability_matches_hand_computation():

@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from music_attn.positional import (
+from music_attn.core.positional import (
     apply_rope,
     relative_logits,
     relative_logits_backward,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from midi_factory import random_tune, save
-from music_attn.tokenizer import PerformanceTokenizer, RemiTokenizer
+from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "data").rglob("*.mid"))

@@ -8,7 +8,7 @@ import pytest
 
 from midi_factory import midi_file, note_events, off, on, random_tune, tempo, time_signature, track
 from music_attn.errors import TokenizerError
-from music_attn.tokenizer import (
+from music_attn.music.tokenizer import (
     PerformanceTokenizer,
     RemiTokenizer,
     Tokenizer,

@@ -7,13 +7,13 @@ tests compare two codes that share nothing but the mathematics.
 import numpy as np
 import pytest
 
-from music_attn.attention import (
+from music_attn.core.attention import (
     attention_mask,
     compute_qkv,
     multi_head_attention,
     scaled_dot_product_attention as sdpa,
 )
-from music_attn.positional import apply_rope
+from music_attn.core.positional import apply_rope
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from music_attn.bench.torch_ref import TorchModel  # noqa: E402
-from music_attn.model import ModelConfig, init_model  # noqa: E402
+from music_attn.core.model import ModelConfig, init_model  # noqa: E402
 
 
 def _model(positional, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of music_attn.viz: the self-contained page, its embedded data, PNG and JSON output."""
+"""Tests of music_attn.inspect.viz: the self-contained page, its embedded data, PNG and JSON output."""
 
 import base64
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from music_attn.errors import MusicAttnError
-from music_attn.inspector import AttentionMaps
-from music_attn.viz import encode_sparse, render_html, render_png, write_html, write_json
+from music_attn.inspect.inspector import AttentionMaps
+from music_attn.inspect.viz import encode_sparse, render_html, render_png, write_html, write_json
 
 
 def synthetic_maps(n_notes, L=2, H=3, seed=0, name="tune.mid", texts=None):

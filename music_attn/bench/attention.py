@@ -13,7 +13,7 @@ import tracemalloc
 
 import numpy as np
 
-from music_attn.attention import scaled_dot_product_attention
+from music_attn.core.attention import scaled_dot_product_attention
 from music_attn.bench._timing import best_of
 
 __all__ = ["run", "naive_causal_attention"]

@@ -10,14 +10,14 @@ For the shipped model's config and for a larger reference config (d_model 256,
   when torch is installed, after checking both give the same logits (1e-4).
 
 Then, when the shipped model and the corpus (``data/``) are there, the
-evaluation of :func:`music_attn.evaluate.evaluate_shipped`.
+evaluation of :func:`music_attn.training.evaluate.evaluate_shipped`.
 """
 
 
 import numpy as np
 
 from music_attn.bench._timing import best_of
-from music_attn.model import ModelConfig, init_model
+from music_attn.core.model import ModelConfig, init_model
 
 __all__ = ["run"]
 
@@ -52,7 +52,7 @@ def _np_latency(model, position, repeats):
 
 
 def _np_train_step_fn(model, batch, seq):
-    from music_attn.train import AdamW
+    from music_attn.training.train import AdamW
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.config.vocab_size, (batch, seq + 1))
@@ -173,7 +173,7 @@ def _print_rows(rows):
 
 def run(quick=False):
     """Print the throughput table, then the evaluation when the shipped model and data/ exist."""
-    from music_attn.checkpoint import load_model
+    from music_attn.training.checkpoint import load_model
     from music_attn.errors import CheckpointError
 
     configs = []
@@ -189,7 +189,7 @@ def run(quick=False):
     print("Generation and training throughput (2 threads each; best of repeats)")
     _print_rows(rows)
     if shipped is not None:
-        from music_attn.evaluate import evaluate_shipped
+        from music_attn.training.evaluate import evaluate_shipped
 
         print()
         evaluate_shipped(shipped, quick=quick)

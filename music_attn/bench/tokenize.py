@@ -18,8 +18,8 @@ import time
 import warnings
 from pathlib import Path
 
-from music_attn.midi import read_midi
-from music_attn.tokenizer import PerformanceTokenizer, RemiTokenizer
+from music_attn.music.midi import read_midi
+from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
 
 __all__ = ["run", "find_files"]
 

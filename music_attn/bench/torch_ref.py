@@ -1,8 +1,8 @@
 """The model's architecture written again in torch, for benchmarks and cross-checks only.
 
-It loads a :class:`music_attn.model.Model`'s weights and must give the same
+It loads a :class:`music_attn.core.model.Model`'s weights and must give the same
 logits (``check_logits`` asserts 1e-4).  Written independently of
-:mod:`music_attn.layers`, from the maths: pre-norm blocks, ``x @ W`` linears,
+:mod:`music_attn.core.layers`, from the maths: pre-norm blocks, ``x @ W`` linears,
 tanh GELU, layer norm with eps 1e-5, token embedding scaled by sqrt(C), and
 sinusoidal, rotary (interleaved pairs) or Music Transformer relative positions.
 Only ``attention="full"`` is mirrored.  torch is never a runtime dependency.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from music_attn.positional import sinusoidal
+from music_attn.core.positional import sinusoidal
 
 __all__ = ["TorchModel", "check_logits"]
 

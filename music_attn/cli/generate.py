@@ -33,9 +33,9 @@ def _check(args):
 
 def _run(args):
     import numpy as np
-    from music_attn.generate import generate
-    from music_attn.midi import write_midi
-    from music_attn.checkpoint import load_model
+    from music_attn.training.generate import generate
+    from music_attn.music.midi import write_midi
+    from music_attn.training.checkpoint import load_model
     _check(args)
     model = load_model(args.model)
     tokenizer = model.tokenizer

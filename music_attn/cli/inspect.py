@@ -16,9 +16,9 @@ def register(sub):
 
 
 def _run(args):
-    from music_attn.inspector import attention_maps
-    from music_attn.checkpoint import load_model
-    from music_attn.viz import render_png, write_html, write_json
+    from music_attn.inspect.inspector import attention_maps
+    from music_attn.training.checkpoint import load_model
+    from music_attn.inspect.viz import render_png, write_html, write_json
 
     source = Path(args.file)
     if not source.is_file():

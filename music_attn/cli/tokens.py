@@ -30,7 +30,7 @@ def register(sub):
 
 
 def _tokenize(args):
-    from music_attn.tokenizer import Tokenizer
+    from music_attn.music.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dict({"type": args.tokenizer})
     sequences = [tokenizer.encode(path) for path in args.files]  # all read before any output
@@ -78,7 +78,7 @@ def _print_stats(paths, sequences):
 
 
 def _decode(args):
-    from music_attn.midi import write_midi
+    from music_attn.music.midi import write_midi
 
     tokenizer, ids = _read_tokens(Path(args.tokens))
     result = tokenizer.decode(ids)
@@ -91,7 +91,7 @@ def _decode(args):
 def _read_tokens(path):
     """The tokenizer and ids of a `tokenize --json` file; TokenizerError if unusable."""
     from music_attn.errors import TokenizerError
-    from music_attn.tokenizer import Tokenizer
+    from music_attn.music.tokenizer import Tokenizer
 
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

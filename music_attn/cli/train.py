@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from music_attn.model import ATTENTIONS, POSITIONALS
+from music_attn.core.model import ATTENTIONS, POSITIONALS
 
 _DEFAULTS = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=256)
 
@@ -38,13 +38,13 @@ def register(sub):
 
 
 def _tokenizer(name):
-    from music_attn.tokenizer import PerformanceTokenizer, RemiTokenizer
+    from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
     return RemiTokenizer() if name == "remi" else PerformanceTokenizer()
 
 
 def _corpus(folder, tokenizer, jobs, progress):
     """(train, validation) token sequences of a folder: its manifest split, else by title hash."""
-    from music_attn import data
+    from music_attn.training import data
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -63,8 +63,8 @@ def _corpus(folder, tokenizer, jobs, progress):
 def _fresh(args, tokenizer):
     """A new model, its TrainConfig and TrainState from the command line."""
     import numpy as np
-    from music_attn.model import ModelConfig, init_model
-    from music_attn.train import TrainConfig, TrainState
+    from music_attn.core.model import ModelConfig, init_model
+    from music_attn.training.train import TrainConfig, TrainState
     config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=args.d_model, n_layers=args.layers,
                          n_heads=args.heads, d_ff=args.d_ff or 4 * args.d_model,
                          max_len=max(args.seq_len, _DEFAULTS["max_len"]),
@@ -81,9 +81,9 @@ def _fresh(args, tokenizer):
 def _resumed(args):
     """Model and TrainState from the checkpoint at -o (``--steps`` may extend the run)."""
     import dataclasses
-    from music_attn.checkpoint import load_checkpoint
+    from music_attn.training.checkpoint import load_checkpoint
     from music_attn.errors import CheckpointError
-    from music_attn.train import TrainConfig, train_state_from_checkpoint
+    from music_attn.training.train import TrainConfig, train_state_from_checkpoint
     ckpt = load_checkpoint(args.output)
     if ckpt.train_state is None:
         raise CheckpointError(f"{args.output}: holds no training state to resume from")
@@ -94,7 +94,7 @@ def _resumed(args):
 
 
 def _run(args):
-    from music_attn.train import train
+    from music_attn.training.train import train
     if args.resume:
         model, state = _resumed(args)
     else:

@@ -27,10 +27,10 @@ from typing import NamedTuple
 import numpy as np
 import pretty_midi
 
-from music_attn import constants as K
+from music_attn.music import constants as K
 from music_attn._io import atomic_write
 from music_attn.errors import TokenizerError
-from music_attn.midi import NOTE_DTYPE, TEMPO_DTYPE, TIME_SIGNATURE_DTYPE, _run_starts, read_midi, to_pretty_midi
+from music_attn.music.midi import NOTE_DTYPE, TEMPO_DTYPE, TIME_SIGNATURE_DTYPE, _run_starts, read_midi, to_pretty_midi
 
 __all__ = [
     "Tokenizer",

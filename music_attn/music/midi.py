@@ -47,7 +47,7 @@ import numpy as np
 import pretty_midi
 
 from music_attn._io import atomic_write
-from music_attn.constants import (
+from music_attn.music.constants import (
     DEFAULT_TEMPO_US,
     DEFAULT_TIME_SIGNATURE,
     DRUM_CHANNEL,

@@ -1,7 +1,7 @@
 """Attention maps out of the library: one self-contained HTML page, a PNG grid, JSON.
 
 The page (`render_html`) works offline: its CSS and JavaScript (from
-``music_attn/viz_assets/``) are inlined and its data is embedded as JSON in a
+``music_attn/inspect/assets/``) are inlined and its data is embedded as JSON in a
 ``<script type="application/json">`` element with ``<``, ``>`` and ``&``
 escaped, so no text from a MIDI file (track names, lyrics, file name) can
 close the element; the script inserts every such text with ``textContent``.
@@ -153,7 +153,7 @@ def _embed_json(data):
 
 
 def _asset(name):
-    return resources.files("music_attn").joinpath("viz_assets", name).read_text(encoding="utf-8")
+    return resources.files("music_attn").joinpath("inspect", "assets", name).read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------- PNG

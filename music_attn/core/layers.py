@@ -16,8 +16,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from music_attn.attention import scaled_dot_product_attention
-from music_attn.positional import apply_rope
+from music_attn.core.attention import scaled_dot_product_attention
+from music_attn.core.positional import apply_rope
 
 __all__ = [
     "embedding_forward", "embedding_backward",

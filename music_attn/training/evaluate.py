@@ -4,12 +4,12 @@
   the model's window is scored with windows of ``max_len`` tokens moved by half
   a window, each token scored once, with at least half a window of context
   (the usual strided evaluation), so long tunes are not cut into contextless pieces.
-- :func:`ngram_nll`: interpolated Kneser-Ney baselines (:mod:`music_attn.ngram`)
+- :func:`ngram_nll`: interpolated Kneser-Ney baselines (:mod:`music_attn.training.ngram`)
   trained on the same training tokens, scored on the same tokens.
 - :func:`generation_stats` / :func:`reference_stats`: for continuations of the
   first bars of validation melodies and for the real continuations, the share
   decoded without skipped tokens, the share of notes in the key of the prompt,
-  pitch range and repetition (:mod:`music_attn.stats`).
+  pitch range and repetition (:mod:`music_attn.training.stats`).
 """
 
 import json
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from music_attn.generate import generate
-from music_attn.ngram import KneserNeyLM
-from music_attn.stats import estimate_key, in_key_share, pitch_range, repetition
+from music_attn.training.generate import generate
+from music_attn.training.ngram import KneserNeyLM
+from music_attn.training.stats import estimate_key, in_key_share, pitch_range, repetition
 
 __all__ = ["model_nll", "ngram_nll", "generation_stats", "reference_stats", "find_data_dir",
            "evaluate_shipped", "ABLATION_FILE"]
 
-ABLATION_FILE = Path(__file__).resolve().parent / "assets" / "ablation.json"
+ABLATION_FILE = Path(__file__).resolve().parents[1] / "assets" / "ablation.json"
 
 
 def model_nll(model, sequences, *, batch_size=16):
@@ -152,7 +152,7 @@ def reference_stats(tokenizer, validation, *, prompt_bars=4, bars=8):
 
 def find_data_dir():
     """The corpus folder: ``data/`` beside the package (a source checkout) or in the working directory."""
-    for candidate in (Path(__file__).resolve().parents[1] / "data", Path.cwd() / "data"):
+    for candidate in (Path(__file__).resolve().parents[2] / "data", Path.cwd() / "data"):
         if (candidate / "MANIFEST.csv").is_file():
             return candidate
     return None
@@ -160,7 +160,7 @@ def find_data_dir():
 
 def evaluate_shipped(model, *, quick=False, data_dir=None):
     """Print validation NLL vs n-grams, generation statistics and the recorded ablation."""
-    from music_attn.data import load_corpus
+    from music_attn.training.data import load_corpus
 
     data_dir = data_dir or find_data_dir()
     if data_dir is None:

@@ -11,7 +11,7 @@ relative logits, one learned table per layer).  Attention is ``"full"`` causal,
 
 ``Model.forward`` serves inference and the attention inspector;
 ``Model.loss_and_grads`` runs the same forward and then the hand-written backward
-of :mod:`music_attn.layers`.
+of :mod:`music_attn.core.layers`.
 
 Shape legend: B batch, T time (new tokens), S key length (cached + new),
 C model dim, H heads, D head dim, F feed-forward dim, V vocab, L max length.
@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from music_attn.layers import (
+from music_attn.core.layers import (
     AttentionSpec, LayerKV,
     attention_backward, attention_forward,
     cross_entropy_backward, cross_entropy_forward,
@@ -34,7 +34,7 @@ from music_attn.layers import (
     linear_backward, linear_forward,
 )
 from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
-from music_attn.positional import sinusoidal
+from music_attn.core.positional import sinusoidal
 
 __all__ = ["ModelConfig", "Model", "KVCache", "init_model", "POSITIONALS", "ATTENTIONS"]
 

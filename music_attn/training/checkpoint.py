@@ -25,7 +25,7 @@ import numpy as np
 
 from music_attn._io import atomic_write
 from music_attn.errors import CheckpointError
-from music_attn.model import Model, ModelConfig
+from music_attn.core.model import Model, ModelConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "shipped_model_path", "Checkpoint",
            "FORMAT", "VERSION"]
@@ -106,7 +106,7 @@ def _tokenizer(data, config, path):
     """The saved tokenizer, checked against the saved vocabulary and the model config."""
     if "tokenizer" not in data:
         return None
-    from music_attn.tokenizer import Tokenizer    # the music side, only needed here
+    from music_attn.music.tokenizer import Tokenizer    # the music side, only needed here
     try:
         tokenizer = Tokenizer.from_dict(_read_json(data, "tokenizer", path))
     except (ValueError, KeyError, TypeError) as exc:

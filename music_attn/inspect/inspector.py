@@ -221,7 +221,7 @@ class AttentionMaps:
         return json.dumps(self.to_dict(token_attention=token_attention, decimals=decimals))
 
     def _repr_html_(self):
-        from music_attn.viz import render_html
+        from music_attn.inspect.viz import render_html
 
         page = render_html(self)
         return (f'<iframe srcdoc="{html.escape(page, quote=True)}" '
@@ -325,7 +325,7 @@ def attention_maps(model, midi_or_sequence, *, window=None, tokenizer=None):
 
     Parameters
     ----------
-    model : music_attn.model.Model
+    model : music_attn.core.model.Model
     midi_or_sequence : path, mido.MidiFile, pretty_midi.PrettyMIDI or TokenSequence
         A MIDI input is encoded with ``tokenizer`` (default ``model.tokenizer``).
     window : int, optional
@@ -458,7 +458,7 @@ def _midi_texts(x):
     """Track names and lyrics of a MIDI input (empty for a TokenSequence or an unreadable file)."""
     if hasattr(x, "note_of_token"):
         return {}
-    from music_attn.midi import load_midi_file
+    from music_attn.music.midi import load_midi_file
 
     try:
         midi, _ = load_midi_file(x)

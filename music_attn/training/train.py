@@ -20,9 +20,9 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from music_attn.checkpoint import save_checkpoint
-from music_attn.data import augment_transpose, sample_windows
-from music_attn.model import parallel_map
+from music_attn.training.checkpoint import save_checkpoint
+from music_attn.training.data import augment_transpose, sample_windows
+from music_attn.core.model import parallel_map
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train", "evaluate",
            "validation_windows", "train_state_from_checkpoint"]

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
-from music_attn.positional import _float_dtype, apply_rope
+from music_attn.core.positional import _float_dtype, apply_rope
 
 __all__ = [
     "softmax",

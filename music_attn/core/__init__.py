@@ -1,0 +1,1 @@
+"""The numerical core: softmax, masks, attention, positions and the decoder model (numpy only)."""

@@ -1,0 +1,1 @@
+"""Looking inside: attention maps over notes, and the page, PNG and JSON that show them."""

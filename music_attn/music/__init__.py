@@ -1,0 +1,1 @@
+"""Music I/O and tokens: MIDI files <-> the project's score object <-> event tokens."""

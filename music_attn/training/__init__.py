@@ -1,0 +1,1 @@
+"""Data, checkpoints, training, sampling and evaluation of the model."""
