@@ -10,7 +10,7 @@ import pytest
 
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.inspector import AttentionMaps
-from music_attn.inspect.viz import encode_sparse, render_html, render_png, write_html, write_json
+from music_attn.inspect.viz import encode_sparse, page_data, render_html, render_png, spell, write_html, write_json
 
 
 def synthetic_maps(n_notes, L=2, H=3, seed=0, name="tune.mid", texts=None):
@@ -104,8 +104,8 @@ def test_sparse_rows_keep_the_largest_entries_first_and_drop_zeros():
 def test_notes_and_tokens_are_embedded_for_the_piano_roll_and_tooltips():
     maps = synthetic_maps(6)
     data = page_json(render_html(maps))
-    assert data["notes"]["name"] == maps.note_names and data["notes"]["pitch"] == maps.pitch.tolist()
-    assert data["notes"]["end"][2] == pytest.approx(1.45)
+    assert data["notes"]["pitch"] == maps.pitch.tolist()
+    assert data["notes"]["end"][2] == 1450                                  # milliseconds
     assert data["tokens"]["note"] == maps.note_of_token.tolist() and data["tokens"]["text"][1] == "Tok_1"
     assert (data["layers"], data["heads"], data["window"]) == (2, 3, 256)
 
@@ -136,3 +136,94 @@ def test_json_file_holds_the_note_maps(tmp_path):
     data = json.loads((tmp_path / "maps.json").read_text(encoding="utf-8"))
     np.testing.assert_allclose(data["note_attention"], maps.note_attention, atol=5e-5)
     assert len(data["tokens"]) == maps.n_tokens and data["notes"][0]["name"] == maps.note_names[0]
+
+
+# ------------------------------------------------------------ the music's grid
+def _score(tmp_path, notes, *, metre=(4, 4), tempo=500_000, marker=None):
+    """A one-track MIDI file of (pitch, start tick, length) notes at 480 ticks per quarter, read back."""
+    import mido
+    from music_attn.music.midi import read_midi
+
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.MetaMessage("time_signature", numerator=metre[0], denominator=metre[1], time=0))
+    track.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
+    events = sorted([(t, 1, p) for p, t, _ in notes] + [(t + n, 0, p) for p, t, n in notes])
+    now = 0
+    for tick, on, pitch in events:
+        track.append(mido.Message("note_on" if on else "note_off", note=pitch, velocity=80 * on, time=tick - now))
+        now = tick
+    mid.save(tmp_path / "tune.mid")
+    return read_midi(tmp_path / "tune.mid")
+
+
+def _maps_for(score):
+    """Random attention over the notes of ``score``."""
+    base = synthetic_maps(len(score.notes))
+    notes = {"pitch": score.notes["pitch"], "start": score.notes["start"], "end": score.notes["end"]}
+    return AttentionMaps.from_arrays(base.token_attention, base.note_of_token, notes, name="tune.mid", window=256)
+
+
+def test_bar_lines_beats_and_metre_come_from_the_file(tmp_path):
+    # tempo 400,000 us per quarter: a 6/8 bar (3 quarters) lasts 1.2 s; the last note opens bar 3
+    score = _score(tmp_path, [(67, 0, 720), (69, 720, 720), (71, 1440, 1440), (72, 2880, 480)], metre=(6, 8),
+                   tempo=400_000)
+    data = page_data(_maps_for(score), score=score)
+    assert data["music"]["bars"] == [0, 1200, 2400, 3600]
+    assert data["music"]["meters"] == [[0, "6/8"]]
+    assert data["music"]["beats"] == [0, 600, 1200, 1800, 2400, 3000]      # dotted quarters in 6/8
+    assert data["notes"]["bar"] == [0, 0, 1, 2] and data["notes"]["beatInBar"] == [1, 2, 1, 1]
+
+
+def test_note_names_follow_the_key(tmp_path):
+    f_major = [(p, 480 * k, 480) for k, p in enumerate([65, 67, 69, 70, 72, 70, 69, 67, 65, 60, 65])]
+    d_major = [(p, 480 * k, 480) for k, p in enumerate([62, 64, 66, 67, 69, 71, 73, 74, 69, 66, 62])]
+    for notes, key, black in [(f_major, "F major", "Bb4"), (d_major, "D major", "F#4")]:
+        score = _score(tmp_path, notes)
+        data = page_data(_maps_for(score), score=score)
+        assert data["music"]["key"] == key and black in data["notes"]["name"]
+
+
+def test_spelling_of_pitches():
+    assert [spell(p) for p in (60, 61, 70, 21)] == ["C4", "C#4", "A#4", "A0"]
+    assert [spell(p, flats=True) for p in (60, 61, 70, 108)] == ["C4", "Db4", "Bb4", "C8"]
+
+
+class _WithMarker:
+    """A Score plus a marker text event, as a file written by ``generate`` carries."""
+
+    def __init__(self, score, tick, text):
+        self._score, self.texts = score, ((tick, 0, "marker", text),)
+
+    def __getattr__(self, name):
+        return getattr(self._score, name)
+
+
+def test_a_continuation_marker_is_placed_at_its_time(tmp_path):
+    score = _score(tmp_path, [(60 + k, 480 * k, 480) for k in range(8)], tempo=600_000)
+    data = page_data(_maps_for(score), score=_WithMarker(score, 1920, "music-attn: continuation"))
+    assert data["music"]["marker"] == 2400                                 # 4 quarters at 0.6 s
+    assert page_data(_maps_for(score), score=_WithMarker(score, 1920, "verse"))["music"]["marker"] is None
+    assert page_data(_maps_for(score), score=score)["music"]["marker"] is None
+
+
+def test_head_pattern_puts_a_previous_note_head_one_beat_back():
+    maps = synthetic_maps(12, L=1, H=2)
+    att = np.zeros((1, 2, 12, 12))
+    att[0, 0, np.arange(1, 12), np.arange(11)] = 1.0                       # the note one quarter back
+    att[0, 0, 0, 0] = 1.0
+    att[0, 1] = np.tril(np.ones((12, 12))) / np.arange(1, 13)[:, None]     # even over the past
+    maps.note_attention = att
+    data = page_data(maps)                                                 # no score: quarters at 120 bpm
+    pattern = np.frombuffer(base64.b64decode(data["pattern"]["value"]), np.uint8).reshape(1, 3, -1)
+    # notes are 0.5 s = 1 beat apart: head 0 -> bin 2 (1 beat back) holds 11 of 12 notes' weight, bin 0 one
+    assert pattern[0, 0, 2] == 255 and pattern[0, 0, 0] == round(255 / 11) and pattern[0, 0, 1] == 0
+    assert pattern[0, 1, 0] == 255 and pattern[0, 1, 2] > 0 and pattern[0, 1, 1] == 0
+
+
+def test_roles_table_lists_every_head_once_sorted_by_lift(big_maps):
+    table = page_json(render_html(big_maps))["roles"]["table"]
+    assert sorted((r["layer"], r["head"]) for r in table) == [(l, h) for l in range(1, 5) for h in range(1, 5)]
+    lifts = [r["lift"] for r in table]
+    assert lifts == sorted(lifts, reverse=True)

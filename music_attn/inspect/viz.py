@@ -21,63 +21,261 @@ import numpy as np
 
 from music_attn._io import atomic_write
 from music_attn.errors import MusicAttnError
+from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
+from music_attn.training.stats import estimate_key, key_name
 
-__all__ = ["render_html", "render_png", "write_html", "write_json"]
+__all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "music_context", "spell"]
 
 # Raw bytes (before base64) allowed for the sparse note and token maps of one page.
 _NOTE_MAP_BUDGET = 420_000
 _TOKEN_MAP_BUDGET = 480_000
 _BYTES_PER_ENTRY = 3          # uint16 key index + uint8 weight
+_MAX_HEATMAP_TOKENS = 4096    # longer pieces have no token heatmap (its rows would be sub-pixel)
+_PATTERN_BINS = 33            # half-beat bins of the head-pattern strips: 0 .. 16 beats back
+_SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 
 
 # ------------------------------------------------------------------ HTML
-def render_html(maps):
+def render_html(maps, *, score=None):
     """The interactive page for `AttentionMaps` ``maps``, as one HTML string.
 
-    Piano roll coloured by surprise; click or hover a note to draw arcs to the
-    notes it attends to (one layer and head, or the mean of the heads); a
-    token-level heatmap; a Web Audio play button; tooltips.
+    A piano roll read as music (bar lines and numbers, beat grid, keyboard, note
+    names in the key, colour by track or surprise, zoom); click a note for arcs
+    to the notes it attends to (one layer and head, the mean of the heads or
+    the rollout); every head at once in a layers x heads grid; the head-role
+    table; playback whose arcs follow the music; a token heatmap (short pieces);
+    saving the view as SVG or PNG.  ``score`` (the file's `Score`) gives the
+    bars, metres, tracks and continuation marker when the maps do not carry them.
     """
     page = _asset("page.html")
     parts = {"{{css}}": _asset("inspector.css"), "{{js}}": _asset("inspector.js"),
-             "{{data}}": _embed_json(page_data(maps))}
+             "{{data}}": _embed_json(page_data(maps, score=score))}
     for key, value in parts.items():
         page = page.replace(key, value, 1)
     return page
 
 
-def write_html(maps, path):
+def write_html(maps, path, *, score=None):
     """Write `render_html` to ``path`` atomically; returns the page size in bytes."""
-    page = render_html(maps).encode("utf-8")
+    page = render_html(maps, score=score).encode("utf-8")
     with atomic_write(path, "wb") as f:
         f.write(page)
     return len(page)
 
 
-def page_data(maps):
-    """The JSON payload of the page: notes, tokens, texts and sparse uint8 maps."""
+def page_data(maps, *, score=None):
+    """The JSON payload of the page: notes, the music's grid, head roles and sparse uint8 maps.
+
+    Times are integer milliseconds and weights uint8 (``round(w * 255)``), so a
+    10,000-note piece stays a few megabytes.
+    """
+    score = score if score is not None else getattr(maps, "score", None)
     L, H = maps.n_layers, maps.n_heads
-    with_mean = np.concatenate([maps.note_attention, maps.note_attention.mean(1, keepdims=True)], 1)
+    music = music_context(maps, score)
+    rows = _rows_of(maps)
     structure = np.concatenate([maps.structure_share, maps.structure_share.mean(1, keepdims=True)], 1)
+    roles = maps_roles(maps, score)
     return {
         "title": maps.name or "melody",
         "tracks": [str(t) for t in maps.texts.get("tracks", [])],
         "lyrics": str(maps.texts.get("lyrics", "")),
         "notice": maps.notice, "window": maps.window, "nTokensInFile": maps.n_tokens_in_file,
         "layers": L, "heads": H,
-        "notes": _notes_payload(maps),
-        "tokens": {"text": [str(t) for t in maps.tokens], "note": maps.note_of_token.tolist(),
-                   "nll": _floats(maps.token_nll, 2)},
-        "noteMaps": encode_sparse(with_mean, _budget_k(with_mean, _NOTE_MAP_BUDGET, 4)),
+        "notes": _notes_payload(maps, music),
+        "music": music["page"],
+        "tokens": _tokens_payload(maps),
+        "noteMaps": _note_maps(rows, L, H, maps.n_notes),
+        "rollout": _rollout_payload(maps),
         "structure": _b64(_quantize(structure.reshape(-1))),
-        "tokenMaps": _token_maps(maps.token_attention),
+        "pattern": _patterns(rows, L, H, music["beat"]),
+        "roles": _roles_payload(roles),
+        "tokenMaps": _token_maps(maps.token_attention) if _has_token_maps(maps) else None,
     }
 
 
-def _notes_payload(maps):
-    return {"pitch": maps.pitch.tolist(), "name": list(maps.note_names),
-            "start": _floats(maps.start, 3), "end": _floats(maps.end, 3),
-            "velocity": maps.velocity.tolist(), "surprise": _floats(maps.surprise, 3)}
+def _notes_payload(maps, music):
+    return {"pitch": maps.pitch.tolist(), "name": music["names"],
+            "start": _ms(maps.start), "end": _ms(maps.end),
+            "velocity": np.asarray(maps.velocity).tolist(), "surprise": _floats(maps.surprise, 2),
+            "track": music["track"].tolist(), "bar": music["bar"].tolist(),
+            "beatInBar": _floats(music["beat_in_bar"], 3), "beat": _floats(music["beat"], 3)}
+
+
+def _tokens_payload(maps):
+    if not _has_token_maps(maps):
+        return {"text": [], "note": [], "nll": []}
+    return {"text": [str(t) for t in maps.tokens], "note": maps.note_of_token.tolist(),
+            "nll": _floats(maps.token_nll, 2)}
+
+
+def _has_token_maps(maps):
+    """Dense (L, H, T, T) token maps small enough for the page's heatmap."""
+    att = getattr(maps, "token_attention", None)
+    return att is not None and att.ndim == 4 and att.shape[-1] == att.shape[-2] <= _MAX_HEATMAP_TOKENS
+
+
+def _ms(seconds):
+    return np.rint(np.asarray(seconds, dtype=np.float64) * 1000).astype(np.int64).tolist()
+
+
+# ---------------------------------------------------------- the music's grid
+def music_context(maps, score=None):
+    """Bars, beats, metres, tracks, key spelling and continuation marker of the maps' notes.
+
+    Returns a dict: per note ``bar`` (from 0), ``position`` (quarter notes from
+    the bar line), ``beat`` (quarter notes from the start), ``track`` and
+    ``names`` (spelled in the key), plus ``page``: what the page draws.
+    """
+    notes = note_context(maps, score)
+    key = estimate_key(maps.pitch, np.asarray(maps.end) - np.asarray(maps.start)) if maps.n_notes else (0, "major")
+    flats = _uses_flats(key)
+    page = {"key": key_name(key), "flats": flats, "trackNames": _track_names(maps, score, notes["track"]),
+            "marker": _continuation_ms(score), **_grid(score, maps)}
+    beat = (score.time_to_tick(notes["start"]) / score.ticks_per_beat if score is not None
+            else notes["start"] * 2.0)                                  # no score: 120 bpm
+    return {"bar": np.asarray(notes["bar"]), "position": notes["position"], "beat": beat,
+            "beat_in_bar": _beat_in_bar(score, notes["bar"], notes["position"]),
+            "track": _dense_ids(notes["track"]), "names": [spell(p, flats) for p in maps.pitch], "page": page}
+
+
+def _beat_in_bar(score, bar, position):
+    """The beat each note starts on, counted from 1 in the bar's metre (half notes in 2/2, dotted
+    quarters in 6/8); quarter notes when there is no score."""
+    position = np.asarray(position, dtype=np.float64)
+    if score is None:
+        return 1 + position
+    _, num, den = bar_lines(score)
+    b = np.clip(np.asarray(bar), 0, len(num) - 1)
+    unit = np.array([_beat_ticks(score, n, d) for n, d in zip(num, den)]) / score.ticks_per_beat
+    return 1 + position / unit[b]
+
+
+def spell(pitch, flats=False):
+    """Pitch name in scientific notation, with flats when ``flats``: 70 -> ``"A#4"`` or ``"Bb4"``."""
+    pitch = int(pitch)
+    return f"{(_FLAT_NAMES if flats else _SHARP_NAMES)[pitch % 12]}{pitch // 12 - 1}"
+
+
+def _uses_flats(key):
+    """Whether ``key`` (tonic pitch class, mode) is written with flats (F, Bb, Eb, Ab, Db and minors)."""
+    tonic, mode = key
+    major = tonic if mode == "major" else (tonic + 3) % 12
+    return major in (5, 10, 3, 8, 1)
+
+
+def _grid(score, maps):
+    """Bar lines (ms), their numbers and metres, and beat lines (ms); empty without a score."""
+    if score is None:
+        return {"bars": [], "meters": [], "beats": []}
+    lines, num, den = bar_lines(score)
+    end = float(np.max(maps.end)) if maps.n_notes else 0.0
+    keep = int(np.searchsorted(score.tick_to_time(lines), end - 1e-9)) + 1
+    lines, num, den = lines[:keep + 1], num[:keep], den[:keep]
+    beats = [np.arange(lines[b], lines[b + 1] - 1e-6, _beat_ticks(score, num[b], den[b]))
+             for b in range(len(num))]
+    meters = [[int(b), f"{num[b]}/{den[b]}"] for b in range(len(num))
+              if b == 0 or (num[b], den[b]) != (num[b - 1], den[b - 1])]
+    beat_ticks = np.concatenate(beats) if beats else np.zeros(0)
+    return {"bars": _ms(score.tick_to_time(lines)), "meters": meters, "beats": _ms(score.tick_to_time(beat_ticks))}
+
+
+def _beat_ticks(score, num, den):
+    """Ticks of one beat: the denominator's unit, or three of them in compound metres (6/8, 9/8, 12/8)."""
+    unit = score.ticks_per_beat * 4 / int(den)
+    return 3 * unit if int(num) % 3 == 0 and int(num) > 3 and int(den) >= 8 else unit
+
+
+def _track_names(maps, score, track):
+    names = tuple(getattr(score, "track_names", ()) or ()) if score is not None else ()
+    out = []
+    for t in np.unique(track).tolist():
+        name = names[t] if 0 <= t < len(names) and str(names[t]).strip() else ""
+        out.append(str(name) or f"track {t + 1}")
+    return out
+
+
+def _dense_ids(track):
+    """Track numbers -> 0, 1, 2, ... in order (the page's colour index)."""
+    return np.unique(np.asarray(track), return_inverse=True)[1].reshape(-1)
+
+
+def _continuation_ms(score):
+    """Milliseconds of the first marker naming a continuation (``"music-attn: continuation"``), else None."""
+    for row in getattr(score, "texts", ()) or ():
+        tick, kind, text = row[0], row[-2], str(row[-1])
+        if kind == "marker" and "continuation" in text.lower():
+            return _ms([score.tick_to_time(tick)])[0]
+    return None
+
+
+# ------------------------------------------------------------- attention data
+def _rows_of(maps):
+    """``rows(layer, head)`` -> CSR note rows: the maps' own accessor, or an adapter over dense maps."""
+    return maps.note_rows if hasattr(maps, "note_rows") else dense_rows(maps.note_attention)
+
+
+def _note_maps(rows, L, H, N):
+    """Top-k sparse note maps of every head plus the mean of the heads of each layer."""
+    k = int(np.clip(_NOTE_MAP_BUDGET // max(1, L * (H + 1) * N * _BYTES_PER_ENTRY), 4, 64))
+    parts = []
+    for layer in range(L):
+        heads = [rows(layer, head) for head in range(H)]
+        mean = (heads[0][0], heads[0][1], np.mean([w for _, _, w in heads], axis=0))
+        parts += [_top_k_csr(*csr, N, k) for csr in heads + [mean]]
+    return _pack([p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], N, H + 1, N) | {"k": k}
+
+
+def _top_k_csr(indptr, keys, weights, N, k):
+    """CSR rows -> counts (N,) uint8, keys, uint8 weights: the ``k`` largest of each row, largest first."""
+    row = np.repeat(np.arange(N), np.diff(indptr))                      # (E,)
+    order = np.lexsort((-np.asarray(weights), row))
+    rank = np.arange(order.size) - np.asarray(indptr)[row[order]]
+    take = order[rank < k]
+    q = _quantize(np.asarray(weights)[take])
+    take, q = take[q > 0], q[q > 0]
+    return np.bincount(row[take], minlength=N).astype(np.uint8), np.asarray(keys)[take], q
+
+
+def _patterns(rows, L, H, beat):
+    """Each head's mean attention by distance back in beats (quarter notes): (L, H + 1, B) uint8, half-beat bins.
+
+    Bin b holds the mean, over query notes, of the attention to notes
+    ``b / 2 .. (b + 1) / 2`` beats earlier (bin 0: the same onset, itself
+    included); scaled so that each head's largest bin is 255.
+    """
+    N = len(beat)
+    out = np.zeros((L, H + 1, _PATTERN_BINS))
+    for layer in range(L):
+        for head in range(H):
+            indptr, keys, w = rows(layer, head)
+            qi = np.repeat(np.arange(N), np.diff(indptr))
+            back = np.floor((beat[qi] - beat[np.asarray(keys)]) * 2 + 1e-6).astype(np.int64)
+            ok = (back >= 0) & (back < _PATTERN_BINS)
+            out[layer, head] = np.bincount(back[ok], weights=np.asarray(w)[ok], minlength=_PATTERN_BINS) / max(N, 1)
+        out[layer, H] = out[layer, :H].mean(0)
+    scaled = out / np.maximum(out.max(-1, keepdims=True), 1e-12)
+    return {"bins": _PATTERN_BINS, "perBeat": 2, "value": _b64(_quantize(scaled.reshape(-1)))}
+
+
+def _rollout_payload(maps):
+    """Attention rollout over notes when the maps carry it (``note_rollout`` (N, N) or CSR rows), else None."""
+    roll = getattr(maps, "note_rollout", None)
+    roll = roll() if callable(roll) else roll
+    if roll is None:
+        return None
+    N = maps.n_notes
+    csr = roll if isinstance(roll, tuple) else dense_rows(np.asarray(roll)[None, None])(0, 0)
+    k = int(np.clip(_NOTE_MAP_BUDGET // max(1, 8 * N * _BYTES_PER_ENTRY), 4, 64))
+    counts, index, value = _top_k_csr(*csr, N, k)
+    return _pack([counts], [index], [value], N, 1, N)
+
+
+def _roles_payload(roles):
+    return {"relations": list(roles["relations"]), "share": _floats(roles["share"].reshape(-1), 3),
+            "uniform": _floats(roles["uniform"], 3), "lift": _floats(roles["lift"].reshape(-1), 2),
+            "table": [{**row, "share": round(row["share"], 3), "lift": round(row["lift"], 2)}
+                      for row in roles["table"]]}
 
 
 def _token_maps(token_attention):
