@@ -136,3 +136,17 @@ def test_bar_lines_follow_a_change_of_metre(tmp_path):
     assert num.tolist() == [3, 3, 6, 6] and den.tolist() == [4, 4, 8, 8]
     bar, pos = bar_and_position(score, score.notes["start"])
     assert bar.tolist() == [0, 2] and pos == pytest.approx([0, 0.5])
+
+
+def test_previous_in_voice_matches_a_direct_search_on_random_chords():
+    rng = np.random.default_rng(0)
+    start, pitch, track = rng.integers(0, 30, 200) * 0.5, rng.integers(40, 80, 200), rng.integers(0, 3, 200)
+    got = previous_in_voice(start, pitch, track)
+    for i in range(200):
+        earlier = [j for j in range(200) if track[j] == track[i] and start[j] < start[i]]
+        if not earlier:
+            assert got[i] == -1
+            continue
+        last = max(start[j] for j in earlier)
+        best = min((j for j in earlier if start[j] == last), key=lambda j: (abs(pitch[j] - pitch[i]), pitch[j]))
+        assert (start[got[i]], pitch[got[i]]) == (start[best], pitch[best])

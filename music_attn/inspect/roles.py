@@ -82,12 +82,17 @@ def previous_in_voice(start, pitch, track):
     prev = np.full(len(start), -1)
     for t in np.unique(track):
         idx = np.flatnonzero(track == t)
-        idx = idx[np.lexsort((pitch[idx], start[idx]))]
-        onsets = np.unique(start[idx])
-        for k in range(1, len(onsets)):
-            before = idx[np.abs(start[idx] - onsets[k - 1]) <= _ONSET_TOLERANCE]
-            for i in idx[np.abs(start[idx] - onsets[k]) <= _ONSET_TOLERANCE]:
-                prev[i] = before[np.argmin(np.abs(pitch[before] - pitch[i]))]
+        idx = idx[np.lexsort((pitch[idx], start[idx]))]                 # by onset, then pitch
+        s, p = start[idx], pitch[idx].astype(np.int64)
+        group = np.concatenate(([0], np.cumsum(np.diff(s) > _ONSET_TOLERANCE)))   # onset number
+        first = np.searchsorted(group, group, side="left")              # where each group begins
+        key = group * 1024 + p                                          # sorted: group, then pitch
+        has = group > 0
+        lo, hi = np.searchsorted(group, group - 1, side="left"), first   # the previous group: [lo, hi)
+        at = np.clip(np.searchsorted(key, (group - 1) * 1024 + p), lo, hi - 1)
+        below = np.clip(at - 1, lo, hi - 1)
+        pick = np.where(np.abs(p[below] - p) <= np.abs(p[at] - p), below, at)
+        prev[idx[has]] = idx[pick[has]]
     return prev
 
 

@@ -128,7 +128,8 @@ def music_context(maps, score=None):
     ``names`` (spelled in the key), plus ``page``: what the page draws.
     """
     notes = note_context(maps, score)
-    key = estimate_key(maps.pitch, np.asarray(maps.end) - np.asarray(maps.start)) if maps.n_notes else (0, "major")
+    with np.errstate(invalid="ignore", divide="ignore"):      # all twelve pitch classes alike: no key
+        key = estimate_key(maps.pitch, np.asarray(maps.end) - np.asarray(maps.start)) if maps.n_notes else (0, "major")
     flats = _uses_flats(key)
     page = {"key": key_name(key), "flats": flats, "trackNames": _track_names(maps, score, notes["track"]),
             "marker": _continuation_ms(score), **_grid(score, maps)}
@@ -229,7 +230,8 @@ def _note_maps(rows, L, H, N):
 def _top_k_csr(indptr, keys, weights, N, k):
     """CSR rows -> counts (N,) uint8, keys, uint8 weights: the ``k`` largest of each row, largest first."""
     row = np.repeat(np.arange(N), np.diff(indptr))                      # (E,)
-    order = np.lexsort((-np.asarray(weights), row))
+    w = np.clip(np.asarray(weights, dtype=np.float64), 0, 1)
+    order = np.argsort(row + 0.5 * (1 - w), kind="stable")              # by row, then weight down
     rank = np.arange(order.size) - np.asarray(indptr)[row[order]]
     take = order[rank < k]
     q = _quantize(np.asarray(weights)[take])

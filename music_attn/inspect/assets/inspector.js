@@ -320,7 +320,7 @@
 
   function describe(i) {
     const lines = [noteLabel(i) + " (MIDI " + D.notes.pitch[i] + ")" + (M.trackNames.length > 1 ? " · " + M.trackNames[D.notes.track[i]] : ""),
-      (barBeat(i) ? barBeat(i) + " · " : "") + fmt(NOTE.start[i], 2) + " s · lasts " + fmt(NOTE.end[i] - NOTE.start[i], 2) + " s",
+      (barBeat(i) ? barBeat(i) + " · " : "") + "onset " + fmt(NOTE.start[i], 2) + " s · lasts " + fmt(NOTE.end[i] - NOTE.start[i], 2) + " s",
       "surprise " + fmt(D.notes.surprise[i], 2) + " nats"];
     const top = noteRow(i).filter((e) => e[0] !== i).slice(0, 3).map((e) => noteLabel(e[0]) + " " + fmt(e[1], 2));
     lines.push(viewLabel() + ": " + (top.length ? top.join(", ") : "no earlier note"));
