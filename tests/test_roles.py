@@ -150,3 +150,27 @@ def test_previous_in_voice_matches_a_direct_search_on_random_chords():
         last = max(start[j] for j in earlier)
         best = min((j for j in earlier if start[j] == last), key=lambda j: (abs(pitch[j] - pitch[i]), pitch[j]))
         assert (start[got[i]], pitch[got[i]]) == (start[best], pitch[best])
+
+
+def test_inspect_heads_prints_one_line_per_head_sorted_by_lift(tmp_path, capsys, monkeypatch):
+    from importlib import resources
+
+    from music_attn.cli import main
+    from music_attn.training.checkpoint import load_model
+
+    melody = sorted(resources.files("music_attn").joinpath("assets", "melodies").iterdir(), key=str)[0]
+    if not str(melody).endswith(".mid"):
+        pytest.skip("no shipped melody")
+    cfg = load_model().config
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", str(melody), "--heads"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("layer  head"))
+    rows = [line.split() for line in lines[start + 1:]]
+    assert len(rows) == cfg.n_layers * cfg.n_heads
+    assert sorted((int(r[0]), int(r[1])) for r in rows) == [
+        (l, h) for l in range(1, cfg.n_layers + 1) for h in range(1, cfg.n_heads + 1)]
+    lifts = [float(r[-1].rstrip("x")) for r in rows]
+    assert lifts == sorted(lifts, reverse=True)
+    assert all(" ".join(r[2:-2]) in {"previous note", "same onset", "same pitch", "same pitch class", "one bar back",
+                                     "same place in bar", "structure tokens"} for r in rows)

@@ -12,23 +12,28 @@ def register(sub):
     p.add_argument("--png", metavar="OUT.png", help="also write a grid of per-head heatmaps (needs matplotlib)")
     p.add_argument("--json", metavar="OUT.json", help="also write notes, tokens and note maps as JSON")
     p.add_argument("--window", type=int, metavar="W", help="tokens the model sees at once (default: its max_len)")
+    p.add_argument("--heads", action="store_true",
+                   help="print what each head does: its strongest musical relation, share and lift")
     p.set_defaults(func=_run)
 
 
 def _run(args):
     from music_attn.inspect.inspector import attention_maps
     from music_attn.training.checkpoint import load_model
+    from music_attn.inspect.roles import format_roles
     from music_attn.inspect.viz import render_png, write_html, write_json
+    from music_attn.music.midi import read_midi
 
     source = Path(args.file)
     if not source.is_file():
         raise FileNotFoundError(2, "No such file", str(source))
     model = load_model(args.model)
     maps = attention_maps(model, source, window=args.window)
+    score = read_midi(source)
     if args.png:                      # first, so a missing matplotlib leaves no other output behind
         render_png(maps, args.png)
     html_path = args.output or f"{source.stem}_attention.html"
-    size = write_html(maps, html_path)
+    size = write_html(maps, html_path, score=score)
     if args.json:
         write_json(maps, args.json)
     print(f"{maps!r}")
@@ -38,4 +43,6 @@ def _run(args):
     for path in (args.png, args.json):
         if path:
             print(f"wrote {path}")
+    if args.heads:
+        print(format_roles(maps.head_roles(score)["table"]))
     return 0

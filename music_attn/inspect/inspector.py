@@ -197,6 +197,18 @@ class AttentionMaps:
         order = np.argsort(-row[:stop], kind="stable")[:k]
         return [(int(j), float(row[j])) for j in order if row[j] > 0]
 
+    def head_roles(self, score=None):
+        """What each head does in musical terms: see `music_attn.inspect.roles`.
+
+        Returns a plain dict: ``relations`` (R names), ``share`` (L, H, R),
+        ``uniform`` (R,), ``lift`` (L, H, R) and ``table`` (one dict per head:
+        layer, head, relation, share, lift; sorted by lift).  ``score`` (the
+        file's `Score`) gives the bars and tracks when the maps lack them.
+        """
+        from music_attn.inspect.roles import maps_roles
+
+        return maps_roles(self, score)
+
     # --------------------------------------------------------------- outputs
     def to_dict(self, *, token_attention=False, decimals=4):
         """Plain-Python view (JSON-ready): notes, tokens, note maps, and token maps on request."""

@@ -46,11 +46,14 @@ Shape legend: L layers, H heads, N notes, R relations, E stored entries.
 
 import numpy as np
 
-__all__ = ["RELATIONS", "head_roles", "maps_roles", "strongest", "previous_in_voice", "relation_masks",
+__all__ = ["RELATIONS", "head_roles", "maps_roles", "strongest", "format_roles", "previous_in_voice", "relation_masks",
            "dense_rows", "bar_lines", "bar_and_position", "note_context", "structure_baseline"]
 
 RELATIONS = ("previous", "onset", "pitch", "pitch_class", "bar_back", "position", "structure")
 NOTE_RELATIONS = RELATIONS[:-1]
+RELATION_NAMES = {"previous": "previous note", "onset": "same onset", "pitch": "same pitch",
+                  "pitch_class": "same pitch class", "bar_back": "one bar back",
+                  "position": "same place in bar", "structure": "structure tokens"}
 MIN_SHARE = 0.1            # a relation must take this share of a head's attention to be its role
 _TICKS = 480               # positions in the bar are compared on a grid of 1/480 beat
 _ONSET_TOLERANCE = 1e-6    # seconds
@@ -179,6 +182,15 @@ def strongest(roles, *, min_share=MIN_SHARE):
         out.append({"layer": layer + 1, "head": head + 1, "relation": roles["relations"][r],
                     "share": float(share[layer, head, r]), "lift": float(lift[layer, head, r])})
     return sorted(out, key=lambda row: -row["lift"])
+
+
+def format_roles(table):
+    """The `strongest` table as text, one line per head (what ``inspect --heads`` prints)."""
+    lines = ["layer  head  role                 share   lift"]
+    for row in table:
+        lines.append(f"{row['layer']:>5}  {row['head']:>4}  {RELATION_NAMES[row['relation']]:<19}"
+                     f"{100 * row['share']:>5.0f}%  {row['lift']:>5.1f}x")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------- notes in their bars
