@@ -1,14 +1,15 @@
-"""Take docs/screenshot.png: the inspector page of a shipped melody, in headless Chromium.
+"""Take docs/screenshot.png and docs/heads.png: the inspector page of a piece, in headless Chromium.
 
 Run from the repository root (needs playwright for Python and Debian's chromium):
 
     python scripts/screenshot.py                      # shipped model, first shipped melody
-    python scripts/screenshot.py --melody tune.mid -o docs/screenshot.png
+    python scripts/screenshot.py --melody tune.mid -o docs/screenshot.png --heads-out docs/heads.png
     python scripts/screenshot.py --random-model       # a tiny untrained model, when none ships yet
 
 The page opens on the last layer with the mean of its heads (``--head N`` picks
-one head, ``--head focused`` the most focused one) and the last note (the final
-cadence) clicked, so its arcs show.
+one head, ``--head focused`` the most focused one) and a note clicked (``--note``,
+counted from 1; default the last, the final cadence), so its arcs show.
+``docs/heads.png`` shows the head grid for that note and the head-role table.
 """
 
 import argparse
@@ -54,8 +55,9 @@ def _view(maps, head):
     return maps.n_layers - 1, int(head) - 1
 
 
-def shoot(page_path, out, layer, head, note):
-    """Open ``page_path``, pick ``layer``/``head``, click ``note`` and save a screenshot to ``out``."""
+def shoot(page_path, out, heads_out, layer, head, note):
+    """Open ``page_path``, pick ``layer``/``head``, click ``note``; save the page to ``out`` and the
+    head grid with the role table to ``heads_out``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -68,27 +70,44 @@ def shoot(page_path, out, layer, head, note):
         page.locator(f"rect.note[data-i='{note}']").scroll_into_view_if_needed()
         page.click(f"rect.note[data-i='{note}']")
         page.mouse.move(2, 2)
-        page.screenshot(path=str(out), full_page=True)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(out), clip={"x": 0, "y": 0, "width": 1280, "height": _roll_bottom(page)})
+        if heads_out:
+            box = page.evaluate("""() => { const a = document.getElementById('heads').getBoundingClientRect(),
+                                               b = document.getElementById('roles').getBoundingClientRect();
+                                           return [a.top + scrollY, b.bottom + scrollY]; }""")
+            page.screenshot(path=str(heads_out), full_page=True,
+                            clip={"x": 0, "y": box[0] - 8, "width": 1280, "height": box[1] - box[0] + 16})
         browser.close()
+
+
+def _roll_bottom(page):
+    """Page height down to the end of the piano roll (the screenshot's lower edge)."""
+    return page.evaluate("() => document.getElementById('hint').getBoundingClientRect().bottom + scrollY + 8")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--melody", help="MIDI file (default: the first shipped melody)")
     parser.add_argument("-o", "--out", default="docs/screenshot.png")
+    parser.add_argument("--heads-out", default="docs/heads.png", help="head grid and role table ('' for none)")
+    parser.add_argument("--note", type=int, help="note to click, from 1 (default: the last)")
     parser.add_argument("--random-model", action="store_true", help="tiny random model instead of the shipped one")
     parser.add_argument("--head", default="mean", help="'mean' (of the last layer's heads), 'focused' or a head number")
     args = parser.parse_args()
     from music_attn.inspect.inspector import attention_maps
     from music_attn.inspect.viz import write_html
+    from music_attn.music.midi import read_midi
 
-    maps = attention_maps(_model(args.random_model), _melody(args.melody))
+    melody = _melody(args.melody)
+    maps = attention_maps(_model(args.random_model), melody)
     layer, head = _view(maps, args.head)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        write_html(maps, Path(tmp) / "page.html")
-        shoot(Path(tmp) / "page.html", args.out, layer, head, maps.n_notes - 1)
-    print(f"wrote {args.out} ({maps!r}, layer {layer + 1}, head index {head})")
+        write_html(maps, Path(tmp) / "page.html", score=read_midi(melody))
+        note = (args.note or maps.n_notes) - 1
+        shoot(Path(tmp) / "page.html", args.out, args.heads_out, layer, head, note)
+    print(f"wrote {args.out} {args.heads_out} ({maps!r}, layer {layer + 1}, head index {head}, note {note + 1})")
 
 
 if __name__ == "__main__":
