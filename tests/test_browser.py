@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from music_attn.inspect.roles import dense_rows
 from music_attn.inspect.viz import write_html
 from test_viz import synthetic_maps
 
@@ -194,8 +195,12 @@ def music_page(tmp_path_factory):
     notes = [(60 + (k * 5) % 12, 480 * k, 480) for k in range(24)]
     score = _score(folder, notes, metre=(3, 4))
     maps = _maps_for(score)
-    maps.note_rollout = np.tril(np.random.default_rng(1).random((24, 24)))   # any (N, N) map will do
-    maps.note_rollout /= maps.note_rollout.sum(1, keepdims=True)
+    if not hasattr(maps, "note_rows"):       # maps without rollout: give them one (any (N, N) rows will do)
+        roll = np.tril(np.random.default_rng(1).random((24, 24)))
+        roll /= roll.sum(1, keepdims=True)
+        maps.rollout, maps.note_rollout = True, roll
+        heads, rollout = dense_rows(maps.note_attention), dense_rows(roll[None, None])(0, 0)
+        maps.note_rows = lambda layer, head=None: rollout if layer == "rollout" else heads(layer, head)
     write_html(maps, folder / "tune.html", score=score)
     return maps, folder / "tune.html"
 
@@ -249,7 +254,9 @@ def test_rollout_is_a_choice_beside_the_layers(browser, music_page):
     o = Opened(browser, path)
     o.page.select_option("#layer", "rollout")
     o.page.click("rect.note[data-i='20']")
-    row = maps.note_rollout[20]
+    rows = maps.note_rows("rollout")
+    row = np.zeros(maps.n_notes)
+    row[rows[1][rows[0][20]:rows[0][21]]] = rows[2][rows[0][20]:rows[0][21]]
     for j, w, _ in o.arcs():
         assert w == pytest.approx(row[j], abs=0.5 / 255 + 1e-3)
     assert max(o.arcs(), key=lambda a: a[2])[0] in np.flatnonzero(row >= row.max() - 1 / 255)

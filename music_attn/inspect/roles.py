@@ -229,16 +229,17 @@ def bar_and_position(score, seconds):
 def note_context(maps, score=None):
     """The note columns roles need (pitch, start, bar, position, track) for `AttentionMaps` ``maps``.
 
-    Bars and tracks come from the maps when they carry them, else from ``score``
-    (the `Score` of the file); without either, bars are unknown (-1: the bar
+    Bars come from ``score`` (the `Score` of the file), else from the maps' own
+    ``bar`` and ``beat`` when they carry them; tracks from the maps, else matched
+    in the score.  Without either, bars are unknown (-1: the bar
     relations then have no baseline and a NaN lift) and there is one track.
     """
     N = maps.n_notes
     out = {"pitch": np.asarray(maps.pitch), "start": np.asarray(maps.start, dtype=np.float64)}
-    if getattr(maps, "bar", None) is not None and getattr(maps, "beat", None) is not None:
-        out["bar"], out["position"] = np.asarray(maps.bar), np.asarray(maps.beat, dtype=np.float64)
-    elif score is not None:
+    if score is not None:
         out["bar"], out["position"] = bar_and_position(score, out["start"])
+    elif getattr(maps, "bar", None) is not None and getattr(maps, "beat", None) is not None:
+        out["bar"], out["position"] = np.asarray(maps.bar), np.asarray(maps.beat, dtype=np.float64)
     else:
         out["bar"], out["position"] = np.full(N, -1), np.zeros(N)
     out["track"] = _tracks(maps, score)

@@ -110,9 +110,14 @@ def _tokens_payload(maps):
 
 
 def _has_token_maps(maps):
-    """Dense (L, H, T, T) token maps small enough for the page's heatmap."""
-    att = getattr(maps, "token_attention", None)
-    return att is not None and att.ndim == 4 and att.shape[-1] == att.shape[-2] <= _MAX_HEATMAP_TOKENS
+    """Whether the maps keep token attention and the piece is short enough for the heatmap."""
+    if len(getattr(maps, "note_of_token", ())) > _MAX_HEATMAP_TOKENS:
+        return False
+    try:
+        att = maps.token_attention
+    except (AttributeError, MusicAttnError):             # maps that keep no token attention
+        return False
+    return att is not None and np.ndim(att) == 4
 
 
 def _ms(seconds):
@@ -135,9 +140,18 @@ def music_context(maps, score=None):
             "marker": _continuation_ms(score), **_grid(score, maps)}
     beat = (score.time_to_tick(notes["start"]) / score.ticks_per_beat if score is not None
             else notes["start"] * 2.0)                                  # no score: 120 bpm
-    return {"bar": np.asarray(notes["bar"]), "position": notes["position"], "beat": beat,
-            "beat_in_bar": _beat_in_bar(score, notes["bar"], notes["position"]),
+    bar, beat_in_bar = _bars_for_page(maps, score, notes)
+    return {"bar": bar, "position": notes["position"], "beat": beat, "beat_in_bar": beat_in_bar,
             "track": _dense_ids(notes["track"]), "names": [spell(p, flats) for p in maps.pitch], "page": page}
+
+
+def _bars_for_page(maps, score, notes):
+    """Bar (from 0, -1 unknown) and beat in the bar (from 1) of every note: from the score, else
+    from the maps' own ``bar`` and ``beat`` (both counted from 1)."""
+    if score is None and getattr(maps, "bar", None) is not None and getattr(maps, "beat", None) is not None:
+        return np.asarray(maps.bar, dtype=np.int64) - 1, np.asarray(maps.beat, dtype=np.float64)
+    bar = np.asarray(notes["bar"], dtype=np.int64)
+    return bar, _beat_in_bar(score, bar, notes["position"])
 
 
 def _beat_in_bar(score, bar, position):
@@ -261,13 +275,11 @@ def _patterns(rows, L, H, beat):
 
 
 def _rollout_payload(maps):
-    """Attention rollout over notes when the maps carry it (``note_rollout`` (N, N) or CSR rows), else None."""
-    roll = getattr(maps, "note_rollout", None)
-    roll = roll() if callable(roll) else roll
-    if roll is None:
+    """Attention rollout over notes when the maps carry it (``note_rows("rollout")``), else None."""
+    if getattr(maps, "rollout", None) is None or not hasattr(maps, "note_rows"):
         return None
     N = maps.n_notes
-    csr = roll if isinstance(roll, tuple) else dense_rows(np.asarray(roll)[None, None])(0, 0)
+    csr = maps.note_rows("rollout")
     k = int(np.clip(_NOTE_MAP_BUDGET // max(1, 8 * N * _BYTES_PER_ENTRY), 4, 64))
     counts, index, value = _top_k_csr(*csr, N, k)
     return _pack([counts], [index], [value], N, 1, N)
