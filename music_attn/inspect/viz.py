@@ -202,7 +202,12 @@ def _beat_ticks(score, num, den):
 
 
 def _track_names(maps, score, track):
+    """Names of the tracks in use: the score's track names, else the file's track-name texts
+    when there is one per track, else "track N"."""
     names = tuple(getattr(score, "track_names", ()) or ()) if score is not None else ()
+    texts = [str(t) for t in maps.texts.get("tracks", [])]
+    if not names and len(track) and len(texts) > int(np.max(track)):
+        names = tuple(texts)
     out = []
     for t in np.unique(track).tolist():
         name = names[t] if 0 <= t < len(names) and str(names[t]).strip() else ""

@@ -305,8 +305,9 @@
   }
   function arc(i, j, rel, w) {
     const [x1, y1] = centre(i), [x2, y2] = centre(j);
-    const h = 18 + Math.min(Math.abs(x1 - x2) * 0.3, 160), ytop = Math.max(4, Math.min(y1, y2) - h);
-    return svg("path", { d: "M" + x1.toFixed(1) + "," + y1.toFixed(1) + " Q" + ((x1 + x2) / 2).toFixed(1) + "," + ytop.toFixed(1) +
+    let cx = (x1 + x2) / 2, cy = Math.max(4, Math.min(y1, y2) - 18 - Math.min(Math.abs(x1 - x2) * 0.3, 160));
+    if (Math.abs(x1 - x2) < 14) { cx = Math.min(x1, x2) - 16 - 0.4 * Math.abs(y1 - y2); cy = (y1 + y2) / 2; }   // a chord: bow sideways
+    return svg("path", { d: "M" + x1.toFixed(1) + "," + y1.toFixed(1) + " Q" + cx.toFixed(1) + "," + cy.toFixed(1) +
                             " " + x2.toFixed(1) + "," + y2.toFixed(1),
                          class: "arc", fill: "none", stroke: "#2f5bd3", "stroke-linecap": "round",
                          "stroke-width": (0.75 + 6 * rel).toFixed(2), "stroke-opacity": (0.15 + 0.85 * rel).toFixed(2),
