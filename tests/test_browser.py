@@ -77,7 +77,8 @@ def opened(browser, page_file):
 
 def test_page_loads_without_console_errors(opened, maps):
     assert opened.page.locator("rect.note").count() == maps.n_notes
-    assert opened.page.locator("#layer option").count() == maps.n_layers
+    has_rollout = getattr(maps, "rollout", None) is not None
+    assert opened.page.locator("#layer option").count() == maps.n_layers + has_rollout     # + rollout
     assert opened.page.locator("#head option").count() == maps.n_heads + 1     # + mean of heads
     opened.page.click("#play")
     opened.page.wait_for_timeout(300)
@@ -259,7 +260,8 @@ def test_rollout_is_a_choice_beside_the_layers(browser, music_page):
     row[rows[1][rows[0][20]:rows[0][21]]] = rows[2][rows[0][20]:rows[0][21]]
     for j, w, _ in o.arcs():
         assert w == pytest.approx(row[j], abs=0.5 / 255 + 1e-3)
-    assert max(o.arcs(), key=lambda a: a[2])[0] in np.flatnonzero(row >= row.max() - 1 / 255)
+    earlier = row[:20]                                          # arcs go to earlier notes (itself: a ring)
+    assert max(o.arcs(), key=lambda a: a[2])[0] in np.flatnonzero(earlier >= earlier.max() - 1 / 255)
     assert o.page.is_disabled("#head") and o.errors == []
     o.page.close()
 

@@ -209,15 +209,16 @@ def test_a_continuation_marker_is_placed_at_its_time(tmp_path):
 
 
 def test_head_pattern_puts_a_previous_note_head_one_beat_back():
-    maps = synthetic_maps(12, L=1, H=2)
+    from music_attn.inspect.roles import dense_rows
+    from music_attn.inspect.viz import _patterns
+
     att = np.zeros((1, 2, 12, 12))
-    att[0, 0, np.arange(1, 12), np.arange(11)] = 1.0                       # the note one quarter back
+    att[0, 0, np.arange(1, 12), np.arange(11)] = 1.0                       # the note one beat back
     att[0, 0, 0, 0] = 1.0
     att[0, 1] = np.tril(np.ones((12, 12))) / np.arange(1, 13)[:, None]     # even over the past
-    maps.note_attention = att
-    data = page_data(maps)                                                 # no score: quarters at 120 bpm
-    pattern = np.frombuffer(base64.b64decode(data["pattern"]["value"]), np.uint8).reshape(1, 3, -1)
-    # notes are 0.5 s = 1 beat apart: head 0 -> bin 2 (1 beat back) holds 11 of 12 notes' weight, bin 0 one
+    data = _patterns(dense_rows(att), 1, 2, np.arange(12.0))               # notes one beat apart
+    pattern = np.frombuffer(base64.b64decode(data["value"]), np.uint8).reshape(1, 3, -1)
+    # head 0: bin 2 (1 beat back) holds 11 of 12 notes' weight, bin 0 (same onset) one
     assert pattern[0, 0, 2] == 255 and pattern[0, 0, 0] == round(255 / 11) and pattern[0, 0, 1] == 0
     assert pattern[0, 1, 0] == 255 and pattern[0, 1, 2] > 0 and pattern[0, 1, 1] == 0
 
