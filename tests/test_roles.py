@@ -174,3 +174,16 @@ def test_inspect_heads_prints_one_line_per_head_sorted_by_lift(tmp_path, capsys,
     assert lifts == sorted(lifts, reverse=True)
     assert all(" ".join(r[2:-2]) in {"previous note", "same onset", "same pitch", "same pitch class", "one bar back",
                                      "same place in bar", "structure tokens"} for r in rows)
+
+
+def test_heads_that_store_different_keys_share_one_visible_set():
+    # head 0 stores every earlier note; head 1 dropped its zero weights (only the previous note)
+    full = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], float)
+    dense = dense_rows(full[None, None])(0, 0)
+    qi = np.repeat(np.arange(4), np.diff(dense[0]))
+    keep = dense[2] > 0
+    sparse = (np.concatenate(([0], np.cumsum(np.bincount(qi[keep], minlength=4)))), dense[1][keep], dense[2][keep])
+    rows = lambda layer, head: dense if head == 0 else sparse                      # noqa: E731
+    roles = head_roles(rows, 1, 2, CDCD, np.zeros((1, 2, 4)), np.zeros(4))
+    assert roles["share"][0, 0] == pytest.approx(roles["share"][0, 1])
+    assert roles["uniform"][R["previous"]] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 4)

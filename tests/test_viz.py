@@ -228,3 +228,13 @@ def test_roles_table_lists_every_head_once_sorted_by_lift(big_maps):
     assert sorted((r["layer"], r["head"]) for r in table) == [(l, h) for l in range(1, 5) for h in range(1, 5)]
     lifts = [r["lift"] for r in table]
     assert lifts == sorted(lifts, reverse=True)
+
+
+def test_mean_of_heads_adds_rows_that_store_different_keys():
+    from music_attn.inspect.viz import _mean_rows
+
+    a = (np.array([0, 1, 3]), np.array([0, 0, 1]), np.array([1.0, 0.4, 0.6]))       # 2 notes, every key
+    b = (np.array([0, 1, 2]), np.array([0, 1]), np.array([1.0, 1.0]))                # zero weights dropped
+    indptr, keys, weights = _mean_rows([a, b], 2)
+    assert indptr.tolist() == [0, 1, 3] and keys.tolist() == [0, 0, 1]
+    assert weights == pytest.approx([1.0, 0.2, 0.8])

@@ -127,7 +127,7 @@ def head_roles(rows, n_layers, n_heads, notes, structure_share, structure_unifor
     ----------
     rows : callable ``(layer, head) -> (indptr (N + 1,), keys (E,), weights (E,))``
         Note attention of one head as CSR rows (query note -> key notes); the
-        keys stored for a query are the notes it can see (see `dense_rows`).
+        notes a query can see are the keys stored for it in any head (see `dense_rows`).
     n_layers, n_heads : int
     notes : mapping of arrays (N,)
         ``pitch``, ``start`` (seconds), ``bar`` (int), ``position`` (beats
@@ -145,7 +145,7 @@ def head_roles(rows, n_layers, n_heads, notes, structure_share, structure_unifor
     N = len(notes["pitch"])
     prev = previous_in_voice(notes["start"], notes["pitch"], notes["track"])
     share = np.zeros((n_layers, n_heads, len(RELATIONS)))
-    visible = None
+    seen = np.zeros(0, dtype=np.int64)                                  # visible pairs, as i * N + j
     for layer in range(n_layers):
         for head in range(n_heads):
             indptr, keys, weights = rows(layer, head)
@@ -153,8 +153,9 @@ def head_roles(rows, n_layers, n_heads, notes, structure_share, structure_unifor
             masks = relation_masks(qi, np.asarray(keys), notes, prev)
             w = np.asarray(weights, dtype=np.float64)
             share[layer, head, :-1] = [w[masks[r]].sum() / max(N, 1) for r in NOTE_RELATIONS]
-            visible = visible if visible is not None else (qi, masks)
+            seen = np.union1d(seen, qi * N + np.asarray(keys, dtype=np.int64))
     share[..., -1] = np.asarray(structure_share, dtype=np.float64).mean(-1)
+    visible = (seen // max(N, 1), relation_masks(seen // max(N, 1), seen % max(N, 1), notes, prev))
     uniform = _uniform(visible, N, structure_uniform)
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = np.where(uniform > 0, share / np.where(uniform > 0, uniform, 1), np.nan)

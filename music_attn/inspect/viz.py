@@ -241,9 +241,18 @@ def _note_maps(rows, L, H, N):
     parts = []
     for layer in range(L):
         heads = [rows(layer, head) for head in range(H)]
-        mean = (heads[0][0], heads[0][1], np.mean([w for _, _, w in heads], axis=0))
-        parts += [_top_k_csr(*csr, N, k) for csr in heads + [mean]]
+        parts += [_top_k_csr(*csr, N, k) for csr in heads + [_mean_rows(heads, N)]]
     return _pack([p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts], N, H + 1, N) | {"k": k}
+
+
+def _mean_rows(heads, N):
+    """The mean of the heads' CSR rows (each may store different keys), as CSR rows."""
+    code = np.concatenate([np.repeat(np.arange(N), np.diff(p)) * N + np.asarray(k, dtype=np.int64)
+                           for p, k, _ in heads])                       # (sum E,) i * N + j
+    pairs, where = np.unique(code, return_inverse=True)
+    weights = np.bincount(where.reshape(-1), weights=np.concatenate([w for _, _, w in heads])) / len(heads)
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(pairs // N, minlength=N))))
+    return indptr, pairs % N, weights
 
 
 def _top_k_csr(indptr, keys, weights, N, k):
