@@ -153,7 +153,9 @@ def head_roles(rows, n_layers, n_heads, notes, structure_share, structure_unifor
             masks = relation_masks(qi, np.asarray(keys), notes, prev)
             w = np.asarray(weights, dtype=np.float64)
             share[layer, head, :-1] = [w[masks[r]].sum() / max(N, 1) for r in NOTE_RELATIONS]
-            seen = np.union1d(seen, qi * N + np.asarray(keys, dtype=np.int64))
+            code = qi * N + np.asarray(keys, dtype=np.int64)
+            if not np.array_equal(code, seen):                          # usually every head stores the same keys
+                seen = np.union1d(seen, code)
     share[..., -1] = np.asarray(structure_share, dtype=np.float64).mean(-1)
     visible = (seen // max(N, 1), relation_masks(seen // max(N, 1), seen % max(N, 1), notes, prev))
     uniform = _uniform(visible, N, structure_uniform)
