@@ -139,7 +139,7 @@ def test_json_file_holds_the_note_maps(tmp_path):
 
 
 # ------------------------------------------------------------ the music's grid
-def _score(tmp_path, notes, *, metre=(4, 4), tempo=500_000, marker=None):
+def _score(tmp_path, notes, *, metre=(4, 4), tempo=500_000):
     """A one-track MIDI file of (pitch, start tick, length) notes at 480 ticks per quarter, read back."""
     import mido
     from music_attn.music.midi import read_midi

@@ -46,7 +46,7 @@ Shape legend: L layers, H heads, N notes, R relations, E stored entries.
 
 import numpy as np
 
-__all__ = ["RELATIONS", "head_roles", "maps_roles", "strongest", "format_roles", "previous_in_voice", "relation_masks",
+__all__ = ["RELATIONS", "RELATION_NAMES", "head_roles", "maps_roles", "strongest", "format_roles", "previous_in_voice", "relation_masks",
            "dense_rows", "bar_lines", "bar_and_position", "note_context", "structure_baseline"]
 
 RELATIONS = ("previous", "onset", "pitch", "pitch_class", "bar_back", "position", "structure")
