@@ -258,6 +258,7 @@
     const g = $("notes");
     clear(g);
     rendered.clear();
+    if (state.hover !== null) { state.hover = null; $("tooltip").hidden = true; }   // its rect is gone
     const from = firstStartingAfter(view.a - MAX_LEN), to = firstStartingAfter(view.b);
     for (let k = from; k < to; k++) {
       const i = BY_START[k];
