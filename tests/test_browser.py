@@ -369,3 +369,14 @@ def test_clicks_and_head_changes_stay_fast_on_a_10000_note_page(browser, tmp_pat
     assert times[-1] < 1000, times                     # and nothing hangs
     assert o.errors == []
     o.page.close()
+
+
+def test_a_passage_from_the_middle_opens_at_its_first_bar_not_at_empty_bars(browser, tmp_path):
+    maps = synthetic_maps(20, L=1, H=2, seed=5)
+    maps.start, maps.end = maps.start + 30.0, maps.end + 30.0      # the passage begins 30 s in
+    write_html(maps, tmp_path / "passage.html")
+    o = Opened(browser, tmp_path / "passage.html")
+    assert float(o.page.get_attribute("rect.note[data-i='0']", "x")) < 20
+    o.page.click("rect.note[data-i='10']")
+    assert o.arcs() and o.errors == []
+    o.page.close()

@@ -238,3 +238,12 @@ def test_mean_of_heads_adds_rows_that_store_different_keys():
     indptr, keys, weights = _mean_rows([a, b], 2)
     assert indptr.tolist() == [0, 1, 3] and keys.tolist() == [0, 0, 1]
     assert weights == pytest.approx([1.0, 0.2, 0.8])
+
+
+def test_without_a_score_bar_lines_come_from_the_notes_on_downbeats():
+    maps = synthetic_maps(12)                       # notes every 0.5 s
+    maps.bar = 3 + np.arange(12) // 4               # a passage from bar 3, four notes a bar
+    maps.beat = 1.0 + np.arange(12) % 4
+    maps.beat[4] = 1.5                              # bar 4 has no note on its downbeat: interpolated
+    music = page_data(maps)["music"]
+    assert music["bars"] == [0, 2000, 4000, 6000] and music["firstBar"] == 3

@@ -182,7 +182,8 @@ def _uses_flats(key):
 def _grid(score, maps):
     """Bar lines (ms), their numbers and metres, and beat lines (ms); empty without a score."""
     if score is None:
-        return {"bars": [], "meters": [], "beats": []}
+        bars, first = _bars_from_notes(maps)
+        return {"bars": bars, "firstBar": first, "meters": [], "beats": []}
     lines, num, den = bar_lines(score)
     end = float(np.max(maps.end)) if maps.n_notes else 0.0
     keep = int(np.searchsorted(score.tick_to_time(lines), end - 1e-9)) + 1
@@ -192,7 +193,32 @@ def _grid(score, maps):
     meters = [[int(b), f"{num[b]}/{den[b]}"] for b in range(len(num))
               if b == 0 or (num[b], den[b]) != (num[b - 1], den[b - 1])]
     beat_ticks = np.concatenate(beats) if beats else np.zeros(0)
-    return {"bars": _ms(score.tick_to_time(lines)), "meters": meters, "beats": _ms(score.tick_to_time(beat_ticks))}
+    return {"bars": _ms(score.tick_to_time(lines)), "firstBar": 1, "meters": meters,
+            "beats": _ms(score.tick_to_time(beat_ticks))}
+
+
+def _bars_from_notes(maps):
+    """Bar lines (ms) and the first one's bar number, when there is no score but the notes know
+    their bar and beat (from 1).
+
+    A bar line stands at the onset of a note on beat 1 of its bar; bars with no
+    such note are placed by linear interpolation between their neighbours.
+    None when fewer than two bars have a note on the downbeat.
+    """
+    bar, beat = getattr(maps, "bar", None), getattr(maps, "beat", None)
+    if bar is None or beat is None or not maps.n_notes:
+        return [], 1
+    bar, beat, start = np.asarray(bar), np.asarray(beat, dtype=np.float64), np.asarray(maps.start, dtype=np.float64)
+    down = np.abs(beat - 1) < 1e-6
+    known = np.unique(bar[down])
+    if known.size < 2:
+        return [], 1
+    at = np.array([start[down & (bar == b)].min() for b in known])
+    every = np.arange(int(bar.min()), int(bar.max()) + 2)             # every bar, and the line closing the last
+    slope = (at[-1] - at[0]) / (known[-1] - known[0])
+    times = np.where(every < known[0], at[0] + (every - known[0]) * slope,
+                     np.where(every > known[-1], at[-1] + (every - known[-1]) * slope, np.interp(every, known, at)))
+    return _ms(np.maximum(times, 0.0)), int(every[0])
 
 
 def _beat_ticks(score, num, den):

@@ -107,14 +107,24 @@
       lo -= 2; hi += 2;
     }
     const rows = hi - lo + 1, rowH = Math.max(5, Math.min(12, Math.floor(520 / rows)));
-    return { end: end, lo: lo, hi: hi, rowH: rowH, top: 78, pad: 8, pxs: Math.max(40, 1100 / Math.max(end, 1e-3)),
+    const t0 = timeOrigin(), span = Math.max(end - t0, 1e-3);
+    return { t0: t0, end: end, lo: lo, hi: hi, rowH: rowH, top: 78, pad: 8, pxs: Math.max(40, 1100 / span),
              height: 78 + rows * rowH + 10, keysW: 52 };
   }
-  function width() { return G.pad * 2 + G.end * G.pxs; }
-  function nx(t) { return G.pad + t * G.pxs; }
+  /** Where the roll starts (s): the bar line at or before the first note, so a passage from the
+   *  middle of a piece does not open on empty bars. */
+  function timeOrigin() {
+    if (!N) return 0;
+    const first = Math.min.apply(null, NOTE.start);
+    let t0 = first < 2 ? 0 : Math.floor(first);
+    for (const ms of M.bars) if (ms / 1000 <= first + 1e-6) t0 = ms / 1000;
+    return t0;
+  }
+  function width() { return G.pad * 2 + (G.end - G.t0) * G.pxs; }
+  function nx(t) { return G.pad + (t - G.t0) * G.pxs; }
   function ny(p) { return G.top + (G.hi - p) * G.rowH; }
   function centre(i) { return [nx((NOTE.start[i] + NOTE.end[i]) / 2), ny(D.notes.pitch[i]) + G.rowH / 2]; }
-  function timeAt(x) { return (x - G.pad) / G.pxs; }
+  function timeAt(x) { return G.t0 + (x - G.pad) / G.pxs; }
   const isBlack = (p) => [1, 3, 6, 8, 10].indexOf(((p % 12) + 12) % 12) >= 0;
   const FLAT = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"];
   const SHARP = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"];
@@ -228,7 +238,7 @@
       const t = ms / 1000;
       if (t >= view.a && t <= view.b) g.appendChild(svg("line", { x1: nx(t), x2: nx(t), y1: G.top, y2: bottom, stroke: "#eef0f4" }));
     }
-    const gap = (G.end / Math.max(1, M.bars.length - 1)) * G.pxs;            // pixels per bar (typical)
+    const gap = (M.bars[M.bars.length - 1] - M.bars[0]) / 1000 / Math.max(1, M.bars.length - 1) * G.pxs;   // px per bar
     const every = [1, 2, 4, 8, 16, 32, 64].find((n) => n * gap >= 26) || 128;
     const meterAt = new Map(M.meters);
     for (let b = 0; b < M.bars.length; b++) {
@@ -237,7 +247,7 @@
       g.appendChild(svg("line", { x1: nx(t), x2: nx(t), y1: G.top - 14, y2: bottom, stroke: "#aeb4c0", "stroke-width": 1, class: "barline" }));
       if (b % every === 0 && b < M.bars.length - 1) {
         const label = svg("text", { x: nx(t) + 3, y: G.top - 4, "font-size": 11, fill: "#475467", class: "barnum" });
-        label.textContent = b + 1;
+        label.textContent = b + (M.firstBar || 1);
         g.appendChild(label);
       }
       if (meterAt.has(b)) {
