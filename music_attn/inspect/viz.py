@@ -30,7 +30,7 @@ __all__ = ["render_html", "page_data", "render_png", "write_html", "write_json",
 _NOTE_MAP_BUDGET = 420_000
 _TOKEN_MAP_BUDGET = 480_000
 _BYTES_PER_ENTRY = 3          # uint16 key index + uint8 weight
-_MAX_HEATMAP_TOKENS = 4096    # longer pieces have no token heatmap (its rows would be sub-pixel)
+_MAX_HEATMAP_TOKENS = 2560    # longer pieces have no token heatmap (its rows would be sub-pixel)
 _PATTERN_BINS = 33            # half-beat bins of the head-pattern strips: 0 .. 16 beats back
 _SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
@@ -76,6 +76,7 @@ def page_data(maps, *, score=None):
     rows = _rows_of(maps)
     structure = np.concatenate([maps.structure_share, maps.structure_share.mean(1, keepdims=True)], 1)
     roles = maps_roles(maps, score)
+    token_attention = _token_attention(maps)
     return {
         "title": maps.name or "melody",
         "tracks": [str(t) for t in maps.texts.get("tracks", [])],
@@ -84,13 +85,13 @@ def page_data(maps, *, score=None):
         "layers": L, "heads": H,
         "notes": _notes_payload(maps, music),
         "music": music["page"],
-        "tokens": _tokens_payload(maps),
+        "tokens": _tokens_payload(maps, token_attention is not None),
         "noteMaps": _note_maps(rows, L, H, maps.n_notes),
         "rollout": _rollout_payload(maps),
         "structure": _b64(_quantize(structure.reshape(-1))),
         "pattern": _patterns(rows, L, H, music["beat"]),
         "roles": _roles_payload(roles),
-        "tokenMaps": _token_maps(maps.token_attention) if _has_token_maps(maps) else None,
+        "tokenMaps": _token_maps(token_attention) if token_attention is not None else None,
     }
 
 
@@ -102,22 +103,22 @@ def _notes_payload(maps, music):
             "beatInBar": _floats(music["beat_in_bar"], 3), "beat": _floats(music["beat"], 3)}
 
 
-def _tokens_payload(maps):
-    if not _has_token_maps(maps):
+def _tokens_payload(maps, with_tokens):
+    if not with_tokens:
         return {"text": [], "note": [], "nll": []}
     return {"text": [str(t) for t in maps.tokens], "note": maps.note_of_token.tolist(),
             "nll": _floats(maps.token_nll, 2)}
 
 
-def _has_token_maps(maps):
-    """Whether the maps keep token attention and the piece is short enough for the heatmap."""
+def _token_attention(maps):
+    """Dense (L, H, T, T) token attention for the heatmap, or None: long pieces, or maps keeping none."""
     if len(getattr(maps, "note_of_token", ())) > _MAX_HEATMAP_TOKENS:
-        return False
+        return None
     try:
         att = maps.token_attention
     except (AttributeError, MusicAttnError):             # maps that keep no token attention
-        return False
-    return att is not None and np.ndim(att) == 4
+        return None
+    return att if att is not None and np.ndim(att) == 4 else None
 
 
 def _ms(seconds):
