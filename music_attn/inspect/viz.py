@@ -6,9 +6,14 @@ The page (`render_html`) works offline: its CSS and JavaScript (from
 escaped, so no text from a MIDI file (track names, lyrics, file name) can
 close the element; the script inserts every such text with ``textContent``.
 
-To stay small (under 2 MB for a 300-note melody) the page stores, for every
-layer and head and for the mean of the heads, only the strongest entries of
-each attention row, quantized to uint8 (weight * 255), as base64 arrays.
+To stay small (under 2 MB for a 300-note melody, a few MB for 10,000 notes)
+the page stores, for every layer and head and for the mean of the heads, only
+the strongest entries of each note-attention row, quantized to uint8
+(weight * 255), as base64 arrays; times are integer milliseconds.  The music
+around the notes (bar lines, metres, beats, key spelling, track names, a
+continuation marker) comes from the file's `Score` when given; head roles from
+`music_attn.inspect.roles`.  The script draws only the visible stretch of the
+piano roll, so clicks stay fast on long pieces.
 
 Shape legend: L layers, H heads, T tokens, N notes, R rows, C columns.
 """
