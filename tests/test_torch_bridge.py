@@ -2,6 +2,7 @@
 (the same run as numpy's, and the same weights on 2 processes as on 1). Skipped without torch."""
 
 import itertools
+import json
 import socket
 
 import numpy as np
@@ -154,3 +155,16 @@ def test_two_processes_give_the_weights_of_one_process_with_the_same_global_batc
     assert moved > 1e-3                                   # training changed the weights
     for name in one.params:
         np.testing.assert_allclose(two.params[name], one.params[name], atol=1e-9, rtol=0, err_msg=name)
+
+
+def test_cli_backend_torch_writes_a_checkpoint_that_inspect_reads(tmp_path, capsys):
+    from music_attn.cli import main
+    from music_attn.training.data import shipped_melodies
+    out = tmp_path / "t.npz"
+    assert main(["train", str(shipped_melodies()[0].parent), "-o", str(out), "--backend", "torch",
+                 "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--d-model", "8",
+                 "--layers", "1", "--heads", "2", "--quiet"]) == 0
+    assert load_checkpoint(out).train_state["meta"]["step"] == 2
+    assert main(["inspect", str(shipped_melodies()[0]), "-m", str(out), "--json",
+                 str(tmp_path / "m.json"), "-o", str(tmp_path / "m.html")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["notes"]
