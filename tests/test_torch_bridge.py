@@ -114,6 +114,18 @@ def test_torch_checkpoint_loads_in_numpy_and_resumes_exactly(tmp_path):
                                atol=1e-12, rtol=0)
 
 
+def test_a_numpy_checkpoint_resumes_in_torch_as_if_numpy_had_gone_on(tmp_path):
+    whole = _model(seed=7)
+    train(whole, _sequences(), TRAIN, progress=False)
+    half = _model(seed=7)
+    train(half, _sequences(), TRAIN, checkpoint=tmp_path / "np.npz", stop_after=2, progress=False)
+    ckpt = load_checkpoint(tmp_path / "np.npz")
+    state = train_state_from_checkpoint(ckpt.model, ckpt.train_state)
+    train_torch(ckpt.model, _sequences(), TRAIN, state=state, progress=False)
+    for name in whole.params:
+        np.testing.assert_allclose(ckpt.model.params[name], whole.params[name], atol=1e-9, rtol=0)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,6 +169,7 @@ def test_two_processes_give_the_weights_of_one_process_with_the_same_global_batc
         np.testing.assert_allclose(two.params[name], one.params[name], atol=1e-9, rtol=0, err_msg=name)
 
 
+@pytest.mark.slow
 def test_cli_backend_torch_writes_a_checkpoint_that_inspect_reads(tmp_path, capsys):
     from music_attn.cli import main
     from music_attn.training.data import shipped_melodies

@@ -202,10 +202,10 @@ def train_torch(model, sequences, config, *, state=None, val_sequences=None, tok
     """
     if config.seq_len > model.config.max_len:
         raise ValueError(f"seq_len={config.seq_len} exceeds the model's max_len={model.config.max_len}")
+    device = init_distributed()[2] if device is None else torch.device(device)
     rank, world = _world()
     if config.batch_size < world:
         raise ValueError(f"batch_size={config.batch_size} is smaller than the {world} processes")
-    device = init_distributed()[2] if device is None else torch.device(device)
     tokenizer = model.tokenizer if tokenizer is None else tokenizer
     pad_id = tokenizer.pad_id if tokenizer is not None else 0
     state = TrainState(model, config, np.random.default_rng(config.seed)) if state is None else state

@@ -42,7 +42,8 @@ class TokenDataset:
     Attributes
     ----------
     path : Path of the dataset folder.
-    files : list of dicts ``file``, ``split``, ``offset``, ``length`` (in tokens).
+    files : list of dicts ``file`` (relative to the source folder), ``split``, ``offset``,
+        ``length`` (in tokens).
     tokens : np.memmap (n_tokens,) uint16, the whole token file (nothing read yet).
     tokenizer_config : dict, the tokenizer's ``to_dict()``.
     """
@@ -155,8 +156,8 @@ def write_dataset(folder, out, tokenizer, *, jobs=1, cache=True, cache_dir=None,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        files = _write_tokens(tmp / TOKENS, paths, splits, tokenizer, jobs, cache, cache_dir,
-                              progress, failures)
+        files = _write_tokens(tmp / TOKENS, folder, paths, splits, tokenizer, jobs, cache,
+                              cache_dir, progress, failures)
         _write_index(tmp, files, tokenizer, folder)
         _replace(tmp, out)
     finally:
@@ -164,8 +165,9 @@ def write_dataset(folder, out, tokenizer, *, jobs=1, cache=True, cache_dir=None,
     return open_dataset(out)
 
 
-def _write_tokens(path, paths, splits, tokenizer, jobs, cache, cache_dir, progress, failures):
-    """Append each chunk's arrays to the token file; the index entries of the files kept."""
+def _write_tokens(path, folder, paths, splits, tokenizer, jobs, cache, cache_dir, progress, failures):
+    """Append each chunk's arrays to the token file; the index entries of the files kept
+    (``file`` relative to ``folder``)."""
     files, offset = [], 0
     with open(path, "wb") as f, tqdm(total=len(paths), desc="tokenize", unit="file",
                                      disable=not progress) as bar:
@@ -177,7 +179,7 @@ def _write_tokens(path, paths, splits, tokenizer, jobs, cache, cache_dir, progre
             split_of = dict(zip(chunk, splits[lo:lo + _CHUNK]))
             for ids, p in zip(arrays, kept):
                 f.write(np.asarray(ids, dtype=_DTYPE).tobytes())
-                files.append({"file": str(p), "split": split_of[p], "offset": offset,
+                files.append({"file": p.relative_to(folder).as_posix(), "split": split_of[p], "offset": offset,
                               "length": int(len(ids))})
                 offset += len(ids)
             bar.update(len(chunk))
