@@ -181,3 +181,34 @@ def test_cli_backend_torch_writes_a_checkpoint_that_inspect_reads(tmp_path, caps
     assert main(["inspect", str(shipped_melodies()[0]), "-m", str(out), "--json",
                  str(tmp_path / "m.json"), "-o", str(tmp_path / "m.html")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["notes"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_checkpoint_of_a_one_process_cli_run(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from music_attn.cli import main
+    from music_attn.training.data import shipped_melodies
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("no torchrun on PATH")
+    args = ["train", str(shipped_melodies()[0].parent), "--backend", "torch", "--steps", "3",
+            "--batch-size", "4", "--seq-len", "16", "--d-model", "8", "--layers", "1", "--heads", "2",
+            "--no-transpose", "--quiet"]
+    assert main(args + ["-o", str(tmp_path / "one.npz")]) == 0
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", str(_free_port()), "-m", "music_attn", *args,
+                          "-o", str(tmp_path / "two.npz")],
+                         cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("wrote ") == 1                 # only rank 0 reports and saves
+    one, two = load_checkpoint(tmp_path / "one.npz").model, load_checkpoint(tmp_path / "two.npz").model
+    # float32: compare the functions (the key biases, which softmax ignores, drift with float noise)
+    ids = np.random.default_rng(0).integers(0, one.config.vocab_size, (2, 16))
+    np.testing.assert_allclose(two.forward(ids), one.forward(ids), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(two.params["head.w"], one.params["head.w"], atol=1e-6, rtol=0)
