@@ -16,7 +16,7 @@ top voice of it, see :mod:`music_attn.music.select`) and keeps what it saw:
 
       note_attention[l, h, i, j] = mean over t in Q_i of ( sum over s in K_j of A[l, h, t, s] )
       structure_share[l, h, i]   = the same mean of the weight on tokens of no note (Bar, Position, BOS)
-      context_share[l, h, i]     = the same mean of the weight on tokens before the chosen passage
+      context_share[l, h, i]     = the same mean of the weight on notes not shown (before the passage)
 
   so ``row sum + structure_share + context_share == 1``.  Each head's note
   attention is stored as CSR rows (`note_rows`): only the key notes a query
@@ -28,8 +28,8 @@ top voice of it, see :mod:`music_attn.music.select`) and keeps what it saw:
   aggregated to notes by the same rule.  Select it with ``note_rows("rollout")``.
 * **A passage in the middle** is read as in the whole piece: its tokens get
   exactly the windows they get when the whole piece is read, so the music just
-  before it (up to a window) is their context; attention to that music is
-  ``context_share``.
+  before it (up to a window) is their context; attention to the notes of that
+  music is ``context_share`` (to its Bar and Position tokens, ``structure_share``).
 * **Surprise** of a note: the sum of the NLL (nats) of its tokens, each from the
   logits of the position before it (:func:`~music_attn.training.windows.token_nll`).
   ``model_fit`` compares the mean NLL per token of what is shown with the
@@ -57,7 +57,7 @@ __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "
 _MAX_DENSE_BYTES = 256 * 2**20
 # Query tokens aggregated at once when a band is summed up to notes (bounds the temporaries).
 _CHUNK_TOKENS = 4096
-# Internal key labels: -1 structure token, -2 music outside the chosen passage (context).
+# Internal key labels: -1 structure token, -2 a note that is not shown (the context of a passage).
 _STRUCTURE, _CONTEXT = -1, -2
 # A piece is "far outside what the model knows" above this multiple of its validation NLL.
 FIT_RATIO = 2.0
@@ -247,7 +247,7 @@ class AttentionMaps:
 
     @property
     def context_share(self):
-        """(L, H, N) share of each note's attention on the music before the passage."""
+        """(L, H, N) share of each note's attention on notes not shown (the music before the passage)."""
         return self._stack(2)
 
     def _stack(self, which):
@@ -572,7 +572,7 @@ def _find_column(notes, names):
 
 
 def _note_dict(maps, i, decimals):
-    return {"pitch": int(maps.pitch[i]), "start": _num(maps.start[i], decimals),
+    return {"pitch": int(maps.pitch[i]), "name": maps.note_names[i], "start": _num(maps.start[i], decimals),
             "end": _num(maps.end[i], decimals),
             "bar": None if maps.bar is None else int(maps.bar[i]),
             "beat": None if maps.beat is None else _num(maps.beat[i], decimals),
@@ -735,7 +735,7 @@ def _relabel(labels, shown, a, b, window):
     """Key labels (P + T,) of the context and the passage, the passage's own labels (T,), kept notes.
 
     Notes are renumbered 0.. in order; tokens of notes not shown become context (-2)
-    in the key labels and -1 in the labels of the maps.
+    in the key labels and -1 in the labels of the maps; structure tokens stay -1.
     """
     kept = np.flatnonzero(shown & (np.bincount(labels[a:b][labels[a:b] >= 0], minlength=shown.size) > 0))
     new = np.full(shown.size + 1, _CONTEXT)
@@ -743,7 +743,6 @@ def _relabel(labels, shown, a, b, window):
     new[-1] = _STRUCTURE
     P = a - max(0, a - (window - 1))
     key_labels = new[np.where(labels[a - P:b] >= 0, labels[a - P:b], -1)]
-    key_labels[:P] = _CONTEXT
     passage = key_labels[P:]
     return key_labels, np.where(passage >= 0, passage, -1), kept
 
