@@ -310,6 +310,21 @@ def test_model_fit_is_the_mean_token_nll_next_to_the_validation_nll(tiny_model):
     assert attention_maps(tiny_model, seq).model_fit["validation_nats_per_token"] is None
 
 
+def test_checkpoint_metrics_load_as_model_metrics_and_a_malformed_entry_is_refused(remi_model, tmp_path):
+    from music_attn.errors import CheckpointError
+    from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "a.npz", remi_model, metrics={"validation_nats_per_token": 0.75})
+    assert load_checkpoint(tmp_path / "a.npz").model.metrics == {"validation_nats_per_token": 0.75}
+    save_checkpoint(tmp_path / "b.npz", remi_model)
+    assert load_checkpoint(tmp_path / "b.npz").model.metrics == {}
+    entries = dict(np.load(tmp_path / "a.npz"))
+    entries["metrics"] = np.array("[1, 2]")
+    np.savez(tmp_path / "c.npz", **entries)
+    with pytest.raises(CheckpointError, match="metrics"):
+        load_checkpoint(tmp_path / "c.npz")
+
+
 # ------------------------------------------------------- passages, tracks, voices
 Q = 480
 
@@ -442,3 +457,43 @@ def test_a_ten_thousand_note_piece_is_inspected_whole_under_a_memory_limit(tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     notes, tokens, json_mb, top_row = out.stdout.split()
     assert int(notes) == 10_000 and int(tokens) > 20_000 and float(top_row) <= 1 + 1e-5
+
+
+# ------------------------------------------------------------------------- CLI
+def _cli(args, capsys):
+    from music_attn.cli import main
+
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_inspects_a_passage_of_some_tracks_and_prints_the_model_fit(remi_model, tmp_path, capsys):
+    from music_attn.training.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "m.npz"
+    save_checkpoint(ckpt, remi_model, metrics={"validation_nats_per_token": 0.5})
+    path = duet(tmp_path / "duet.mid")
+    html, js = tmp_path / "p.html", tmp_path / "p.json"
+    code, out, err = _cli(["inspect", str(path), "-m", str(ckpt), "-o", str(html), "--json", str(js),
+                           "--bars", "3:4", "--track", "Tune"], capsys)
+    assert code == 0 and err == ""                           # no progress bar when stderr is not a terminal
+    data = json.loads(js.read_text())
+    assert [n["bar"] for n in data["notes"]] == [3] * 4 + [4] * 4 and {n["track"] for n in data["notes"]} == {1}
+    assert data["model_fit"]["validation_nats_per_token"] == 0.5
+    assert f"{data['model_fit']['nats_per_token']:.3f} nats per token" in out and "0.500" in out
+    assert "far outside" in out and html.is_file()
+
+
+@pytest.mark.parametrize("extra, message", [(["--bars", "4:2"], "bars"), (["--track", "viola"], "viola"),
+                                            (["--bars", "40:41"], "no notes"), (["--start", "nan"], "finite")])
+def test_cli_refuses_a_bad_choice_in_one_line_and_writes_nothing(remi_model, tmp_path, capsys, extra, message):
+    from music_attn.training.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "m.npz"
+    save_checkpoint(ckpt, remi_model)
+    html = tmp_path / "p.html"
+    code, out, err = _cli(["inspect", str(duet(tmp_path / "duet.mid")), "-m", str(ckpt), "-o", str(html)] + extra,
+                          capsys)
+    assert code == 2 and err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not html.exists()

@@ -142,6 +142,9 @@ class AttentionMaps:
         model's, None when its checkpoint does not record it), ``ratio``, ``reading``.
     selection : dict
         What was chosen: ``bars``, ``seconds``, ``tracks``, ``melody``.
+    score : Score or None
+        The file's notes (after the choice of tracks or top voice), tempo map and
+        metres, when read from a MIDI input.
     """
 
     tokens: list
@@ -169,6 +172,7 @@ class AttentionMaps:
     notice: str = ""
     model_fit: dict = field(default_factory=dict)
     selection: dict = field(default_factory=dict)
+    score: object = field(default=None, repr=False)
 
     @classmethod
     def from_arrays(cls, token_attention, note_of_token, notes, *, band=None, band_back=None,
@@ -684,6 +688,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
                      n_tokens_in_file=ids.size, selection=selection,
                      notice=_notice(ids.size, a, b, window))
     bar is not None and bar.close()
+    maps.score = score
     maps.model_fit = model_fit(model, nll, polyphonic=_polyphonic(maps), melody=melody, tracks=tracks)
     return maps
 
