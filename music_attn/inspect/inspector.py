@@ -56,7 +56,9 @@ __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "
 # The dense views (`note_attention`, `token_attention`) refuse to allocate more than this.
 _MAX_DENSE_BYTES = 256 * 2**20
 # Query tokens aggregated at once when a band is summed up to notes (bounds the temporaries).
-_CHUNK_TOKENS = 4096
+_CHUNK_TOKENS = 2048
+# Largest (rows x key notes) block a chunk sums densely before falling back to sorting.
+_DENSE_BLOCK = 4_000_000
 # Internal key labels: -1 structure token, -2 a note that is not shown (the context of a passage).
 _STRUCTURE, _CONTEXT = -1, -2
 # A piece is "far outside what the model knows" above this multiple of its validation NLL.
@@ -432,30 +434,37 @@ def dense_to_band(att):
 
 
 def band_to_notes(band, back, key_labels, n_notes):
-    """One head's band (T, W) -> `_Head` (CSR rows, structure and context shares); see the module docstring.
+    """Bands (G, T, W) of G heads -> one `_Head` each (CSR rows, structure and context shares).
 
-    ``key_labels`` (P + T,) labels the P context tokens before the first query
-    and the T queries: note index, -1 structure, -2 context.  Query tokens are
-    summed note by note, in chunks of whole notes, so temporaries stay O(chunk * W).
+    The rule is in the module docstring.  ``key_labels`` (P + T,) labels the P
+    context tokens before the first query and the T queries: note index, -1
+    structure, -2 a note not shown.  Query tokens are summed note by note, in
+    chunks of whole notes; the index work of a chunk is shared by the G heads,
+    and temporaries stay O(chunk * W).
     """
-    T, W = band.shape
+    G, T, W = band.shape
     P = key_labels.size - T
     qlab = key_labels[P:]
     counts = np.bincount(qlab[qlab >= 0], minlength=n_notes).astype(np.float64)
     order = np.flatnonzero(qlab >= 0)
     order = order[np.argsort(qlab[order], kind="stable")]              # query tokens, note by note
-    structure, context = np.zeros(n_notes), np.zeros(n_notes)
-    parts = []
+    structure, context = np.zeros((G, n_notes)), np.zeros((G, n_notes))
+    parts = [[] for _ in range(G)]
     for a, b in _note_chunks(qlab[order]):
         q = order[a:b]
         s = q[:, None] + P - back + np.arange(W)                        # (n, W) into key_labels
         kl = np.where((s >= 0) & (s < key_labels.size), key_labels[np.clip(s, 0, key_labels.size - 1)], -3)
-        w = band[q].astype(np.float64) / counts[qlab[q]][:, None]       # (n, W)
-        r = np.broadcast_to(qlab[q][:, None], kl.shape)
-        structure += np.bincount(r[kl == _STRUCTURE], w[kl == _STRUCTURE], n_notes)
-        context += np.bincount(r[kl == _CONTEXT], w[kl == _CONTEXT], n_notes)
-        parts.append(_summed_pairs(r, kl, w, n_notes))
-    return _Head(_csr(parts, n_notes), structure, context)
+        r = np.broadcast_to(qlab[q][:, None], kl.shape)                 # (n, W) query note
+        pairs = _Pairs(r[kl >= 0], kl[kl >= 0], n_notes)
+        code = pairs.bins(r, kl, n_notes).ravel()                        # (n * W,)
+        for g in range(G):
+            acc = np.bincount(code, band[g, q].ravel(), pairs.size + 2 * n_notes + 1)
+            structure[g] += acc[pairs.size:pairs.size + n_notes]
+            context[g] += acc[pairs.size + n_notes:-1]
+            parts[g].append(pairs.pick(acc[:pairs.size], counts))
+    structure /= np.maximum(counts, 1)                                   # mean over the note's tokens
+    context /= np.maximum(counts, 1)
+    return [_Head(_csr(parts[g], n_notes), structure[g], context[g]) for g in range(G)]
 
 
 def _note_chunks(sorted_labels):
@@ -468,12 +477,45 @@ def _note_chunks(sorted_labels):
         a = b
 
 
-def _summed_pairs(r, kl, w, n_notes):
-    """(rows, keys, weights) with the weights of equal (query note, key note) pairs summed."""
-    m = (kl >= 0) & (w > 0)
-    code = r[m] * n_notes + kl[m]                                      # sorts by row, then key
-    uniq, inv = np.unique(code, return_inverse=True)
-    return uniq // n_notes, (uniq % n_notes).astype(np.int32), np.bincount(inv, w[m]).astype(np.float32)
+class _Pairs:
+    """The distinct (query note, key note) pairs of a chunk, as bins of a `np.bincount`.
+
+    Pairs are numbered over a dense block of the chunk's rows and key notes when it
+    is small (the usual case: key notes lie within a window of the rows), else by
+    sorting.  After the pairs come one bin per note for structure, one per note for
+    context, and one for keys outside the sequence.
+    """
+
+    def __init__(self, rows, keys, n_notes):
+        if rows.size == 0:
+            self.size, self.dense, self.code = 0, True, rows
+            self.K = self.r0 = self.k0 = 0
+            return
+        r0, k0 = int(rows.min()), int(keys.min())
+        R, K = int(rows.max()) - r0 + 1, int(keys.max()) - k0 + 1
+        self.dense = R * K <= _DENSE_BLOCK
+        if self.dense:
+            self.code, self.size, self.K, self.r0, self.k0 = (rows - r0) * K + (keys - k0), R * K, K, r0, k0
+        else:
+            uniq, self.code = np.unique(rows * n_notes + keys, return_inverse=True)   # by row, then key
+            self.size, self.rows, self.keys = uniq.size, uniq // n_notes, (uniq % n_notes).astype(np.int32)
+
+    def bins(self, r, kl, n_notes):
+        """Bin of every (query token, key) entry: (n, W) int64."""
+        out = np.full(kl.shape, self.size + 2 * n_notes, dtype=np.int64)
+        out[kl >= 0] = self.code
+        out[kl == _STRUCTURE] = self.size + r[kl == _STRUCTURE]
+        out[kl == _CONTEXT] = self.size + n_notes + r[kl == _CONTEXT]
+        return out
+
+    def pick(self, acc, counts):
+        """(rows, keys, weights / token count of the row) of the pairs with a nonzero sum, by row then key."""
+        idx = np.flatnonzero(acc)
+        if self.dense:
+            rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
+        else:
+            rows, keys = self.rows[idx], self.keys[idx]
+        return rows, keys, (acc[idx] / counts[rows]).astype(np.float32)
 
 
 def _csr(parts, n_notes):
@@ -516,13 +558,12 @@ def _assemble(band, back, rollout_band, labels, key_labels, cols, *, progress=No
     """`AttentionMaps` from a band (L, H, T, W) and its key labels (P + T,) (see `band_to_notes`)."""
     L, H, T, _ = band.shape
     N = len(cols["pitch"])
-    heads = []
-    for layer in range(L):
-        heads.append([band_to_notes(band[layer, head], back, key_labels, N) for head in range(H)])
-        progress is not None and progress.update(H)
+    flat = band_to_notes(band.reshape(L * H, T, -1), back, key_labels, N)
+    heads = [flat[layer * H:(layer + 1) * H] for layer in range(L)]
+    progress is not None and progress.update(L * H)
     rollout = None
     if rollout_band is not None:
-        rollout = band_to_notes(np.asarray(rollout_band, np.float32).reshape(T, -1), back, key_labels, N)
+        rollout = band_to_notes(np.asarray(rollout_band, np.float32).reshape(1, T, -1), back, key_labels, N)[0]
     nll = np.full(T, np.nan) if token_nll is None else np.asarray(token_nll, dtype=np.float64)
     if nll.shape != (T,):
         raise ValueError(f"token_nll has shape {nll.shape}, expected ({T},)")
