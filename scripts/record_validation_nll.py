@@ -7,8 +7,8 @@ the parameters are rewritten unchanged.
 
 Run from the repository root:
 
-    python scripts/record_validation_nll.py                      # the shipped model
-    python scripts/record_validation_nll.py build/other.npz      # any checkpoint
+    PYTHONPATH=. python scripts/record_validation_nll.py                  # the shipped model
+    PYTHONPATH=. python scripts/record_validation_nll.py build/other.npz  # any checkpoint
 """
 
 import argparse

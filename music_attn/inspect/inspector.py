@@ -727,7 +727,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
                      progress=bar, tokens=list(seq.tokens)[a:b], ids=ids[a:b], token_nll=nll,
                      name=_name_of(source, seq), texts=_midi_texts(midi), window=window,
                      n_tokens_in_file=ids.size, selection=selection,
-                     notice=_notice(ids.size, a, b, window))
+                     notice=_notice(ids.size, a, b, window, selection))
     bar is not None and bar.close()
     maps.score = score
     maps.model_fit = model_fit(model, nll, polyphonic=_polyphonic(maps), melody=melody, tracks=tracks)
@@ -851,7 +851,7 @@ def _seconds(start, end):
     return None if start is None and end is None else [start, end]
 
 
-def _notice(n_total, a, b, window):
+def _notice(n_total, a, b, window, selection):
     parts = []
     if n_total > window:
         parts.append(f"The model sees {window} tokens at a time; this piece's {n_total} tokens were read "
@@ -859,6 +859,10 @@ def _notice(n_total, a, b, window):
                      f"the tokens before it inside its window, at least {window - window // 2} of them.")
     if b - a < n_total:
         parts.append(f"Shown: tokens {a + 1}..{b} of {n_total}, read with the music before them as context.")
+    if selection["tracks"]:
+        parts.append(f"Tracks kept: {', '.join(selection['tracks'])}.")
+    if selection["melody"]:
+        parts.append("Top voice only (the highest sounding note at each onset).")
     return " ".join(parts)
 
 
