@@ -18,13 +18,13 @@ def register(sub):
     p.add_argument("--png", metavar="OUT.png", help="also write a grid of per-head heatmaps (needs matplotlib)")
     p.add_argument("--json", metavar="OUT.json", help="also write notes, sparse note attention and model fit as JSON "
                                                       "(docs/formats.md)")
-    p.add_argument("--window", type=int, metavar="W", help="tokens the model sees at once (default: its max_len)")
     p.add_argument("--bars", metavar="A:B", help="show the notes starting in bars A..B (counted from 1)")
     p.add_argument("--start", type=float, metavar="SECONDS", help="show the notes starting at or after this time")
     p.add_argument("--end", type=float, metavar="SECONDS", help="show the notes starting before this time")
     p.add_argument("--track", action="append", metavar="N|NAME",
                    help="keep this track (number as in the file, from 0, or its name); repeatable")
     p.add_argument("--melody", action="store_true", help="keep only the top voice (highest sounding note at each onset)")
+    p.add_argument("--window", type=int, metavar="W", help="tokens the model sees at once (default: its max_len)")
     p.set_defaults(func=_run)
 
 

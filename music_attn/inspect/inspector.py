@@ -268,6 +268,22 @@ class AttentionMaps:
         out[rows.keys[lo:hi]] = rows.weights[lo:hi]
         return out
 
+    def top_keys(self, layer, head=None, k=JSON_TOP_K):
+        """The ``k`` strongest key notes of every query note, strongest first.
+
+        Returns ``(indptr (N+1,), keys, weights, rest (N,))``: CSR rows of at most
+        ``k`` entries and, per row, the summed weight of the key notes left out.
+        """
+        rows = self.note_rows(layer, head)
+        r = _row_ids(rows.indptr)
+        order = np.lexsort((-rows.weights, r))                       # by row, strongest first
+        rank = np.arange(order.size) - rows.indptr[r[order]]
+        keep = order[rank < k]
+        counts = np.bincount(r[keep], minlength=self.n_notes)
+        rest = np.bincount(r, rows.weights.astype(np.float64), self.n_notes) - np.bincount(
+            r[keep], rows.weights[keep].astype(np.float64), self.n_notes)
+        return np.concatenate(([0], np.cumsum(counts))), rows.keys[keep], rows.weights[keep], np.maximum(rest, 0)
+
     @property
     def note_attention(self):
         """Dense (L, H, N, N) float64 note attention, for short pieces (`note_rows` for any length)."""
@@ -324,22 +340,6 @@ class AttentionMaps:
         stop = note if earlier_only else len(row)
         order = np.argsort(-row[:stop], kind="stable")[:k]
         return [(int(j), float(row[j])) for j in order if row[j] > 0]
-
-    def top_keys(self, layer, head=None, k=JSON_TOP_K):
-        """The ``k`` strongest key notes of every query note, strongest first.
-
-        Returns ``(indptr (N+1,), keys, weights, rest (N,))``: CSR rows of at most
-        ``k`` entries and, per row, the summed weight of the key notes left out.
-        """
-        rows = self.note_rows(layer, head)
-        r = _row_ids(rows.indptr)
-        order = np.lexsort((-rows.weights, r))                       # by row, strongest first
-        rank = np.arange(order.size) - rows.indptr[r[order]]
-        keep = order[rank < k]
-        counts = np.bincount(r[keep], minlength=self.n_notes)
-        rest = np.bincount(r, rows.weights.astype(np.float64), self.n_notes) - np.bincount(
-            r[keep], rows.weights[keep].astype(np.float64), self.n_notes)
-        return np.concatenate(([0], np.cumsum(counts))), rows.keys[keep], rows.weights[keep], np.maximum(rest, 0)
 
     # --------------------------------------------------------------- outputs
     def to_dict(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
