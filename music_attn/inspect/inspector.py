@@ -276,7 +276,7 @@ class AttentionMaps:
         """
         rows = self.note_rows(layer, head)
         r = _row_ids(rows.indptr)
-        order = np.lexsort((-rows.weights, r))                       # by row, strongest first
+        order = np.argsort(r + 0.5 * (1.0 - rows.weights), kind="stable")   # by row, strongest first
         rank = np.arange(order.size) - rows.indptr[r[order]]
         keep = order[rank < k]
         counts = np.bincount(r[keep], minlength=self.n_notes)
@@ -526,21 +526,22 @@ def _csr(parts, n_notes):
     return NoteRows(indptr, keys, weights)
 
 
-def attention_rollout(att):
+def attention_rollout(att, rows=None):
     """Attention rollout (Abnar & Zuidema 2020) of one window: (L, H, T, T) -> (T, T) float64.
 
     Per layer ``A_l = 0.5 * mean over heads + 0.5 * I``, rows renormalised to sum
     to one; ``R = A_L @ ... @ A_2 @ A_1``: row t is how much each token flows into
-    token t's output through the layers.
+    token t's output through the layers.  ``rows`` (index array) computes only
+    those rows of R, ``(len(rows), T)``, from the left: ``A_L[rows] @ A_(L-1) @ ...``.
     """
     att = np.asarray(att, dtype=np.float64)
     T = att.shape[-1]
-    out = np.eye(T)
-    for layer in att:
+    out = None
+    for layer in att[::-1]:                                              # A_L first
         a = 0.5 * layer.mean(0) + 0.5 * np.eye(T)                         # (T, T)
         a /= np.maximum(a.sum(-1, keepdims=True), 1e-30)
-        out = a @ out
-    return out
+        out = (a if rows is None else a[rows]) if out is None else out @ a
+    return np.eye(T) if out is None else out
 
 
 def _check_shapes(band, labels, n_notes):
@@ -631,7 +632,12 @@ def _num(x, decimals):
 
 
 def _floats(a, decimals):
-    return [None if not math.isfinite(x) else round(x, decimals) for x in np.asarray(a, np.float64).tolist()]
+    """Rounded floats as a list, None for NaN/inf (JSON null)."""
+    a = np.round(np.asarray(a, np.float64), decimals)
+    out = a.tolist()
+    if not np.isfinite(a).all():
+        out = [x if math.isfinite(x) else None for x in out]
+    return out
 
 
 def _rounded(a, decimals):
@@ -809,8 +815,8 @@ def _run_windows(model, ids, window, a, b, bar):
         q = np.arange(max(s.keep, a), min(s.stop, b)) - s.start            # rows this window owns
         c = np.arange(W) - (W - 1) + q[:, None]                             # (q, W) window columns
         band[:, :, q + s.start - a] = np.where(c >= 0, att[:, :, q[:, None], np.maximum(c, 0)], 0)
-        rolled = attention_rollout(att)                                    # (n, n)
-        roll[q + s.start - a] = np.where(c >= 0, rolled[q[:, None], np.maximum(c, 0)], 0)
+        rolled = attention_rollout(att, rows=q)                            # (q, n)
+        roll[q + s.start - a] = np.where(c >= 0, rolled[np.arange(q.size)[:, None], np.maximum(c, 0)], 0)
         p = np.arange(max(s.keep, a - 1, 0), min(s.stop, b - 1))           # positions predicting p + 1
         nll[p + 1 - a] = token_nll(logits[p - s.start], ids[p + 1])
         bar is not None and bar.update(1)
