@@ -73,7 +73,7 @@
     $("title").textContent = D.title;
     document.title = "music_attn: " + D.title;
     const meters = M.meters.map((m) => m[1]).filter((m, k, a) => a.indexOf(m) === k);
-    $("facts").textContent = N + " notes" + (M.bars.length ? ", " + (M.bars.length - 1) + " bars in " + meters.join(", ") : "") +
+    $("facts").textContent = N + " notes" + (M.bars.length ? ", " + barSpan() + (meters.length ? " in " + meters.join(", ") : "") : "") +
       " · key " + M.key + " (estimated)";
     if (D.tracks.length) $("tracks").textContent = "Tracks: " + D.tracks.join(" · ");
     if (D.lyrics) $("lyrics").textContent = "Lyrics: " + D.lyrics;
@@ -81,6 +81,13 @@
     $("notice").textContent = (D.notice || "") + (D.notice ? "" : win.trim());
     if (!TOKENS) $("tokens").hidden = true;
     else $("token-caption").textContent = T + " tokens, " + N + " notes; row = query token, column = key token";
+  }
+  /** "bars 9–16" (the bars the notes start in, numbered as in the piece), or "16 bars" from the start. */
+  function barSpan() {
+    let lo = Infinity, hi = -Infinity;
+    for (const b of D.notes.bar) if (b >= 0) { lo = Math.min(lo, b); hi = Math.max(hi, b); }
+    if (lo === Infinity) return (M.bars.length - 1) + " bars";
+    return lo === 0 ? (hi + 1) + " bars" : "bars " + (lo + 1) + "\u2013" + (hi + 1);
   }
   function fillPickers() {
     for (let l = 0; l < D.layers; l++) $("layer").appendChild(new Option("layer " + (l + 1), l));
@@ -123,7 +130,11 @@
   function width() { return G.pad * 2 + (G.end - G.t0) * G.pxs; }
   function nx(t) { return G.pad + (t - G.t0) * G.pxs; }
   function ny(p) { return G.top + (G.hi - p) * G.rowH; }
-  function centre(i) { return [nx((NOTE.start[i] + NOTE.end[i]) / 2), ny(D.notes.pitch[i]) + G.rowH / 2]; }
+  /** Where arcs meet a note: just inside its onset (attention links onsets; long notes stay readable). */
+  function centre(i) {
+    const w = (NOTE.end[i] - NOTE.start[i]) * G.pxs;
+    return [nx(NOTE.start[i]) + Math.min(6, w / 2), ny(D.notes.pitch[i]) + G.rowH / 2];
+  }
   function timeAt(x) { return G.t0 + (x - G.pad) / G.pxs; }
   const isBlack = (p) => [1, 3, 6, 8, 10].indexOf(((p % 12) + 12) % 12) >= 0;
   const FLAT = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"];
@@ -241,9 +252,13 @@
     const gap = (M.bars[M.bars.length - 1] - M.bars[0]) / 1000 / Math.max(1, M.bars.length - 1) * G.pxs;   // px per bar
     const every = [1, 2, 4, 8, 16, 32, 64].find((n) => n * gap >= 26) || 128;
     const meterAt = new Map(M.meters);
+    let meter = null, shown = false;
     for (let b = 0; b < M.bars.length; b++) {
       const t = M.bars[b] / 1000;
-      if (t < view.a || t > view.b) continue;
+      if (meterAt.has(b)) meter = meterAt.get(b);
+      if (t < Math.max(view.a, G.t0 - 1e-6) || t > view.b) continue;
+      if (!shown && meter && !meterAt.has(b)) meterAt.set(b, meter);      // the metre in force where the view starts
+      shown = true;
       g.appendChild(svg("line", { x1: nx(t), x2: nx(t), y1: G.top - 14, y2: bottom, stroke: "#aeb4c0", "stroke-width": 1, class: "barline" }));
       if (b % every === 0 && b < M.bars.length - 1) {
         const label = svg("text", { x: nx(t) + 3, y: G.top - 4, "font-size": 11, fill: "#475467", class: "barnum" });
