@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 
-from music_attn.inspect.roles import dense_rows
 from music_attn.inspect.viz import write_html
 from test_viz import synthetic_maps
 
@@ -189,19 +188,14 @@ def test_markup_in_midi_texts_is_shown_as_text_and_never_runs(browser, tmp_path)
 # ----------------------------------------------------------- read as music
 @pytest.fixture(scope="module")
 def music_page(tmp_path_factory):
-    """A 3/4 tune of 24 notes (8 bars) with random attention, rendered with its score."""
+    """A 3/4 tune of 24 notes (8 bars) with random attention and its rollout, rendered with its score."""
     from test_viz import _maps_for, _score
 
     folder = tmp_path_factory.mktemp("music")
     notes = [(60 + (k * 5) % 12, 480 * k, 480) for k in range(24)]
     score = _score(folder, notes, metre=(3, 4))
-    maps = _maps_for(score)
-    if not hasattr(maps, "note_rows"):       # maps without rollout: give them one (any (N, N) rows will do)
-        roll = np.tril(np.random.default_rng(1).random((24, 24)))
-        roll /= roll.sum(1, keepdims=True)
-        maps.rollout, maps.note_rollout = True, roll
-        heads, rollout = dense_rows(maps.note_attention), dense_rows(roll[None, None])(0, 0)
-        maps.note_rows = lambda layer, head=None: rollout if layer == "rollout" else heads(layer, head)
+    maps = _maps_for(score)                   # dense attention given: the maps compute its rollout
+    assert maps.rollout is not None
     write_html(maps, folder / "tune.html", score=score)
     return maps, folder / "tune.html"
 
