@@ -30,7 +30,7 @@ class DemoResult(NamedTuple):
     midi: Path
     melody: Path
     maps: object
-    continuation: list       # pretty_midi.Note of the new bars
+    continuation: np.ndarray  # NOTE_DTYPE notes of the new bars, in onset order
 
 
 def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo=print):
@@ -97,19 +97,14 @@ def _write_maps(maps, out, stem, echo):
 def _continue(model, maps, path, rng):
     """Sample ``N_BARS`` bars after the melody, write melody + continuation; (path, new notes)."""
     from music_attn.training.generate import generate
-    from music_attn.music.midi import write_midi
 
     tokenizer = model.tokenizer
     gen = generate(model, maps.ids, n_bars=N_BARS, max_new_tokens=model.config.max_len // 2,
                    temperature=0.9, top_p=0.95, rng=rng)
-    decoded = tokenizer.decode(gen.ids)
-    before = _sorted_notes(tokenizer.decode(gen.ids[:gen.prompt_length]).midi)
-    write_midi(path, decoded.midi)
-    return path, _sorted_notes(decoded.midi)[len(before):]
-
-
-def _sorted_notes(pm):
-    return sorted((n for inst in pm.instruments for n in inst.notes), key=lambda n: (n.start, n.pitch))
+    decoded = tokenizer.decode(gen.ids).score
+    before = len(tokenizer.decode(gen.ids[:gen.prompt_length]).score)
+    decoded.write(path)
+    return path, decoded.notes[before:]
 
 
 # ---------------------------------------------------------------- output
@@ -129,7 +124,7 @@ def _print_summary(echo, maps, files, continuation, seconds):
         if path is not None:
             echo(f"  {label:<30} {path}")
     echo(_cadence_line(maps))
-    names = " ".join(note_name(n.pitch) for n in continuation[:32]) + (" ..." if len(continuation) > 32 else "")
+    names = " ".join(note_name(p) for p in continuation["pitch"][:32].tolist()) + (" ..." if len(continuation) > 32 else "")
     echo(f"Continuation ({N_BARS} bars, {len(continuation)} notes): {names or '(silence)'}")
     echo(f"Done in {seconds:.1f} s. Open the page in a browser: click a note to see what it attends to.")
 

@@ -57,11 +57,12 @@ def test_stats_counts_notes_and_tokens(capsys, tune):
     assert lines[-1].split()[:3] == ["total", "6", str(2 * doc["stats"]["tokens"])]
 
 
-def test_bad_midi_file_is_one_error_line_with_exit_code_2(capsys, tmp_path, tune):
+def test_bad_file_among_good_ones_is_reported_after_the_good_ones_with_exit_code_2(capsys, tmp_path, tune):
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\x00\x00\x01\x00\x00\x90")
-    code, out, err = _run(capsys, "tokenize", tune, bad)
-    assert code == 2 and out == ""
+    code, out, err = _run(capsys, "tokenize", tune, bad, "--stats")
+    assert code == 2
+    assert [line.split()[0] for line in out.splitlines()] == ["file", str(tune)]
     assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1 and "Traceback" not in err
 
 

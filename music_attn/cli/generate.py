@@ -47,11 +47,11 @@ def _run(args):
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    rng=np.random.default_rng(args.seed), constrained=not args.unconstrained)
     decoded = tokenizer.decode(out.ids)
-    write_midi(args.output, decoded.midi)
+    write_midi(args.output, decoded.score)
     new = out.ids[out.prompt_length:]
-    notes = sum(len(inst.notes) for inst in decoded.midi.instruments)
+    notes = len(decoded.score)
     bars = "" if tokenizer.bar_id is None else f" ({int(np.sum(new == tokenizer.bar_id))} bars)"
     print(f"wrote {args.output}: {len(new)} new tokens{bars} "
           f"after a {out.prompt_length}-token prompt, {notes} notes, "
-          f"{decoded.midi.get_end_time():.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
+          f"{decoded.score.duration:.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
     return 0

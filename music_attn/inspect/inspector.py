@@ -360,7 +360,7 @@ def attention_maps(model, midi_or_sequence, *, window=None, tokenizer=None):
         raise MidiError(f"{_name_of(midi_or_sequence, seq) or 'melody'}: no notes to inspect")
     return AttentionMaps.from_arrays(
         att, labels, notes, tokens=list(seq.tokens)[:keep], ids=ids[:keep], token_nll=nll,
-        name=_name_of(midi_or_sequence, seq), texts=_midi_texts(midi_or_sequence), window=window,
+        name=_name_of(midi_or_sequence, seq), texts=_midi_texts(seq), window=window,
         n_tokens_in_file=ids.size, notice=_notice(ids.size, keep, window))
 
 
@@ -454,17 +454,10 @@ def _name_of(x, seq):
     return getattr(x, "filename", None) and Path(x.filename).name
 
 
-def _midi_texts(x):
-    """Track names and lyrics of a MIDI input (empty for a TokenSequence or an unreadable file)."""
-    if hasattr(x, "note_of_token"):
+def _midi_texts(seq):
+    """Track names and lyrics of the Score the sequence was encoded from (empty without one)."""
+    score = getattr(seq, "score", None)
+    if score is None:
         return {}
-    from music_attn.music.midi import load_midi_file
-
-    try:
-        midi, _ = load_midi_file(x)
-    except MidiError:             # the tokenizer read it already; the texts are a nicety
-        return {}
-    msgs = [m for track in midi.tracks for m in track if m.is_meta]
-    names = [m.name for m in msgs if m.type == "track_name" and m.name.strip()]
-    lyrics = " ".join(m.text.strip() for m in msgs if m.type == "lyrics").strip()
-    return {"tracks": list(dict.fromkeys(names)), "lyrics": lyrics[:2000]}
+    names = [name for name in score.track_names if name.strip()]
+    return {"tracks": list(dict.fromkeys(names)), "lyrics": score.lyrics()[:2000]}
