@@ -177,3 +177,30 @@ def score_notes(score):
     n = score.notes
     cols = ("pitch", "start_tick", "end_tick", "velocity", "channel", "track", "program")
     return sorted(zip(*(n[c].tolist() for c in cols)))
+
+
+def ensemble_tune(rng, *, ticks_per_beat=480, n_bars=8, grid=4):
+    """A multi-track piece: named tracks with programs (strings, piano, drums), 5 tempo changes, a metre change.
+
+    Returns ``(mido.MidiFile, parts)``: ``parts`` maps (program, channel) to
+    (pitch, start, end, velocity) tuples in ticks.  Tempos are whole bpm; the
+    metre changes from 4/4 to 3/4 at bar 4; notes lie on a grid of ``grid``
+    steps per beat.
+    """
+    bar_lengths = [4 * ticks_per_beat if bar < 4 else 3 * ticks_per_beat for bar in range(n_bars)]
+    bar_starts = [sum(bar_lengths[:b]) for b in range(n_bars)]
+    end = sum(bar_lengths)
+    bpms = (72, 96, 131, 60, 150, 84)
+    meta = [(0, time_signature(4, 4)), (bar_starts[4], time_signature(3, 4))]
+    meta += [(k * end // 6 // ticks_per_beat * ticks_per_beat, tempo(b)) for k, b in enumerate(bpms)]
+    meta.append((ticks_per_beat // 2 * 3, tempo(110)))  # one change in the middle of a bar
+    voices = {("Violin", 40, 0, 67): None, ("Cello", 42, 1, 43): None, ("Piano", 0, 2, 55): None, ("Kit", 0, 9, 36): None}
+    tracks, parts = [track(meta, end=end)], {}
+    step = ticks_per_beat // grid
+    for name, program, channel, low in voices:
+        notes = [n for s, length in zip(bar_starts, bar_lengths) for n in _bar_notes(rng, s, length, step, low)]
+        head = [(0, mido.MetaMessage("track_name", name=name)),
+                (0, mido.Message("program_change", channel=channel, program=program))]
+        tracks.append(track(head + note_events(notes, channel=channel), end=end))
+        parts[(program, channel)] = notes
+    return midi_file(*tracks, ticks_per_beat=ticks_per_beat), parts

@@ -33,14 +33,22 @@ SPECIAL_TOKENS = ("PAD", "BOS", "EOS")
 PITCH_RANGE = (0, 127)
 # Oore et al. (2018) use 32 velocity bins: finer steps are inaudible.
 VELOCITY_BINS = 32
+# The velocity of bin i of n: 128 (i + 1) // n, the loudest 127 ("steps128").
+# With 32 bins these are the multiples of 4, which hold the velocities notation
+# programs write for the dynamics (p 48, mp 64, mf 80, f 96, ff 112), so a
+# velocity of 80 comes back as 80.  Configs saved before this setting existed
+# used round(127 (i + 1) / n) ("round127": 79 and 83, no 80) and keep it.
+VELOCITY_SCALE = "steps128"
+VELOCITY_SCALES = ("steps128", "round127")
 # The velocity written for notes decoded without a velocity token (mezzo-forte).
 DEFAULT_VELOCITY = 80
 # Decoded files without Tempo tokens are written at the MIDI default tempo:
 # 120 beats per minute (``decode --bpm`` chooses another).
 DECODE_TEMPO_BPM = 120.0
-# Tempo tokens (``tempo=True``) hold whole beats per minute from 24 (a very
-# slow largo, halved) to 300: every tempo a score prints comes back exactly.
-TEMPO_RANGE_BPM = (24, 300)
+# Tempo tokens (``tempo=True``) hold whole beats per minute from 20 (a slow
+# largo counted in half beats) to 400 (fast reels written with a quarter-note
+# beat reach 360): every tempo a score prints comes back exactly.
+TEMPO_RANGE_BPM = (20, 400)
 
 # --- Bounds on tokenizer settings ---------------------------------------------
 # A config read from a file (token JSON, a checkpoint) is checked against these

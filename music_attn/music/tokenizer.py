@@ -117,13 +117,18 @@ class DecodeResult(NamedTuple):
     assumed: tuple = ()  # what the tokens did not say and decode had to assume ("tempo 120 bpm", ...)
 
 
-def velocity_values(n_bins):
-    """The velocity each of ``n_bins`` bins stands for: round(127 (i + 1) / n), int (n_bins,).
+def velocity_values(n_bins, scale=K.VELOCITY_SCALE):
+    """The velocity each of ``n_bins`` bins stands for, int (n_bins,), increasing.
 
-    The default 32 bins hold 79 and 83, not 80 (127 / 32 is not a whole
-    step): a velocity of 80 comes back as 79.  127 bins keep every velocity.
+    ``"steps128"``: 128 (i + 1) // n, the loudest 127 -- with 32 bins the
+    multiples of 4, so 80 stays 80; 127 bins keep every velocity.
+    ``"round127"`` (configs saved before the scale was a setting):
+    round(127 (i + 1) / n) -- with 32 bins 79 and 83, so 80 becomes 79.
     """
-    return np.round(np.arange(1, n_bins + 1) * 127 / n_bins).astype(np.int64)
+    i = np.arange(1, n_bins + 1, dtype=np.int64)
+    if scale == "round127":
+        return np.round(i * 127 / max(n_bins, 1)).astype(np.int64)
+    return np.minimum((128 * i) // max(n_bins, 1), 127)
 
 
 def tempo_values(tempo_range):
@@ -156,6 +161,8 @@ class Tokenizer:
     sustain = False
     tempo = programs = False
     _pitch_kinds = ()
+    # settings a saved config may lack, with the value they had before they existed
+    legacy_defaults = {"velocity_scale": "round127"}
 
     def __init__(self):
         names, kinds, values = list(K.SPECIAL_TOKENS), [SPECIAL] * 3, [0, 1, 2]
@@ -303,9 +310,10 @@ class Tokenizer:
             kind = d.get("type") if isinstance(d, dict) else type(d).__name__
             raise TokenizerError(f"not a tokenizer config (type {kind!r}; expected one of {sorted(TOKENIZER_TYPES)})")
         _check_nesting(d)
-        params = {k: v for k, v in d.items() if k not in ("type", "vocab")}
+        cls = TOKENIZER_TYPES[d["type"]]
+        params = {**getattr(cls, "legacy_defaults", {}), **{k: v for k, v in d.items() if k not in ("type", "vocab")}}
         try:
-            tokenizer = TOKENIZER_TYPES[d["type"]](**params)
+            tokenizer = cls(**params)
         except TokenizerError as exc:
             raise TokenizerError(f"bad {d['type']} tokenizer config: {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -331,9 +339,12 @@ class Tokenizer:
         return f"{type(self).__name__}({args})"
 
     # -- settings shared by both tokenizers
-    def _common_setup(self, velocity_bins, pitch_range, include_drums, tempo, programs, tempo_range):
+    def _common_setup(self, velocity_bins, velocity_scale, pitch_range, include_drums, tempo, programs, tempo_range):
         self.velocity_bins = check_int("velocity_bins", velocity_bins, 0, 127)
-        self._velocities = velocity_values(self.velocity_bins) if self.velocity_bins else np.zeros(0, np.int64)
+        if velocity_scale not in K.VELOCITY_SCALES:
+            raise TokenizerError(f"velocity_scale must be one of {', '.join(K.VELOCITY_SCALES)}, got {velocity_scale!r}")
+        self.velocity_scale = velocity_scale if self.velocity_bins else K.VELOCITY_SCALE  # moot without bins
+        self._velocities = velocity_values(self.velocity_bins, self.velocity_scale)
         self.pitch_range = check_pitch_range(pitch_range)
         self.include_drums = check_bool("include_drums", include_drums)
         self.tempo = check_bool("tempo", tempo)
@@ -344,6 +355,7 @@ class Tokenizer:
     def _common_config(self):
         return {
             "velocity_bins": self.velocity_bins,
+            "velocity_scale": self.velocity_scale,
             "pitch_range": list(self.pitch_range),
             "include_drums": self.include_drums,
             "tempo": self.tempo,
@@ -631,6 +643,7 @@ class RemiTokenizer(Tokenizer):
         *,
         positions_per_beat=K.POSITIONS_PER_BEAT,
         velocity_bins=K.VELOCITY_BINS,
+        velocity_scale=K.VELOCITY_SCALE,
         max_duration_beats=K.MAX_DURATION_BEATS,
         max_empty_bars=K.MAX_EMPTY_BARS,
         time_signatures=K.TIME_SIGNATURES,
@@ -643,7 +656,7 @@ class RemiTokenizer(Tokenizer):
         self.positions_per_beat = check_int("positions_per_beat", positions_per_beat, 1, K.MAX_POSITIONS_PER_BEAT)
         self.max_duration_beats = check_int("max_duration_beats", max_duration_beats, 1, K.MAX_DURATION_BEATS_LIMIT)
         self.max_empty_bars = check_int("max_empty_bars", max_empty_bars, 0, K.MAX_EMPTY_BARS_LIMIT)
-        self._common_setup(velocity_bins, pitch_range, include_drums, tempo, programs, tempo_range)
+        self._common_setup(velocity_bins, velocity_scale, pitch_range, include_drums, tempo, programs, tempo_range)
         self.time_signatures = check_metres(time_signatures)
         self._bar_lengths = np.array([self._bar_length(n, d) for n, d in self.time_signatures], dtype=np.int64)
         self._ts_index = {ts: i for i, ts in enumerate(self.time_signatures)}
@@ -973,6 +986,7 @@ class PerformanceTokenizer(Tokenizer):
         time_step=K.TIME_STEP_SECONDS,
         max_shift_steps=K.MAX_SHIFT_STEPS,
         velocity_bins=K.VELOCITY_BINS,
+        velocity_scale=K.VELOCITY_SCALE,
         max_gap_seconds=K.MAX_GAP_SECONDS,
         pitch_range=K.PITCH_RANGE,
         sustain=K.PERFORMANCE_SUSTAIN,
@@ -985,7 +999,7 @@ class PerformanceTokenizer(Tokenizer):
         self.max_shift_steps = check_int("max_shift_steps", max_shift_steps, 1, K.MAX_SHIFT_STEPS_LIMIT)
         self.max_gap_seconds = check_float("max_gap_seconds", max_gap_seconds, self.time_step, K.MAX_GAP_LIMIT)
         self.sustain = check_bool("sustain", sustain)
-        self._common_setup(velocity_bins, pitch_range, include_drums, tempo, programs, tempo_range)
+        self._common_setup(velocity_bins, velocity_scale, pitch_range, include_drums, tempo, programs, tempo_range)
         super().__init__()
         self._state_kinds = _PerformanceGrammar.state_kinds(self.programs)
         self._state_masks = _state_masks(self._kinds, self._state_kinds)
