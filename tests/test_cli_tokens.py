@@ -1,11 +1,13 @@
 """`music-attn tokenize` and `music-attn decode`: output, JSON round trip, one-line errors."""
 
 import json
+import os
 
+import mido
 import pretty_midi
 import pytest
 
-from midi_factory import midi_file, note_events, save, tempo, track
+from midi_factory import midi_file, mido_reference, note_events, save, tempo, track
 from music_attn.cli import main
 
 NOTES = [(60, 0, 480, 80), (64, 480, 960, 80), (67, 960, 1920, 80)]  # on the grid, 120 bpm
@@ -81,3 +83,72 @@ def test_decode_of_bad_tokens_is_one_error_line_and_writes_nothing(capsys, tmp_p
     code, out, err = _run(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "out.mid")
     assert code == 2 and words in err and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "out.mid").exists()
+
+
+def test_decode_writes_the_bpm_it_is_given_and_says_what_it_assumed(capsys, tune, tmp_path):
+    _, out, _ = _run(capsys, "tokenize", tune, "--json")
+    (tmp_path / "tokens.json").write_text(out)
+    code, out, _ = _run(capsys, "decode", tmp_path / "tokens.json", "-o", tmp_path / "out.mid", "--bpm", "90")
+    assert code == 0 and "assumed tempo 90 bpm" in out
+    tempos = [m.tempo for t in mido.MidiFile(tmp_path / "out.mid").tracks for m in t if m.type == "set_tempo"]
+    assert tempos == [mido.bpm2tempo(90)]
+    with pytest.raises(SystemExit) as exit_:
+        main(["decode", str(tmp_path / "tokens.json"), "-o", str(tmp_path / "x.mid"), "--bpm", "nan"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--bpm" in err and err.count("\n") == 1 and not (tmp_path / "x.mid").exists()
+
+
+def test_tempo_and_program_tokens_bring_back_tempo_and_instrument(capsys, tmp_path):
+    meta = [(0, tempo(96)), (0, mido.Message("program_change", program=40, channel=0))]
+    path = save(midi_file(track(meta + note_events(NOTES))), tmp_path / "violin.mid")
+    code, out, _ = _run(capsys, "tokenize", path, "--json", "--tempo", "--programs")
+    (tmp_path / "tokens.json").write_text(out)
+    code, out, _ = _run(capsys, "decode", tmp_path / "tokens.json", "-o", tmp_path / "out.mid")
+    assert code == 0 and "assumed" not in out
+    back = mido_reference(tmp_path / "out.mid")
+    assert [t for _, t in back["tempos"]] == [mido.bpm2tempo(96)]
+    assert [(n[0], n[-1]) for n in back["notes"]] == [(60, 40), (64, 40), (67, 40)]
+    assert list(back["names"].values()) == ["Violin"]
+
+
+def test_decode_reads_a_bare_list_of_ids(capsys, tmp_path):
+    from music_attn.music.tokenizer import RemiTokenizer
+
+    tok = RemiTokenizer()
+    ids = tok.ids_from_tokens("BOS Bar Position_0 Pitch_60 Velocity_80 Duration_12 EOS".split()).tolist()
+    (tmp_path / "ids.json").write_text(json.dumps(ids))
+    code, out, _ = _run(capsys, "decode", tmp_path / "ids.json", "-o", tmp_path / "out.mid")
+    assert code == 0 and "1 notes" in out and "0 skipped" in out
+    assert [n[:4] for n in mido_reference(tmp_path / "out.mid")["notes"]] == [(60, 0, 480, 80)]
+
+
+def test_tokenize_says_how_many_drum_notes_it_left_out_and_drums_keeps_them(capsys, tmp_path):
+    drums = note_events([(36, 0, 240, 100), (38, 240, 480, 100)], channel=9)
+    path = save(midi_file(track(note_events(NOTES) + drums)), tmp_path / "band.mid")
+    code, out, err = _run(capsys, "tokenize", path, "--stats")
+    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
+    assert out.splitlines()[1].split()[1] == "3"
+    code, out, err = _run(capsys, "tokenize", path, "--stats", "--drums")
+    assert code == 0 and err == "" and out.splitlines()[1].split()[1] == "5"
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"tokenizer": {"type": "remi", "positions_per_beat": 1e9}, "ids": [1, 2]}', "positions_per_beat"),
+    ('{"tokenizer": {"type": "performance", "time_step": NaN}, "ids": [1, 2]}', "time_step"),
+    ('{"ids": [1, 1e400]}', "whole numbers"),
+    ('[1, 100000000000000000000000000000]', "integers"),
+], ids=["deep", "huge_setting", "nan_setting", "infinite_id", "huge_id"])
+def test_hostile_token_json_is_one_error_line(capsys, tmp_path, content, words):
+    (tmp_path / "t.json").write_text(content)
+    code, out, err = _run(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "out.mid")
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and words in err
+    assert not (tmp_path / "out.mid").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_token_json_that_is_a_fifo_or_a_folder_is_refused(capsys, tmp_path):
+    os.mkfifo(tmp_path / "pipe.json")
+    for path, what in ((tmp_path / "pipe.json", "FIFO"), (tmp_path, "directory")):
+        code, _, err = _run(capsys, "decode", path, "-o", tmp_path / "out.mid")
+        assert code == 2 and f"{path}: is a {what}" in err and err.count("\n") == 1

@@ -389,6 +389,7 @@ def test_configs_saved_before_the_velocity_scale_keep_their_vocabulary():
     assert velocities[19:21] == ["Velocity_79", "Velocity_83"]  # round(127 * 20 / 32), round(127 * 21 / 32)
     assert not tok.tempo and not tok.programs and not any(t.startswith(("Tempo_", "Program_")) for t in tok.vocab)
     assert Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict()))).vocab == tok.vocab
+    assert "Velocity_80" in Tokenizer.from_dict({"type": "remi"}).vocab  # a config naming no bins: today's scale
 
 
 # --------------------------------------------------------------------------- what tokens mean

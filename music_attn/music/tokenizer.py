@@ -161,8 +161,6 @@ class Tokenizer:
     sustain = False
     tempo = programs = False
     _pitch_kinds = ()
-    # settings a saved config may lack, with the value they had before they existed
-    legacy_defaults = {"velocity_scale": "round127"}
 
     def __init__(self):
         names, kinds, values = list(K.SPECIAL_TOKENS), [SPECIAL] * 3, [0, 1, 2]
@@ -311,7 +309,7 @@ class Tokenizer:
             raise TokenizerError(f"not a tokenizer config (type {kind!r}; expected one of {sorted(TOKENIZER_TYPES)})")
         _check_nesting(d)
         cls = TOKENIZER_TYPES[d["type"]]
-        params = {**getattr(cls, "legacy_defaults", {}), **{k: v for k, v in d.items() if k not in ("type", "vocab")}}
+        params = cls.upgrade_config({k: v for k, v in d.items() if k not in ("type", "vocab")})
         try:
             tokenizer = cls(**params)
         except TokenizerError as exc:
@@ -321,6 +319,17 @@ class Tokenizer:
         if "vocab" in d and (not isinstance(d["vocab"], list) or d["vocab"] != tokenizer.vocab):
             raise TokenizerError("the saved vocabulary does not match the one this config builds")
         return tokenizer
+
+    @classmethod
+    def upgrade_config(cls, params):
+        """Settings of a config saved by an older version, as they were meant then.
+
+        A config that names its velocity bins but not their scale predates
+        the scale setting: its bins were ``"round127"``.
+        """
+        if "velocity_bins" in params and "velocity_scale" not in params:
+            return {**params, "velocity_scale": "round127"}
+        return params
 
     def save(self, path):
         """Write the config (with the vocabulary) as JSON, atomically."""
