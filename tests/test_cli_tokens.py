@@ -152,3 +152,14 @@ def test_token_json_that_is_a_fifo_or_a_folder_is_refused(capsys, tmp_path):
     for path, what in ((tmp_path / "pipe.json", "FIFO"), (tmp_path, "directory")):
         code, _, err = _run(capsys, "decode", path, "-o", tmp_path / "out.mid")
         assert code == 2 and f"{path}: is a {what}" in err and err.count("\n") == 1
+
+
+def test_generate_and_inspect_say_how_many_drum_notes_they_left_out(capsys, tmp_path):
+    drums = note_events([(36, 0, 240, 100), (38, 240, 480, 100)], channel=9)
+    path = save(midi_file(track(note_events(NOTES) + drums)), tmp_path / "band.mid")
+    code, _, err = _run(capsys, "generate", "--prompt", path, "--tokens", "3", "-o", tmp_path / "gen.mid")
+    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
+    code, _, err = _run(capsys, "inspect", path, "-o", tmp_path / "page.html")
+    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
+    code, out, err = _run(capsys, "inspect", path, "-o", tmp_path / "page.html", "--drums")
+    assert code == 0 and err == "" and "5 notes" in out

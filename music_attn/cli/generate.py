@@ -1,5 +1,7 @@
 """``music-attn generate``: sample a continuation of a MIDI prompt (or from nothing) to MIDI."""
 
+import sys
+
 
 def register(sub):
     p = sub.add_parser("generate",
@@ -16,6 +18,7 @@ def register(sub):
     p.add_argument("--top-p", type=float, help="sample among the smallest set with this much mass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unconstrained", action="store_true", help="do not mask tokens the grammar forbids")
+    p.add_argument("--drums", action="store_true", help="keep the prompt's drum notes (left out by default)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="MIDI file to write")
     p.set_defaults(func=_run)
 
@@ -41,7 +44,12 @@ def _run(args):
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError(f"{args.model}: the checkpoint has no tokenizer to turn tokens into MIDI")
-    prompt = tokenizer.encode(args.prompt).ids if args.prompt else None
+    if args.drums:
+        tokenizer = tokenizer.with_options(include_drums=True)
+    prompt = tokenizer.encode(args.prompt) if args.prompt else None
+    if prompt is not None and prompt.dropped_drums:
+        sys.stderr.write(f"note: {args.prompt}: {prompt.dropped_drums} drum notes left out (--drums keeps them)\n")
+    prompt = prompt.ids if prompt is not None else None
     n_bars = args.bars if args.bars or args.tokens else 8
     out = generate(model, prompt, max_new_tokens=args.tokens, n_bars=n_bars if not args.tokens else None,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

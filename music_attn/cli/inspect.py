@@ -1,5 +1,6 @@
 """``music-attn inspect FILE.mid``: attention maps over a melody's notes as HTML, PNG and JSON."""
 
+import sys
 from pathlib import Path
 
 
@@ -12,6 +13,7 @@ def register(sub):
     p.add_argument("--png", metavar="OUT.png", help="also write a grid of per-head heatmaps (needs matplotlib)")
     p.add_argument("--json", metavar="OUT.json", help="also write notes, tokens and note maps as JSON")
     p.add_argument("--window", type=int, metavar="W", help="tokens the model sees at once (default: its max_len)")
+    p.add_argument("--drums", action="store_true", help="keep drum notes (channel 10; left out by default)")
     p.set_defaults(func=_run)
 
 
@@ -24,7 +26,11 @@ def _run(args):
     if not source.is_file():
         raise FileNotFoundError(2, "No such file", str(source))
     model = load_model(args.model)
-    maps = attention_maps(model, source, window=args.window)
+    tokenizer = model.tokenizer.with_options(include_drums=True) if args.drums and model.tokenizer else model.tokenizer
+    seq = tokenizer.encode(source) if tokenizer is not None else source
+    maps = attention_maps(model, seq, window=args.window)
+    if getattr(seq, "dropped_drums", 0):
+        sys.stderr.write(f"note: {source}: {seq.dropped_drums} drum notes left out (--drums keeps them)\n")
     if args.png:                      # first, so a missing matplotlib leaves no other output behind
         render_png(maps, args.png)
     html_path = args.output or f"{source.stem}_attention.html"

@@ -320,6 +320,10 @@ class Tokenizer:
             raise TokenizerError("the saved vocabulary does not match the one this config builds")
         return tokenizer
 
+    def with_options(self, **changes):
+        """A tokenizer like this one with some settings changed (``include_drums=True`` ...), checked."""
+        return Tokenizer.from_dict({**self.to_dict(), **changes})
+
     @classmethod
     def upgrade_config(cls, params):
         """Settings of a config saved by an older version, as they were meant then.
