@@ -11,8 +11,8 @@ from midi_factory import (
     midi_file, mido_reference, note_events, note_tuples, off, on, random_tune, save, score_notes, tempo, time_signature, track,
 )
 from music_attn.errors import MidiError
-from music_attn.music.constants import MAX_MIDI_BYTES, MAX_TEXT_CHARS
-from music_attn.music.midi import Score, decode_text, read_midi, write_midi
+from music_attn.music.constants import MAX_TEXT_CHARS
+from music_attn.music.midi import decode_text, read_midi, write_midi
 
 
 def _raw_track(body):

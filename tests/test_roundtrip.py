@@ -19,7 +19,6 @@ from collections import defaultdict
 from fractions import Fraction
 from pathlib import Path
 
-import mido
 import numpy as np
 import pytest
 

@@ -747,13 +747,18 @@ def _note_array(f, tempos, tpb):
 
 
 def write_midi(path, midi):
-    """Write a Score or a mido.MidiFile to ``path`` atomically (a type 1 file for a Score)."""
+    """Write a Score, mido.MidiFile or pretty_midi.PrettyMIDI to ``path`` atomically (a Score as type 1)."""
     if isinstance(midi, Score):
         midi = _to_mido(midi)
-    if not isinstance(midi, mido.MidiFile):
-        raise TypeError(f"write_midi needs a Score or a mido.MidiFile, got {type(midi).__name__}")
+    if isinstance(midi, mido.MidiFile):
+        mid = midi
+        write = lambda f: mid.save(file=f)  # noqa: E731
+    elif hasattr(midi, "instruments") and hasattr(midi, "write"):  # pretty_midi.PrettyMIDI
+        write = midi.write
+    else:
+        raise TypeError(f"write_midi needs a Score, mido.MidiFile or PrettyMIDI, got {type(midi).__name__}")
     with atomic_write(path, mode="wb") as f:
-        midi.save(file=f)
+        write(f)
 
 
 def _to_mido(score):

@@ -9,6 +9,8 @@ naming the setting.
 import math
 import numbers
 
+import numpy as np
+
 from music_attn.errors import TokenizerError
 
 __all__ = ["check_bool", "check_int", "check_float", "check_pitch_range", "check_int_pair", "check_metres"]
@@ -16,31 +18,34 @@ __all__ = ["check_bool", "check_int", "check_float", "check_pitch_range", "check
 
 def check_bool(name, value):
     """``value`` if it is a bool (JSON true/false)."""
-    if not isinstance(value, (bool,)) and type(value).__name__ != "bool_":
+    if not isinstance(value, (bool, np.bool_)):
         raise TokenizerError(f"{name} must be true or false, got {value!r}")
     return bool(value)
 
 
-def check_int(name, value, low, high):
-    """``value`` as int if it is a whole number in ``low..high``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-                and float(value).is_integer()):
-            raise TokenizerError(f"{name} must be a whole number, got {value!r}")
-    value = int(value)
+def _number(value):
+    """True for a finite real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _within(name, value, low, high):
     if not low <= value <= high:
         raise TokenizerError(f"{name} must be in {low}..{high}, got {value}")
     return value
 
 
+def check_int(name, value, low, high):
+    """``value`` as int if it is a whole number in ``low..high``."""
+    if not _number(value) or int(value) != value:
+        raise TokenizerError(f"{name} must be a whole number, got {value!r}")
+    return _within(name, int(value), low, high)
+
+
 def check_float(name, value, low, high):
     """``value`` as float if it is a finite number in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if not _number(value):
         raise TokenizerError(f"{name} must be a finite number, got {value!r}")
-    value = float(value)
-    if not low <= value <= high:
-        raise TokenizerError(f"{name} must be between {low} and {high}, got {value}")
-    return value
+    return _within(name, float(value), low, high)
 
 
 def check_int_pair(name, value, low, high):

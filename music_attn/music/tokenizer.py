@@ -402,8 +402,12 @@ class Tokenizer:
         return score.tempos["tick"][keep], bins[keep]
 
     def _in_range(self, notes):
+        """The notes this tokenizer can name: in its pitch range, drums only with ``include_drums``."""
         low, high = self.pitch_range
-        return notes[(notes["pitch"] >= low) & (notes["pitch"] <= high)]
+        keep = (notes["pitch"] >= low) & (notes["pitch"] <= high)
+        if not self.include_drums:
+            keep &= notes["channel"] != K.DRUM_CHANNEL  # a Score read with drums
+        return notes[keep]
 
 
 TOKENIZER_TYPES = {}
