@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 __all__ = ["register"]
 
@@ -25,6 +26,9 @@ def register(sub):
     _tokenizer_options(p)
     p.add_argument("--json", action="store_true", help="print JSON that `decode` reads back")
     p.add_argument("--stats", action="store_true", help="print notes, tokens and tokens per note")
+    p.add_argument("--out", metavar="DATASET", help="tokenize the folder FILE into a token dataset "
+                   "(uint16 token file + index) that `train DATASET` reads memory-mapped")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for --out (default 1)")
     p.set_defaults(func=_tokenize)
 
     p = sub.add_parser("decode", help="turn tokens (the JSON of `tokenize --json`) back into MIDI")
@@ -60,6 +64,8 @@ def _tokenize(args):
 
     tokenizer = Tokenizer.from_dict({"type": args.tokenizer, "tempo": args.tempo, "programs": args.programs,
                                      "include_drums": args.drums})
+    if args.out:
+        return _write_dataset(args, tokenizer)
     read, errors = [], []
     for path in args.files:  # all read before any output
         try:
@@ -87,6 +93,21 @@ def _print(args, tokenizer, read):
         for path, seq in read:
             print(f"# {path}: {len(seq.notes)} notes, {len(seq)} tokens")
             print(" ".join(seq.tokens))
+
+
+def _write_dataset(args, tokenizer):
+    from music_attn.training.dataset import write_dataset
+
+    if len(args.files) != 1 or not Path(args.files[0]).is_dir():
+        raise ValueError("--out takes one folder of MIDI files: tokenize DIR --out DATASET")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    failures = []
+    ds = write_dataset(args.files[0], args.out, tokenizer, jobs=args.jobs, failures=failures)
+    counts = {s: sum(f["split"] == s for f in ds.files) for s in ("train", "validation")}
+    print(f"wrote {args.out}: {len(ds)} files ({counts['train']} train, {counts['validation']} "
+          f"validation), {ds.tokens.size:,} tokens, {len(failures)} unreadable files skipped")
+    return 0
 
 
 def _stats(seq):
