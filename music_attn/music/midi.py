@@ -114,7 +114,10 @@ class Score:
     """The notes of a MIDI file with the maps between ticks, seconds and beats.
 
     What :func:`read_midi` returns and what the tokenizers' ``decode`` builds;
-    :meth:`write` writes it as MIDI.
+    :meth:`write` writes it as MIDI (one MIDI track per score track, with its
+    name, program changes and texts; tempo map and metres in track 0).  To
+    add notes, build a new one: :meth:`from_ticks` with the old notes and the
+    new (their seconds are filled in), or ``dataclasses.replace``.
 
     Attributes
     ----------

@@ -505,7 +505,11 @@ def _decoded_score(cols, ticks_per_beat, tempos, signatures=(), with_programs=Fa
 
 
 def _channels(programs):
-    """A MIDI channel per program: drums on channel 10, the others in turn on the 15 others."""
+    """A MIDI channel per program: drums on channel 10, the others in turn on the 15 others.
+
+    MIDI has 16 channels: beyond 15 instruments, two share a channel (and the
+    later program change wins when the file is read back).
+    """
     melodic = [c for c in range(16) if c != K.DRUM_CHANNEL]
     out, k = [], 0
     for p in programs.tolist():
