@@ -123,11 +123,25 @@ def _resumed(args):
         raise CheckpointError(f"{args.output}: holds no training state to resume from")
     try:
         config = TrainConfig.from_dict(ckpt.train_state["meta"]["config"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{args.output}: unusable training state ({exc})") from None
     if args.steps is not None:
         config = dataclasses.replace(config, steps=args.steps)
-    return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
+    _check_rng(ckpt.train_state["meta"], args.output)
+    try:
+        return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{args.output}: unusable training state ({type(exc).__name__}: {exc})") from None
+
+
+def _check_rng(meta, path):
+    """The saved generator must name one of numpy's bit generators (nothing else is called)."""
+    import numpy as np
+    from music_attn.errors import CheckpointError
+    name = meta.get("rng", {}).get("bit_generator") if isinstance(meta.get("rng"), dict) else None
+    kind = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
+        raise CheckpointError(f"{path}: unusable training state (random generator {str(name)[:40]!r})")
 
 
 def _run(args):
