@@ -53,9 +53,9 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
+    out = _output_folder(out_dir)
     model = load_model() if model is None else model
     path, title = _pick_melody(rng) if melody is None else (Path(melody), Path(melody).stem)
-    out = _output_folder(out_dir)
     maps = attention_maps(model, path)
     _print_melody(echo, title, path, maps)
     decoded, continuation = _continue(model, maps, rng)

@@ -3,6 +3,7 @@
 from music_attn.cli._options import default_of, integer, real
 
 BARS = 8          # what the command generates when neither --bars nor --tokens is given
+MAX_BARS, MAX_TOKENS = 10_000, 1_000_000      # a bound on the time one command may take
 
 
 def register(sub):
@@ -14,8 +15,8 @@ def register(sub):
     p.add_argument("-m", "--model", metavar="MODEL.npz", help="checkpoint (default: the shipped pretrained model)")
     p.add_argument("--prompt", metavar="FILE.mid", help="MIDI file to continue (default: start from nothing)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--bars", type=integer(1), help=f"number of bars to generate (default: {BARS})")
-    budget.add_argument("--tokens", type=integer(1), help="number of tokens to generate (instead of --bars)")
+    budget.add_argument("--bars", type=integer(1, MAX_BARS), help=f"number of bars to generate (default: {BARS})")
+    budget.add_argument("--tokens", type=integer(1, MAX_TOKENS), help="number of tokens to generate (instead of --bars)")
     p.add_argument("--temperature", type=real(0), default=default_of(generate, "temperature"),
                    help="divides the logits; 0 = greedy")
     p.add_argument("--top-k", type=integer(1), help="sample among the k most likely tokens (default: all)")

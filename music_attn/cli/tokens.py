@@ -168,7 +168,7 @@ def _load_json(path):
     data = read_input(path, limit=MAX_TOKEN_FILE, what="token file", error=TokenizerError)
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:            # bad UTF-8, bad JSON, a number of thousands of digits
         raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise TokenizerError(f"{path}: JSON nested too deeply") from None

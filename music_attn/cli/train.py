@@ -16,7 +16,7 @@ def register(sub):
     p.add_argument("-o", "--output", default="model.npz", help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at -o")
     p.add_argument("--tokenizer", choices=("remi", "performance"), default="remi", help="token vocabulary")
-    p.add_argument("--jobs", type=integer(1), default=1, help="processes for tokenizing")
+    p.add_argument("--jobs", type=integer(1, 1024), default=1, help="processes for tokenizing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(p.add_argument_group("model (ignored with --resume)"))
     _train_options(p.add_argument_group("optimisation"))
@@ -25,15 +25,15 @@ def register(sub):
 
 def _model_options(g):
     m = lambda name: default_of(ModelConfig, name)       # noqa: E731 -- the one source of defaults
-    g.add_argument("--d-model", type=integer(1), default=m("d_model"), help="model width C")
-    g.add_argument("--layers", type=integer(1), default=m("n_layers"), help="transformer blocks")
-    g.add_argument("--heads", type=integer(1), default=m("n_heads"), help="attention heads (must divide --d-model)")
-    g.add_argument("--d-ff", type=integer(1), help="feed-forward width (default: 4 x --d-model)")
-    g.add_argument("--max-len", type=integer(1), help="longest sequence the model reads at once "
+    g.add_argument("--d-model", type=integer(1, 1 << 16), default=m("d_model"), help="model width C")
+    g.add_argument("--layers", type=integer(1, 1024), default=m("n_layers"), help="transformer blocks")
+    g.add_argument("--heads", type=integer(1, 1024), default=m("n_heads"), help="attention heads (must divide --d-model)")
+    g.add_argument("--d-ff", type=integer(1, 1 << 18), help="feed-forward width (default: 4 x --d-model)")
+    g.add_argument("--max-len", type=integer(1, 1 << 20), help="longest sequence the model reads at once "
                    f"(default: the larger of --seq-len and {m('max_len')})")
     g.add_argument("--positional", choices=POSITIONALS, default=m("positional"), help="kind of positions")
     g.add_argument("--attention", choices=ATTENTIONS, default=m("attention"), help="attention pattern")
-    g.add_argument("--window", type=integer(1), default=m("window"), help="local / soft-align window, tokens")
+    g.add_argument("--window", type=integer(1, 1 << 20), default=m("window"), help="local / soft-align window, tokens")
     g.add_argument("--alpha", type=real(0, 1), default=m("alpha"), help="soft-align weight of the local part")
 
 
@@ -42,8 +42,8 @@ def _train_options(g):
     low, high = t("transpose")
     g.add_argument("--steps", type=integer(1), help=f"total optimizer steps (default: {t('steps')}; "
                    "with --resume, the checkpoint's, or more to extend the run)")
-    g.add_argument("--batch-size", type=integer(1), default=t("batch_size"), help="sequences per step")
-    g.add_argument("--seq-len", type=integer(1), default=t("seq_len"), help="training window length, tokens")
+    g.add_argument("--batch-size", type=integer(1, 1 << 16), default=t("batch_size"), help="sequences per step")
+    g.add_argument("--seq-len", type=integer(1, 1 << 20), default=t("seq_len"), help="training window length, tokens")
     g.add_argument("--lr", type=real(0, low_open=True), default=t("lr"),
                    help="peak learning rate (the cosine schedule ends at a tenth of it)")
     g.add_argument("--warmup", type=integer(0), default=t("warmup"), help="linear warmup steps")
