@@ -30,7 +30,8 @@ from pathlib import Path
 
 from music_attn.errors import MusicAttnError, OutputError
 
-__all__ = ["atomic_write", "atomic_outputs", "check_output", "check_input", "read_input", "TEMP_TAG"]
+__all__ = ["atomic_write", "atomic_outputs", "check_output", "output_folder", "check_input", "read_input",
+           "TEMP_TAG"]
 
 TEMP_TAG = "music-attn"
 _TEMP_NAME = re.compile(rf"^\..*\.{TEMP_TAG}-(\d+)-[^.]*\.tmp$")
@@ -106,6 +107,22 @@ def check_output(path, *, inputs=()):
             if _same_file(st, source):
                 raise OutputError(f"{user}: is the input file {source}; write the output to another file")
     return target
+
+
+def output_folder(path, *, create=False):
+    """A folder that a command writes several files into: it may be new, but its parent must exist.
+
+    OutputError if ``path`` is something other than a folder or its parent is
+    missing; with ``create`` the folder is made (one level, never a tree).
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise OutputError(f"{folder}: folder {folder.parent} does not exist (create it first)")
+    if create:
+        folder.mkdir(exist_ok=True)
+    return folder
 
 
 def _shown_folder(user, target):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from music_attn._io import output_folder
 from music_attn.errors import MusicAttnError
 
 __all__ = ["run_demo", "DemoResult"]
@@ -53,7 +54,7 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    out = _output_folder(out_dir)
+    out = output_folder(out_dir)
     model = load_model() if model is None else model
     path, title = _pick_melody(rng) if melody is None else (Path(melody), Path(melody).stem)
     maps = attention_maps(model, path)
@@ -79,18 +80,6 @@ def _pick_melody(rng):
     return rows[int(rng.integers(len(rows)))]
 
 
-def _output_folder(out_dir):
-    """``out_dir`` checked: a folder, or a new one whose parent exists; OutputError otherwise."""
-    from music_attn.errors import OutputError
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: folder {out.parent} does not exist (create it first)")
-    return out
-
-
 def _png_possible(echo):
     """Whether matplotlib is there to draw the PNG grid (says so when it is not)."""
     import importlib.util
@@ -112,7 +101,7 @@ def _write_all(maps, decoded, out, melody, echo):
     with_png = _png_possible(echo)
     names += [f"{stem}_attention.png"] if with_png else []
     paths = [out / name for name in names]
-    out.mkdir(exist_ok=True)
+    output_folder(out, create=True)
     with atomic_outputs(paths, inputs=[melody]) as tmp:
         write_html(maps, tmp[0])
         write_json(maps, tmp[1])

@@ -17,7 +17,7 @@ def register(sub):
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="melodies to list or copy, by file name with or without .mid (default: all)")
     p.add_argument("--copy", action="store_true", help="copy the melodies instead of listing them")
-    p.add_argument("-o", "--output", default=".", metavar="DIR", help="folder to copy into")
+    p.add_argument("-o", "--output", default=".", metavar="DIR", help="folder to copy into (made if missing)")
     p.add_argument("--force", action="store_true", help="replace files of the same name that differ")
     p.set_defaults(func=_run)
 
@@ -27,11 +27,10 @@ def _run(args):
     if not args.copy:
         _print_table(rows)
         return 0
-    folder = Path(args.output)
-    if not folder.is_dir():
-        from music_attn.errors import OutputError
-        raise OutputError(f"{folder}: no such folder (create it first)")
+    from music_attn._io import output_folder
+    folder = output_folder(args.output)
     copies = _copies(rows, folder, args.force)
+    output_folder(folder, create=True)
     _write(copies)
     for row, target in copies:
         print(f"copied {target}  ({row['title']})")
