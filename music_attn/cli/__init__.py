@@ -78,7 +78,10 @@ def _version():
 
 def main(argv=None):
     """Run the command line; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:              # --help, --version, or a bad option (already reported)
+        return exc.code
     debug = args.debug or os.environ.get("MUSIC_ATTN_DEBUG", "") not in ("", "0")
     try:
         code = args.func(args) or 0

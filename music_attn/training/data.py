@@ -161,6 +161,7 @@ def _encode(tokenizer, path, cache_path):
     except MidiError as exc:
         return None, str(exc)
     if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)      # the cache's own folders
         with atomic_write(cache_path, "wb") as f:
             np.save(f, ids, allow_pickle=False)
     return ids, None
