@@ -437,3 +437,33 @@ def test_an_internal_error_is_one_line_asking_for_a_report_and_debug_shows_the_t
     monkeypatch.setenv("MUSIC_ATTN_DEBUG", "1")
     assert cli.main(["tokenize", "x.mid"]) == cli.EXIT_INTERNAL
     assert "Traceback" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ options: one source of defaults
+def test_train_defaults_are_the_config_dataclasses_defaults():
+    from music_attn.cli import build_parser
+    from music_attn.training.train import TrainConfig
+
+    args = build_parser().parse_args(["train"])
+    model, train = ModelConfig(vocab_size=1), TrainConfig()
+    pairs = {"d_model": model.d_model, "layers": model.n_layers, "heads": model.n_heads,
+             "positional": model.positional, "attention": model.attention, "window": model.window,
+             "alpha": model.alpha, "batch_size": train.batch_size, "seq_len": train.seq_len, "lr": train.lr,
+             "warmup": train.warmup, "eval_every": train.eval_every, "checkpoint_every": train.checkpoint_every,
+             "seed": train.seed}
+    assert {k: getattr(args, k) for k in pairs} == pairs
+    assert model.positional == "relative" and train.checkpoint_every == 500
+
+
+def test_every_option_of_every_command_explains_itself_and_shows_its_default():
+    import argparse
+    from music_attn.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action.default, bool)
+            if shown and action.option_strings:
+                assert f"default: {action.default}" in " ".join(text.split()), (name, action.dest)
