@@ -28,9 +28,12 @@ SKIP_LINE = re.compile(r"Done in |\d+%\||^step \d+: ")    # timings, progress ba
 
 
 def _tour():
-    """(command, expected output lines) of every ``$ ...`` line of the README, in order."""
+    """(command, expected output lines) of every ``$ ...`` line of the README's tour, in order."""
+    text = README.read_text(encoding="utf-8")
+    tour = text[text.index("## A tour of the command line"):]
+    tour = tour[:tour.index("\n## ")]
     steps, fence, output = [], None, None
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in tour.splitlines():
         if line.startswith("```"):
             fence = line[3:] if fence is None else None        # the language of an opening fence
             output = None
