@@ -20,6 +20,8 @@ __all__ = ["run_demo", "DemoResult"]
 
 N_BARS = 8
 FIRST_TOKENS = 24
+SHIPPED_MODEL_KNOWS = ("The shipped model knows folk melodies and Bach chorales (O'Neill's, Ryan's, Aird's, "
+                       "BWV 250-438) and reads 256 tokens at a time; music far from these is outside what it knows.")
 
 
 class DemoResult(NamedTuple):
@@ -55,9 +57,12 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     out = output_folder(out_dir)
+    shipped = model is None
     model = load_model() if model is None else model
     path, title = _pick_melody(rng) if melody is None else (Path(melody), Path(melody).stem)
     maps = attention_maps(model, path)
+    if shipped:
+        echo(SHIPPED_MODEL_KNOWS)
     _print_melody(echo, title, path, maps)
     decoded, continuation = _continue(model, maps, rng)
     page, png, json_path, midi = _write_all(maps, decoded, out, path, echo)
@@ -132,6 +137,10 @@ def _print_melody(echo, title, path, maps):
     echo(f"Melody: {title} ({path.name}): {maps.n_notes} notes, {maps.n_tokens_in_file} tokens")
     if maps.notice:
         echo(maps.notice)
+    fit = maps.model_fit
+    if fit.get("validation_nats_per_token"):
+        echo(f"The model reads it at {fit['nats_per_token']:.2f} nats per token "
+             f"(its validation music: {fit['validation_nats_per_token']:.2f}).")
     echo(f"First {min(FIRST_TOKENS, maps.n_tokens)} tokens: " + " ".join(maps.tokens[:FIRST_TOKENS]))
 
 

@@ -10,6 +10,10 @@ Layout of the file (every entry an array; nothing pickled, loaded with
 * ``param/<name>`` -- every parameter
 * ``train/<name>`` and ``train_state`` -- optimizer arrays and JSON (step, RNG
   state, training config, history), for an exact resume
+* ``metrics`` (optional) -- JSON of what is known about the model, e.g.
+  ``{"validation_nats_per_token": 0.607, "validation_tokens": 147482}``; loaded
+  as ``model.metrics`` (``{}`` when absent) so that ``inspect`` can say how well a
+  piece fits the model
 
 JSON is stored as a 0-d unicode array.  Files are written atomically: a kill
 in the middle of a save leaves the previous checkpoint intact.
@@ -38,7 +42,6 @@ MAX_BYTES = 4 * 2**30          # parameters + optimizer state a checkpoint may h
 MAX_JSON_CHARS = 16 * 2**20    # each JSON entry (config, tokenizer, vocabulary, training state)
 MAX_JSON_DEPTH = 32
 MAX_ENTRIES = 100_000
-_JSON_KEYS = ("format", "model_config", "tokenizer", "vocab", "train_state")
 _FLOAT_KINDS, _NUMBER_KINDS = "f", "fiub"
 
 
@@ -57,7 +60,7 @@ def _json_array(obj):
     return np.array(json.dumps(obj, sort_keys=True))
 
 
-def save_checkpoint(path, model, *, train_state=None):
+def save_checkpoint(path, model, *, train_state=None, metrics=None):
     """Write ``model`` (and optional training state) to ``path`` atomically.
 
     Parameters
@@ -65,6 +68,7 @@ def save_checkpoint(path, model, *, train_state=None):
     path : str or Path, the ``.npz`` file to write.
     model : Model
     train_state : dict with ``"meta"`` (JSON-able) and ``"arrays"`` (name -> ndarray), or None.
+    metrics : JSON-able dict, or None for ``model.metrics`` (when the model has any).
     """
     entries = {"format": _json_array({"format": FORMAT, "version": VERSION}),
                "model_config": _json_array(model.config.to_dict())}
@@ -72,6 +76,9 @@ def save_checkpoint(path, model, *, train_state=None):
         entries["tokenizer"] = _json_array(model.tokenizer.to_dict())
         entries["vocab"] = _json_array(list(model.tokenizer.vocab))
     entries.update({f"param/{k}": np.ascontiguousarray(v) for k, v in model.params.items()})
+    metrics = getattr(model, "metrics", None) if metrics is None else metrics
+    if metrics:
+        entries["metrics"] = _json_array(metrics)
     if train_state is not None:
         entries["train_state"] = _json_array(train_state["meta"])
         entries.update({f"train/{k}": np.ascontiguousarray(v)
@@ -311,11 +318,24 @@ def load_checkpoint(path):
             model = Model(config, params, tokenizer=tokenizer)
         except ValueError as exc:
             raise CheckpointError(f"{path}: parameters do not match the saved config ({exc})") from None
+        model.metrics = _metrics(archive, entries, path)
         state = None
         if "train_state" in entries:
             arrays = {k[len("train/"):]: _read(archive, e, path) for k, e in entries.items() if k.startswith("train/")}
             state = {"meta": _read_json(archive, entries, "train_state", path), "arrays": arrays}
     return Checkpoint(model, state)
+
+
+def _metrics(archive, entries, path):
+    """The saved ``metrics`` JSON object ({} when absent)."""
+    if "metrics" not in entries:
+        return {}
+    metrics = _read_json(archive, entries, "metrics", path)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()) \
+        if isinstance(metrics, dict) else False
+    if not numbers:
+        raise CheckpointError(f"{path}: entry 'metrics' is not a JSON object of numbers")
+    return metrics
 
 
 def shipped_model_path():
