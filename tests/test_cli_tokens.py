@@ -59,13 +59,43 @@ def test_stats_counts_notes_and_tokens(capsys, tune):
     assert lines[-1].split()[:3] == ["total", "6", str(2 * doc["stats"]["tokens"])]
 
 
-def test_bad_file_among_good_ones_is_reported_after_the_good_ones_with_exit_code_2(capsys, tmp_path, tune):
+def test_a_bad_midi_file_gets_its_error_line_and_the_good_ones_their_output(capsys, tmp_path, tune):
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\x00\x00\x01\x00\x00\x90")
-    code, out, err = _run(capsys, "tokenize", tune, bad, "--stats")
-    assert code == 2
-    assert [line.split()[0] for line in out.splitlines()] == ["file", str(tune)]
+    code, out, err = _run(capsys, "tokenize", tune, bad)
+    assert code == 2 and out.startswith(f"# {tune}: 3 notes") and str(bad) not in out
     assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1 and "Traceback" not in err
+    code, out, err = _run(capsys, "tokenize", bad, tune, "--stats")
+    rows = out.splitlines()
+    assert code == 2 and len(rows) == 2 and rows[1].split()[:2] == [str(tune), "3"]
+    assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1
+
+
+def test_json_of_several_files_decodes_item_by_item_and_marks_the_bad_one(capsys, tmp_path, tune):
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not midi")
+    code, out, _ = _run(capsys, "tokenize", tune, bad, "--json")
+    docs = json.loads(out)
+    assert code == 2 and [d["file"] for d in docs] == [str(tune), str(bad)] and "error" in docs[1]
+    (tmp_path / "both.json").write_text(out)
+    code, _, err = _run(capsys, "decode", tmp_path / "both.json", "-o", tmp_path / "x.mid")
+    assert code == 2 and "--item 1..2" in err and not (tmp_path / "x.mid").exists()
+    code, out, _ = _run(capsys, "decode", tmp_path / "both.json", "--item", "1", "-o", tmp_path / "x.mid")
+    assert code == 0 and "3 notes" in out
+    code, _, err = _run(capsys, "decode", tmp_path / "both.json", "--item", "2", "-o", tmp_path / "y.mid")
+    assert code == 2 and "bad.mid" in err and "holds no tokens" in err and not (tmp_path / "y.mid").exists()
+
+
+def test_decode_reads_a_bare_list_of_ids_or_of_token_strings(capsys, tmp_path, tune):
+    _, out, _ = _run(capsys, "tokenize", tune, "--json")
+    doc = json.loads(out)
+    for name, content in (("ids.json", doc["ids"]), ("tokens.json", doc["tokens"])):
+        (tmp_path / name).write_text(json.dumps(content))
+        code, out, err = _run(capsys, "decode", tmp_path / name, "-o", tmp_path / f"{name}.mid")
+        assert code == 0 and err == "" and "3 notes" in out and "0 skipped" in out
+    (tmp_path / "far.json").write_text("[1, 5, 99999999]")
+    code, _, err = _run(capsys, "decode", tmp_path / "far.json", "-o", tmp_path / "far.mid")
+    assert code == 2 and "99999999 outside the vocabulary" in err
 
 
 @pytest.mark.parametrize(
@@ -74,9 +104,11 @@ def test_bad_file_among_good_ones_is_reported_after_the_good_ones_with_exit_code
         ('{"tokens": ["BOS", "Bar", "Pitch_999"]}', "unknown token 'Pitch_999'"),
         ("{not json", "not valid JSON"),
         ('{"tokenizer": {"type": "morse"}, "tokens": ["BOS"]}', "morse"),
-        ('[{"tokens": ["BOS"]}, {"tokens": ["BOS"]}]', "expected one object"),
+        ('[{"tokens": ["BOS"]}, {"tokens": ["BOS"]}]', "pick one with --item 1..2"),
+        ("[" * 100000 + "]" * 100000, "nested too deeply"),
+        ('{"ids": [1, 2.5]}', "list of integers"),
     ],
-    ids=["unknown_token", "bad_json", "unknown_tokenizer", "two_sequences"],
+    ids=["unknown_token", "bad_json", "unknown_tokenizer", "two_sequences", "deep_nesting", "float_id"],
 )
 def test_decode_of_bad_tokens_is_one_error_line_and_writes_nothing(capsys, tmp_path, content, words):
     (tmp_path / "t.json").write_text(content)
@@ -92,10 +124,8 @@ def test_decode_writes_the_bpm_it_is_given_and_says_what_it_assumed(capsys, tune
     assert code == 0 and "assumed tempo 90 bpm" in out
     tempos = [m.tempo for t in mido.MidiFile(tmp_path / "out.mid").tracks for m in t if m.type == "set_tempo"]
     assert tempos == [mido.bpm2tempo(90)]
-    with pytest.raises(SystemExit) as exit_:
-        main(["decode", str(tmp_path / "tokens.json"), "-o", str(tmp_path / "x.mid"), "--bpm", "nan"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "--bpm" in err and err.count("\n") == 1 and not (tmp_path / "x.mid").exists()
+    code, _, err = _run(capsys, "decode", tmp_path / "tokens.json", "-o", tmp_path / "x.mid", "--bpm", "nan")
+    assert code == 2 and "--bpm" in err and err.count("\n") == 1 and not (tmp_path / "x.mid").exists()
 
 
 def test_tempo_and_program_tokens_bring_back_tempo_and_instrument(capsys, tmp_path):
@@ -109,17 +139,6 @@ def test_tempo_and_program_tokens_bring_back_tempo_and_instrument(capsys, tmp_pa
     assert [t for _, t in back["tempos"]] == [mido.bpm2tempo(96)]
     assert [(n[0], n[-1]) for n in back["notes"]] == [(60, 40), (64, 40), (67, 40)]
     assert list(back["names"].values()) == ["Violin"]
-
-
-def test_decode_reads_a_bare_list_of_ids(capsys, tmp_path):
-    from music_attn.music.tokenizer import RemiTokenizer
-
-    tok = RemiTokenizer()
-    ids = tok.ids_from_tokens("BOS Bar Position_0 Pitch_60 Velocity_80 Duration_12 EOS".split()).tolist()
-    (tmp_path / "ids.json").write_text(json.dumps(ids))
-    code, out, _ = _run(capsys, "decode", tmp_path / "ids.json", "-o", tmp_path / "out.mid")
-    assert code == 0 and "1 notes" in out and "0 skipped" in out
-    assert [n[:4] for n in mido_reference(tmp_path / "out.mid")["notes"]] == [(60, 0, 480, 80)]
 
 
 def test_tokenize_says_how_many_drum_notes_it_left_out_and_drums_keeps_them(capsys, tmp_path):
@@ -136,8 +155,8 @@ def test_tokenize_says_how_many_drum_notes_it_left_out_and_drums_keeps_them(caps
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ('{"tokenizer": {"type": "remi", "positions_per_beat": 1e9}, "ids": [1, 2]}', "positions_per_beat"),
     ('{"tokenizer": {"type": "performance", "time_step": NaN}, "ids": [1, 2]}', "time_step"),
-    ('{"ids": [1, 1e400]}', "whole numbers"),
-    ('[1, 100000000000000000000000000000]', "integers"),
+    ('{"ids": [1, 1e400]}', "integers"),
+    ('[1, 100000000000000000000000000000]', "outside the vocabulary"),
 ], ids=["deep", "huge_setting", "nan_setting", "infinite_id", "huge_id"])
 def test_hostile_token_json_is_one_error_line(capsys, tmp_path, content, words):
     (tmp_path / "t.json").write_text(content)

@@ -48,7 +48,6 @@ whose message is ``"FILE: reason"``.
 import codecs
 import io
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from music_attn._io import atomic_write
+from music_attn._io import atomic_write, read_input
 from music_attn.errors import MidiError
 from music_attn.music.arrays import run_starts
 from music_attn.music.constants import (
@@ -78,7 +77,6 @@ __all__ = [
     "read_midi",
     "write_midi",
     "decode_text",
-    "read_file_bytes",
 ]
 
 NOTE_DTYPE = np.dtype(
@@ -312,56 +310,12 @@ def _written(save, name):
     return buffer.getvalue()
 
 
-_NOT_REGULAR = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _check_regular(mode, name, what, error):
-    """``error`` saying what ``name`` is, unless it is a regular file."""
-    if stat.S_ISREG(mode):
-        return
-    kind = next((text for test, text in _NOT_REGULAR if test(mode)), "not a regular file")
-    raise error(f"{name}: is {kind}, not {what}")
-
-
-def read_file_bytes(path, *, limit=MAX_MIDI_BYTES, what="a MIDI file", error=MidiError):
-    """The bytes of a regular file of at most ``limit`` bytes; never blocks on a FIFO.
-
-    A missing file, a directory, FIFO, device or socket, a file over
-    ``limit`` or an unreadable one raises ``error`` naming ``path`` and
-    saying what it is.  The type is checked before opening (a FIFO is never
-    opened) and again on the open descriptor (opened non-blocking).
-    """
-    name = str(path)
-    try:
-        _check_regular(os.stat(path).st_mode, name, what, error)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise error(f"{name}: no such file") from None
-    except OSError as exc:
-        raise error(f"{name}: cannot read ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        _check_regular(info.st_mode, name, what, error)  # replaced between the checks
-        if info.st_size > limit:
-            raise error(f"{name}: too large for {what} ({info.st_size} bytes; the limit is {limit})")
-        try:
-            data = f.read(limit + 1)
-        except OSError as exc:
-            raise error(f"{name}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > limit:
-        raise error(f"{name}: too large for {what} (over {limit} bytes)")
-    return data
-
-
 def _read_bytes(path, name):
-    """The bytes of a MIDI file (see :func:`read_file_bytes`); an empty file is an error."""
-    data = read_file_bytes(path)
+    """The bytes of a MIDI file: a regular file (never a FIFO or device) of at most MAX_MIDI_BYTES."""
+    try:
+        data = read_input(path, limit=MAX_MIDI_BYTES, what="MIDI file", error=MidiError)
+    except FileNotFoundError:
+        raise MidiError(f"{name}: no such file") from None
     if not data:
         raise MidiError(f"{name}: empty file")
     return data
