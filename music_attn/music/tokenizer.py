@@ -871,3 +871,5 @@ class _PerformanceGrammar(GrammarState):
 
 
 _TOKENIZERS = {"remi": RemiTokenizer, "performance": PerformanceTokenizer}
+
+import music_attn.music.grid  # noqa: E402,F401  (registers the four-voice GridTokenizer)
