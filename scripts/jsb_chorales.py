@@ -27,6 +27,7 @@ against training time.
 
 import argparse
 import dataclasses
+import datetime
 import json
 import sys
 import time
@@ -71,6 +72,8 @@ def _parse(argv):
     p.add_argument("--resume", action="store_true", help="continue the run saved next to --output")
     p.add_argument("--minutes", type=float, default=60.0, help="training time budget (default 60)")
     p.add_argument("--steps", type=int, help="fix the number of steps (default: fit the budget)")
+    p.add_argument("--until", metavar="HH:MM", help="also stop by this clock time (UTC): the budget "
+                                                     "becomes the smaller of --minutes and the time left")
     p.add_argument("--positional", choices=POSITIONALS, default=MODEL["positional"])
     p.add_argument("--dropout", type=float, default=MODEL["dropout"])
     p.add_argument("--stride", type=int, default=STRIDE, help="evaluation stride in tokens")
@@ -103,6 +106,16 @@ def _paths(output):
     return output, output.with_suffix(".state.npz"), output.with_suffix(".log")
 
 
+def _deadline(until):
+    """Seconds since the epoch at the next HH:MM (UTC), or inf."""
+    if not until:
+        return np.inf
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hour, minute = (int(x) for x in until.split(":"))
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return (at if at > now else at + datetime.timedelta(days=1)).timestamp()
+
+
 def _fresh(args, tokenizer, train_seqs, log):
     """A new model and TrainState whose step count fits ``--minutes``."""
     rng = np.random.default_rng(args.seed)
@@ -111,6 +124,8 @@ def _fresh(args, tokenizer, train_seqs, log):
     model = init_model(config, rng, tokenizer=tokenizer)
     steps = args.steps or _calibrated_steps(model, train_seqs, args.minutes)
     tconf = dataclasses.replace(TRAIN, steps=steps, seed=args.seed)
+    log(f"# budget {args.minutes:.1f} min of training: {steps} steps; started "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     log(f"# {model!r}\n# {json.dumps(config.to_dict())}\n# {json.dumps(tconf.to_dict())}")
     log("# minutes  step  tokens_seen  train_loss  val_nll  best_val_nll")
     return model, TrainState(model, tconf, rng)
@@ -150,6 +165,8 @@ def run_training(args):
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
+    deadline = _deadline(args.until)
+    args.minutes = min(args.minutes, 0.85 * (deadline - time.time()) / 60)
     tokenizer = GridTokenizer()
     train_seqs = [np.append(ids, tokenizer.eos_id) for ids in load_split(args.data, "train", tokenizer)[0]]
     val_seqs, _ = load_split(args.data, "valid", tokenizer)
@@ -160,7 +177,9 @@ def run_training(args):
         model, state = _fresh(args, tokenizer, train_seqs, log)
     best, stale = _best_so_far(state.history)
     minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
-    while state.step < state.config.steps and stale < PATIENCE and minutes < 1.1 * args.minutes:
+    chunk = 0.0        # wall seconds of the last train + validate round
+    while (state.step < state.config.steps and stale < PATIENCE and minutes < 1.1 * args.minutes
+           and time.time() + chunk < deadline):
         t0 = time.perf_counter()
         state = train(model, train_seqs, state.config, state=state, tokenizer=tokenizer,
                       stop_after=state.step + EVAL_EVERY, progress=False)
@@ -176,6 +195,7 @@ def run_training(args):
         save_checkpoint(state_path, model, train_state=state.to_checkpoint())
         seen = state.step * state.config.batch_size * state.config.seq_len
         log(f"{minutes:8.2f} {state.step:5d} {seen:12,d} {record['loss']:10.4f} {val:8.4f} {best:8.4f}")
+        chunk = time.perf_counter() - t0
         if state.interrupted:
             return 130
     why = " (stopped early)" if stale >= PATIENCE else "" if state.step == state.config.steps else " (budget)"
