@@ -72,6 +72,8 @@ def _parse(argv):
     p.add_argument("--resume", action="store_true", help="continue the run saved next to --output")
     p.add_argument("--minutes", type=float, default=60.0, help="training time budget (default 60)")
     p.add_argument("--steps", type=int, help="fix the number of steps (default: fit the budget)")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="stop at this step without changing the schedule (reproduces a run cut short)")
     p.add_argument("--until", metavar="HH:MM", help="also stop by this clock time (UTC): the budget "
                                                      "becomes the smaller of --minutes and the time left")
     p.add_argument("--positional", choices=POSITIONALS, default=MODEL["positional"])
@@ -178,11 +180,12 @@ def run_training(args):
     best, stale = _best_so_far(state.history)
     minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
     chunk = 0.0        # wall seconds of the last train + validate round
-    while (state.step < state.config.steps and stale < PATIENCE and minutes < 1.1 * args.minutes
+    end = min(state.config.steps, args.stop_after or state.config.steps)
+    while (state.step < end and stale < PATIENCE and minutes < 1.1 * args.minutes
            and time.time() + chunk < deadline):
         t0 = time.perf_counter()
         state = train(model, train_seqs, state.config, state=state, tokenizer=tokenizer,
-                      stop_after=state.step + EVAL_EVERY, progress=False)
+                      stop_after=min(state.step + EVAL_EVERY, end), progress=False)
         minutes += (time.perf_counter() - t0) / 60
         total, count = validation_nll(model, val_seqs, SELECTION_STRIDE)
         val = total / count
