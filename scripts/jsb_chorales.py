@@ -240,8 +240,7 @@ def run_eval(args):
     print(f"{'Music Transformer':<22}{PAPER_NLL:>11.4f}{'':>11}{'':>13}   (Huang et al. 2019)")
     if args.record:
         metrics = {**model.metrics, "validation_nats_per_token": round(total / count, 6),
-                   "validation_tokens": count, "validation_sequences": len(val_seqs),
-                   "validation_data": "JSB Chorales, valid split (Boulanger-Lewandowski et al. 2012)"}
+                   "validation_tokens": count, "validation_sequences": len(val_seqs)}
         save_checkpoint(args.output, model, metrics=metrics)
         print(f"recorded the validation NLL in {args.output}")
     return 0
