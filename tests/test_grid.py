@@ -52,7 +52,11 @@ def test_a_run_of_one_pitch_in_one_voice_is_one_note(tok):
 def test_decode_writes_one_named_track_per_voice(tok):
     result = tok.decode(tok.encode_grid(GRID).ids)
     assert result.skipped == 0
-    tracks = {inst.name: [(n.pitch, n.start, n.end) for n in inst.notes] for inst in result.midi.instruments}
+    score = result.score
+    assert list(score.track_names) == ["Soprano", "Alto", "Tenor", "Bass"]
+    notes = score.notes
+    tracks = {name: [(int(n["pitch"]), float(n["start"]), float(n["end"])) for n in notes[notes["track"] == k]]
+              for k, name in enumerate(score.track_names)}
     assert tracks == {"Soprano": [(72, 0.0, 0.25), (71, 0.25, 0.5)],    # a sixteenth = 0.125 s at 120 bpm
                       "Alto": [(67, 0.0, 0.25), (65, 0.375, 0.5)],
                       "Tenor": [(64, 0.0, 0.25), (62, 0.25, 0.5)],

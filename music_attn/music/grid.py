@@ -16,13 +16,13 @@ Shape legend: S steps, N notes, L tokens (1 + 4 S).
 """
 
 import numpy as np
-import pretty_midi
 
 from music_attn.errors import TokenizerError
 from music_attn.music import constants as K
-from music_attn.music.midi import NOTE_DTYPE, read_midi
+from music_attn.music.midi import NOTE_DTYPE, Score, read_midi
+from music_attn.music.settings import check_pitch_range
 from music_attn.music.tokenizer import (
-    BOS_ID, EOS_ID, PITCH, SPECIAL, _TOKENIZERS, DecodeResult, GrammarState, Tokenizer, TokenSequence,
+    BOS_ID, EOS_ID, PITCH, SPECIAL, TOKENIZER_TYPES, GrammarState, Tokenizer, TokenSequence,
     _id_list, _state_masks,
 )
 
@@ -94,7 +94,7 @@ class GridTokenizer(Tokenizer):
     _pitch_kinds = (PITCH,)
 
     def __init__(self, *, pitch_range=GRID_PITCH_RANGE):
-        self._pitch_setup(pitch_range)
+        self.pitch_range = check_pitch_range(pitch_range)
         super().__init__()
         self._add_rest()
         self._state_kinds = _GridGrammar.STATE_KINDS
@@ -118,6 +118,7 @@ class GridTokenizer(Tokenizer):
         self._value_list.append(-1)
         self._first[REST] = self.rest_id
         self._structure = np.append(self._structure, True)
+        self._pitch_table = np.append(self._pitch_table, -1)
 
     # -- encode
     def grid_ids(self, grid):
@@ -162,7 +163,7 @@ class GridTokenizer(Tokenizer):
         labels = np.concatenate(([-1], np.where(used >= 0, rank[np.maximum(used, 0)], -1), [-1]))
         notes = score.notes[order].copy()
         notes["track"] = self._voices(score.notes)[order]
-        return TokenSequence(ids, labels, notes, self.vocab, score.name)
+        return TokenSequence(ids, labels, notes, self.vocab, score.name, score)
 
     def _voices(self, notes):
         """Voice 0..3 of every note (see :meth:`encode`)."""
@@ -197,14 +198,6 @@ class GridTokenizer(Tokenizer):
         return grid, cell_note
 
     # -- decode
-    def decode(self, ids):
-        """Any id sequence -> DecodeResult(midi with four named tracks, skipped).
-
-        Tokens are read four at a time (one step); an unfinished last step is
-        skipped and counted, as is EOS where a step is unfinished.
-        """
-        return super().decode(ids)
-
     def grid_of(self, ids):
         """The grid int (S, 4) that grid tokens spell (BOS/EOS/PAD ignored; unfinished step dropped)."""
         machine = self._new_machine()
@@ -217,18 +210,14 @@ class GridTokenizer(Tokenizer):
         return _GridGrammar(self)
 
 
-def grid_midi(grid):
-    """A grid int (S, 4) -> PrettyMIDI with tracks Soprano, Alto, Tenor, Bass (120 bpm)."""
+def grid_score(grid, bpm=K.DECODE_TEMPO_BPM):
+    """A grid int (S, 4) -> Score with tracks Soprano, Alto, Tenor, Bass (``bpm`` quarter notes a minute)."""
     starts, ends, voices, pitches, _ = grid_notes(grid)
-    pm = pretty_midi.PrettyMIDI(resolution=GRID_TICKS_PER_BEAT, initial_tempo=K.DECODE_TEMPO_BPM)
-    seconds = 60.0 / K.DECODE_TEMPO_BPM / STEPS_PER_BEAT
-    for v, name in enumerate(VOICES):
-        inst = pretty_midi.Instrument(program=0, name=name)
-        mine = voices == v
-        inst.notes = [pretty_midi.Note(K.DEFAULT_VELOCITY, int(p), s * seconds, e * seconds)
-                      for p, s, e in zip(pitches[mine], starts[mine], ends[mine])]
-        pm.instruments.append(inst)
-    return pm
+    tps = GRID_TICKS_PER_BEAT // STEPS_PER_BEAT
+    notes = _note_array(starts, ends, voices, pitches, tps, 0.0)
+    programs = [(0, v, 0, v) for v in range(4)]
+    return Score.from_ticks(notes, GRID_TICKS_PER_BEAT, tempos=[(0, round(60e6 / bpm))],
+                            track_names=VOICES, programs=programs)
 
 
 class _GridGrammar(GrammarState):
@@ -267,8 +256,10 @@ class _GridGrammar(GrammarState):
         n = len(self.cells) - self.pending
         return np.array(self.cells[:n], dtype=np.int64).reshape(-1, 4)
 
-    def to_midi(self):
-        return grid_midi(self.grid())
+    def to_score(self, bpm):
+        """(Score with four named tracks, assumptions) of the complete steps so far."""
+        return grid_score(self.grid(), bpm), (f"tempo {bpm:g} bpm (a grid carries no tempo)",
+                                              f"velocity {K.DEFAULT_VELOCITY}")
 
 
-_TOKENIZERS[GridTokenizer.kind] = GridTokenizer
+TOKENIZER_TYPES[GridTokenizer.kind] = GridTokenizer
