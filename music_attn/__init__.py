@@ -17,12 +17,13 @@ from music_attn.core.attention import (
 )
 from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import load_corpus, shipped_melodies, tokenize_folder
-from music_attn.errors import CheckpointError, MidiError, MusicAttnError, TokenizerError
+from music_attn.errors import CheckpointError, MidiError, MusicAttnError, OutputError, TokenizerError
 from music_attn.training.generate import generate, sample_next
 from music_attn.inspect.inspector import AttentionMaps, attention_maps
 from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.core.model import Model, ModelConfig, init_model
 from music_attn.core.positional import apply_rope, relative_logits, sinusoidal, skew
+from music_attn.music.grid import GridTokenizer
 from music_attn.music.tokenizer import (
     PerformanceTokenizer,
     RemiTokenizer,
@@ -38,7 +39,7 @@ __all__ = [
     "softmax", "attention_mask", "scaled_dot_product_attention", "soft_align_attention",
     "sinusoidal", "apply_rope", "relative_logits", "skew",
     # music
-    "read_midi", "write_midi", "Score", "RemiTokenizer", "PerformanceTokenizer", "TokenSequence",
+    "read_midi", "write_midi", "Score", "RemiTokenizer", "PerformanceTokenizer", "GridTokenizer", "TokenSequence",
     "load_tokenizer", "tokenize_folder", "load_corpus", "shipped_melodies",
     # the model
     "ModelConfig", "Model", "init_model", "load_model", "save_checkpoint", "load_checkpoint",
@@ -46,5 +47,5 @@ __all__ = [
     # looking inside
     "attention_maps", "AttentionMaps",
     # errors
-    "MusicAttnError", "MidiError", "TokenizerError", "CheckpointError",
+    "MusicAttnError", "MidiError", "TokenizerError", "CheckpointError", "OutputError",
 ]

@@ -277,7 +277,11 @@ def structure_baseline(note_of_token, n_notes, window):
 
 
 def maps_roles(maps, score=None, *, min_share=MIN_SHARE):
-    """`head_roles` of `AttentionMaps` ``maps`` plus its table (`strongest`), as a plain dict."""
+    """`head_roles` of `AttentionMaps` ``maps`` plus its table (`strongest`), as a plain dict.
+
+    ``score`` defaults to the maps' own (``maps.score``, kept by `attention_maps`).
+    """
+    score = score if score is not None else getattr(maps, "score", None)
     rows = maps.note_rows if hasattr(maps, "note_rows") else dense_rows(maps.note_attention)
     roles = head_roles(rows, maps.n_layers, maps.n_heads, note_context(maps, score),
                        maps.structure_share, structure_baseline(maps.note_of_token, maps.n_notes, maps.window))

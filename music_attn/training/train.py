@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from music_attn.training.checkpoint import save_checkpoint
-from music_attn.training.data import augment_transpose, sample_windows
+from music_attn.training.data import TRANSPOSE_RANGE, augment_transpose, sample_windows
 from music_attn.core.model import parallel_map
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train", "evaluate",
@@ -60,7 +60,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_tokens: int = 32768
     checkpoint_every: int = 500
-    transpose: Optional[tuple] = (-5, 6)
+    transpose: Optional[tuple] = TRANSPOSE_RANGE
     seed: int = 0
     workers: int = 2
 
@@ -269,7 +269,7 @@ def _train_step(model, sequences, state, tokenizer, pad_id):
     """One optimizer step; returns the history record of the step."""
     config = state.config
     ids, targets = _batch(sequences, config, state.rng, tokenizer, pad_id)
-    loss, grads = model.loss_and_grads(ids, targets, workers=config.workers)
+    loss, grads = model.loss_and_grads(ids, targets, workers=config.workers, rng=state.rng)
     norm = clip_grads(grads, config.grad_clip)
     lr = lr_at(state.step, config)
     state.optimizer.step(model.params, grads, lr)
