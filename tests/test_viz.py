@@ -10,7 +10,7 @@ import pytest
 
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.inspector import AttentionMaps
-from music_attn.inspect.viz import encode_sparse, page_data, render_html, render_png, spell, write_html, write_json
+from music_attn.inspect.viz import encode_sparse, note_image, page_data, render_html, render_png, spell, write_html, write_json
 
 
 def synthetic_maps(n_notes, L=2, H=3, seed=0, name="tune.mid", texts=None):
@@ -119,6 +119,20 @@ def test_png_is_a_grid_image(tmp_path):
     height, width = imread(tmp_path / "grid.png").shape[:2]
     assert width > height                                           # 3 heads across, 2 layers down
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]      # no temporary file left
+
+
+def test_note_image_is_the_note_map_itself_or_its_binned_mean():
+    maps = synthetic_maps(12, L=1, H=2)
+    dense = maps.note_attention                                      # (1, 2, 12, 12)
+    assert np.allclose(note_image(maps, 0, 1, 12), dense[0, 1])
+    binned = dense[0, 1].reshape(4, 3, 4, 3).sum(axis=3).mean(axis=1)  # runs of 3 notes
+    assert np.allclose(note_image(maps, 0, 1, 4), binned)
+
+
+def test_png_of_a_long_piece_is_drawn_binned(tmp_path):
+    pytest.importorskip("matplotlib")
+    render_png(synthetic_maps(30, L=1, H=1), tmp_path / "grid.png", max_cells=8)
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_png_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch):

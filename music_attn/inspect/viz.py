@@ -418,39 +418,55 @@ def _asset(name):
 
 
 # ------------------------------------------------------------------- PNG
-def render_png(maps, path, *, max_labels=48):
+def render_png(maps, path, *, max_labels=48, max_cells=400):
     """Write a grid of per-head note-attention heatmaps (rows: layers, columns: heads) to ``path``.
 
     Needs matplotlib (the ``plot`` extra); raises `MusicAttnError` when it is missing.
     Note names label the axes (every n-th note when there are more than ``max_labels``).
+    A piece of more than ``max_cells`` notes is drawn binned (see `note_image`), so the
+    picture and its cost stay bounded at any length.
     """
     Figure, FigureCanvasAgg = _matplotlib()
     L, H, N = maps.n_layers, maps.n_heads, maps.n_notes
     if N == 0:
         raise ValueError(f"{maps.name or 'melody'}: no notes to plot")
-    size = 2.2 + 0.03 * min(N, 120)
+    bins = min(N, max_cells)
+    images = [[note_image(maps, layer, head, bins) for head in range(H)] for layer in range(L)]
+    size = 2.2 + 0.03 * min(bins, 120)
     fig = Figure(figsize=(size * H, size * L + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_2d(fig.subplots(L, H, squeeze=False))
-    step = max(1, -(-N // max_labels))
-    vmax = float(np.percentile(maps.note_attention, 99.5)) or 1.0
-    for layer in range(L):
-        for head in range(H):
-            _heatmap(axes[layer, head], maps, layer, head, step, vmax)
+    vmax = float(np.percentile(np.array(images), 99.5)) or 1.0
+    for layer, head in np.ndindex(L, H):
+        _heatmap(axes[layer, head], maps, images[layer][head], (layer, head), vmax, max_labels)
     fig.suptitle(f"{maps.name or 'melody'}: attention between notes (query row -> key column)")
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
 
 
-def _heatmap(ax, maps, layer, head, step, vmax):
-    ax.imshow(maps.note_attention[layer, head], cmap="magma_r", vmin=0, vmax=vmax,
-              interpolation="nearest")
-    ticks = np.arange(0, maps.n_notes, step)
-    labels = [maps.note_names[i] for i in ticks]
-    fontsize = 7 if step > 1 or maps.n_notes > 24 else 8
+def note_image(maps, layer, head, bins):
+    """(bins, bins) picture of one head's note attention: notes cut into ``bins`` equal runs;
+    cell (i, j) is the mean over the query notes of run i of their summed weight on run j.
+    With ``bins == n_notes`` it is the note attention itself."""
+    rows, N = maps.note_rows(layer, head), maps.n_notes
+    edges = np.linspace(0, N, bins + 1)
+    run = np.searchsorted(edges, np.arange(N), side="right") - 1             # (N,) run of each note
+    query = np.repeat(np.arange(N), np.diff(rows.indptr))                     # (nnz,)
+    image = np.zeros((bins, bins))
+    np.add.at(image, (run[query], run[rows.keys]), rows.weights)
+    return image / np.bincount(run, minlength=bins)[:, None]
+
+
+def _heatmap(ax, maps, image, where, vmax, max_labels):
+    bins, N = len(image), maps.n_notes
+    ax.imshow(image, cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest")
+    step = max(1, -(-bins // max_labels))
+    ticks = np.arange(0, bins, step)
+    labels = [maps.note_names[int(t * N // bins)] for t in ticks]           # first note of each run
+    fontsize = 7 if step > 1 or bins > 24 else 8
     ax.set_xticks(ticks, labels, rotation=90, fontsize=fontsize)
     ax.set_yticks(ticks, labels, fontsize=fontsize)
-    ax.set_title(f"layer {layer + 1} head {head + 1}", fontsize=9)
+    ax.set_title(f"layer {where[0] + 1} head {where[1] + 1}", fontsize=9)
 
 
 def _matplotlib():
