@@ -21,10 +21,8 @@ from music_attn.core.layers import (
     layernorm_forward,
     linear_backward,
     linear_forward,
-    skew_view,
-    skew_view_backward,
 )
-from music_attn.core.positional import skew, skew_backward
+from music_attn.core.positional import skew, skew_backward, skew_view, skew_view_backward
 from music_attn.core.model import ModelConfig, init_model
 
 EPS = 1e-6
