@@ -191,7 +191,10 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
     block_size : int, optional
         Compute exactly by blocks of queries and keys (online softmax), with memory
         O(T x block_size) instead of O(T x S); key blocks a query block cannot see are
-        skipped. Returned weights, if asked for, still take (..., T, S).
+        skipped. Returned weights, if asked for, still take (..., T, S). Default: chosen
+        from the shapes -- causal or local attention with T x S >= 512 x 512 runs by
+        blocks of 1024 keys (512 beyond S = 2048), anything smaller (or wanting the
+        weights) as one matrix.
 
     Returns
     -------
@@ -211,10 +214,25 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
                                                      T, S, "bias")
     spec = _Spec(scale, mask, bias, causal, window, S - T)
     if block_size is None:
+        block_size = _default_block_size(T, S, causal or window is not None, return_weights)
+    if block_size is None:
         return _sdpa_full(q, k, v, spec, return_weights)
     if int(block_size) != block_size or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     return _sdpa_blocked(q, k, v, spec, int(block_size), return_weights)
+
+
+_BLOCKED_FROM = 512 * 512    # T x S from which causal attention runs blocked by default
+
+
+def _default_block_size(T, S, banded, return_weights):
+    """The exact path the shapes call for when the caller names none: None (the whole
+    (T, S) matrix at once) for short sequences, for non-causal attention and when the
+    weights are wanted anyway; blocks for long causal or local attention, which then
+    skips the hidden key blocks, keeps its scratch in cache and uses every core."""
+    if return_weights or not banded or T * S < _BLOCKED_FROM:
+        return None
+    return 1024 if S <= 2048 else 512
 
 
 class _Spec:
