@@ -414,9 +414,7 @@ def decode_attention(q, kT, vT, scale, *, bias=None, scores=None, out=None):
     s *= scale
     if bias is not None:
         s += bias
-    s -= s.max(axis=-1, keepdims=True)                         # every key visible: no -inf row
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
+    softmax_(s)
     return np.matmul(vT, s.swapaxes(-1, -2), out=out)          # (..., D, S) @ (..., S, 1)
 
 
