@@ -297,7 +297,8 @@ def attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, *, rel=None, kv=None, sta
     positions = np.arange(start, start + T)
     v = _append(None if kv is None else kv.v, v, start)       # (B, H, S, D)
     scale = 1.0 / math.sqrt(D)
-    bias = None if rel is None else relative_logits(q * q.dtype.type(scale), rel, key_len=start + T)
+    bias = None if rel is None else relative_logits(q * q.dtype.type(scale), rel, key_len=start + T,
+                                                    masked=False)     # causal attention masks it
     buffers = (None, None) if kv is None else (kv.k, kv.k_rot)
     branches, y = [], None
     for (weight, rotated, qb, kb, window), buffer in zip(branch_inputs(q, k, spec, positions), buffers):

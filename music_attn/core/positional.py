@@ -225,7 +225,7 @@ def _check_rel(q, rel, S):
             f"got q {q.shape}, rel {rel.shape}, S={S}")
 
 
-def relative_logits(q, rel, *, key_len=None):
+def relative_logits(q, rel, *, key_len=None, masked=True):
     """Relative-position logits ``q . E[distance]`` via the skew, never a (T, S, D) tensor.
 
     Parameters
@@ -238,6 +238,10 @@ def relative_logits(q, rel, *, key_len=None):
     key_len : int, optional
         Number of keys ``S`` (default ``T``); queries are aligned to the end, so query ``i``
         is at position ``i + S - T``.
+    masked : bool
+        Zero the entries above the causal region (default). ``False`` returns the skew as
+        a read-only view with those entries unspecified, for callers that mask them anyway
+        (the model's causal attention): no copy of the (T, S) logits.
 
     Returns
     -------
@@ -252,6 +256,8 @@ def relative_logits(q, rel, *, key_len=None):
     S = T if key_len is None else int(key_len)
     _check_rel(q, rel, S)
     qe = q @ np.swapaxes(rel[..., L - S:, :], -1, -2)   # (..., T, D) @ (..., D, S) -> (..., T, S)
+    if not masked:
+        return skew_view(qe)
     return np.where(_causal_rel(T, S), skew_view(qe), qe.dtype.type(0))
 
 
