@@ -63,11 +63,12 @@ class _Counted(np.ndarray):
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         _Counted.calls += 1
         inputs = tuple(x.view(np.ndarray) if isinstance(x, _Counted) else x for x in inputs)
+        kwargs = {k: v.view(np.ndarray) if isinstance(v, _Counted) else v for k, v in kwargs.items()}
         if out is not None:
             kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, _Counted) else o for o in out)
         result = getattr(ufunc, method)(*inputs, **kwargs)
-        if out is not None:
-            return out[0] if len(out) == 1 else out
+        if out is not None:            # the buffer written, viewed so that its later uses count too
+            result = out[0] if len(out) == 1 else out
         return result.view(_Counted) if isinstance(result, np.ndarray) else result
 
     def __array_function__(self, func, types, args, kwargs):

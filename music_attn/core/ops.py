@@ -23,8 +23,12 @@ def softmax_(s, axis=-1):
     if s.shape[axis] == 0:
         return s
     m = s.max(axis=axis, keepdims=True)
-    if not np.isfinite(m).all():
-        m[np.isneginf(m)] = 0.0          # a row with nothing allowed: exp(-inf - 0) = 0
+    if np.isfinite(m).all():             # the usual case: every row has a finite maximum
+        s -= m
+        np.exp(s, out=s)
+        s /= s.sum(axis=axis, keepdims=True)
+        return s
+    m[np.isneginf(m)] = 0.0              # a row with nothing allowed: exp(-inf - 0) = 0
     s -= m
     np.exp(s, out=s)
     total = s.sum(axis=axis, keepdims=True)

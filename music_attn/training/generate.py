@@ -195,11 +195,11 @@ class _Stepper:
 
 
 def _rngs(rng, num_samples):
-    """One Generator per sample: a sequence of them as given, or ``rng.spawn(N)``."""
+    """One Generator per sample: a sequence of them as given, or children seeded from ``rng``."""
     if num_samples is None:
         return [rng]
     if isinstance(rng, np.random.Generator):
-        return rng.spawn(num_samples)
+        return [np.random.default_rng(seed) for seed in rng.integers(0, 2 ** 63, num_samples)]
     rngs = [None] * num_samples if rng is None else list(rng)
     if len(rngs) != num_samples:
         raise ValueError(f"num_samples={num_samples} needs as many generators, got {len(rngs)}")
@@ -224,7 +224,7 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     temperature, top_k, top_p : see :func:`next_token_distribution`.
     rng : np.random.Generator (needed unless temperature is 0); with
         ``num_samples``, a sequence of one Generator per sample, or one Generator
-        whose ``spawn(num_samples)`` children are used.
+        that seeds a child Generator per sample.
     constrained : mask tokens the tokenizer's grammar forbids before sampling.
     tokenizer : defaults to ``model.tokenizer``.
     use_cache : use the KV cache (False recomputes the whole prefix every step).
