@@ -11,6 +11,7 @@ C model dim, H heads, D head dim, F feed-forward dim, V vocab, L max length,
 N = B*T rows.
 """
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -60,37 +61,46 @@ def embedding_backward(dout, cache):
 
 class LayerNormCache(NamedTuple):
     xhat: np.ndarray         # (..., C) normalised input
-    rstd: np.ndarray         # (..., 1) 1 / standard deviation
+    std: np.ndarray          # (..., 1) standard deviation (with eps)
     gamma: np.ndarray        # (C,)
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_weights(C, dtype):
+    """(C, 1) read-only column of 1/C: ``x @ it`` is the mean of each row in one product."""
+    w = np.full((C, 1), 1.0 / C, dtype=dtype)
+    w.flags.writeable = False
+    return w
+
+
 def layernorm_forward(x, gamma, beta, eps=1e-5):
-    """Normalise the last axis to zero mean, unit variance, then scale and shift."""
-    inv_c = 1.0 / x.shape[-1]
-    mean = np.add.reduce(x, axis=-1, keepdims=True)
-    mean *= inv_c
-    xc = x - mean
-    var = np.add.reduce(xc * xc, axis=-1, keepdims=True)
-    var *= inv_c
-    var += eps
-    rstd = 1.0 / np.sqrt(var, out=var)
-    xhat = xc * rstd
-    out = xhat * gamma + beta
-    return out, LayerNormCache(xhat, rstd, gamma)
+    """Normalise the last axis to zero mean, unit variance, then scale and shift.
+
+    (..., C) -> (..., C); the row means are matrix-vector products (one call each).
+    """
+    w = _mean_weights(x.shape[-1], x.dtype)
+    xc = x - x @ w                                 # (..., C) - (..., 1)
+    std = (xc * xc) @ w                            # (..., 1) variance
+    std += eps
+    np.sqrt(std, out=std)
+    xhat = xc / std
+    out = xhat * gamma
+    out += beta
+    return out, LayerNormCache(xhat, std, gamma)
 
 
 def layernorm_backward(dout, cache):
     """Returns (dx, dgamma, dbeta)."""
-    xhat, rstd, gamma = cache
+    xhat, std, gamma = cache
     axes = tuple(range(dout.ndim - 1))
     # forward was: out = xhat * gamma + beta
     dgamma = np.sum(dout * xhat, axis=axes)
     dbeta = np.sum(dout, axis=axes)
     dxhat = dout * gamma
-    # forward was: xhat = (x - mean) * rstd   (mean and rstd depend on x too)
+    # forward was: xhat = (x - mean) / std   (mean and std depend on x too)
     dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
     dx -= xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True)
-    dx *= rstd
+    dx /= std
     return dx, dgamma, dbeta
 
 
