@@ -20,6 +20,7 @@ evaluation of :func:`music_attn.training.evaluate.evaluate_shipped`.
 
 import numpy as np
 
+from music_attn._threads import single_threaded_blas
 from music_attn.bench._timing import best_of
 from music_attn.core.model import ModelConfig, init_model
 
@@ -32,11 +33,12 @@ REFERENCE = dict(vocab_size=400, d_model=256, n_layers=4, n_heads=4, d_ff=1024, 
 
 def _np_generate(model, n, cached):
     ids = np.zeros((1, 1), dtype=np.int64)
-    if cached:                             # the decode step generation uses
+    if cached:                             # the decode step, BLAS single-threaded, as generate runs it
         cache = model.new_cache()
-        nxt = model.forward(ids, cache=cache)[:, -1].argmax(-1)
-        for _ in range(n - 1):
-            nxt = model.decode(nxt, cache).argmax(-1)
+        with single_threaded_blas():
+            nxt = model.forward(ids, cache=cache)[:, -1].argmax(-1)
+            for _ in range(n - 1):
+                nxt = model.decode(nxt, cache).argmax(-1)
     else:
         for _ in range(n):
             nxt = model.forward(ids)[:, -1:].argmax(-1)
@@ -52,8 +54,9 @@ def _np_latency(model, position, repeats):
     def step():
         model.decode(one, cache)
         cache.length = position          # rewind: the next call writes the same slot again
-    step()
-    return best_of(step, repeats)
+    with single_threaded_blas():
+        step()
+        return best_of(step, repeats)
 
 
 class _Counted(np.ndarray):

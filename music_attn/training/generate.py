@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from music_attn._threads import single_threaded_blas
 from music_attn.core.ops import softmax_
 from music_attn.training.windows import window_start
 
@@ -252,9 +253,10 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     rngs = _rngs(rng, num_samples)
     primed = _primed_grammar(tokenizer, prompt) if constrained else None
     samples = [_Sample(primed, tokenizer, n_bars, no_end) for _ in rngs]
-    stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens), len(rngs),
-                       use_cache)
-    _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), rngs)
+    with single_threaded_blas():          # small products: BLAS threads would only spin
+        stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens),
+                           len(rngs), use_cache)
+        _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), rngs)
     out = [s.result(prompt) for s in samples]
     return out[0] if num_samples is None else out
 
