@@ -1,41 +1,102 @@
-"""``music-attn inspect FILE.mid``: attention maps over a melody's notes as HTML, PNG and JSON."""
+"""``music-attn inspect FILE.mid``: attention over the notes of a piece as HTML, PNG and JSON.
+
+Any length; ``--bars A:B`` / ``--start S --end E`` choose a passage (read with the
+music before it as context), ``--track`` keeps tracks, ``--melody`` the top voice.
+Prints how well the model fits the music (NLL per token against its validation NLL).
+The page, PNG and JSON are written all or none, never over the piece or the model.
+"""
 
 from pathlib import Path
+
+from music_attn.cli._options import integer, real
 
 
 def register(sub):
     p = sub.add_parser("inspect", help="attention over the notes of a MIDI file: interactive HTML, PNG, JSON")
-    p.add_argument("file", metavar="FILE.mid", help="the melody to inspect")
+    p.add_argument("file", metavar="FILE.mid", help="the piece to inspect (any length)")
     p.add_argument("-m", "--model", metavar="MODEL.npz", help="checkpoint (default: the shipped model)")
     p.add_argument("-o", "--output", metavar="OUT.html",
                    help="interactive page (default: FILE_attention.html in the current folder)")
     p.add_argument("--png", metavar="OUT.png", help="also write a grid of per-head heatmaps (needs matplotlib)")
-    p.add_argument("--json", metavar="OUT.json", help="also write notes, tokens and note maps as JSON")
-    p.add_argument("--window", type=int, metavar="W", help="tokens the model sees at once (default: its max_len)")
+    p.add_argument("--json", metavar="OUT.json", help="also write notes, sparse note attention and model fit as JSON "
+                                                      "(docs/formats.md)")
+    p.add_argument("--bars", metavar="A:B", help="show the notes starting in bars A..B (counted from 1)")
+    p.add_argument("--start", type=real(), metavar="SECONDS", help="show the notes starting at or after this time")
+    p.add_argument("--end", type=real(), metavar="SECONDS", help="show the notes starting before this time")
+    p.add_argument("--track", action="append", metavar="N|NAME",
+                   help="keep this track (number as in the file, from 0, or its name); repeatable")
+    p.add_argument("--melody", action="store_true", help="keep only the top voice (highest sounding note at each onset)")
+    p.add_argument("--window", type=integer(1), metavar="W", help="tokens the model sees at once (default: its max_len)")
     p.set_defaults(func=_run)
 
 
 def _run(args):
+    from music_attn._io import atomic_outputs, check_input, check_output
+    from music_attn.errors import MidiError
     from music_attn.inspect.inspector import attention_maps
+    from music_attn.music.select import parse_bars
     from music_attn.training.checkpoint import load_model
-    from music_attn.inspect.viz import render_png, write_html, write_json
 
     source = Path(args.file)
-    if not source.is_file():
-        raise FileNotFoundError(2, "No such file", str(source))
+    check_input(source, what="MIDI file", error=MidiError)
+    outputs, inputs = _outputs(args, source), [p for p in (source, args.model) if p]
+    for path in outputs.values():                 # before the model runs, not after
+        check_output(path, inputs=inputs)
+    _need_matplotlib(args.png)
+    bars = parse_bars(args.bars) if args.bars else None
     model = load_model(args.model)
-    maps = attention_maps(model, source, window=args.window)
-    if args.png:                      # first, so a missing matplotlib leaves no other output behind
-        render_png(maps, args.png)
-    html_path = args.output or f"{source.stem}_attention.html"
-    size = write_html(maps, html_path)
-    if args.json:
-        write_json(maps, args.json)
+    maps = attention_maps(model, source, window=args.window, bars=bars, start=args.start, end=args.end,
+                          tracks=args.track, melody=args.melody)
+    with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
+        size = _write(maps, dict(zip(outputs, temps)))
+    _print_summary(maps, outputs, size)
+    return 0
+
+
+def _outputs(args, source):
+    """kind -> path of every file to write ('html' always; 'png' and 'json' when asked)."""
+    outputs = {"html": Path(args.output or f"{source.stem}_attention.html")}
+    for kind in ("png", "json"):
+        if getattr(args, kind):
+            outputs[kind] = Path(getattr(args, kind))
+    return outputs
+
+
+def _need_matplotlib(png):
+    import importlib.util
+    from music_attn.errors import MusicAttnError
+    if png and importlib.util.find_spec("matplotlib") is None:
+        raise MusicAttnError("--png needs matplotlib: pip install 'music_attn[plot]'")
+
+
+def _write(maps, temps):
+    """Write each output into its temporary path; returns the page's size in bytes."""
+    from music_attn.inspect.viz import render_png, write_html, write_json
+
+    size = write_html(maps, temps["html"])
+    if "png" in temps:
+        render_png(maps, temps["png"])
+    if "json" in temps:
+        write_json(maps, temps["json"])
+    return size
+
+
+def _print_summary(maps, outputs, size):
     print(f"{maps!r}")
     if maps.notice:
         print(maps.notice)
-    print(f"wrote {html_path} ({size / 1e6:.2f} MB)")
-    for path in (args.png, args.json):
-        if path:
-            print(f"wrote {path}")
-    return 0
+    print(_fit_line(maps.model_fit))
+    if maps.model_fit.get("reading"):
+        print(maps.model_fit["reading"])
+    print(f"wrote {outputs['html']} ({size / 1e6:.2f} MB)")
+    for kind in ("png", "json"):
+        if kind in outputs:
+            print(f"wrote {outputs[kind]}")
+
+
+def _fit_line(fit):
+    line = f"model fit: {fit['nats_per_token']:.3f} nats per token"
+    if fit.get("validation_nats_per_token"):
+        line += (f" (the model's validation music: {fit['validation_nats_per_token']:.3f}; "
+                 f"{fit['ratio']:.1f}x)")
+    return line
