@@ -21,8 +21,8 @@ import numpy as np
 
 from music_attn.core.ops import log_softmax
 
-__all__ = ["Span", "spans", "window_start", "log_softmax", "token_nll", "sequence_nll",
-           "corpus_nll"]
+__all__ = ["Span", "spans", "window_start", "span_batches", "log_softmax", "token_nll",
+           "sequence_nll", "corpus_nll"]
 
 
 class Span(NamedTuple):
@@ -70,27 +70,52 @@ def token_nll(logits, targets):
     return -log_softmax(logits)[np.arange(len(targets)), targets]
 
 
-def _rows(sequences, window, stride):
-    """(sequence index, Span) of every window that predicts a token, over all sequences."""
-    return [(i, s) for i, seq in enumerate(sequences) for s in spans(len(seq) - 1, window, stride)]
-
-
-def _nll_per_sequence(model, sequences, window, stride, batch_size):
-    """NLL (nats) of every token after the first of each sequence: list of (T_i - 1,) arrays."""
+def _bounded(sequences, max_tokens):
+    """The first sequences whose targets reach ``max_tokens`` (all of them when None)."""
     sequences = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
-    window = model.config.max_len if window is None else int(window)
-    out = [np.empty(max(s.size - 1, 0)) for s in sequences]
-    rows = _rows(sequences, window, stride)
+    if max_tokens is None:
+        return sequences
+    kept, total = [], 0
+    for seq in sequences:
+        if total >= max_tokens:
+            break
+        kept.append(seq)
+        total += max(seq.size - 1, 0)
+    return kept
+
+
+def span_batches(sequences, window, *, stride=None, batch_size=16, max_tokens=None):
+    """The spans of every sequence as model inputs, ``batch_size`` rows at a time.
+
+    Yields (ids, targets, rows): ids (N, W) int64, each row one :class:`Span`'s tokens,
+    padded with 0 at the end (causal models never see the padding from real positions);
+    targets (N, W) int64, the next token at the positions the span keeps, -1 elsewhere;
+    rows the (sequence index, Span) of each row. Any backend can score them.
+    ``max_tokens`` keeps only the first sequences whose targets reach that many.
+    """
+    sequences = _bounded(sequences, max_tokens)
+    rows = [(i, s) for i, seq in enumerate(sequences) for s in spans(seq.size - 1, window, stride)]
     for b in range(0, len(rows), batch_size):
         part = rows[b:b + batch_size]
         width = max(s.stop - s.start for _, s in part)
-        ids = np.zeros((len(part), width), dtype=np.int64)            # (N, W), padded at the end
+        ids = np.zeros((len(part), width), dtype=np.int64)                 # (N, W)
+        targets = np.full((len(part), width), -1, dtype=np.int64)          # (N, W)
         for r, (i, s) in enumerate(part):
             ids[r, :s.stop - s.start] = sequences[i][s.start:s.stop]
-        logits = model.forward(ids)                                   # (N, W, V); causal: pad unseen
-        for r, (i, s) in enumerate(part):
-            kept = logits[r, s.keep - s.start:s.stop - s.start]       # (stop - keep, V)
-            out[i][s.keep:s.stop] = token_nll(kept, sequences[i][s.keep + 1:s.stop + 1])
+            targets[r, s.keep - s.start:s.stop - s.start] = sequences[i][s.keep + 1:s.stop + 1]
+        yield ids, targets, part
+
+
+def _nll_per_sequence(model, sequences, window, stride, batch_size, max_tokens=None):
+    """NLL (nats) of every token after the first of each sequence: list of (T_i - 1,) arrays."""
+    window = model.config.max_len if window is None else int(window)
+    sequences = _bounded(sequences, max_tokens)
+    out = [np.empty(max(s.size - 1, 0)) for s in sequences]
+    for ids, targets, rows in span_batches(sequences, window, stride=stride, batch_size=batch_size):
+        logits = model.forward(ids)                                       # (N, W, V)
+        for r, (i, s) in enumerate(rows):
+            kept = slice(s.keep - s.start, s.stop - s.start)
+            out[i][s.keep:s.stop] = token_nll(logits[r, kept], targets[r, kept])
     return out
 
 
@@ -109,14 +134,6 @@ def corpus_nll(model, sequences, *, window=None, stride=None, batch_size=16, max
     The windows of all sequences are run ``batch_size`` at a time. ``max_tokens`` stops
     adding sequences once that many tokens are scored (a bounded validation).
     """
-    if max_tokens is not None:
-        kept, total = [], 0
-        for seq in sequences:
-            if total >= max_tokens:
-                break
-            kept.append(seq)
-            total += max(len(seq) - 1, 0)
-        sequences = kept
-    nll = _nll_per_sequence(model, sequences, window, stride, batch_size)
+    nll = _nll_per_sequence(model, sequences, window, stride, batch_size, max_tokens)
     flat = np.concatenate(nll) if nll else np.zeros(0)
     return (float(flat.mean()) if flat.size else float("nan")), int(flat.size)
