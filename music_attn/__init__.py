@@ -23,6 +23,7 @@ from music_attn.inspect.inspector import AttentionMaps, attention_maps
 from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.core.model import Model, ModelConfig, init_model
 from music_attn.core.positional import apply_rope, relative_logits, sinusoidal, skew
+from music_attn.music.grid import GridTokenizer
 from music_attn.music.tokenizer import (
     PerformanceTokenizer,
     RemiTokenizer,
@@ -38,7 +39,7 @@ __all__ = [
     "softmax", "attention_mask", "scaled_dot_product_attention", "soft_align_attention",
     "sinusoidal", "apply_rope", "relative_logits", "skew",
     # music
-    "read_midi", "write_midi", "Score", "RemiTokenizer", "PerformanceTokenizer", "TokenSequence",
+    "read_midi", "write_midi", "Score", "RemiTokenizer", "PerformanceTokenizer", "GridTokenizer", "TokenSequence",
     "load_tokenizer", "tokenize_folder", "load_corpus", "shipped_melodies",
     # the model
     "ModelConfig", "Model", "init_model", "load_model", "save_checkpoint", "load_checkpoint",

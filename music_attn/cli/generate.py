@@ -1,5 +1,7 @@
 """``music-attn generate``: sample a continuation of a MIDI prompt (or from nothing) to MIDI."""
 
+import sys
+
 from music_attn.cli._options import default_of, integer, real
 
 BARS = 8          # what the command generates when neither --bars nor --tokens is given
@@ -24,6 +26,7 @@ def register(sub):
                    help="sample among the smallest set of tokens with this much probability (default: 1)")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the sampling")
     p.add_argument("--unconstrained", action="store_true", help="do not mask tokens the grammar forbids")
+    p.add_argument("--drums", action="store_true", help="keep the prompt's drum notes (left out by default)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="MIDI file to write")
     p.set_defaults(func=_run)
 
@@ -43,18 +46,23 @@ def _run(args):
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise MusicAttnError(f"{args.model}: the checkpoint has no tokenizer to turn tokens into MIDI")
-    prompt = tokenizer.encode(args.prompt).ids if args.prompt else None
+    if args.drums:
+        tokenizer = tokenizer.with_options(include_drums=True)
+    prompt = tokenizer.encode(args.prompt) if args.prompt else None
+    if prompt is not None and prompt.dropped_drums:
+        sys.stderr.write(f"note: {args.prompt}: {prompt.dropped_drums} drum notes left out (--drums keeps them)\n")
+    prompt = prompt.ids if prompt is not None else None
     n_bars = None if args.tokens else (args.bars or BARS)
     out = generate(model, prompt, max_new_tokens=args.tokens, n_bars=n_bars,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    rng=np.random.default_rng(args.seed), constrained=not args.unconstrained)
     decoded = tokenizer.decode(out.ids)
     with atomic_outputs([args.output], inputs=inputs) as (tmp,):
-        write_midi(tmp, decoded.midi)
+        write_midi(tmp, decoded.score)
     new = out.ids[out.prompt_length:]
-    notes = sum(len(inst.notes) for inst in decoded.midi.instruments)
+    notes = len(decoded.score)
     bars = "" if tokenizer.bar_id is None else f" ({int(np.sum(new == tokenizer.bar_id))} bars)"
     print(f"wrote {args.output}: {len(new)} new tokens{bars} "
           f"after a {out.prompt_length}-token prompt, {notes} notes, "
-          f"{decoded.midi.get_end_time():.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
+          f"{decoded.score.duration:.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
     return 0

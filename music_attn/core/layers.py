@@ -29,6 +29,7 @@ __all__ = [
     "layernorm_forward", "layernorm_backward",
     "linear_forward", "linear_backward",
     "gelu_forward", "gelu_backward",
+    "dropout_forward", "dropout_backward",
     "attention_forward", "attention_backward", "AttentionSpec", "LayerKV",
     "split_heads", "merge_heads", "branch_inputs", "attention_decode",
     "cross_entropy_forward", "cross_entropy_backward",
@@ -170,6 +171,34 @@ def gelu_backward(dout, cache):
     dx *= dout
     dx *= 0.5
     return dx
+
+
+# --------------------------------------------------------------------------- dropout
+
+class DropoutCache(NamedTuple):
+    mask: Optional[np.ndarray]   # 0 or 1/(1-p) per element; None when nothing was dropped
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
+
+    x (...) -> out (...), same shape and dtype.  ``rng`` (np.random.Generator) draws the
+    mask; ``p == 0`` or ``rng is None`` (inference) returns ``x`` itself.
+    """
+    if not p or rng is None:
+        return x, DropoutCache(None)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
+    mask = rng.random(x.shape, dtype=dtype) >= p                 # keep with probability 1 - p
+    mask = mask.astype(x.dtype) * np.asarray(1.0 / (1.0 - p), dtype=x.dtype)
+    return x * mask, DropoutCache(mask)
+
+
+def dropout_backward(dout, cache):
+    """Returns dx."""
+    # forward was: out = x * mask
+    return dout if cache.mask is None else dout * cache.mask
 
 
 # --------------------------------------------------------------------------- attention

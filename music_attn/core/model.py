@@ -28,6 +28,7 @@ from music_attn.core.layers import (
     AttentionSpec, LayerKV,
     attention_backward, attention_decode, attention_forward,
     cross_entropy_backward, cross_entropy_forward,
+    dropout_backward, dropout_forward,
     embedding_backward, embedding_forward,
     gelu_backward, gelu_forward,
     layernorm_backward, layernorm_forward,
@@ -56,6 +57,9 @@ class ModelConfig:
     window : local attention window (also the local half of soft-align).
     alpha : soft-align weight of the local attention (0 = full, 1 = local).
     rope_base : rotary frequency base.
+    dropout : probability of dropping each element of the attention and
+        feed-forward outputs before they join the residual stream, in training
+        only (``loss_and_grads`` with an ``rng``); 0 = off.
     """
     vocab_size: int
     d_model: int = 128
@@ -68,6 +72,7 @@ class ModelConfig:
     window: int = 32
     alpha: float = 0.5
     rope_base: float = 10000.0
+    dropout: float = 0.0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "window"):
@@ -82,6 +87,8 @@ class ModelConfig:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if (self.positional == "rope" or self.attention == "soft_align") and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
 
@@ -183,10 +190,12 @@ class KVCache:
 class BlockCache(NamedTuple):
     ln1: tuple
     attn: tuple
+    drop1: tuple
     ln2: tuple
     ff1: tuple
     gelu: tuple
     ff2: tuple
+    drop2: tuple
 
 
 class ForwardCache(NamedTuple):
@@ -293,7 +302,7 @@ class Model:
         cache.length += 1
         return linear_forward(h, p["head.w"], p["head.b"])[0]               # (B, V)
 
-    def loss_and_grads(self, ids, targets, *, workers=None):
+    def loss_and_grads(self, ids, targets, *, workers=None, rng=None):
         """Mean cross-entropy of ``targets`` given ``ids`` and its gradient.
 
         Parameters
@@ -303,6 +312,8 @@ class Model:
         workers : split the batch over this many threads (each calling BLAS
             single-threaded) and sum their gradients in a fixed order: the same
             ``workers`` always gives the same bits.  Default: one per CPU core.
+        rng : np.random.Generator drawing the dropout masks (one seed per
+            batch part); None, or ``config.dropout == 0``, trains without dropout.
 
         Returns
         -------
@@ -311,8 +322,10 @@ class Model:
         """
         ids, targets = np.asarray(ids), np.asarray(targets)
         count = max(int(np.sum(targets >= 0)), 1)
-        results = parallel_map(lambda rows: self._loss_and_grads(ids[rows], targets[rows], count),
-                               _row_parts(len(ids), workers), workers)
+        parts = _row_parts(len(ids), workers)
+        rngs = _part_rngs(rng if self.config.dropout else None, len(parts))
+        results = parallel_map(lambda k: self._loss_and_grads(ids[parts[k]], targets[parts[k]], count, rngs[k]),
+                               range(len(parts)), workers)
         loss, grads = results[0]
         for part_loss, part_grads in results[1:]:
             loss += part_loss
@@ -320,9 +333,9 @@ class Model:
                 grads[name] += g
         return loss, grads
 
-    def _loss_and_grads(self, ids, targets, count):
-        """Summed cross-entropy / ``count`` of these rows and its gradient."""
-        logits, fwd = self._forward(ids, None)
+    def _loss_and_grads(self, ids, targets, count, rng=None):
+        """Summed cross-entropy / ``count`` of these rows and its gradient (dropout drawn from ``rng``)."""
+        logits, fwd = self._forward(ids, None, rng)
         loss, ce = cross_entropy_forward(logits, targets, count)
         dlogits = cross_entropy_backward(1.0, ce, logits.shape)
         return loss, self._backward(dlogits, fwd)
@@ -353,8 +366,8 @@ class Model:
                              f"got {ids.min()}..{ids.max()}")
         return ids, start
 
-    def _forward(self, ids, cache):
-        """Logits (B, T, V) and the ForwardCache the backward needs."""
+    def _forward(self, ids, cache, rng=None):
+        """Logits (B, T, V) and the ForwardCache the backward needs (dropout only with ``rng``)."""
         ids, start = self._check_ids(ids, cache)
         p, T = self.params, ids.shape[1]
         x, emb = embedding_forward(ids, p["tok_emb"])            # (B, T, C)
@@ -364,7 +377,7 @@ class Model:
         blocks = []
         for i in range(self.config.n_layers):
             kv = None if cache is None else cache.layers[i]
-            x, block = self._block_forward(x, f"h{i}.", kv, start)
+            x, block = self._block_forward(x, f"h{i}.", kv, start, rng)
             blocks.append(block)
         h, ln_f = layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])
         logits, head = linear_forward(h, p["head.w"], p["head.b"])  # (B, T, V)
@@ -372,20 +385,22 @@ class Model:
             cache.length += T
         return logits, ForwardCache(emb, blocks, ln_f, head)
 
-    def _block_forward(self, x, pre, kv, start):
-        """One pre-norm block: x += attn(ln1(x)); x += ff(ln2(x))."""
-        p = self.params
+    def _block_forward(self, x, pre, kv, start, rng=None):
+        """One pre-norm block: x += drop(attn(ln1(x))); x += drop(ff(ln2(x)))."""
+        p, rate = self.params, self.config.dropout
         h, ln1 = layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])
         a, attn = attention_forward(h, p[pre + "attn.w_qkv"], p[pre + "attn.b_qkv"],
                                     p[pre + "attn.w_o"], p[pre + "attn.b_o"], self._spec,
                                     rel=p.get(pre + "attn.rel"), kv=kv, start=start)
+        a, drop1 = dropout_forward(a, rate, rng)
         x = x + a
         h, ln2 = layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])
         f, ff1 = linear_forward(h, p[pre + "ff.w1"], p[pre + "ff.b1"])   # (B, T, F)
         g, gelu = gelu_forward(f)
         m, ff2 = linear_forward(g, p[pre + "ff.w2"], p[pre + "ff.b2"])   # (B, T, C)
+        m, drop2 = dropout_forward(m, rate, rng)
         x += m
-        return x, BlockCache(ln1, attn, ln2, ff1, gelu, ff2)
+        return x, BlockCache(ln1, attn, drop1, ln2, ff1, gelu, ff2, drop2)
 
     # ------------------------------------------------------------------ backward
 
@@ -404,14 +419,15 @@ class Model:
 
     def _block_backward(self, dx, block, pre, grads):
         """Backward of one block; fills ``grads`` and returns d x (B, T, C)."""
-        # forward was: x += ff.w2 @ gelu(ff.w1 @ ln2(x))
-        dg, grads[pre + "ff.w2"], grads[pre + "ff.b2"] = linear_backward(dx, block.ff2)
+        # forward was: x += drop(ff.w2 @ gelu(ff.w1 @ ln2(x)))
+        dm = dropout_backward(dx, block.drop2)
+        dg, grads[pre + "ff.w2"], grads[pre + "ff.b2"] = linear_backward(dm, block.ff2)
         df = gelu_backward(dg, block.gelu)
         dh, grads[pre + "ff.w1"], grads[pre + "ff.b1"] = linear_backward(df, block.ff1)
         dln, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = layernorm_backward(dh, block.ln2)
         dx = dx + dln
-        # forward was: x = x + attn(ln1(x))
-        dh, *dattn = attention_backward(dx, block.attn)
+        # forward was: x = x + drop(attn(ln1(x)))
+        dh, *dattn = attention_backward(dropout_backward(dx, block.drop1), block.attn)
         (grads[pre + "attn.w_qkv"], grads[pre + "attn.b_qkv"],
          grads[pre + "attn.w_o"], grads[pre + "attn.b_o"], drel) = dattn
         if drel is not None:
@@ -430,6 +446,13 @@ def _n_workers(workers, batch):
 def _row_parts(batch, workers):
     """Row indices of the batch, split into one part per worker."""
     return np.array_split(np.arange(batch), _n_workers(workers, batch))
+
+
+def _part_rngs(rng, n):
+    """One Generator per batch part, seeded from ``rng`` (None: n times None, no dropout)."""
+    if rng is None:
+        return [None] * n
+    return [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, size=n)]
 
 
 def parallel_map(fn, items, workers=None):

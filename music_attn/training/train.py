@@ -241,7 +241,7 @@ def _train_step(model, sequences, state, tokenizer, pad_id):
     """One optimizer step; returns the history record of the step."""
     config = state.config
     ids, targets = _batch(sequences, config, state.rng, tokenizer, pad_id)
-    loss, grads = model.loss_and_grads(ids, targets, workers=config.workers)
+    loss, grads = model.loss_and_grads(ids, targets, workers=config.workers, rng=state.rng)
     norm = clip_grads(grads, config.grad_clip)
     lr = lr_at(state.step, config)
     state.optimizer.step(model.params, grads, lr)

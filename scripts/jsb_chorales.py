@@ -1,0 +1,255 @@
+"""The Music Transformer's JSB Chorales benchmark: validation NLL per token on the four-voice grid.
+
+Run from the repository root (the data folder holds train.json and valid.json):
+
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train            # ~60 min on 2 cores
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train --resume   # continue the run
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --eval             # the table
+
+Each chorale is the grid of sixteenth-note steps, serialized soprano, alto,
+tenor, bass at each step (:class:`music_attn.GridTokenizer`): ``[BOS]`` then
+4 tokens per step.  The NLL counted is that of every grid token (``ids[1:]``),
+the figure Huang et al. (ICLR 2019) report (best: 0.335 nats per token).
+
+Training: the train split only, with transposition augmentation (-5..+5
+semitones, within the pitch range of the data) and dropout; the validation split
+is used for early stopping only (the best checkpoint by validation NLL is
+kept).  Validation reads each chorale with :func:`music_attn.training.windows.sequence_nll`:
+windows of the model's ``max_len`` tokens moving by ``--stride``, so a chorale
+that fits the window is predicted with all of itself before each token, and a
+longer one with at least ``max_len - stride`` tokens of context.
+
+Files: ``--output`` (default benchmarks/jsb_chorales.npz) is the best model,
+weights only in float32; ``<output>.state.npz`` the last full training state
+(exact resume, not committed); ``<output minus .npz>.log`` validation NLL
+against training time.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from music_attn.core.model import POSITIONALS, ModelConfig, init_model, parallel_map
+from music_attn.music.grid import STEPS_PER_BEAT, GridTokenizer, grid_notes
+from music_attn.music import constants as K
+from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.training.ngram import KneserNeyLM
+from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
+from music_attn.training.windows import sequence_nll
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "benchmarks" / "jsb_chorales.npz"
+PAPER_NLL = 0.335          # Huang et al. 2019, Table 1: Music Transformer, relative attention
+SECONDS_PER_STEP = 60.0 / K.DECODE_TEMPO_BPM / STEPS_PER_BEAT   # a sixteenth at 120 bpm: 0.125 s
+
+# Sized for 2 shared cores (600 to 2,500 training tokens/s, depending on the other
+# load); the window (512 tokens = 128 sixteenths = 8 bars of 4/4) holds the
+# shorter chorales whole.
+MODEL = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=512,
+             positional="relative", attention="full", dropout=0.1)
+TRAIN = TrainConfig(steps=2000, batch_size=4, seq_len=512, lr=1e-3, min_lr=5e-5, warmup=50,
+                    weight_decay=0.05, grad_clip=1.0, eval_every=0, checkpoint_every=0,
+                    transpose=(-5, 6), seed=0, workers=2)
+EVAL_EVERY = 100           # optimizer steps between validations
+PATIENCE = 8               # validations without improvement before stopping early
+STRIDE = 128               # evaluation stride (tokens): context >= max_len - stride
+SELECTION_STRIDE = 512     # stride of the validations during training (each token read once)
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="folder with train.json and valid.json")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--train", action="store_true", help="train (default: --eval)")
+    mode.add_argument("--eval", action="store_true", help="print the validation table of --output")
+    p.add_argument("-o", "--output", default=str(OUTPUT), help="best checkpoint (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved next to --output")
+    p.add_argument("--minutes", type=float, default=60.0, help="training time budget (default 60)")
+    p.add_argument("--steps", type=int, help="fix the number of steps (default: fit the budget)")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="stop at this step without changing the schedule (reproduces a run cut short)")
+    p.add_argument("--until", metavar="HH:MM", help="also stop by this clock time (UTC): the budget "
+                                                     "becomes the smaller of --minutes and the time left")
+    p.add_argument("--positional", choices=POSITIONALS, default=MODEL["positional"])
+    p.add_argument("--dropout", type=float, default=MODEL["dropout"])
+    p.add_argument("--stride", type=int, default=STRIDE, help="evaluation stride in tokens")
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
+    p.add_argument("--no-ngram", action="store_true", help="--eval without the n-gram baselines")
+    p.add_argument("--record", action="store_true",
+                   help="--eval also stores the validation NLL in the checkpoint's metrics (inspect reads it)")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- data
+
+def load_split(folder, split, tokenizer):
+    """(token id arrays ``[BOS] + 4 S``, grids) of ``train`` or ``valid``."""
+    path = Path(folder) / f"{split}.json"
+    grids = [np.asarray(c, dtype=np.int64).reshape(-1, 4) for c in json.loads(path.read_text())]
+    return [tokenizer.encode_grid(g).ids for g in grids], grids
+
+
+def validation_nll(model, sequences, stride):
+    """Summed NLL (nats) of every grid token and their count."""
+    window = model.config.max_len
+    nll = parallel_map(lambda ids: sequence_nll(model, ids, window=window, stride=min(stride, window)),
+                       sequences)                      # chorales in parallel, BLAS single-threaded
+    return float(sum(x.sum() for x in nll)), int(sum(x.size for x in nll))
+
+
+# --------------------------------------------------------------------------- training
+
+def _paths(output):
+    output = Path(output)
+    return output, output.with_suffix(".state.npz"), output.with_suffix(".log")
+
+
+def _deadline(until):
+    """Seconds since the epoch at the next HH:MM (UTC), or inf."""
+    if not until:
+        return np.inf
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hour, minute = (int(x) for x in until.split(":"))
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return (at if at > now else at + datetime.timedelta(days=1)).timestamp()
+
+
+def _fresh(args, tokenizer, train_seqs, log):
+    """A new model and TrainState whose step count fits ``--minutes``."""
+    rng = np.random.default_rng(args.seed)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size,
+                         **{**MODEL, "positional": args.positional, "dropout": args.dropout})
+    model = init_model(config, rng, tokenizer=tokenizer)
+    steps = args.steps or _calibrated_steps(model, train_seqs, args.minutes)
+    tconf = dataclasses.replace(TRAIN, steps=steps, seed=args.seed)
+    log(f"# budget {args.minutes:.1f} min of training: {steps} steps; started "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    log(f"# {model!r}\n# {json.dumps(config.to_dict())}\n# {json.dumps(tconf.to_dict())}")
+    log("# minutes  step  tokens_seen  train_loss  val_nll  best_val_nll")
+    return model, TrainState(model, tconf, rng)
+
+
+def _calibrated_steps(model, train_seqs, minutes):
+    """Steps that fit the budget, timed on a throw-away copy (validation takes ~15% of it)."""
+    probe = model.astype(model.dtype)
+    config = dataclasses.replace(TRAIN, steps=3)
+    train(probe, train_seqs, config, progress=False)
+    t0 = time.perf_counter()
+    train(probe, train_seqs, config, progress=False)
+    per_step = (time.perf_counter() - t0) / 3
+    steps = max(int(minutes * 60 * 0.85 / per_step), EVAL_EVERY)
+    print(f"{per_step:.2f} s/step ({TRAIN.batch_size * TRAIN.seq_len / per_step:,.0f} tokens/s): "
+          f"{steps} steps in {minutes:g} min")
+    return steps
+
+
+def _resumed(state_path):
+    ckpt = load_checkpoint(state_path)
+    return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state)
+
+
+def _best_so_far(history):
+    vals = [r["val_nll"] for r in history if "val_nll" in r]
+    return min(vals) if vals else np.inf, len(vals) - 1 - int(np.argmin(vals)) if vals else 0
+
+
+def run_training(args):
+    """Train in chunks of EVAL_EVERY steps; validate, log and keep the best after each."""
+    output, state_path, log_path = _paths(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(line):
+        print(line, flush=True)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    deadline = _deadline(args.until)
+    args.minutes = min(args.minutes, 0.85 * (deadline - time.time()) / 60)
+    tokenizer = GridTokenizer()
+    train_seqs = [np.append(ids, tokenizer.eos_id) for ids in load_split(args.data, "train", tokenizer)[0]]
+    val_seqs, _ = load_split(args.data, "valid", tokenizer)
+    if args.resume:
+        model, state = _resumed(state_path)
+        log(f"# resumed at step {state.step}")
+    else:
+        model, state = _fresh(args, tokenizer, train_seqs, log)
+    best, stale = _best_so_far(state.history)
+    minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
+    chunk = 0.0        # wall seconds of the last train + validate round
+    end = min(state.config.steps, args.stop_after or state.config.steps)
+    while (state.step < end and stale < PATIENCE and minutes < 1.1 * args.minutes
+           and time.time() + chunk < deadline):
+        t0 = time.perf_counter()
+        state = train(model, train_seqs, state.config, state=state, tokenizer=tokenizer,
+                      stop_after=min(state.step + EVAL_EVERY, end), progress=False)
+        minutes += (time.perf_counter() - t0) / 60
+        total, count = validation_nll(model, val_seqs, SELECTION_STRIDE)
+        val = total / count
+        stale = 0 if val < best else stale + 1
+        if val < best:
+            best = val
+            save_checkpoint(output, model)
+        record = state.history[-1]
+        record.update(val_nll=val, minutes=minutes)
+        save_checkpoint(state_path, model, train_state=state.to_checkpoint())
+        seen = state.step * state.config.batch_size * state.config.seq_len
+        log(f"{minutes:8.2f} {state.step:5d} {seen:12,d} {record['loss']:10.4f} {val:8.4f} {best:8.4f}")
+        chunk = time.perf_counter() - t0
+        if state.interrupted:
+            return 130
+    why = " (stopped early)" if stale >= PATIENCE else "" if state.step == state.config.steps else " (budget)"
+    log(f"# stopped at step {state.step}{why}: best validation NLL {best:.4f} nats/token "
+        f"(stride {SELECTION_STRIDE}); --resume continues")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def run_eval(args):
+    """The validation table: the model, n-grams on the same tokens, the paper."""
+    model = load_model(args.output)
+    tokenizer = model.tokenizer
+    train_seqs, _ = load_split(args.data, "train", tokenizer)
+    val_seqs, val_grids = load_split(args.data, "valid", tokenizer)
+    notes = sum(len(grid_notes(g)[0]) for g in val_grids)
+    seconds = sum(len(g) for g in val_grids) * SECONDS_PER_STEP
+    stride = min(args.stride, model.config.max_len)
+    t0 = time.perf_counter()
+    total, count = validation_nll(model, val_seqs, stride)
+    print(f"{len(val_seqs)} validation chorales, {count:,} grid tokens, {notes:,} notes "
+          f"(a note = a run of one pitch in one voice), {seconds:,.0f} s of music at "
+          f"{K.DECODE_TEMPO_BPM:g} bpm (a sixteenth = {SECONDS_PER_STEP} s)")
+    print(f"model: {model!r}\nwindow {model.config.max_len} tokens, evaluation stride {stride} "
+          f"(every token sees the whole chorale before it, or at least "
+          f"{model.config.max_len - stride} tokens); scored in {time.perf_counter() - t0:.0f} s\n")
+    rows = [("this model", total)]
+    if not args.no_ngram:
+        train_eos = [np.append(ids, tokenizer.eos_id) for ids in train_seqs]
+        for order in (5, 9):
+            kn = KneserNeyLM(order, tokenizer.vocab_size).fit(train_eos)
+            rows.append((f"Kneser-Ney {order}-gram", kn.nll(val_seqs)[0] * count))
+    print(f"{'':<22}{'nats/token':>11}{'nats/note':>11}{'nats/second':>13}")
+    for name, nll in rows:
+        print(f"{name:<22}{nll / count:>11.4f}{nll / notes:>11.3f}{nll / seconds:>13.3f}")
+    print(f"{'Music Transformer':<22}{PAPER_NLL:>11.4f}{'':>11}{'':>13}   (Huang et al. 2019)")
+    if args.record:
+        metrics = {**model.metrics, "validation_nats_per_token": round(total / count, 6),
+                   "validation_tokens": count, "validation_sequences": len(val_seqs)}
+        save_checkpoint(args.output, model, metrics=metrics)
+        print(f"recorded the validation NLL in {args.output}")
+    return 0
+
+
+def main(argv=None):
+    args = _parse(argv)
+    return run_training(args) if args.train else run_eval(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
