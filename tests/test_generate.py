@@ -208,7 +208,7 @@ def test_batched_samples_equal_single_runs_with_their_seeds(model, tokenizer):
     """Sample i of a batch is what a single run with sample i's generator gives: its own
     grammar, its own stop (some stop early at EOS), its own seed stream."""
     m64 = model.astype(np.float64)                 # float64: batch and single agree to ~1e-16
-    prompt = tokenizer.ids_from_tokens(["BOS", "Bar", "Position_0", "Pitch_60", "Velocity_79",
+    prompt = tokenizer.ids_from_tokens(["BOS", "Bar", "Position_0", "Pitch_60", "Velocity_80",
                                         "Duration_12"])
     seeds = [11, 12, 13, 14, 15]
     batch = generate(m64, prompt, n_bars=3, top_p=0.95, num_samples=len(seeds),
