@@ -8,9 +8,10 @@ scanner, tokenizers and writer are checked.  This conftest puts ``tests/`` on
 the import path and offers the ``midi_path`` fixture.
 
 Attention: ``loop_note_attention``, the float64 loop reference of the token
--> note rule.
+-> note rule. Model: ``reference_logits64``, a float64 model written from the maths.
 """
 
+import math
 import sys
 from pathlib import Path
 
@@ -55,3 +56,62 @@ def loop_note_attention(att, labels, n_notes):
                         else:
                             structure[layer, head, i] += att[layer, head, t, s] / len(q)
     return notes, structure
+
+
+def reference_logits64(model, ids):
+    """Float64 logits (T, V) of a full-attention model on one sequence, written from the maths.
+
+    Every step is a plain formula: embedding * sqrt(C) (+ the sinusoid table), pre-norm
+    blocks, per-head attention whose logits are ``q_i . k_j / sqrt(D)`` plus, for relative
+    positions, ``q_i . E[L-1-(i-j)] / sqrt(D)`` gathered per pair (no skew); RoPE rotates
+    pairs ``(2m, 2m+1)`` by ``pos * base**(-2m/D)``; tanh GELU; layer norm eps 1e-5.
+    """
+    c = model.config
+    assert c.attention == "full", "the reference covers full attention"
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in model.params.items()}
+    ids = np.asarray(ids).reshape(-1)
+    T, C, H, D = len(ids), c.d_model, c.n_heads, c.head_dim
+    x = p["tok_emb"][ids] * math.sqrt(C)
+    if c.positional == "sinusoidal":
+        i = np.arange(C)
+        angle = np.arange(T)[:, None] / 10000.0 ** (2 * (i // 2) / C)
+        x = x + np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+
+    def norm(h, g, b):
+        mu = h.mean(-1, keepdims=True)
+        var = ((h - mu) ** 2).mean(-1, keepdims=True)
+        return (h - mu) / np.sqrt(var + 1e-5) * g + b
+
+    def rope(a):                                          # (T, D)
+        m = np.arange(D // 2)
+        angle = np.arange(T)[:, None] * c.rope_base ** (-2 * m / D)
+        out = a.copy()
+        out[:, 0::2] = a[:, 0::2] * np.cos(angle) - a[:, 1::2] * np.sin(angle)
+        out[:, 1::2] = a[:, 0::2] * np.sin(angle) + a[:, 1::2] * np.cos(angle)
+        return out
+
+    for layer in range(c.n_layers):
+        pre = f"h{layer}."
+        h = norm(x, p[pre + "ln1.g"], p[pre + "ln1.b"])
+        qkv = h @ p[pre + "attn.w_qkv"] + p[pre + "attn.b_qkv"]
+        heads = []
+        for hd in range(H):
+            q, k, v = (qkv[:, part * C + hd * D: part * C + (hd + 1) * D] for part in range(3))
+            if c.positional == "rope":
+                q, k = rope(q), rope(k)
+            logits = q @ k.T / math.sqrt(D)
+            if c.positional == "relative":
+                E = p[pre + "attn.rel"][hd]                 # (L, D), row L-1 = distance 0
+                for i in range(T):
+                    for j in range(i + 1):
+                        logits[i, j] += q[i] @ E[c.max_len - 1 - (i - j)] / math.sqrt(D)
+            logits[np.triu_indices(T, 1)] = -np.inf
+            w = np.exp(logits - logits.max(-1, keepdims=True))
+            heads.append((w / w.sum(-1, keepdims=True)) @ v)
+        x = x + np.concatenate(heads, -1) @ p[pre + "attn.w_o"] + p[pre + "attn.b_o"]
+        h = norm(x, p[pre + "ln2.g"], p[pre + "ln2.b"])
+        f = h @ p[pre + "ff.w1"] + p[pre + "ff.b1"]
+        f = 0.5 * f * (1 + np.tanh(math.sqrt(2 / math.pi) * (f + 0.044715 * f ** 3)))
+        x = x + f @ p[pre + "ff.w2"] + p[pre + "ff.b2"]
+    x = norm(x, p["ln_f.g"], p["ln_f.b"])
+    return x @ p["head.w"] + p["head.b"]

@@ -476,3 +476,20 @@ def test_soft_align_non_causal_local_branch_is_a_symmetric_band():
     band = [[abs(i - j) < 3 for j in range(9)] for i in range(9)]
     np.testing.assert_allclose(soft_align_attention(q, k, v, alpha=1.0, window=3, causal=False),
                                loop_sdpa(q, k, v, mask=band)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("T, window", [(600, None), (700, 50), (2100, None)])
+def test_default_call_on_long_sequences_equals_the_formula(T, window):
+    """Long causal/local attention takes the blocked path by default; it must equal the
+    three-line formula computed here in float64."""
+    rng = np.random.default_rng(T)
+    q, k, v = (rng.standard_normal((2, T, 16), dtype=np.float32) for _ in range(3))
+    out = sdpa(q, k, v, causal=True, window=window)
+    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    logits = q64 @ np.swapaxes(k64, -1, -2) / 4.0
+    allowed = attention_mask(T, T, causal=True, window=window)
+    logits[:, ~allowed] = -np.inf
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    expected = (w / w.sum(-1, keepdims=True)) @ v64
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)

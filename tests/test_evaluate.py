@@ -3,22 +3,42 @@
 import numpy as np
 import pytest
 
-from music_attn.training.evaluate import _windows, model_nll
+from music_attn.training.evaluate import model_nll
+from music_attn.training.windows import sequence_nll, spans, window_start
 from music_attn.core.model import ModelConfig, init_model
 
 
-@pytest.mark.parametrize("n", [2, 50, 65, 66, 200, 1001])
-def test_windows_score_every_target_once_with_half_a_window_of_context(n):
-    L = 64
-    seq = np.arange(n)
-    scored = []
-    for window, mask in _windows(seq, L):
-        assert len(window) <= L + 1
-        positions = window[1:][mask]          # the value of a token is its position here
-        context = positions - window[0]       # tokens seen before it inside the window
-        assert np.all((context >= L // 2) | (window[0] == 0))
-        scored.extend(positions.tolist())
-    assert scored == list(range(1, n))
+@pytest.mark.parametrize("n", [1, 2, 50, 63, 64, 65, 200, 1001])
+@pytest.mark.parametrize("size, stride", [(64, None), (64, 16), (10, 10), (7, 3)])
+def test_spans_give_every_position_to_exactly_one_window_with_enough_context(n, size, stride):
+    step = size // 2 if stride is None else stride
+    owner = []
+    for s in spans(n, size, stride):
+        assert 0 <= s.start <= s.keep < s.stop <= n and s.stop - s.start <= size
+        owner.extend(range(s.keep, s.stop))
+        for p in range(s.keep, s.stop):                   # context inside the window
+            assert s.start == 0 or p - s.start >= size - step
+    assert owner == list(range(n))                        # a partition of 0..n-1, in order
+
+
+@pytest.mark.parametrize("size, stride", [(8, None), (8, 3), (5, 5)])
+def test_window_start_is_the_first_grid_window_that_holds_the_position(size, stride):
+    step = size // 2 if stride is None else stride
+    for p in range(60):
+        start = window_start(p, size, stride)
+        assert start % step == 0 and start <= p < start + size
+        assert start == 0 or p >= start - step + size     # the window before did not hold it
+
+
+def test_sequence_nll_equals_one_forward_when_the_sequence_fits_and_windows_agree_after():
+    model = init_model(ModelConfig(vocab_size=30, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=40),
+                       np.random.default_rng(0))
+    seq = np.random.default_rng(1).integers(1, 30, size=90)
+    np.testing.assert_allclose(sequence_nll(model, seq[:41]), _direct_nll(model, seq[:41]), rtol=1e-6)
+    nll = sequence_nll(model, seq, window=40, stride=20)
+    for s in spans(89, 40, 20):          # each kept target equals a direct forward of its window
+        direct = _direct_nll(model, seq[s.start:s.stop + 1])
+        np.testing.assert_allclose(nll[s.keep:s.stop], direct[s.keep - s.start:], rtol=1e-6)
 
 
 def _direct_nll(model, seq):

@@ -170,19 +170,77 @@ def test_long_prompt_is_cropped_and_generation_slides_past_max_len(model, tokeni
     assert tokenizer.decode(out.ids).skipped == 0
 
 
-def test_sliding_window_sees_exactly_the_last_half_window(model):
-    """Greedy generation past max_len equals a plain loop that feeds the model the same windows."""
+def test_sliding_window_gives_each_token_at_least_half_a_window_of_context(model):
+    """Greedy generation past max_len equals a plain loop that feeds the model, for each new
+    token, the tokens since the last multiple of L/2 that leaves the window at most L long."""
     L = model.config.max_len
-    out = generate(model, None, max_new_tokens=L + 20, temperature=0, constrained=False)
-    seq, window = [int(out.ids[0])], [int(out.ids[0])]
-    for _ in range(L + 20):
-        token = int(np.argmax(model.forward(np.asarray([window]))[0, -1]))
-        seq.append(token)
-        window = window + [token]
-        if len(window) > L:
-            window = window[-(L // 2):]
+    out = generate(model, None, max_new_tokens=2 * L + 20, temperature=0, constrained=False)
+    seq = [int(out.ids[0])]
+    for _ in range(2 * L + 20):
+        p = len(seq) - 1                                   # position whose logits we need
+        start = 0
+        while p - start >= L:                              # the window [start, p] must fit
+            start += L // 2
+        assert p - start >= L // 2 or start == 0           # at least half a window of context
+        seq.append(int(np.argmax(model.forward(np.asarray([seq[start:]]))[0, -1])))
     np.testing.assert_array_equal(out.ids, seq[:len(out.ids)])
-    assert len(out.ids) == L + 21 or out.ids[-1] == model.tokenizer.eos_id
+    assert len(out.ids) == 2 * L + 21 or out.ids[-1] == model.tokenizer.eos_id
+
+
+def test_decode_step_equals_the_forward_of_one_token(model):
+    """Model.decode (the single-query path) gives forward's logits, for every positional and
+    attention option, batched or not, at positions past a local window."""
+    for positional in ("sinusoidal", "rope", "relative"):
+        for attention in ("full", "local", "soft_align"):
+            config = ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=24, max_len=48,
+                                 positional=positional, attention=attention, window=5)
+            m = init_model(config, np.random.default_rng(1), dtype=np.float64)
+            ids = np.random.default_rng(2).integers(0, 40, (3, 30))
+            full = m.forward(ids)                                     # (B, T, V), no cache at all
+            cache = m.new_cache(3)
+            m.forward(ids[:, :10], cache=cache)
+            for t in range(10, 30):
+                np.testing.assert_allclose(m.decode(ids[:, t], cache), full[:, t], rtol=1e-10,
+                                           atol=1e-12, err_msg=f"{positional} {attention} t={t}")
+
+
+def test_batched_samples_equal_single_runs_with_their_seeds(model, tokenizer):
+    """Sample i of a batch is what a single run with sample i's generator gives: its own
+    grammar, its own stop (some stop early at EOS), its own seed stream."""
+    m64 = model.astype(np.float64)                 # float64: batch and single agree to ~1e-16
+    prompt = tokenizer.ids_from_tokens(["BOS", "Bar", "Position_0", "Pitch_60", "Velocity_80",
+                                        "Duration_12"])
+    seeds = [11, 12, 13, 14, 15]
+    batch = generate(m64, prompt, n_bars=3, top_p=0.95, num_samples=len(seeds),
+                     rng=[np.random.default_rng(s) for s in seeds])
+    singles = [generate(m64, prompt, n_bars=3, top_p=0.95, rng=np.random.default_rng(s)) for s in seeds]
+    for b, s in zip(batch, singles):
+        np.testing.assert_array_equal(b.ids, s.ids)
+        assert (b.stop, b.bars, b.prompt_length) == (s.stop, s.bars, s.prompt_length)
+    assert len({tuple(b.ids) for b in batch}) == len(seeds)            # the streams differ
+    assert len({len(b.ids) for b in batch}) > 1                        # and stop at different times
+
+
+def test_no_end_forbids_eos_until_the_bars_are_written(model, tokenizer):
+    eager = model.astype(np.float32)
+    eager.params["head.b"][tokenizer.eos_id] = 8.0                    # a model that wants to stop
+    ended = generate(eager, None, n_bars=3, rng=np.random.default_rng(0))
+    assert ended.stop == "eos" and ended.bars < 3                       # so the test is not vacuous
+    for seed in range(5):
+        out = generate(eager, None, n_bars=3, no_end=True, rng=np.random.default_rng(seed))
+        new = out.ids[out.prompt_length:]
+        bars = int(np.sum(new == tokenizer.bar_id))
+        assert out.bars == bars
+        eos_at = np.flatnonzero(new == tokenizer.eos_id)
+        assert eos_at.size == 0 or np.sum(new[:eos_at[0]] == tokenizer.bar_id) >= 3
+        assert (out.stop != "eos" or bars >= 3) and (out.stop != "bars" or bars == 3)
+        assert tokenizer.decode(out.ids).skipped == 0
+
+
+def test_generated_reports_the_bars_it_wrote(model, tokenizer):
+    for seed in range(5):
+        out = generate(model, None, n_bars=2, rng=np.random.default_rng(seed))
+        assert out.bars == int(np.sum(out.ids[out.prompt_length:] == tokenizer.bar_id))
 
 
 # --------------------------------------------------------------------------- command line

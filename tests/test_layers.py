@@ -21,10 +21,8 @@ from music_attn.core.layers import (
     layernorm_forward,
     linear_backward,
     linear_forward,
-    skew_view,
-    skew_view_backward,
 )
-from music_attn.core.positional import skew, skew_backward
+from music_attn.core.positional import skew, skew_backward, skew_view, skew_view_backward
 from music_attn.core.model import ModelConfig, init_model
 
 EPS = 1e-6
@@ -300,3 +298,46 @@ def test_float32_model_keeps_float32_everywhere():
     _, grads = model.loss_and_grads(ids[:, :-1], ids[:, 1:])
     assert logits.dtype == attention.dtype == np.float32
     assert {g.dtype for g in grads.values()} == {np.dtype(np.float32)}
+
+
+# --------------------------------------------------------------------------- one attention
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope", "relative"])
+@pytest.mark.parametrize("attention", ["full", "local", "soft_align"])
+def test_model_attention_equals_the_public_sdpa_on_the_same_inputs(positional, attention):
+    """The layer's output and probabilities equal ``scaled_dot_product_attention`` (or
+    ``soft_align_attention``) called on the layer's own q, k, v, for every option."""
+    from music_attn.core.attention import scaled_dot_product_attention
+    from music_attn.core.positional import apply_rope, relative_logits
+
+    rng = np.random.default_rng(0)
+    B, T, C, H, L, W = 2, 70, 16, 2, 80, 9      # T > 64: several query blocks
+    D = C // H
+    spec = AttentionSpec(n_heads=H, rope=positional == "rope",
+                         window=W if attention == "local" else None,
+                         alpha=0.3 if attention == "soft_align" else None,
+                         align_window=W if attention == "soft_align" else None)
+    x, w_qkv, b_qkv = rng.normal(size=(B, T, C)), rng.normal(size=(C, 3 * C)) * 0.5, rng.normal(size=3 * C)
+    w_o, b_o = rng.normal(size=(C, C)), rng.normal(size=C)
+    rel = rng.normal(size=(H, L, D)) if positional == "relative" else None
+    out, cache = attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, rel=rel)
+
+    qkv = (x @ w_qkv + b_qkv).reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv
+    if positional == "rope":
+        q, k = apply_rope(q), apply_rope(k)
+    bias = None if rel is None else relative_logits(q, rel) / math.sqrt(D)
+    if attention == "soft_align" and positional == "sinusoidal":
+        y, w = soft_align_attention(q, k, v, alpha=0.3, window=W, return_weights=True)
+    elif attention == "soft_align":   # local on the layer's q, k; global on RoPE of the raw q, k
+        yl, wl = scaled_dot_product_attention(q, k, v, causal=True, window=W, bias=bias,
+                                              return_weights=True)
+        yg, wg = scaled_dot_product_attention(apply_rope(qkv[0]), apply_rope(qkv[1]), v, causal=True,
+                                              bias=bias, return_weights=True)
+        y, w = 0.3 * yl + 0.7 * yg, 0.3 * wl + 0.7 * wg
+    else:
+        y, w = scaled_dot_product_attention(q, k, v, causal=True, window=spec.window, bias=bias,
+                                            return_weights=True)
+    expected = y.transpose(0, 2, 1, 3).reshape(B, T, C) @ w_o + b_o
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(cache.probs, w, rtol=1e-10, atol=1e-12)

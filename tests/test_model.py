@@ -152,3 +152,25 @@ def test_same_seed_same_weights_and_different_seed_different_weights():
     c = init_model(config, np.random.default_rng(4))
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert not np.array_equal(a.params["tok_emb"], c.params["tok_emb"])
+
+
+def test_shipped_model_logits_on_a_melody_equal_a_float64_reference():
+    """The shipped checkpoint loads and gives, on a packaged melody, the logits of the model
+    written from the maths in float64 (tests/conftest.py), to float32 tolerance."""
+    from conftest import reference_logits64
+    from music_attn.training.checkpoint import load_model
+    from music_attn.training.data import shipped_melodies
+
+    model = load_model()
+    ids = model.tokenizer.encode(shipped_melodies()[0]).ids[:120]
+    ours = model.forward(ids[None, :])[0]
+    np.testing.assert_allclose(ours, reference_logits64(model, ids), rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope", "relative"])
+def test_logits_equal_a_float64_reference_written_from_the_maths(positional):
+    from conftest import reference_logits64
+    model = make_model(positional, max_len=40).astype(np.float64)
+    ids = np.random.default_rng(3).integers(0, model.config.vocab_size, 33)
+    np.testing.assert_allclose(model.forward(ids[None, :])[0], reference_logits64(model, ids),
+                               rtol=1e-9, atol=1e-10)

@@ -206,3 +206,13 @@ def test_relative_logits_backward_matches_central_differences(q_shape, rel_shape
             x[idx] = old
             num[idx] = (plus - minus) / 2e-6
         np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8)
+
+
+def test_unmasked_relative_logits_agree_with_the_masked_ones_on_the_causal_region():
+    rng = np.random.default_rng(7)
+    q, rel = rng.normal(size=(2, 3, 5, 4)), rng.normal(size=(3, 9, 4))
+    masked = relative_logits(q, rel, key_len=8)
+    view = relative_logits(q, rel, key_len=8, masked=False)
+    causal = np.arange(8)[None, :] <= np.arange(5)[:, None] + 3
+    np.testing.assert_array_equal(view[..., causal], masked[..., causal])
+    assert np.all(masked[..., ~causal] == 0)

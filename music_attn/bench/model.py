@@ -3,9 +3,13 @@
 For the shipped model's config and for a larger reference config (d_model 256,
 4 layers, 4 heads, vocab 400), in one run:
 
-- generation tokens/s with and without the KV cache (greedy, the model alone);
-- per-token latency with the cache at position 10 and at position 1000;
-- training tokens/s (sequence 256, batch 16: forward, backward, AdamW step);
+- generation tokens/s with and without the KV cache (greedy, the model alone; with the
+  cache, the decode step ``Model.decode`` that ``generate`` uses);
+- per-token latency with the cache at position 10 and at position 1000, and the number
+  of numpy calls one decode step makes (counted by weights that count their uses);
+- ``generate`` tokens/s for one sample and for 16 samples at once (``num_samples``);
+- training tokens/s (sequence 256, batch 16: forward, backward, AdamW step), and the
+  FLOP/s it reaches as a share of a large matrix product's FLOP/s measured in the run;
 - the same for the architecture in torch eager (:mod:`music_attn.bench.torch_ref`)
   when torch is installed, after checking both give the same logits (1e-4).
 
@@ -16,6 +20,7 @@ evaluation of :func:`music_attn.training.evaluate.evaluate_shipped`.
 
 import numpy as np
 
+from music_attn._threads import single_threaded_blas
 from music_attn.bench._timing import best_of
 from music_attn.core.model import ModelConfig, init_model
 
@@ -28,11 +33,12 @@ REFERENCE = dict(vocab_size=400, d_model=256, n_layers=4, n_heads=4, d_ff=1024, 
 
 def _np_generate(model, n, cached):
     ids = np.zeros((1, 1), dtype=np.int64)
-    if cached:
+    if cached:                             # the decode step, BLAS single-threaded, as generate runs it
         cache = model.new_cache()
-        nxt = ids
-        for _ in range(n):
-            nxt = model.forward(nxt, cache=cache)[:, -1:].argmax(-1)
+        with single_threaded_blas():
+            nxt = model.forward(ids, cache=cache)[:, -1].argmax(-1)
+            for _ in range(n - 1):
+                nxt = model.decode(nxt, cache).argmax(-1)
     else:
         for _ in range(n):
             nxt = model.forward(ids)[:, -1:].argmax(-1)
@@ -43,12 +49,59 @@ def _np_latency(model, position, repeats):
     rng = np.random.default_rng(0)
     cache = model.new_cache()
     model.forward(rng.integers(0, model.config.vocab_size, (1, position)), cache=cache)
-    one = np.ones((1, 1), dtype=np.int64)
+    one = np.ones(1, dtype=np.int64)
 
     def step():
-        model.forward(one, cache=cache)
+        model.decode(one, cache)
         cache.length = position          # rewind: the next call writes the same slot again
-    return best_of(step, repeats)
+    with single_threaded_blas():
+        step()
+        return best_of(step, repeats)
+
+
+class _Counted(np.ndarray):
+    """An array that counts the numpy calls (ufuncs, reductions, array functions) made on it."""
+    calls = 0
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        _Counted.calls += 1
+        inputs = tuple(x.view(np.ndarray) if isinstance(x, _Counted) else x for x in inputs)
+        kwargs = {k: v.view(np.ndarray) if isinstance(v, _Counted) else v for k, v in kwargs.items()}
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, _Counted) else o for o in out)
+        result = getattr(ufunc, method)(*inputs, **kwargs)
+        if out is not None:            # the buffer written, viewed so that its later uses count too
+            result = out[0] if len(out) == 1 else out
+        return result.view(_Counted) if isinstance(result, np.ndarray) else result
+
+    def __array_function__(self, func, types, args, kwargs):
+        _Counted.calls += 1
+        return super().__array_function__(func, types, args, kwargs)
+
+
+def _numpy_calls_per_token(model, n=16):
+    """numpy calls of one decode step: the model's weights are made to count their uses."""
+    from music_attn.core.model import Model
+
+    counted = Model(model.config, {k: v.view(_Counted) for k, v in model.params.items()})
+    cache = counted.new_cache()
+    counted.forward(np.zeros((1, 8), dtype=np.int64), cache=cache)
+    one = np.ones(1, dtype=np.int64)
+    _Counted.calls = 0
+    for _ in range(n):
+        counted.decode(one, cache)
+    return _Counted.calls / n
+
+
+def _np_batch_generate(model, n_samples, n_tokens):
+    """Tokens/s of ``generate`` sampling ``n_samples`` continuations at once (EOS forbidden)."""
+    from music_attn.training.generate import generate
+
+    def run():
+        generate(model, [1], max_new_tokens=n_tokens, num_samples=n_samples, no_end=True,
+                 constrained=model.tokenizer is not None, rng=np.random.default_rng(0))
+    run()
+    return n_samples * n_tokens / best_of(run, 2)
 
 
 def _np_train_step_fn(model, batch, seq):
@@ -62,6 +115,24 @@ def _np_train_step_fn(model, batch, seq):
         _, grads = model.loss_and_grads(ids[:, :-1], ids[:, 1:])
         opt.step(model.params, grads, 1e-4)
     return step
+
+
+def _train_flops_per_token(config, seq):
+    """Matrix-product FLOPs of one training token (forward + backward = 3 x forward):
+    2 per weight of every linear map and 2 x 2 x (seq / 2) x C per layer for the causal
+    scores and weighted sum."""
+    C, F, V = config.d_model, config.d_ff, config.vocab_size
+    weights = config.n_layers * (3 * C * C + C * C + 2 * C * F) + C * V
+    attention = config.n_layers * 2 * 2 * (seq / 2) * C
+    return 3 * (2 * weights + attention)
+
+
+def _matmul_peak(threads_note=""):
+    """FLOP/s of a large float32 matrix product (1024^3), best of 3: the machine's peak here."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((1024, 1024), dtype=np.float32) for _ in range(2))
+    a @ b
+    return 2 * 1024 ** 3 / best_of(lambda: a @ b, 3)
 
 
 # ------------------------------------------------------------------ torch side
@@ -130,19 +201,25 @@ def _measure(name, model, quick):
     row = {"config": name, "params": model.n_params, "far": far}
     row["np_gen"] = n_gen / best_of(lambda: _np_generate(model, n_gen, True), reps)
     row["np_gen_nocache"] = n_nocache / best_of(lambda: _np_generate(model, n_nocache, False), 1)
-    row["np_lat10"] = _np_latency(model, 10, 20)
-    row["np_latfar"] = _np_latency(model, far, 20)
+    row["np_lat10"] = _np_latency(model, 10, 50)
+    row["np_latfar"] = _np_latency(model, far, 50)
+    row["calls"] = _numpy_calls_per_token(model)
+    n_batch = 32 if quick else 64
+    row["batch1"] = _np_batch_generate(model, 1, n_batch)
+    row["batch16"] = _np_batch_generate(model, 16, n_batch)
     step = _np_train_step_fn(model.astype(np.float32), batch, seq)
     step()
     row["np_train"] = batch * seq / best_of(step, reps)
+    row["train_flops"] = row["np_train"] * _train_flops_per_token(model.config, seq)
+    row["peak"] = _matmul_peak()
     try:
         torch, ref, row["logit_diff"] = _torch_side(model)
     except ImportError:
         return row
     row["t_gen"] = n_gen / best_of(lambda: _torch_generate(torch, ref, n_gen, True), reps)
     row["t_gen_nocache"] = n_nocache / best_of(lambda: _torch_generate(torch, ref, n_nocache, False), 1)
-    row["t_lat10"] = _torch_latency(torch, ref, 10, 20)
-    row["t_latfar"] = _torch_latency(torch, ref, far, 20)
+    row["t_lat10"] = _torch_latency(torch, ref, 10, 50)
+    row["t_latfar"] = _torch_latency(torch, ref, far, 50)
     tstep = _torch_train_step_fn(torch, model, batch, seq)
     tstep()
     row["t_train"] = batch * seq / best_of(tstep, reps)
@@ -161,14 +238,22 @@ def _print_rows(rows):
                 continue
             lat10, latfar = row[f"{side}_lat10"] * 1e3, row[f"{side}_latfar"] * 1e3
             print(f"{row['config']:<22} {label:>10} {row[f'{side}_gen']:>10.0f} "
-                  f"{row[f'{side}_gen_nocache']:>9.1f} {lat10:>10.2f} {latfar:>11.2f} "
+                  f"{row[f'{side}_gen_nocache']:>9.1f} {lat10:>10.3f} {latfar:>11.3f} "
                   f"{latfar / lat10:>7.2f} {row[f'{side}_train']:>12.0f}")
         if "t_gen" in row:
             print(f"{'':<22} {'ratio':>10} {row['np_gen'] / row['t_gen']:>9.2f}x "
-                  f"{row['np_gen_nocache'] / row['t_gen_nocache']:>8.2f}x {'':>10} {'':>11} {'':>7} "
-                  f"{row['np_train'] / row['t_train']:>11.2f}x   (numpy/torch; logits agree to "
+                  f"{row['np_gen_nocache'] / row['t_gen_nocache']:>8.2f}x "
+                  f"{row['t_lat10'] / row['np_lat10']:>9.2f}x {'':>11} {'':>7} "
+                  f"{row['np_train'] / row['t_train']:>11.2f}x   (numpy/torch speed; logits agree to "
                   f"{fmt(row, 'logit_diff', '.1e')})")
-    print("targets: generation with cache >= 2.5x torch; lat@1000 <= 1.5x lat@10; training >= 0.8x torch")
+        print(f"{'':<22} {'':>10} numpy calls per decoded token: {row['calls']:.0f}; "
+              f"generate() tokens/s: 1 sample {row['batch1']:.0f}, 16 samples {row['batch16']:.0f} "
+              f"({row['batch16'] / row['batch1']:.1f}x)")
+        print(f"{'':<22} {'':>10} training: {row['train_flops'] / 1e9:.1f} GFLOP/s = "
+              f"{row['train_flops'] / row['peak']:.0%} of the 1024^3 float32 matmul peak "
+              f"measured now ({row['peak'] / 1e9:.1f} GFLOP/s)")
+    print("targets: generation with cache >= 2.5x torch; shipped lat@10 <= 0.25 ms; lat@1000 <= 1.5x "
+          "lat@10; 16 samples >= 8x one; training >= 1.0x torch and >= 60% of the matmul peak")
 
 
 def run(quick=False):

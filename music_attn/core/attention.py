@@ -20,11 +20,13 @@ not hidden.
 import functools
 import itertools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
-from music_attn.core.positional import _float_dtype, apply_rope
+from music_attn.core.ops import float_dtype, softmax_
+from music_attn.core.positional import apply_rope
 
 __all__ = [
     "softmax",
@@ -34,23 +36,17 @@ __all__ = [
     "self_attention",
     "multi_head_attention",
     "soft_align_attention",
+    "soft_align_branches",
+    "sdpa_backward",
+    "Block",
+    "causal_attention_blocks",
+    "causal_attention_blocks_backward",
+    "blocks_weights",
+    "decode_attention",
 ]
 
 
 # ----------------------------------------------------------------------------- softmax
-
-
-def _softmax_(s, axis=-1):
-    """Softmax of the float array ``s`` in place along ``axis``; returns ``s``."""
-    if s.shape[axis] == 0:
-        return s
-    m = s.max(axis=axis, keepdims=True)
-    m[np.isneginf(m)] = 0.0              # a row with nothing allowed: exp(-inf - 0) = 0
-    s -= m
-    np.exp(s, out=s)
-    total = s.sum(axis=axis, keepdims=True)
-    np.divide(s, total, out=s, where=total != 0)   # all -inf rows stay 0; NaN stays NaN
-    return s
 
 
 def softmax(x, axis=-1):
@@ -72,7 +68,7 @@ def softmax(x, axis=-1):
     ndarray, same shape as ``x``
     """
     x = np.asarray(x)
-    return _softmax_(np.array(x, dtype=_float_dtype(x), copy=True), axis)
+    return softmax_(np.array(x, dtype=float_dtype(x), copy=True), axis)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -195,7 +191,10 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
     block_size : int, optional
         Compute exactly by blocks of queries and keys (online softmax), with memory
         O(T x block_size) instead of O(T x S); key blocks a query block cannot see are
-        skipped. Returned weights, if asked for, still take (..., T, S).
+        skipped. Returned weights, if asked for, still take (..., T, S). Default: chosen
+        from the shapes -- causal or local attention with T x S >= 512 x 512 runs by
+        blocks of 1024 keys (512 beyond S = 2048), anything smaller (or wanting the
+        weights) as one matrix.
 
     Returns
     -------
@@ -206,7 +205,7 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
     q, k, v = (np.asarray(a) for a in (q, k, v))
     _check_qkv(q, k, v)
     _check_window(window)
-    dtype = _float_dtype(q, k, v)
+    dtype = float_dtype(q, k, v)
     q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
     T, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -215,10 +214,25 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
                                                      T, S, "bias")
     spec = _Spec(scale, mask, bias, causal, window, S - T)
     if block_size is None:
+        block_size = _default_block_size(T, S, causal or window is not None, return_weights)
+    if block_size is None:
         return _sdpa_full(q, k, v, spec, return_weights)
     if int(block_size) != block_size or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     return _sdpa_blocked(q, k, v, spec, int(block_size), return_weights)
+
+
+_BLOCKED_FROM = 512 * 512    # T x S from which causal attention runs blocked by default
+
+
+def _default_block_size(T, S, banded, return_weights):
+    """The exact path the shapes call for when the caller names none: None (the whole
+    (T, S) matrix at once) for short sequences, for non-causal attention and when the
+    weights are wanted anyway; blocks for long causal or local attention, which then
+    skips the hidden key blocks, keeps its scratch in cache and uses every core."""
+    if return_weights or not banded or T * S < _BLOCKED_FROM:
+        return None
+    return 1024 if S <= 2048 else 512
 
 
 class _Spec:
@@ -287,11 +301,121 @@ def _scores(qb, kT, spec, i0, i1, j0, j1, out=None):
 
 
 def _sdpa_full(q, k, v, spec, return_weights):
-    """Unblocked attention: the whole (..., T, S) weight matrix at once."""
+    """The formula as written, the whole (..., T, S) weight matrix at once:
+
+        logits = q @ k^T * scale + bias, -inf where the mask or the causal/window rule forbids
+        w = softmax(logits)
+        out = w @ v
+
+    Every other path (the blocked online softmax below, the model's query blocks, the
+    decode step) is a refinement of these three lines, tested equal to them.
+    """
     T, S = q.shape[-2], k.shape[-2]
-    w = _softmax_(_scores(q, np.swapaxes(k, -1, -2), spec, 0, T, 0, S))   # (..., T, S)
+    w = softmax_(_scores(q, np.swapaxes(k, -1, -2), spec, 0, T, 0, S))   # (..., T, S)
     out = w @ v                                                    # (..., T, S) @ (..., S, Dv)
     return (out, w) if return_weights else out
+
+
+def sdpa_backward(dout, q, k, v, w, out, scale):
+    """Backward of ``out = softmax(q k^T * scale + bias, masked) @ v`` given its weights ``w``.
+
+    dout, q, out (..., T, D); k, v (..., S, D); w (..., T, S) (zero where masked).
+    Returns (dq, dk, dv, dlogits); dlogits (..., T, S) is also the gradient of the bias.
+    """
+    # forward was: out = w @ v
+    dv = np.swapaxes(w, -1, -2) @ dout                          # (..., S, T) @ (..., T, D)
+    dw = dout @ np.swapaxes(v, -1, -2)                          # (..., T, S)
+    # forward was: w = softmax(logits); sum_j w_ij dw_ij = dout_i . out_i (as out = w @ v)
+    dw -= np.sum(dout * out, axis=-1, keepdims=True)
+    dw *= w                                                     # masked entries: w = 0
+    # forward was: logits = q @ k^T * scale + bias
+    dq = dw @ k
+    dq *= scale
+    dk = np.swapaxes(dw, -1, -2) @ q
+    dk *= scale
+    return dq, dk, dv, dw
+
+
+class Block(NamedTuple):
+    """Query rows [i0, i1) of causal attention and the keys [lo, hi) they may see.
+
+    Blocks skip the keys above the causal diagonal (and outside the window): with blocks
+    of 64 rows a 256-token sequence computes 62% of the full (T, S) score matrix.
+    """
+    i0: int
+    i1: int
+    lo: int
+    hi: int
+    weights: np.ndarray      # (..., i1-i0, hi-lo) softmax probabilities
+    out: np.ndarray          # (..., i1-i0, Dv) weights @ v[lo:hi]
+
+
+def _query_blocks(T, start, window, size):
+    """(i0, i1, lo, hi) of blocks of ``size`` queries (the first at position ``start``)."""
+    for i0 in range(0, T, size):
+        i1 = min(T, i0 + size)
+        lo = 0 if window is None else max(0, start + i0 - window + 1)
+        yield i0, i1, lo, start + i1
+
+
+def causal_attention_blocks(q, k, v, *, start=0, window=None, bias=None, scale=None, size=64):
+    """Causal attention by blocks of queries, keeping the weights (for a backward pass).
+
+    q (..., T, D) at positions ``start .. start+T-1``; k, v (..., S, D), S = start + T;
+    bias broadcastable to (..., T, S). Each block is :func:`scaled_dot_product_attention`
+    of its queries against the keys they may see. Returns a tuple of :class:`Block`.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    blocks = []
+    for i0, i1, lo, hi in _query_blocks(q.shape[-2], start, window, size):
+        bi = None if bias is None else bias[..., i0:i1, lo:hi]
+        out, w = scaled_dot_product_attention(q[..., i0:i1, :], k[..., lo:hi, :], v[..., lo:hi, :],
+                                              causal=True, window=window, bias=bi, scale=scale,
+                                              return_weights=True)
+        blocks.append(Block(i0, i1, lo, hi, w, out))
+    return tuple(blocks)
+
+
+def causal_attention_blocks_backward(dout, q, k, v, blocks, scale=None, dbias=None):
+    """Backward of :func:`causal_attention_blocks` (start 0): (dq, dk, dv); adds into ``dbias``."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for b in blocks:
+        dqb, dkb, dvb, dw = sdpa_backward(dout[..., b.i0:b.i1, :], q[..., b.i0:b.i1, :],
+                                          k[..., b.lo:b.hi, :], v[..., b.lo:b.hi, :],
+                                          b.weights, b.out, scale)
+        dq[..., b.i0:b.i1, :] += dqb
+        dk[..., b.lo:b.hi, :] += dkb
+        dv[..., b.lo:b.hi, :] += dvb
+        if dbias is not None:
+            dbias[..., b.i0:b.i1, b.lo:b.hi] += dw
+    return dq, dk, dv
+
+
+def blocks_weights(blocks, T, S, dtype):
+    """The (..., T, S) weight matrix the blocks stand for (zero where a query may not look)."""
+    lead = blocks[0].weights.shape[:-2]
+    w = np.zeros(lead + (T, S), dtype=dtype)
+    for b in blocks:
+        w[..., b.i0:b.i1, b.lo:b.hi] = b.weights
+    return w
+
+
+def decode_attention(q, kT, vT, scale, *, bias=None, scores=None, out=None):
+    """One new query per head against all its keys: the decode step of a KV cache.
+
+    The single-query case of :func:`scaled_dot_product_attention` with causal keys
+    (a decode step sees every key so far, so there is no mask to build), in
+    preallocated buffers. q (..., 1, D); kT, vT (..., D, S) keys and values stored
+    transposed; bias (..., 1, S) or None; scores (..., 1, S) and out (..., D, 1)
+    buffers. Returns the output transposed, (..., D, 1).
+    """
+    s = np.matmul(q, kT, out=scores)                           # (..., 1, D) @ (..., D, S)
+    s *= scale
+    if bias is not None:
+        s += bias
+    softmax_(s)
+    return np.matmul(vT, s.swapaxes(-1, -2), out=out)          # (..., D, S) @ (..., S, 1)
 
 
 # ----------------------------------------------------------------------------- threads
@@ -532,7 +656,7 @@ def _sdpa_blocked(q, k, v, spec, bs, return_weights):
 
 def _as_float_arrays(*arrays):
     arrays = [np.asarray(a) for a in arrays]
-    dtype = _float_dtype(*arrays)
+    dtype = float_dtype(*arrays)
     return [a.astype(dtype, copy=False) for a in arrays]
 
 
@@ -675,15 +799,36 @@ def soft_align_attention(q, k, v, *, alpha=0.5, window=16, positions=None, base=
     pos = np.arange(S) if positions is None else np.asarray(positions)
     if pos.shape[-1:] != (S,):
         raise ValueError(f"positions of shape {pos.shape} do not match keys of shape {k.shape}")
-    local_mask = _local_mask(T, S, window, causal)
-    if mask is not None:
-        local_mask = local_mask & _as_bool_mask(mask)
-    common = dict(scale=scale, return_weights=return_weights, block_size=block_size)
-    local = scaled_dot_product_attention(q, k, v, mask=local_mask, **common)
-    glob = scaled_dot_product_attention(apply_rope(q, pos[..., S - T:], base=base),
-                                        apply_rope(k, pos, base=base), v,
-                                        mask=mask, causal=causal, **common)
     alpha = np.asarray(alpha, dtype=q.dtype) if np.ndim(alpha) else q.dtype.type(alpha)
+    mask = None if mask is None else _as_bool_mask(mask)
+    common = dict(scale=scale, return_weights=return_weights, block_size=block_size)
+    results = []
+    for weight, qb, kb, win in soft_align_branches(q, k, alpha=alpha, window=window,
+                                                   q_positions=pos[..., S - T:], k_positions=pos,
+                                                   base=base):
+        if causal or win is None:
+            res = scaled_dot_product_attention(qb, kb, v, mask=mask, causal=causal, window=win,
+                                               **common)
+        else:                                      # not causal: a symmetric band of half-width win
+            band = _local_mask(T, S, win, causal)
+            res = scaled_dot_product_attention(qb, kb, v, mask=band if mask is None else band & mask,
+                                               **common)
+        results.append((weight, res))
     if not return_weights:
-        return alpha * local + (1 - alpha) * glob
-    return alpha * local[0] + (1 - alpha) * glob[0], alpha * local[1] + (1 - alpha) * glob[1]
+        return sum(weight * res for weight, res in results)
+    return tuple(sum(weight * res[i] for weight, res in results) for i in range(2))
+
+
+def soft_align_branches(q, k, *, alpha, window, q_positions, k_positions, base=10000.0,
+                        rotated=None):
+    """The two softmax branches of soft-align attention, as (weight, q, k, window):
+    ``alpha`` x local attention of q and k over the ``window`` most recent keys, and
+    ``1 - alpha`` x full attention of the RoPE-rotated q and k.
+
+    q (..., T, D), k (..., S, D) at the given positions; ``rotated`` = (rope(q), rope(k))
+    when the caller has them already.
+    """
+    if rotated is None:
+        rotated = (apply_rope(q, q_positions, base=base).astype(q.dtype, copy=False),
+                   apply_rope(k, k_positions, base=base).astype(k.dtype, copy=False))
+    return [(alpha, q, k, window), (1 - alpha, rotated[0], rotated[1], None)]

@@ -11,13 +11,18 @@ C model dim, H heads, D head dim, F feed-forward dim, V vocab, L max length,
 N = B*T rows.
 """
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from music_attn.core.attention import scaled_dot_product_attention
-from music_attn.core.positional import apply_rope
+from music_attn.core.attention import (
+    blocks_weights, causal_attention_blocks, causal_attention_blocks_backward, decode_attention,
+    soft_align_branches,
+)
+from music_attn.core.ops import log_softmax
+from music_attn.core.positional import apply_rope, relative_logits, relative_logits_backward
 
 __all__ = [
     "embedding_forward", "embedding_backward",
@@ -26,7 +31,7 @@ __all__ = [
     "gelu_forward", "gelu_backward",
     "dropout_forward", "dropout_backward",
     "attention_forward", "attention_backward", "AttentionSpec", "LayerKV",
-    "skew_view", "skew_view_backward",
+    "split_heads", "merge_heads", "branch_inputs", "attention_decode",
     "cross_entropy_forward", "cross_entropy_backward",
 ]
 
@@ -57,37 +62,46 @@ def embedding_backward(dout, cache):
 
 class LayerNormCache(NamedTuple):
     xhat: np.ndarray         # (..., C) normalised input
-    rstd: np.ndarray         # (..., 1) 1 / standard deviation
+    std: np.ndarray          # (..., 1) standard deviation (with eps)
     gamma: np.ndarray        # (C,)
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_weights(C, dtype):
+    """(C, 1) read-only column of 1/C: ``x @ it`` is the mean of each row in one product."""
+    w = np.full((C, 1), 1.0 / C, dtype=dtype)
+    w.flags.writeable = False
+    return w
+
+
 def layernorm_forward(x, gamma, beta, eps=1e-5):
-    """Normalise the last axis to zero mean, unit variance, then scale and shift."""
-    inv_c = 1.0 / x.shape[-1]
-    mean = np.add.reduce(x, axis=-1, keepdims=True)
-    mean *= inv_c
-    xc = x - mean
-    var = np.add.reduce(xc * xc, axis=-1, keepdims=True)
-    var *= inv_c
-    var += eps
-    rstd = 1.0 / np.sqrt(var, out=var)
-    xhat = xc * rstd
-    out = xhat * gamma + beta
-    return out, LayerNormCache(xhat, rstd, gamma)
+    """Normalise the last axis to zero mean, unit variance, then scale and shift.
+
+    (..., C) -> (..., C); the row means are matrix-vector products (one call each).
+    """
+    w = _mean_weights(x.shape[-1], x.dtype)
+    xc = x - x @ w                                 # (..., C) - (..., 1)
+    std = (xc * xc) @ w                            # (..., 1) variance
+    std += eps
+    np.sqrt(std, out=std)
+    xhat = xc / std
+    out = xhat * gamma
+    out += beta
+    return out, LayerNormCache(xhat, std, gamma)
 
 
 def layernorm_backward(dout, cache):
     """Returns (dx, dgamma, dbeta)."""
-    xhat, rstd, gamma = cache
+    xhat, std, gamma = cache
     axes = tuple(range(dout.ndim - 1))
     # forward was: out = xhat * gamma + beta
     dgamma = np.sum(dout * xhat, axis=axes)
     dbeta = np.sum(dout, axis=axes)
     dxhat = dout * gamma
-    # forward was: xhat = (x - mean) * rstd   (mean and rstd depend on x too)
+    # forward was: xhat = (x - mean) / std   (mean and std depend on x too)
     dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
     dx -= xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True)
-    dx *= rstd
+    dx /= std
     return dx, dgamma, dbeta
 
 
@@ -224,27 +238,13 @@ class LayerKV(NamedTuple):
     k_rot: Optional[np.ndarray] = None
 
 
-class Block(NamedTuple):
-    """A block of query rows [i0, i1) and the keys [lo, hi) they may see (causal, windowed).
-
-    Blocks skip the keys above the causal diagonal: with blocks of 64 rows a
-    256-token window computes 62% of the full (T, S) score matrix.
-    """
-    i0: int
-    i1: int
-    lo: int
-    hi: int
-    probs: np.ndarray        # (B, H, i1-i0, hi-lo) softmax probabilities
-    out: np.ndarray          # (B, H, i1-i0, D) probs @ v[lo:hi]
-
-
 class Branch(NamedTuple):
     """One softmax attention inside a layer (soft-align has two, mixed by ``weight``)."""
     weight: float
     rotated: bool            # q and k were rotated by RoPE
     q: np.ndarray            # (B, H, T, D) the queries scored
     k: np.ndarray            # (B, H, S, D) the keys scored
-    blocks: tuple            # Block per query block
+    blocks: tuple            # attention.Block per query block
 
 
 class AttentionCache(NamedTuple):
@@ -260,16 +260,14 @@ class AttentionCache(NamedTuple):
     @property
     def probs(self):
         """(B, H, T, S): the probabilities that multiplied v (zero where a query may not look)."""
-        B, H, T, _ = self.q.shape
-        probs = np.zeros((B, H, T, self.v.shape[-2]), dtype=self.v.dtype)
-        for branch in self.branches:
-            for b in branch.blocks:
-                probs[..., b.i0:b.i1, b.lo:b.hi] += b.probs if len(self.branches) == 1 \
-                    else branch.weight * b.probs
-        return probs
+        T, S = self.q.shape[-2], self.v.shape[-2]
+        probs = [blocks_weights(b.blocks, T, S, self.v.dtype) for b in self.branches]
+        if len(probs) == 1:
+            return probs[0]
+        return sum(b.weight * p for b, p in zip(self.branches, probs))
 
 
-def _split_heads(qkv, n_heads):
+def split_heads(qkv, n_heads):
     """(B, T, 3C) -> three arrays (B, H, T, D)."""
     B, T, C3 = qkv.shape
     D = C3 // (3 * n_heads)
@@ -277,7 +275,7 @@ def _split_heads(qkv, n_heads):
     return qkv[0], qkv[1], qkv[2]
 
 
-def _merge_heads(y):
+def merge_heads(y):
     """(B, H, T, D) -> (B, T, C)."""
     B, H, T, D = y.shape
     return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
@@ -292,103 +290,29 @@ def _append(buffer, new, start):
     return buffer[..., :end].swapaxes(-1, -2)                 # a view, nothing copied
 
 
-def _branch_inputs(q, k, kv, spec, positions, start):
-    """(weight, rotated, q, keys, window) of each softmax branch of the layer."""
-    def rot(a):
-        return apply_rope(a, positions, base=spec.rope_base).astype(a.dtype, copy=False)
-    qb, kb = (rot(q), rot(k)) if spec.rope else (q, k)
-    keys = _append(None if kv is None else kv.k, kb, start)
+def rope_(spec, a, positions):
+    """RoPE of the layer, in the dtype of ``a``."""
+    return apply_rope(a, positions, base=spec.rope_base).astype(a.dtype, copy=False)
+
+
+def branch_inputs(q, k, spec, positions):
+    """(weight, rotated, q, new keys, window) of each softmax branch of the layer."""
+    qb, kb = (rope_(spec, q, positions), rope_(spec, k, positions)) if spec.rope else (q, k)
     if spec.alpha is None:
-        return [(1.0, spec.rope, qb, keys, spec.window)]
-    keys_rot = _append(None if kv is None else kv.k_rot, rot(k), start)
-    return [(spec.alpha, spec.rope, qb, keys, spec.align_window),
-            (1.0 - spec.alpha, True, rot(q), keys_rot, None)]
-
-
-def _relative_bias(q, rel, S, scale):
-    """Music Transformer relative logits times ``scale``: (B, H, T, S).
-
-    Entries above the causal diagonal are meaningless (the attention masks them).
-    """
-    qe = q @ rel[:, rel.shape[-2] - S:].swapaxes(-1, -2)     # (B, H, T, S): column m is distance S-1-m
-    qe *= scale
-    return skew_view(qe)
-
-
-def skew_view(x):
-    """The Music Transformer skew as a strided view: no padding, no copy.
-
-    ``out[..., i, j] = x[..., i, j + T-1-i]`` for ``j <= i + S - T`` -- what
-    ``positional.skew`` gives on the causal region; above it the view reads
-    other entries of ``x`` (mask them).  Row i starts T-1-i columns into row i
-    of ``x``, so the view starts at ``x[0, T-1]`` and steps S-1 elements per row.
-
-    x : (..., T, S) with T <= S -> (..., T, S) read-only view.
-    """
-    T, S = x.shape[-2:]
-    x = np.ascontiguousarray(x)
-    rows, cols = x.strides[-2:]
-    return np.lib.stride_tricks.as_strided(x[..., T - 1:], shape=x.shape, writeable=False,
-                                           strides=x.strides[:-2] + (rows - cols, cols))
-
-
-def skew_view_backward(dout):
-    """Adjoint of :func:`skew_view` for a ``dout`` that is zero above the causal diagonal.
-
-    Each causal entry (i, j) came from its own entry ``x[i, j + T-1-i]``; the rest of
-    ``dx`` (distances no query reached) is zero.
-    """
-    T, S = dout.shape[-2:]
-    dx = np.zeros(dout.shape, dtype=dout.dtype)
-    rows, cols = dx.strides[-2:]
-    view = np.lib.stride_tricks.as_strided(dx[..., T - 1:], shape=dx.shape,
-                                           strides=dx.strides[:-2] + (rows - cols, cols))
-    causal = np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)   # (T, S)
-    np.copyto(view, dout, where=causal)       # causal entries land on distinct elements
-    return dx
-
-
-def _query_blocks(T, start, window, size):
-    """(i0, i1, lo, hi) of blocks of ``size`` new queries and the keys they may see."""
-    for i0 in range(0, T, size):
-        i1 = min(T, i0 + size)
-        lo = 0 if window is None else max(0, start + i0 - window + 1)
-        yield i0, i1, lo, start + i1
-
-
-def _attend(q, k, v, window, bias, scale, start, size):
-    """``softmax(q k^T * scale + bias, causal [+ window])`` by query blocks: tuple of Block."""
-    blocks = []
-    for i0, i1, lo, hi in _query_blocks(q.shape[-2], start, window, size):
-        qi, ki, vi = q[..., i0:i1, :], k[..., lo:hi, :], v[..., lo:hi, :]
-        bi = None if bias is None else bias[..., i0:i1, lo:hi]
-        if i1 - i0 == 1:
-            out, p = _attend_one(qi, ki, vi, bi, scale)
-        else:   # queries aligned to the end of [lo, hi): the causal/window rule of the block
-            out, p = scaled_dot_product_attention(qi, ki, vi, causal=True, window=window, bias=bi,
-                                                  scale=scale, return_weights=True)
-        blocks.append(Block(i0, i1, lo, hi, p, out))
-    return tuple(blocks)
-
-
-def _attend_one(q, k, v, bias, scale):
-    """One query that may see every key given (the KV-cache decode step): no mask to build."""
-    s = q @ k.swapaxes(-1, -2)                                 # (B, H, 1, S)
-    s *= scale
-    if bias is not None:
-        s += bias
-    s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
-    return s @ v, s
+        return [(1.0, spec.rope, qb, kb, spec.window)]
+    rotated = (qb, kb) if spec.rope else None
+    (wl, ql, kl, win), (wg, qg, kg, _) = soft_align_branches(
+        qb, kb, alpha=spec.alpha, window=spec.align_window, q_positions=positions,
+        k_positions=positions, base=spec.rope_base, rotated=rotated)
+    return [(wl, spec.rope, ql, kl, win), (wg, True, qg, kg, None)]
 
 
 def attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, *, rel=None, kv=None, start=0):
     """Causal multi-head self-attention with an output projection.
 
-    ``softmax((q k^T + skew(q rel^T)) / sqrt(D), causal [+ window]) v``, by
-    blocks of queries through ``attention.scaled_dot_product_attention`` (a
-    one-token decode step, which needs no mask, takes a shorter path).
+    ``softmax(q k^T / sqrt(D) + skew(q rel^T) / sqrt(D), causal [+ window]) v`` by
+    blocks of queries (:func:`attention.causal_attention_blocks`, each block one call
+    of ``scaled_dot_product_attention``); soft-align mixes its two branches.
 
     Parameters
     ----------
@@ -407,23 +331,26 @@ def attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, *, rel=None, kv=None, sta
     cache : AttentionCache (cache.probs is (B, H, T, S), S = start + T)
     """
     qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)          # (B, T, 3C)
-    q, k, v = _split_heads(qkv, spec.n_heads)                  # (B, H, T, D) each
+    q, k, v = split_heads(qkv, spec.n_heads)                   # (B, H, T, D) each
     T, D = q.shape[-2:]
     positions = np.arange(start, start + T)
     v = _append(None if kv is None else kv.v, v, start)       # (B, H, S, D)
     scale = 1.0 / math.sqrt(D)
-    bias = None if rel is None else _relative_bias(q, rel, start + T, scale)
-    inputs = _branch_inputs(q, k, kv, spec, positions, start)
-    branches, y = [], np.zeros_like(q) if len(inputs) > 1 or T > spec.query_block else None
-    for weight, rotated, qb, kb, window in inputs:
-        blocks = _attend(qb, kb, v, window, bias, scale, start, spec.query_block)
-        branches.append(Branch(weight, rotated, qb, kb, blocks))
-        if y is None:
-            y = blocks[0].out
-            continue
-        for b in blocks:       # soft-align: y = alpha * local + (1 - alpha) * global
-            y[..., b.i0:b.i1, :] += b.out if len(inputs) == 1 else weight * b.out
-    out, proj_cache = linear_forward(_merge_heads(y), w_o, b_o)  # (B, H, T, D) -> (B, T, C)
+    bias = None if rel is None else relative_logits(q * q.dtype.type(scale), rel, key_len=start + T,
+                                                    masked=False)     # causal attention masks it
+    buffers = (None, None) if kv is None else (kv.k, kv.k_rot)
+    branches, y = [], None
+    for (weight, rotated, qb, kb, window), buffer in zip(branch_inputs(q, k, spec, positions), buffers):
+        keys = _append(buffer, kb, start)                      # (B, H, S, D)
+        blocks = causal_attention_blocks(qb, keys, v, start=start, window=window, bias=bias,
+                                         scale=scale, size=spec.query_block)
+        branches.append(Branch(weight, rotated, qb, keys, blocks))
+        out = blocks[0].out if len(blocks) == 1 else np.concatenate([b.out for b in blocks], -2)
+        if y is None:      # soft-align: y = alpha * local + (1 - alpha) * global
+            y = out if weight == 1.0 else out * q.dtype.type(weight)
+        else:
+            y += out * q.dtype.type(weight)
+    out, proj_cache = linear_forward(merge_heads(y), w_o, b_o)  # (B, H, T, D) -> (B, T, C)
     return out, AttentionCache(qkv_cache, proj_cache, q, v, tuple(branches), rel, positions, spec)
 
 
@@ -432,26 +359,31 @@ def attention_backward(dout, cache):
 
     Only for a forward without a KV cache (S == T), as in training.
     """
-    q, v = cache.q, cache.v
+    q, v, spec = cache.q, cache.v, cache.spec
     B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D)
     # forward was: out = merge_heads(y) @ w_o + b_o
     dy, dw_o, db_o = linear_backward(dout, cache.proj)
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)             # (B, T, C) -> (B, H, T, D)
     dqkv = np.zeros((3, B, H, T, D), dtype=dout.dtype)            # dq, dk, dv
     dbias = None if cache.rel is None else np.zeros((B, H, T, T), dtype=dout.dtype)
     for branch in cache.branches:
-        weight = branch.weight if len(cache.branches) > 1 else None
-        dq, dk = _branch_backward(branch, weight, dy, v, dqkv[2], dbias)
+        # forward was: y += weight * attention(q_b, k_b, v)
+        dyb = dy if branch.weight == 1.0 else dy * dy.dtype.type(branch.weight)
+        dq, dk, dv = causal_attention_blocks_backward(dyb, branch.q, branch.k, v, branch.blocks,
+                                                      scale, dbias)
         if branch.rotated:
             # forward was: q = apply_rope(q, positions); its adjoint is the inverse rotation
-            base = cache.spec.rope_base
-            dq = apply_rope(dq, cache.positions, base=base, inverse=True)
-            dk = apply_rope(dk, cache.positions, base=base, inverse=True)
+            dq = apply_rope(dq, cache.positions, base=spec.rope_base, inverse=True)
+            dk = apply_rope(dk, cache.positions, base=spec.rope_base, inverse=True)
         dqkv[0] += dq
         dqkv[1] += dk
+        dqkv[2] += dv
     drel = None
     if cache.rel is not None:
-        dq_rel, drel = _relative_bias_backward(dbias, q, cache.rel, 1.0 / math.sqrt(D))
+        # forward was: bias = relative_logits(q * scale, rel)
+        dq_rel, drel = relative_logits_backward(dbias, q * q.dtype.type(scale), cache.rel)
+        dq_rel *= scale
         dqkv[0] += dq_rel
     dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)  # (3, B, H, T, D) -> (B, T, 3C)
     # forward was: q, k, v = split_heads(x @ w_qkv + b_qkv)
@@ -459,41 +391,55 @@ def attention_backward(dout, cache):
     return dx, dw_qkv, db_qkv, dw_o, db_o, drel
 
 
-def _branch_backward(branch, weight, dy, v, dv, dbias):
-    """d q, d k of one softmax branch, block by block; adds into ``dv`` and ``dbias``."""
-    q, k = branch.q, branch.k
-    dq, dk = np.zeros_like(q), np.zeros_like(k)
-    for b in branch.blocks:
-        dyi, vi = dy[..., b.i0:b.i1, :], v[..., b.lo:b.hi, :]
-        p = b.probs if weight is None else weight * b.probs
-        # forward was: out = p @ v[lo:hi]
-        dv[..., b.lo:b.hi, :] += p.swapaxes(-1, -2) @ dyi
-        dlogits = dyi @ vi.swapaxes(-1, -2)                    # d p (B, H, t, s)
-        # forward was: p = softmax(logits); sum_j p_ij dp_ij = dy_i . out_i (out = p @ v)
-        dlogits -= np.sum(dyi * b.out, axis=-1, keepdims=True)
-        dlogits *= p                                           # masked entries: p = 0
-        if dbias is not None:
-            dbias[..., b.i0:b.i1, b.lo:b.hi] += dlogits
-        # forward was: logits = q @ k^T * scale + bias
-        dq[..., b.i0:b.i1, :] = dlogits @ k[..., b.lo:b.hi, :]
-        dk[..., b.lo:b.hi, :] += dlogits.swapaxes(-1, -2) @ q[..., b.i0:b.i1, :]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    dq *= scale
-    dk *= scale
-    return dq, dk
+def attention_decode(x, w_qkv, b_qkv, w_o, b_o, spec, kv, start, work, *, rel=None):
+    """:func:`attention_forward` of one new token per sequence, into the KV cache ``kv``.
+
+    The decode step of generation: x (B, C) at position ``start``; the new key and
+    value are written into ``kv`` and the query attends over keys ``0..start`` by
+    :func:`attention.decode_attention` (no mask, no weights kept). ``work`` is a
+    dict of scratch buffers reused from step to step. Returns (B, C).
+    """
+    B, C = x.shape
+    H = spec.n_heads
+    D = C // H
+    S = start + 1
+    qkv = np.matmul(x, w_qkv, out=_buffer(work, "qkv", (B, 3 * C), x.dtype))
+    qkv += b_qkv
+    qkv = qkv.reshape(B, 3, H, D, 1)                             # (B, 3C) -> (B, 3, H, D, 1)
+    q, k, v = qkv[:, 0].swapaxes(-1, -2), qkv[:, 1], qkv[:, 2]    # (B, H, 1, D), (B, H, D, 1) x2
+    kv.v[..., start:S] = v
+    scale = x.dtype.type(1.0 / math.sqrt(D))
+    bias = None
+    if rel is not None:     # relative_logits of one query: no skew, distances S-1 .. 0
+        bias = np.matmul(q, rel[:, rel.shape[-2] - S:].swapaxes(-1, -2),
+                         out=_buffer(work, "bias", (B, H, 1, S), x.dtype))
+        bias *= scale
+    position = np.array([start])
+    inputs = branch_inputs(q, k.swapaxes(-1, -2), spec, position)
+    y = None
+    for i, ((weight, _, qb, kb, window), keys) in enumerate(zip(inputs, (kv.k, kv.k_rot))):
+        keys[..., start:S] = kb.swapaxes(-1, -2)
+        lo = 0 if window is None else max(0, S - window)
+        out = decode_attention(qb, keys[..., lo:S], kv.v[..., lo:S], scale,
+                               bias=None if bias is None else bias[..., lo:],
+                               scores=_buffer(work, "scores", (B, H, 1, S - lo), x.dtype),
+                               out=_buffer(work, f"y{i}", (B, H, D, 1), x.dtype))
+        if y is None:
+            y = out if weight == 1.0 else out * x.dtype.type(weight)
+        else:
+            y += out * x.dtype.type(weight)
+    out = np.matmul(y.reshape(B, C), w_o, out=_buffer(work, "proj", (B, C), x.dtype))  # (B, H, D, 1) -> (B, C)
+    out += b_o
+    return out
 
 
-def _relative_bias_backward(dbias, q, rel, scale):
-    """Gradients of :func:`_relative_bias` (no cache, S == T) w.r.t. q and rel."""
-    T, L = q.shape[-2], rel.shape[-2]
-    # forward was: bias = skew_view(qe * scale)
-    dqe = skew_view_backward(dbias)
-    dqe *= scale
-    # forward was: qe = q @ rel[:, L-T:]^T
-    dq = dqe @ rel[:, L - T:]
-    drel = np.zeros_like(rel)
-    drel[:, L - T:] = np.sum(dqe.swapaxes(-1, -2) @ q, axis=0)    # (B, H, T, D) -> (H, T, D)
-    return dq, drel
+def _buffer(work, name, shape, dtype):
+    """A contiguous (shape) view of the scratch buffer ``work[name]``, grown when too small."""
+    size = math.prod(shape)
+    buf = work.get(name)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = work[name] = np.empty(max(size, 1), dtype)
+    return buf[:size].reshape(shape)
 
 
 # --------------------------------------------------------------------------- loss
@@ -514,20 +460,19 @@ def cross_entropy_forward(logits, targets, count=None):
     V = logits.shape[-1]
     logits = logits.reshape(-1, V)                              # (..., V) -> (N, V)
     targets = targets.reshape(-1)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    logz = np.log(np.sum(np.exp(shifted), axis=-1))
+    logp = log_softmax(logits)                                  # (N, V)
     valid = targets >= 0
     count = max(int(valid.sum()), 1) if count is None else count
     rows = np.flatnonzero(valid)
-    loss = float(np.sum(logz[rows] - shifted[rows, targets[rows]])) / count
-    probs = np.exp(shifted - logz[:, None])
+    loss = -float(np.sum(logp[rows, targets[rows]])) / count
+    probs = np.exp(logp, out=logp)
     return loss, CrossEntropyCache(probs, targets, valid, count)
 
 
 def cross_entropy_backward(dloss, cache, shape=None):
     """d logits (N, V) (reshaped to ``shape`` when given)."""
     probs, targets, valid, count = cache
-    # forward was: loss = mean(logz - shifted[target])  =>  d logits = probs - onehot(target)
+    # forward was: loss = -mean(log_softmax(logits)[target])  =>  d logits = probs - onehot(target)
     dlogits = probs * (dloss / count)
     rows = np.flatnonzero(valid)
     dlogits[rows, targets[rows]] -= dloss / count

@@ -26,7 +26,7 @@ import numpy as np
 
 from music_attn.core.layers import (
     AttentionSpec, LayerKV,
-    attention_backward, attention_forward,
+    attention_backward, attention_decode, attention_forward,
     cross_entropy_backward, cross_entropy_forward,
     dropout_backward, dropout_forward,
     embedding_backward, embedding_forward,
@@ -176,8 +176,8 @@ class KVCache:
                                np.zeros(shape, dtype) if rot else None)
                        for _ in range(config.n_layers)]
         self.batch = batch
-        self.capacity = config.max_len
         self.length = 0
+        self.work = {}             # scratch buffers of Model.decode, reused step to step
 
     def __len__(self):
         return self.length
@@ -271,6 +271,36 @@ class Model:
             return logits
         attention = np.stack([b.attn.probs for b in fwd.blocks]).astype(np.float32, copy=False)
         return logits, attention
+
+    def decode(self, tokens, cache):
+        """Next-token logits (B, V) after one more token per sequence: the decode step.
+
+        Equal to ``forward(tokens[:, None], cache=cache)[:, -1]`` (tested), by the
+        single-query path: one row per sequence, scratch buffers reused from step to
+        step, attention by :func:`attention.decode_attention`. The logits are
+        returned in a buffer the next call overwrites.
+
+        tokens : (B,) int, one token per sequence of ``cache``.
+        """
+        tokens = np.asarray(tokens).reshape(-1)
+        _, start = self._check_ids(tokens[:, None], cache)
+        p, c, work = self.params, self.config, cache.work
+        x = np.take(p["tok_emb"], tokens, axis=0)                          # (B, C)
+        x *= self.dtype.type(math.sqrt(c.d_model))
+        if self._pe is not None:
+            x += self._pe[start]
+        for i in range(c.n_layers):
+            pre = f"h{i}."
+            h = layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])[0]
+            x += attention_decode(h, p[pre + "attn.w_qkv"], p[pre + "attn.b_qkv"],
+                                  p[pre + "attn.w_o"], p[pre + "attn.b_o"], self._spec,
+                                  cache.layers[i], start, work, rel=p.get(pre + "attn.rel"))
+            h = layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])[0]
+            f = gelu_forward(linear_forward(h, p[pre + "ff.w1"], p[pre + "ff.b1"])[0])[0]
+            x += linear_forward(f, p[pre + "ff.w2"], p[pre + "ff.b2"])[0]      # (B, C)
+        h = layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])[0]
+        cache.length += 1
+        return linear_forward(h, p["head.w"], p["head.b"])[0]               # (B, V)
 
     def loss_and_grads(self, ids, targets, *, workers=None, rng=None):
         """Mean cross-entropy of ``targets`` given ``ids`` and its gradient.

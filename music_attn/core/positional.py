@@ -10,11 +10,16 @@ D head dim, L number of relative embeddings (distances 0 .. L-1).
 * ``relative_logits(q, rel)`` -- relative attention of the Music Transformer (Huang et al.
   2018) with the memory-saving "skew": one ``(T, S)`` matrix product, then pad one column,
   reshape and drop, instead of gathering a ``(T, S, D)`` tensor of embeddings.
-  ``skew_backward`` is the exact adjoint of ``skew`` (the backward pass of the trick), and
-  ``relative_logits_backward`` the backward pass of the whole thing.
+  ``skew_backward`` is the exact adjoint of ``skew`` (the backward pass of the trick).
+  ``skew_view`` is the same skew as a strided view (no padding, no copy) -- the form
+  ``relative_logits`` and the model use, tested equal to ``skew`` on the causal region --
+  with ``skew_view_backward`` its adjoint; ``relative_logits_backward`` is the backward
+  pass of the whole thing.
 """
 
 import numpy as np
+
+from music_attn.core.ops import float_dtype
 
 __all__ = [
     "sinusoidal",
@@ -22,15 +27,11 @@ __all__ = [
     "apply_rope",
     "skew",
     "skew_backward",
+    "skew_view",
+    "skew_view_backward",
     "relative_logits",
     "relative_logits_backward",
 ]
-
-
-def _float_dtype(*arrays):
-    """Floating dtype to compute in: floats keep theirs, integers/bools become float64."""
-    dtype = np.result_type(*arrays)
-    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
 
 
 def sinusoidal(T, C, *, base=10000.0, dtype=np.float64):
@@ -105,7 +106,7 @@ def apply_rope(x, positions=None, *, base=10000.0, inverse=False):
     ndarray, shape (..., T, D), dtype of ``x`` (float64 for integer input)
     """
     x = np.asarray(x)
-    x = x.astype(_float_dtype(x), copy=False)
+    x = x.astype(float_dtype(x), copy=False)
     if x.ndim < 2:
         raise ValueError(f"apply_rope expects x of shape (..., T, D), got {x.shape}")
     T, D = x.shape[-2:]
@@ -176,6 +177,41 @@ def skew_backward(dout):
     return flat.reshape(*lead, T, S + 1)[..., 1:]    # forward was: padded[..., 1:] = x
 
 
+def skew_view(x):
+    """:func:`skew` as a strided view: no padding, no copy.
+
+    ``out[..., i, j] = x[..., i, j + T-1-i]`` for ``j <= i + S - T`` -- what :func:`skew`
+    gives on the causal region; above it the view reads other entries of ``x`` (mask them).
+    Row i starts T-1-i columns into row i of ``x``, so the view starts at ``x[0, T-1]`` and
+    steps S-1 elements per row.
+
+    x : (..., T, S) with T <= S -> (..., T, S) read-only view.
+    """
+    T, S = x.shape[-2:]
+    if T > S:
+        raise ValueError(f"skew_view needs T <= S, got x of shape {x.shape}")
+    x = np.ascontiguousarray(x)
+    rows, cols = x.strides[-2:]
+    return np.lib.stride_tricks.as_strided(x[..., T - 1:], shape=x.shape, writeable=False,
+                                           strides=x.strides[:-2] + (rows - cols, cols))
+
+
+def skew_view_backward(dout):
+    """Adjoint of :func:`skew_view` on the causal region: (..., T, S) -> (..., T, S).
+
+    Each causal entry (i, j) came from its own entry ``x[i, j + T-1-i]``; entries of
+    ``dout`` above the causal region are ignored, and the rest of ``dx`` (distances no
+    query reached) is zero.
+    """
+    T, S = dout.shape[-2:]
+    dx = np.zeros(dout.shape, dtype=dout.dtype)
+    rows, cols = dx.strides[-2:]
+    view = np.lib.stride_tricks.as_strided(dx[..., T - 1:], shape=dx.shape,
+                                           strides=dx.strides[:-2] + (rows - cols, cols))
+    np.copyto(view, dout, where=_causal_rel(T, S))   # causal entries land on distinct elements
+    return dx
+
+
 def _causal_rel(T, S):
     """Boolean (T, S): key j is at distance >= 0 from query i (queries aligned to the end)."""
     return np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)
@@ -189,7 +225,7 @@ def _check_rel(q, rel, S):
             f"got q {q.shape}, rel {rel.shape}, S={S}")
 
 
-def relative_logits(q, rel, *, key_len=None):
+def relative_logits(q, rel, *, key_len=None, masked=True):
     """Relative-position logits ``q . E[distance]`` via the skew, never a (T, S, D) tensor.
 
     Parameters
@@ -202,6 +238,10 @@ def relative_logits(q, rel, *, key_len=None):
     key_len : int, optional
         Number of keys ``S`` (default ``T``); queries are aligned to the end, so query ``i``
         is at position ``i + S - T``.
+    masked : bool
+        Zero the entries above the causal region (default). ``False`` returns the skew as
+        a read-only view with those entries unspecified, for callers that mask them anyway
+        (the model's causal attention): no copy of the (T, S) logits.
 
     Returns
     -------
@@ -210,15 +250,15 @@ def relative_logits(q, rel, *, key_len=None):
         (future keys; mask them anyway).
     """
     q, rel = np.asarray(q), np.asarray(rel)
-    dtype = _float_dtype(q, rel)
+    dtype = float_dtype(q, rel)
     q, rel = q.astype(dtype, copy=False), rel.astype(dtype, copy=False)
     T, L = q.shape[-2], rel.shape[-2]
     S = T if key_len is None else int(key_len)
     _check_rel(q, rel, S)
     qe = q @ np.swapaxes(rel[..., L - S:, :], -1, -2)   # (..., T, D) @ (..., D, S) -> (..., T, S)
-    out = skew(qe)
-    out *= _causal_rel(T, S)
-    return out
+    if not masked:
+        return skew_view(qe)
+    return np.where(_causal_rel(T, S), skew_view(qe), qe.dtype.type(0))
 
 
 def relative_logits_backward(dout, q, rel, *, key_len=None):
@@ -240,7 +280,7 @@ def relative_logits_backward(dout, q, rel, *, key_len=None):
     T, L = q.shape[-2], rel.shape[-2]
     S = T if key_len is None else int(key_len)
     _check_rel(q, rel, S)
-    dqe = skew_backward(dout * _causal_rel(T, S))      # forward was: out = skew(qe) * causal
+    dqe = skew_view_backward(dout)                     # forward was: out = skew(qe) * causal
     dq = dqe @ rel[..., L - S:, :]                     # forward was: qe = q @ rel[L-S:].T
     drel_used = np.swapaxes(dqe, -1, -2) @ q           # (..., S, T) @ (..., T, D) -> (..., S, D)
     drel = np.zeros(np.broadcast_shapes(drel_used.shape[:-2], rel.shape[:-2]) + rel.shape[-2:],

@@ -29,8 +29,9 @@ from music_attn.core.model import Model
 from music_attn.interop.torch_model import TorchTransformer, our_name, torch_name
 from music_attn.training.checkpoint import save_checkpoint
 from music_attn.training.train import (
-    TrainState, _batch, _due, _StopOnInterrupt, lr_at, validation_windows,
+    TrainState, _batch, _due, _StopOnInterrupt, lr_at,
 )
+from music_attn.training.windows import span_batches
 
 __all__ = ["to_torch", "from_torch", "train_torch", "TorchTransformer", "init_distributed"]
 
@@ -165,16 +166,16 @@ def _step(net, optimizer, sequences, state, tokenizer, pad_id, device):
 
 
 @torch.no_grad()
-def _evaluate(module, windows, batch_size, pad_id, device):
-    """Mean NLL (nats/token) of windows (N, T+1), padding not counted."""
+def _evaluate(module, batches, device):
+    """Mean NLL (nats/token) over :func:`windows.span_batches` (ids, targets), -1 not counted."""
     total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        w = torch.as_tensor(windows[i:i + batch_size], dtype=torch.int64, device=device)
-        targets = w[:, 1:].masked_fill(w[:, 1:] == pad_id, -1)
-        logits = module(w[:, :-1])
-        total += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1,
+    for ids, targets, _ in batches:
+        w = torch.as_tensor(ids, dtype=torch.int64, device=device)
+        t = torch.as_tensor(targets, dtype=torch.int64, device=device)
+        logits = module(w)
+        total += float(F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=-1,
                                        reduction="sum"))
-        count += int((targets >= 0).sum())
+        count += int((t >= 0).sum())
     return total / max(count, 1)
 
 
@@ -213,8 +214,8 @@ def train_torch(model, sequences, config, *, state=None, val_sequences=None, tok
     net, optimizer = _wrap(module, device), _optimizer(module, config)
     _load_moments(optimizer, module, state)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    val = (validation_windows(val_sequences, config.seq_len, config.eval_tokens, pad_id)
-           if val_sequences else None)
+    val = (list(span_batches(val_sequences, config.seq_len, batch_size=config.batch_size,
+                             max_tokens=config.eval_tokens)) if val_sequences else None)
     loop = _Loop(net, module, optimizer, state, tokenizer, pad_id, device, checkpoint, rank == 0)
     with _StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, unit="step", dynamic_ncols=True,
                                           disable=not (progress and rank == 0)) as bar:
@@ -241,8 +242,7 @@ class _Loop:
             tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
             state.step += 1
             if val is not None and len(val) and _due(state.step, config.eval_every, end):
-                record["val_loss"] = _evaluate(self.module, val, config.batch_size, self.pad_id,
-                                               self.device)
+                record["val_loss"] = _evaluate(self.module, val, self.device)
                 if self.main and not bar.disable:
                     bar.write(f"step {state.step}: train loss {record['loss']:.4f}, "
                               f"validation loss {record['val_loss']:.4f}")

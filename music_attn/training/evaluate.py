@@ -1,9 +1,9 @@
 """Evaluation of a model on the corpus: validation NLL against n-gram baselines, and melody statistics.
 
 - :func:`model_nll`: nats per token on whole sequences.  A sequence longer than
-  the model's window is scored with windows of ``max_len`` tokens moved by half
-  a window, each token scored once, with at least half a window of context
-  (the usual strided evaluation), so long tunes are not cut into contextless pieces.
+  the model's window is scored by the windows of :mod:`music_attn.training.windows`
+  (``max_len`` tokens moved by half a window), each token scored once, with at least
+  half a window of context, so long tunes are not cut into contextless pieces.
 - :func:`ngram_nll`: interpolated Kneser-Ney baselines (:mod:`music_attn.training.ngram`)
   trained on the same training tokens, scored on the same tokens.
 - :func:`generation_stats` / :func:`reference_stats`: for continuations of the
@@ -20,6 +20,7 @@ import numpy as np
 from music_attn.training.generate import generate
 from music_attn.training.ngram import KneserNeyLM
 from music_attn.training.stats import estimate_key, in_key_share, pitch_range, repetition
+from music_attn.training.windows import corpus_nll
 
 __all__ = ["model_nll", "ngram_nll", "generation_stats", "reference_stats", "find_data_dir",
            "evaluate_shipped", "ABLATION_FILE"]
@@ -28,45 +29,11 @@ ABLATION_FILE = Path(__file__).resolve().parents[1] / "assets" / "ablation.json"
 
 
 def model_nll(model, sequences, *, batch_size=16):
-    """Mean NLL (nats/token) of every token after the first of each sequence; returns (nll, tokens)."""
-    L = model.config.max_len
-    rows, masks = [], []
-    for seq in sequences:
-        for window, scored in _windows(np.asarray(seq, dtype=np.int64), L):
-            rows.append(window)
-            masks.append(scored)
-    total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        total_i, count_i = _score_batch(model, rows[i:i + batch_size], masks[i:i + batch_size])
-        total += total_i
-        count += count_i
-    return total / max(count, 1), count
+    """Mean NLL (nats/token) of every token after the first of each sequence; returns (nll, tokens).
 
-
-def _windows(seq, L):
-    """(window, scored-target mask) pairs covering ``seq``: stride L/2, each target once."""
-    if len(seq) <= L + 1:
-        yield seq, np.ones(len(seq) - 1, dtype=bool)
-        return
-    stride, done = L // 2, 0          # done: targets (1-based positions) already scored
-    start = 0
-    while done < len(seq) - 1:
-        window = seq[start:start + L + 1]
-        scored = np.arange(start + 1, start + len(window)) > done
-        yield window, scored
-        done = start + len(window) - 1
-        start += stride
-
-
-def _score_batch(model, windows, masks):
-    T = max(len(w) for w in windows) - 1
-    ids = np.zeros((len(windows), T + 1), dtype=np.int64)
-    targets = np.full((len(windows), T), -1, dtype=np.int64)
-    for r, (w, m) in enumerate(zip(windows, masks)):
-        ids[r, :len(w)] = w
-        targets[r, :len(w) - 1] = np.where(m, w[1:], -1)
-    n = int((targets >= 0).sum())
-    return model.loss(ids[:, :-1], targets) * n, n
+    :func:`windows.corpus_nll` with windows of ``max_len`` tokens moved by half a window.
+    """
+    return corpus_nll(model, sequences, batch_size=batch_size)
 
 
 def ngram_nll(train, validation, vocab_size, orders=(3, 4, 5)):

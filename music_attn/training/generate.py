@@ -9,9 +9,14 @@ result always decodes with zero skipped tokens.
 Shape legend: V vocab.
 """
 
+import copy
 from typing import NamedTuple
 
 import numpy as np
+
+from music_attn._threads import single_threaded_blas
+from music_attn.core.ops import softmax_
+from music_attn.training.windows import window_start
 
 __all__ = ["next_token_distribution", "sample_next", "generate", "Generated"]
 
@@ -21,57 +26,68 @@ def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None, *, 
 
     Parameters
     ----------
-    logits : (V,) next-token logits.
+    logits : (V,) next-token logits, or (N, V): one distribution per row.
     temperature : float >= 0; 0 puts all the mass on the (allowed) argmax.
     top_k : keep only the k most likely tokens (exactly k, ties broken by id).
     top_p : keep the smallest set of most likely tokens whose mass reaches top_p.
-    allowed : optional bool (V,), tokens that may be sampled at all.
+    allowed : optional bool (V,) or (N, V), tokens that may be sampled at all.
 
     Returns
     -------
-    probs : (V,) float64, sums to 1.
+    probs : (V,) or (N, V) float64, each row sums to 1.
     """
-    logits = np.array(logits, dtype=np.float64).reshape(-1)         # (V,)
-    if allowed is not None:
-        logits[~np.asarray(allowed, dtype=bool)] = -np.inf           # 1. forbidden tokens
-    if not np.isfinite(logits).any():
+    logits = np.array(logits, dtype=np.float64)
+    rows = logits.reshape(-1, logits.shape[-1])                      # (N, V)
+    if allowed is not None:                                          # 1. forbidden tokens
+        rows[~np.broadcast_to(np.asarray(allowed, dtype=bool), logits.shape).reshape(rows.shape)] = -np.inf
+    if not np.isfinite(rows).any(axis=-1).all():
         raise ValueError("no token may be sampled: every logit is -inf or masked")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:                                             # 2. greedy
-        probs = np.zeros_like(logits)
-        probs[np.argmax(logits)] = 1.0
-        return probs
-    logits /= temperature                                            # 3. temperature
+        probs = np.zeros_like(rows)
+        probs[np.arange(len(rows)), np.argmax(rows, axis=-1)] = 1.0
+        return probs.reshape(logits.shape)
+    rows /= temperature                                              # 3. temperature
     if top_k is not None:                                            # 4. top-k
-        logits = _keep_top_k(logits, int(top_k))
-    probs = np.exp(logits - logits.max())                            # 5. softmax
-    probs /= probs.sum()
+        rows = _keep_top_k(rows, int(top_k))
+    probs = softmax_(rows)                                           # 5. softmax
     if top_p is not None:                                            # 6. nucleus
         probs = _keep_top_p(probs, float(top_p))
-    return probs
+    return probs.reshape(logits.shape)
 
 
 def _keep_top_k(logits, k):
+    """(N, V) logits with all but the k largest of each row set to -inf (ties: lower id)."""
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
-    if k >= logits.size:
+    if k >= logits.shape[-1]:
         return logits
-    order = np.argsort(-logits, kind="stable")                       # most likely first
+    order = np.argsort(-logits, axis=-1, kind="stable")[:, :k]      # most likely first
     out = np.full_like(logits, -np.inf)
-    out[order[:k]] = logits[order[:k]]
+    np.put_along_axis(out, order, np.take_along_axis(logits, order, -1), -1)
     return out
 
 
 def _keep_top_p(probs, p):
+    """(N, V) probabilities restricted to the smallest most-likely set of mass >= p, renormalised."""
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {p}")
-    order = np.argsort(-probs, kind="stable")                        # most likely first
-    mass_before = np.cumsum(probs[order]) - probs[order]
-    keep = order[mass_before < p]                                    # until the mass reaches p
+    order = np.argsort(-probs, axis=-1, kind="stable")              # most likely first
+    sorted_p = np.take_along_axis(probs, order, -1)
+    mass_before = np.cumsum(sorted_p, axis=-1) - sorted_p
+    kept = np.where(mass_before < p, sorted_p, 0.0)                 # until the mass reaches p
     out = np.zeros_like(probs)
-    out[keep] = probs[keep]
-    return out / out.sum()
+    np.put_along_axis(out, order, kept, -1)
+    return out / out.sum(axis=-1, keepdims=True)
+
+
+def _draw(probs, uniforms):
+    """Inverse-CDF draw of one token per row: probs (N, V), uniforms (N,) in [0, 1) -> (N,) int."""
+    cdf = np.cumsum(probs, axis=-1)                                  # (N, V)
+    tokens = np.sum(cdf <= (uniforms * cdf[:, -1])[:, None], axis=-1)
+    last = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)   # last token with mass
+    return np.minimum(tokens, last)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None, *, allowed=None):
@@ -81,14 +97,20 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None, *, al
     ``rng``; otherwise ``rng`` (np.random.Generator) is required.  See
     :func:`next_token_distribution` for the other arguments.
     """
-    probs = next_token_distribution(logits, temperature, top_k, top_p, allowed=allowed)
+    logits = np.asarray(logits).reshape(1, -1)
+    allowed = None if allowed is None else np.asarray(allowed).reshape(1, -1)
+    return int(_sample_rows(logits, (temperature, top_k, top_p), [rng], allowed)[0])
+
+
+def _sample_rows(logits, sampling, rngs, allowed):
+    """One token per row of logits (N, V); row i draws from ``rngs[i]`` (one number per token)."""
+    temperature, top_k, top_p = sampling
+    probs = next_token_distribution(logits, temperature, top_k, top_p, allowed=allowed)  # (N, V)
     if temperature == 0:
-        return int(np.argmax(probs))
-    if rng is None:
+        return np.argmax(probs, axis=-1)
+    if any(rng is None for rng in rngs):
         raise ValueError("sampling with temperature > 0 needs an np.random.Generator (rng=...)")
-    cdf = np.cumsum(probs)
-    token = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    return min(token, int(np.flatnonzero(probs)[-1]))
+    return _draw(probs, np.array([rng.random() for rng in rngs]))
 
 
 class Generated(NamedTuple):
@@ -97,10 +119,13 @@ class Generated(NamedTuple):
     ids : (n,) int32, the prompt (without a trailing EOS) followed by the new tokens.
     prompt_length : number of prompt tokens at the start of ``ids``.
     stop : why generation stopped: "eos", "bars" or "tokens".
+    bars : number of bars the new tokens start (Bar tokens written; 0 for tokenizers
+        without bars).
     """
     ids: np.ndarray
     prompt_length: int
     stop: str
+    bars: int = 0
 
 
 def _prompt(prompt_ids, tokenizer):
@@ -134,37 +159,57 @@ def _primed_grammar(tokenizer, prompt):
 
 
 class _Stepper:
-    """Next-token logits of a growing sequence, with or without the KV cache.
+    """Next-token logits (N, V) of N sequences growing in step, with or without the KV cache.
 
-    When the window the model can see (``max_len``) is full, it slides: the
-    last ``max_len // 2`` tokens are fed again from an empty cache, so
-    generation can go on for as long as asked, each token seeing at least
-    half a window of context.
+    When the window the model can see (``max_len``) is full, it slides to the next
+    start of :func:`windows.window_start` (stride ``max_len // 2``): the tokens from
+    there are fed again from an empty cache, so generation can go on for as long as
+    asked, each token seeing at least half a window of context.
     """
 
-    def __init__(self, model, context, use_cache):
-        self.model, self.use_cache = model, use_cache
-        self.cache = model.new_cache(1) if use_cache else None
-        self._restart(list(int(t) for t in context))
+    def __init__(self, model, context, n, use_cache):
+        self.model, self.use_cache, self.n = model, use_cache, n
+        self.cache = model.new_cache(n) if use_cache else None
+        self.offset = 0                                    # position of seq[:, 0] in the whole
+        self.seq = np.repeat(np.asarray(context, dtype=np.int64)[None, :], n, axis=0)  # (N, T)
+        self._restart(self.seq)
 
     def _restart(self, window):
         self.seq = window
         if self.cache is not None:
             self.cache.reset()
-        self.logits = self.model.forward(np.asarray([self.seq]), cache=self.cache)[0, -1]   # (V,)
+        self.logits = self.model.forward(self.seq, cache=self.cache)[:, -1]      # (N, V)
 
-    def push(self, token):
-        self.seq.append(token)
-        if len(self.seq) > self.model.config.max_len:
-            self._restart(self.seq[-(self.model.config.max_len // 2):])
+    def push(self, tokens):
+        """Append ``tokens`` (N,) and compute the logits after them."""
+        L = self.model.config.max_len
+        self.seq = np.concatenate([self.seq, np.asarray(tokens, np.int64)[:, None]], axis=1)
+        position = self.offset + self.seq.shape[1] - 1
+        start = window_start(position, L, L // 2) if self.seq.shape[1] > L else self.offset
+        if start != self.offset:
+            self.seq, self.offset = self.seq[:, start - self.offset:], start
+            self._restart(self.seq)
         elif self.use_cache:
-            self.logits = self.model.forward(np.array([[token]]), cache=self.cache)[0, -1]
+            self.logits = self.model.decode(self.seq[:, -1], self.cache)               # (N, V)
         else:
-            self.logits = self.model.forward(np.asarray([self.seq]))[0, -1]
+            self.logits = self.model.forward(self.seq)[:, -1]
+
+
+def _rngs(rng, num_samples):
+    """One Generator per sample: a sequence of them as given, or children seeded from ``rng``."""
+    if num_samples is None:
+        return [rng]
+    if isinstance(rng, np.random.Generator):
+        return [np.random.default_rng(seed) for seed in rng.integers(0, 2 ** 63, num_samples)]
+    rngs = [None] * num_samples if rng is None else list(rng)
+    if len(rngs) != num_samples:
+        raise ValueError(f"num_samples={num_samples} needs as many generators, got {len(rngs)}")
+    return rngs
 
 
 def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temperature=1.0,
-             top_k=None, top_p=None, rng=None, constrained=True, tokenizer=None, use_cache=True):
+             top_k=None, top_p=None, rng=None, constrained=True, tokenizer=None, use_cache=True,
+             no_end=False, num_samples=None):
     """Continue ``prompt_ids`` by sampling from ``model``.
 
     Parameters
@@ -178,51 +223,94 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
         model never close a bar).
     n_bars : stop before the Bar token that would start bar ``n_bars + 1`` (REMI).
     temperature, top_k, top_p : see :func:`next_token_distribution`.
-    rng : np.random.Generator (needed unless temperature is 0).
+    rng : np.random.Generator (needed unless temperature is 0); with
+        ``num_samples``, a sequence of one Generator per sample, or one Generator
+        that seeds a child Generator per sample.
     constrained : mask tokens the tokenizer's grammar forbids before sampling.
     tokenizer : defaults to ``model.tokenizer``.
     use_cache : use the KV cache (False recomputes the whole prefix every step).
+    no_end : forbid EOS until ``n_bars`` bars are written (always, without ``n_bars``),
+        so the piece runs to its budget.
+    num_samples : sample this many continuations at once (one batch through the
+        model), each with its own grammar state, stop condition and generator;
+        sample i is what a single run with generator i gives.
 
     Returns
     -------
-    Generated(ids, prompt_length, stop): generation also stops at EOS; past
-    ``max_len`` tokens the model's window slides (see ``_Stepper``); a note
-    left unfinished by a budget is dropped, so constrained output always
-    decodes with 0 skipped.
+    Generated(ids, prompt_length, stop, bars), or a list of ``num_samples`` of them:
+    generation also stops at EOS; past ``max_len`` tokens the model's window slides
+    (see ``_Stepper``); a note left unfinished by a budget is dropped, so
+    constrained output always decodes with 0 skipped.
     """
     tokenizer = model.tokenizer if tokenizer is None else tokenizer
     if constrained and tokenizer is None:
         raise ValueError("grammar-constrained generation needs a tokenizer")
+    if num_samples is not None and (int(num_samples) != num_samples or num_samples < 1):
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if max_new_tokens is None:
         max_new_tokens = model.config.max_len * (1 if n_bars is None else n_bars)
     prompt = _prompt(prompt_ids, tokenizer)
-    grammar = _primed_grammar(tokenizer, prompt) if constrained else None
-    stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens), use_cache)
-    new, stop = _sample_loop(stepper, grammar, tokenizer, max_new_tokens, n_bars,
-                             (temperature, top_k, top_p, rng))
-    pending = min(getattr(grammar, "pending", 0), len(new)) if grammar is not None else 0
-    new = new[:len(new) - pending]                 # drop a note the budget cut short
-    ids = np.concatenate([prompt, np.asarray(new, dtype=np.int32)])
-    return Generated(ids, len(prompt), stop)
+    rngs = _rngs(rng, num_samples)
+    primed = _primed_grammar(tokenizer, prompt) if constrained else None
+    samples = [_Sample(primed, tokenizer, n_bars, no_end) for _ in rngs]
+    with single_threaded_blas():          # small products: BLAS threads would only spin
+        stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens),
+                           len(rngs), use_cache)
+        _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), rngs)
+    out = [s.result(prompt) for s in samples]
+    return out[0] if num_samples is None else out
 
 
-def _sample_loop(stepper, grammar, tokenizer, max_new_tokens, n_bars, sampling):
-    """Sample until a stop condition; returns (new token ids, reason)."""
-    bar_id = getattr(tokenizer, "bar_id", None)
-    eos_id = None if tokenizer is None else tokenizer.eos_id
-    new, bars = [], 0
-    while len(new) < max_new_tokens:
-        allowed = None if grammar is None else grammar.allowed()
-        token = sample_next(stepper.logits, *sampling, allowed=allowed)
-        if n_bars is not None and token == bar_id:
-            bars += 1
-            if bars > n_bars:
-                return new, "bars"
-        new.append(token)
-        if grammar is not None:
-            grammar.advance(token)
-        if token == eos_id:
-            return new, "eos"
-        if len(new) < max_new_tokens:      # the last token needs no logits after it
-            stepper.push(token)
-    return new, "tokens"
+class _Sample:
+    """One continuation being sampled: its grammar, its new tokens, its bars, its stop."""
+
+    def __init__(self, primed, tokenizer, n_bars, no_end):
+        self.grammar = None if primed is None else copy.deepcopy(primed, {id(primed.tok): primed.tok})
+        self.bar_id = None if tokenizer is None else tokenizer.bar_id
+        self.eos_id = None if tokenizer is None else tokenizer.eos_id
+        self.n_bars, self.no_end = n_bars, no_end
+        self.new, self.bars, self.stop = [], 0, None
+
+    def allowed(self, V):
+        """bool (V,) of tokens this sample may take next (None: any)."""
+        allowed = None if self.grammar is None else self.grammar.allowed()
+        if self.no_end and self.eos_id is not None and (self.n_bars is None or self.bars < self.n_bars):
+            allowed = np.ones(V, bool) if allowed is None else allowed
+            allowed[self.eos_id] = False                      # the piece may not end yet
+        return allowed
+
+    def take(self, token):
+        """Add ``token`` unless it starts one bar too many; set ``stop`` when done."""
+        if token == self.bar_id and self.n_bars is not None and self.bars == self.n_bars:
+            self.stop = "bars"
+            return
+        self.bars += token == self.bar_id
+        self.new.append(token)
+        if self.grammar is not None:
+            self.grammar.advance(token)
+        if token == self.eos_id:
+            self.stop = "eos"
+
+    def result(self, prompt):
+        pending = 0 if self.grammar is None else min(self.grammar.pending, len(self.new))
+        new = self.new[:len(self.new) - pending]              # drop a note the budget cut short
+        ids = np.concatenate([prompt, np.asarray(new, dtype=np.int32)])
+        return Generated(ids, len(prompt), self.stop or "tokens", int(self.bars))
+
+
+def _sample_loop(stepper, samples, max_new_tokens, sampling, rngs):
+    """Sample every live sample one token per step until each has stopped."""
+    V = stepper.model.config.vocab_size
+    for step in range(max_new_tokens):
+        live = [i for i, s in enumerate(samples) if s.stop is None]
+        if not live:
+            return
+        masks = [samples[i].allowed(V) for i in live]
+        allowed = None if all(m is None for m in masks) else np.stack(
+            [np.ones(V, bool) if m is None else m for m in masks])
+        tokens = np.full(len(samples), samples[live[0]].eos_id or 0, dtype=np.int64)
+        tokens[live] = _sample_rows(stepper.logits[live], sampling, [rngs[i] for i in live], allowed)
+        for i in live:
+            samples[i].take(int(tokens[i]))
+        if step + 1 < max_new_tokens and any(s.stop is None for s in samples):
+            stepper.push(tokens)                  # the last token needs no logits after it

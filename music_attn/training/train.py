@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 from music_attn.training.checkpoint import save_checkpoint
 from music_attn.training.data import TRANSPOSE_RANGE, augment_transpose, sample_windows
 from music_attn.core.model import parallel_map
+from music_attn.training.windows import corpus_nll
 
-__all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train", "evaluate",
-           "validation_windows", "train_state_from_checkpoint"]
+__all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train",
+           "train_state_from_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class TrainConfig:
     betas, eps, weight_decay : AdamW (decay on matrices only, not biases/norms).
     grad_clip : clip the global gradient norm to this (0 = off).
     eval_every : validation loss every this many steps (0 = only at the end).
-    eval_tokens : at most this many validation tokens per evaluation.
+    eval_tokens : validation sequences are scored (by :func:`windows.corpus_nll`, windows
+        of ``seq_len``) until this many tokens are counted.
     checkpoint_every : save every this many steps (0 = only at the end).
     transpose : (low, high) semitone range of transposition augmentation, or None.
     seed : seed of the run's np.random.Generator.
@@ -207,36 +209,6 @@ def _batch(sequences, config, rng, tokenizer, pad_id):
     return ids, targets
 
 
-def validation_windows(sequences, seq_len, max_tokens, pad_id=0):
-    """Consecutive windows (N, T+1) covering the validation sequences (no randomness)."""
-    rows, total = [], 0
-    for seq in sequences:
-        seq = np.asarray(seq, dtype=np.int32)
-        for start in range(0, max(len(seq) - 1, 1), seq_len):
-            chunk = seq[start:start + seq_len + 1]
-            if len(chunk) < 2 or total >= max_tokens:
-                continue
-            row = np.full(seq_len + 1, pad_id, dtype=np.int32)
-            row[:len(chunk)] = chunk
-            rows.append(row)
-            total += len(chunk) - 1
-    return np.stack(rows) if rows else np.zeros((0, seq_len + 1), np.int32)
-
-
-def evaluate(model, windows, *, batch_size=16, pad_id=0, workers=2):
-    """Mean NLL (nats/token) of the model on windows (N, T+1), padding not counted."""
-    total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        w = windows[i:i + batch_size]
-        targets = w[:, 1:].astype(np.int64)
-        targets[targets == pad_id] = -1
-        n = int((targets >= 0).sum())
-        if n:
-            total += model.loss(w[:, :-1], targets, workers=workers) * n
-            count += n
-    return total / max(count, 1)
-
-
 # --------------------------------------------------------------------------- loop
 
 class _StopOnInterrupt:
@@ -308,8 +280,6 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
     pad_id = tokenizer.pad_id if tokenizer is not None else 0
     state = TrainState(model, config, np.random.default_rng(config.seed)) if state is None else state
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    val = (validation_windows(val_sequences, config.seq_len, config.eval_tokens, pad_id)
-           if val_sequences else None)
     state.interrupted, saved = False, None
     deadline = math.inf if time_limit is None else time.monotonic() + time_limit
     with _StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, disable=not progress,
@@ -319,9 +289,10 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
             record = _train_step(model, sequences, state, tokenizer, pad_id)
             tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
             state.step += 1
-            if val is not None and len(val) and _due(state.step, config.eval_every, end):
-                record["val_loss"] = evaluate(model, val, batch_size=config.batch_size, pad_id=pad_id,
-                                              workers=config.workers)
+            if val_sequences and _due(state.step, config.eval_every, end):
+                record["val_loss"] = corpus_nll(model, val_sequences, window=config.seq_len,
+                                                batch_size=config.batch_size,
+                                                max_tokens=config.eval_tokens)[0]
                 if progress:
                     bar.write(f"step {state.step}: train loss {record['loss']:.4f}, "
                               f"validation loss {record['val_loss']:.4f}")

@@ -7,14 +7,22 @@ its next-token logits) is taken from exactly one window: the first that contains
 a position in the first window sees every token before it, and any later position sees at
 least ``size - stride`` tokens of context.
 
-Legend: T positions, V vocab.
+When the whole sequence is known (:func:`spans`), the last window is moved back to end at
+the last position, so that it is full; when the sequence grows one token at a time
+(generation, :func:`window_start`), the windows stay on the grid of starts ``0, stride,
+2 stride, ...``. The two agree on every position before the last window.
+
+Legend: T positions, V vocab, N rows of a batch.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Span", "spans", "log_softmax", "token_nll", "sequence_nll"]
+from music_attn.core.ops import log_softmax
+
+__all__ = ["Span", "spans", "window_start", "span_batches", "log_softmax", "token_nll",
+           "sequence_nll", "corpus_nll"]
 
 
 class Span(NamedTuple):
@@ -24,12 +32,17 @@ class Span(NamedTuple):
     keep: int
 
 
-def spans(n, size, stride=None):
-    """The windows covering positions ``0..n-1`` (see the module docstring); a list of Span."""
+def _stride(size, stride):
     size = int(size)
     stride = max(1, size // 2) if stride is None else int(stride)
     if size < 1 or not 1 <= stride <= size:
         raise ValueError(f"need 1 <= stride <= size, got size={size}, stride={stride}")
+    return size, stride
+
+
+def spans(n, size, stride=None):
+    """The windows covering positions ``0..n-1`` (see the module docstring); a list of Span."""
+    size, stride = _stride(size, stride)
     out, done, start = [], 0, 0
     while done < n:
         start = max(0, min(start, n - size))
@@ -39,12 +52,15 @@ def spans(n, size, stride=None):
     return out
 
 
-def log_softmax(logits, axis=-1):
-    """``log softmax(logits)``, stable: (..., V) -> (..., V)."""
-    logits = np.asarray(logits)
-    top = logits.max(axis=axis, keepdims=True)
-    shifted = logits - top
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+def window_start(position, size, stride=None):
+    """Start of the window a growing sequence reads ``position``'s output from.
+
+    The first window of the grid ``0, stride, 2 stride, ...`` that contains ``position``:
+    generation restarts its cache there when the window is full, and that position
+    then sees ``position - start >= size - stride`` tokens before it.
+    """
+    size, stride = _stride(size, stride)
+    return max(0, -(-(position + 1 - size) // stride)) * stride
 
 
 def token_nll(logits, targets):
@@ -54,16 +70,70 @@ def token_nll(logits, targets):
     return -log_softmax(logits)[np.arange(len(targets)), targets]
 
 
+def _bounded(sequences, max_tokens):
+    """The first sequences whose targets reach ``max_tokens`` (all of them when None)."""
+    sequences = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+    if max_tokens is None:
+        return sequences
+    kept, total = [], 0
+    for seq in sequences:
+        if total >= max_tokens:
+            break
+        kept.append(seq)
+        total += max(seq.size - 1, 0)
+    return kept
+
+
+def span_batches(sequences, window, *, stride=None, batch_size=16, max_tokens=None):
+    """The spans of every sequence as model inputs, ``batch_size`` rows at a time.
+
+    Yields (ids, targets, rows): ids (N, W) int64, each row one :class:`Span`'s tokens,
+    padded with 0 at the end (causal models never see the padding from real positions);
+    targets (N, W) int64, the next token at the positions the span keeps, -1 elsewhere;
+    rows the (sequence index, Span) of each row. Any backend can score them.
+    ``max_tokens`` keeps only the first sequences whose targets reach that many.
+    """
+    sequences = _bounded(sequences, max_tokens)
+    rows = [(i, s) for i, seq in enumerate(sequences) for s in spans(seq.size - 1, window, stride)]
+    for b in range(0, len(rows), batch_size):
+        part = rows[b:b + batch_size]
+        width = max(s.stop - s.start for _, s in part)
+        ids = np.zeros((len(part), width), dtype=np.int64)                 # (N, W)
+        targets = np.full((len(part), width), -1, dtype=np.int64)          # (N, W)
+        for r, (i, s) in enumerate(part):
+            ids[r, :s.stop - s.start] = sequences[i][s.start:s.stop]
+            targets[r, s.keep - s.start:s.stop - s.start] = sequences[i][s.keep + 1:s.stop + 1]
+        yield ids, targets, part
+
+
+def _nll_per_sequence(model, sequences, window, stride, batch_size, max_tokens=None):
+    """NLL (nats) of every token after the first of each sequence: list of (T_i - 1,) arrays."""
+    window = model.config.max_len if window is None else int(window)
+    sequences = _bounded(sequences, max_tokens)
+    out = [np.empty(max(s.size - 1, 0)) for s in sequences]
+    for ids, targets, rows in span_batches(sequences, window, stride=stride, batch_size=batch_size):
+        logits = model.forward(ids)                                       # (N, W, V)
+        for r, (i, s) in enumerate(rows):
+            kept = slice(s.keep - s.start, s.stop - s.start)
+            out[i][s.keep:s.stop] = token_nll(logits[r, kept], targets[r, kept])
+    return out
+
+
 def sequence_nll(model, ids, *, window=None, stride=None):
     """NLL (nats) of every token after the first: ids (T,) -> (T-1,), each read once by :func:`spans`.
 
     Target ``t`` is predicted from the logits at position ``t - 1``, taken from the window
     that :func:`spans` assigns to that position.
     """
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    window = model.config.max_len if window is None else int(window)
-    nll = np.empty(max(ids.size - 1, 0))
-    for s in spans(ids.size - 1, window, stride):
-        logits = model.forward(ids[None, s.start:s.stop])[0]                 # (W, V)
-        nll[s.keep:s.stop] = token_nll(logits[s.keep - s.start:], ids[s.keep + 1:s.stop + 1])
-    return nll
+    return _nll_per_sequence(model, [ids], window, stride, 1)[0]
+
+
+def corpus_nll(model, sequences, *, window=None, stride=None, batch_size=16, max_tokens=None):
+    """Mean NLL (nats/token) of every token after the first of each sequence; (nll, tokens).
+
+    The windows of all sequences are run ``batch_size`` at a time. ``max_tokens`` stops
+    adding sequences once that many tokens are scored (a bounded validation).
+    """
+    nll = _nll_per_sequence(model, sequences, window, stride, batch_size, max_tokens)
+    flat = np.concatenate(nll) if nll else np.zeros(0)
+    return (float(flat.mean()) if flat.size else float("nan")), int(flat.size)
