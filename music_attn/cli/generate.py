@@ -1,16 +1,35 @@
-"""``music-attn generate``: sample a continuation of a MIDI prompt (or from nothing) to MIDI."""
+"""``music-attn generate``: sample a continuation of a MIDI prompt (or from nothing) to MIDI.
+
+With ``--prompt`` the output is the prompt file as it was (every track and
+message, copied) plus a track holding the continuation; see
+:mod:`music_attn.music.continuation`.
+"""
+
+DEFAULT_BARS = 8
 
 
 def register(sub):
     p = sub.add_parser("generate",
                        help="sample a continuation of --prompt FILE.mid (or from nothing) to MIDI",
                        description="Continue a MIDI prompt with the model (the shipped one by default), "
-                                   "sampling under the tokenizer's grammar, and write a MIDI file.")
+                                   "sampling under the tokenizer's grammar, and write a MIDI file: the "
+                                   "prompt file as it was (tracks, programs, names, tempo changes, metres, "
+                                   "controllers) plus a track with the continuation, after a marker.")
     p.add_argument("-m", "--model", help="checkpoint (.npz); default: the shipped pretrained model")
     p.add_argument("--prompt", metavar="FILE.mid", help="MIDI file to continue (default: start from nothing)")
+    p.add_argument("--track", metavar="N|NAME",
+                   help="the prompt track to continue, by index (0 = the file's first track) or name; "
+                        "default: the pitched track with the most notes")
+    p.add_argument("--melody", action="store_true",
+                   help="the model is a melody model: it reads only the continued track "
+                        "(default: it reads every track)")
+    p.add_argument("--drums", action="store_true",
+                   help="let the model read the drum notes (channel 10) too (the output keeps them either way)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--bars", type=int, help="number of bars to generate (default 8)")
+    budget.add_argument("--bars", type=int, help=f"number of bars to generate (default {DEFAULT_BARS})")
     budget.add_argument("--tokens", type=int, help="number of tokens to generate")
+    p.add_argument("--no-end", action="store_true",
+                   help="forbid the end-of-piece token until the bars (or tokens) are written")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, help="sample among the smallest set with this much mass")
@@ -27,31 +46,113 @@ def _check(args):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must lie in (0, 1], got {args.top_p}")
-    if args.temperature < 0:
+    if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if not args.prompt and (args.track is not None or args.melody or args.drums):
+        raise ValueError("--track, --melody and --drums choose what to read from --prompt: give a prompt")
 
 
 def _run(args):
     import numpy as np
-    from music_attn.training.generate import generate
-    from music_attn.music.midi import write_midi
     from music_attn.training.checkpoint import load_model
     _check(args)
     model = load_model(args.model)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError(f"{args.model}: the checkpoint has no tokenizer to turn tokens into MIDI")
-    prompt = tokenizer.encode(args.prompt).ids if args.prompt else None
-    n_bars = args.bars if args.bars or args.tokens else 8
-    out = generate(model, prompt, max_new_tokens=args.tokens, n_bars=n_bars if not args.tokens else None,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   rng=np.random.default_rng(args.seed), constrained=not args.unconstrained)
+    if args.bars and tokenizer.bar_id is None:
+        raise ValueError(f"--bars needs a tokenizer with Bar tokens (REMI); this model's is "
+                         f"{tokenizer.kind}: use --tokens")
+    budget = _budget(args, tokenizer)
+    rng = np.random.default_rng(args.seed)
+    if args.prompt:
+        return _continue(args, model, budget, rng)
+    out = _generate(args, model, None, budget, rng)
+    return _write_fresh(args, tokenizer, out, budget)
+
+
+def _budget(args, tokenizer):
+    """(max_new_tokens, n_bars) for generate."""
+    if args.tokens:
+        return args.tokens, None
+    if tokenizer.bar_id is None:
+        return None, None
+    return None, args.bars or DEFAULT_BARS
+
+
+def _generate(args, model, prompt_ids, budget, rng):
+    from music_attn.training.generate import generate
+    max_new_tokens, n_bars = budget
+    return generate(model, prompt_ids, max_new_tokens=max_new_tokens, n_bars=n_bars, no_end=args.no_end,
+                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rng=rng,
+                    constrained=not args.unconstrained)
+
+
+def _write_fresh(args, tokenizer, out, budget):
+    """From nothing: the decoded tokens are the whole file."""
+    from music_attn.music.midi import write_midi
     decoded = tokenizer.decode(out.ids)
     write_midi(args.output, decoded.midi)
     new = out.ids[out.prompt_length:]
     notes = sum(len(inst.notes) for inst in decoded.midi.instruments)
-    bars = "" if tokenizer.bar_id is None else f" ({int(np.sum(new == tokenizer.bar_id))} bars)"
-    print(f"wrote {args.output}: {len(new)} new tokens{bars} "
-          f"after a {out.prompt_length}-token prompt, {notes} notes, "
+    print(f"wrote {args.output}: {len(new)} new tokens{_bars(tokenizer, out)}, {notes} notes, "
           f"{decoded.midi.get_end_time():.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
+    _say_if_ended_early(out, budget)
     return 0
+
+
+def _bars(tokenizer, out):
+    return "" if tokenizer.bar_id is None else f" ({out.bars} bars)"
+
+
+def _say_if_ended_early(out, budget):
+    n_bars = budget[1]
+    if out.stop == "eos" and n_bars is not None and out.bars < n_bars:
+        print(f"the model ended the piece after {out.bars} of the {n_bars} bars asked for "
+              f"(--no-end forbids ending before {n_bars} bars)")
+
+
+def _continue(args, model, budget, rng):
+    """The prompt file as it was, plus the continuation on a new track."""
+    from music_attn.music import continuation as C
+    from music_attn.music.midi import load_midi_file, read_midi, write_midi
+    tokenizer = model.tokenizer
+    mid, _ = load_midi_file(args.prompt)
+    score = read_midi(args.prompt, include_drums=True, sustain=tokenizer.sustain)
+    tracks = C.prompt_tracks(mid, score)
+    target = C.choose_track(tracks, args.track)
+    drums = args.drums or tokenizer.include_drums
+    chosen = [target.index] if args.melody else None
+    read = C.select_notes(score, chosen, drums=drums)
+    dropped = len(C.select_notes(score, chosen)) - len(read)
+    if not len(read):
+        raise ValueError(f"{args.prompt}: the model would read no notes of it"
+                         + ("" if drums else " (it holds only drums: --drums reads them)"))
+    sequence = tokenizer.encode(read)
+    out = _generate(args, model, sequence.ids, budget, rng)
+    notes, anchor = C.new_notes(tokenizer, out.ids, out.prompt_length)
+    start, end = C.place_notes(notes, anchor, tokenizer, read)
+    velocity = None if tokenizer.velocity_bins else target.velocity
+    result = C.continuation_file(mid, score, read, target, start, end, notes, velocity)
+    write_midi(args.output, result.midi)
+    _report(args, tokenizer, score, read, target, result, out)
+    if result.unisons:
+        print(f"left out {result.unisons} new note(s) that doubled a prompt note still sounding on the same channel")
+    if dropped:
+        print(f"left out {dropped} drum note(s) the model does not read (--drums reads them); the output keeps them")
+    _say_if_ended_early(out, budget)
+    return 0
+
+
+def _report(args, tokenizer, score, read, target, result, out):
+    from music_attn.music.continuation import MARKER_TEXT, bar_at
+    n_tempos = len(score.tempos) - 1
+    at = result.start_tick
+    print(f"wrote {args.output}: the prompt as it was ({len(result.midi.tracks) - 1} tracks, "
+          f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
+          f"{result.n_notes} new notes on track {result.track} {target.name + ' (continued)'!r} "
+          f"(program {target.program}) from bar {bar_at(score, at)} ({score.tick_to_time(at):.1f} s), "
+          f"after the marker {MARKER_TEXT!r}")
+    print(f"the model read {len(read.notes)} notes ({'track ' + str(target.index) if args.melody else 'every track'})"
+          f" as {out.prompt_length} tokens and wrote {len(out.ids) - out.prompt_length} tokens"
+          f"{_bars(tokenizer, out)}; stopped at {out.stop}")
