@@ -164,13 +164,15 @@ def test_program_change_that_would_alter_a_later_prompt_note_moves_to_a_free_cha
     assert notes["channel"][2] not in (0, 9)
 
 
-def test_new_note_doubling_a_sounding_prompt_note_on_its_channel_is_left_out(tmp_path):
+def test_new_note_doubling_a_sounding_note_on_its_channel_is_left_out(tmp_path):
+    # 60 doubles the prompt's sounding 60; the second 64 starts while the first new 64 sounds
     path = prompt_file(tmp_path, [(60, 0, 4 * TPB, 80)])
-    result = build(path, [TPB, TPB, 4 * TPB], [2 * TPB, 2 * TPB, 5 * TPB], [60, 64, 60])
+    result = build(path, [TPB, TPB, 2 * TPB, 3 * TPB, 4 * TPB], [2 * TPB, 3 * TPB, 3 * TPB, 4 * TPB, 5 * TPB],
+                   [60, 64, 64, 64, 60])
     notes = read_midi(save(result.midi, tmp_path / "out.mid")).notes
-    assert result.unisons == 1 and result.n_notes == 2
+    assert result.doubled == 2 and result.n_notes == 3
     assert sorted((int(n["pitch"]), int(n["start_tick"]), int(n["end_tick"])) for n in notes) == [
-        (60, 0, 4 * TPB), (60, 4 * TPB, 5 * TPB), (64, TPB, 2 * TPB)]
+        (60, 0, 4 * TPB), (60, 4 * TPB, 5 * TPB), (64, TPB, 3 * TPB), (64, 3 * TPB, 4 * TPB)]
 
 
 def test_type_2_prompt_is_refused(tmp_path):

@@ -136,8 +136,8 @@ def _continue(args, model, budget, rng):
     result = C.continuation_file(mid, score, read, target, start, end, notes, velocity)
     write_midi(args.output, result.midi)
     _report(args, tokenizer, score, read, target, result, out)
-    if result.unisons:
-        print(f"left out {result.unisons} new note(s) that doubled a prompt note still sounding on the same channel")
+    if result.doubled:
+        print(f"left out {result.doubled} new note(s) that doubled a note still sounding on the same channel")
     if dropped:
         print(f"left out {dropped} drum note(s) the model does not read (--drums reads them); the output keeps them")
     _say_if_ended_early(out, budget)

@@ -67,15 +67,15 @@ class Continuation:
     midi : mido.MidiFile, the prompt's tracks (the same messages) plus the new track.
     track : index of the new track; n_notes : notes on it.
     start_tick : where the marker stands (the continuation takes over).
-    unisons : new notes left out because they would start while a prompt note of the same
-        pitch sounds on the same channel.
+    doubled : new notes left out because they would start while a note of the same pitch
+        (the prompt's or an earlier new one) sounds on the same channel.
     """
 
     midi: mido.MidiFile
     track: int
     n_notes: int
     start_tick: int
-    unisons: int = 0
+    doubled: int = 0
 
 
 # --------------------------------------------------------------------------- tracks
@@ -240,12 +240,20 @@ def _channel(mid, score, target, program, tick):
     return (target.channel, False) if free is None else (free, True)
 
 
-def _unisons(score, channel, start, pitch):
-    """bool (M,): new notes that start while a prompt note of their pitch sounds on ``channel``
-    (one channel cannot hold both: the new note-off would cut the prompt's note)."""
+def _doubled(score, channel, start, end, pitch):
+    """bool (M,): new notes that start while a note of their pitch sounds on ``channel`` -- a
+    prompt note or an earlier new one.  One channel cannot hold both: the first note-off
+    would end both notes."""
     notes = score.notes[score.notes["channel"] == channel]
-    return np.array([np.any((notes["pitch"] == p) & (notes["start_tick"] <= s) & (s < notes["end_tick"]))
-                     for s, p in zip(start.tolist(), pitch.tolist())], dtype=bool)
+    busy = {}  # pitch -> end tick of the new note sounding
+    out = np.zeros(len(start), dtype=bool)
+    for i in np.lexsort((pitch, start)).tolist():
+        s, p = int(start[i]), int(pitch[i])
+        prompt = np.any((notes["pitch"] == p) & (notes["start_tick"] <= s) & (s < notes["end_tick"]))
+        out[i] = prompt or s < busy.get(p, -1)
+        if not out[i]:
+            busy[p] = int(end[i])
+    return out
 
 
 def _note_messages(start, end, pitch, velocity, channel):
@@ -289,7 +297,7 @@ def continuation_file(mid, score, read, target, start, end, notes, velocity=None
                          "a continuation cannot be appended to it")
     first = int(start.min()) if len(start) else int(read.notes["end_tick"].max())
     channel, set_program = _channel(mid, score, target, target.program, first)
-    keep = ~_unisons(score, channel, start, notes["pitch"])
+    keep = ~_doubled(score, channel, start, end, notes["pitch"])
     velocities = notes["velocity"] if velocity is None else np.full(len(notes), velocity)
     start, end, pitch, velocities = start[keep], end[keep], notes["pitch"][keep], velocities[keep]
     prompt_end = int(read.notes["end_tick"].max())
