@@ -90,13 +90,13 @@ def _generate(args, model, prompt_ids, budget, rng):
 
 def _write_fresh(args, tokenizer, out, budget):
     """From nothing: the decoded tokens are the whole file."""
-    from music_attn.music.midi import write_midi
+    from music_attn.music.midi import read_midi, write_midi
     decoded = tokenizer.decode(out.ids)
-    write_midi(args.output, decoded.midi)
+    write_midi(args.output, decoded[0])
     new = out.ids[out.prompt_length:]
-    notes = sum(len(inst.notes) for inst in decoded.midi.instruments)
-    print(f"wrote {args.output}: {len(new)} new tokens{_bars(tokenizer, out)}, {notes} notes, "
-          f"{decoded.midi.get_end_time():.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
+    notes = read_midi(decoded[0], include_drums=True).notes
+    print(f"wrote {args.output}: {len(new)} new tokens{_bars(tokenizer, out)}, {len(notes)} notes, "
+          f"{notes['end'].max(initial=0):.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
     _say_if_ended_early(out, budget)
     return 0
 

@@ -22,6 +22,7 @@ Where the new notes go:
   velocity of the continued track, not a fixed default.
 """
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
@@ -130,17 +131,16 @@ def select_notes(score, tracks=None, *, drums=True):
         keep &= np.isin(score.notes["track"], list(tracks))
     if not drums:
         keep &= score.notes["channel"] != DRUM_CHANNEL
-    return type(score)(score.notes[keep], score.tempos, score.time_signatures, score.ticks_per_beat,
-                       score.end_tick, score.name)
+    return dataclasses.replace(score, notes=score.notes[keep])
 
 
 # --------------------------------------------------------------------------- decoded notes
 
 
 def _decoded_table(decoded):
-    """Notes of a decode result (its ``.midi``: PrettyMIDI, mido.MidiFile or Score) -> _NEW_DTYPE
+    """Notes of a decode result (its first field: PrettyMIDI, mido.MidiFile or Score) -> _NEW_DTYPE
     in the tokenizer's time: beats (start/end) and seconds, as two arrays."""
-    midi = decoded.midi
+    midi = decoded[0]
     if hasattr(midi, "instruments"):   # PrettyMIDI: its in-memory notes, exact
         rows = [(n.pitch, n.velocity, inst.program, n.start, n.end)
                 for inst in midi.instruments for n in inst.notes]
