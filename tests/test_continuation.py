@@ -95,15 +95,18 @@ def test_no_new_note_starts_before_the_prompts_last_onset(tmp_path):
 # --------------------------------------------------------------------------- tracks
 
 
-def three_tracks(tmp_path):
+def three_tracks_file(tmp_path):
     events = lambda name, ch, prog, notes: track([(0, mido.MetaMessage("track_name", name=name)),
                                                    (0, mido.Message("program_change", channel=ch, program=prog))]
                                                   + note_events(notes, ch))
-    mid = midi_file(track([(0, tempo(100))]),
-                    events("Flute", 0, 73, [(72 + i % 3, i * TPB, (i + 1) * TPB, 70) for i in range(6)]),
-                    events("Kit", 9, 0, [(36, i * TPB // 2, i * TPB // 2 + 10, 100) for i in range(12)]),
-                    events("Bass", 1, 33, [(40, 0, 2 * TPB, 90), (43, 2 * TPB, 4 * TPB, 50)]))
-    path = save(mid, tmp_path / "three.mid")
+    return midi_file(track([(0, tempo(100))]),
+                     events("Flute", 0, 73, [(72 + i % 3, i * TPB, (i + 1) * TPB, 70) for i in range(6)]),
+                     events("Kit", 9, 0, [(36, i * TPB // 2, i * TPB // 2 + 10, 100) for i in range(12)]),
+                     events("Bass", 1, 33, [(40, 0, 2 * TPB, 90), (43, 2 * TPB, 4 * TPB, 50)]))
+
+
+def three_tracks(tmp_path):
+    path = save(three_tracks_file(tmp_path), tmp_path / "three.mid")
     return C.prompt_tracks(load_midi_file(path)[0], read_midi(path, include_drums=True))
 
 
@@ -132,13 +135,15 @@ def test_unknown_track_names_the_tracks_there_are(tmp_path, spec):
 # --------------------------------------------------------------------------- the file
 
 
-def build(path, start, end, pitches, *, target=0, velocity=64):
+def build(path, start, end, pitches, *, target=0, programs=None):
     mid, _ = load_midi_file(path)
     score = read_midi(path, include_drums=True)
-    info = C.prompt_tracks(mid, score)[target]
-    notes = np.zeros(len(pitches), dtype=C._NEW_DTYPE)
-    notes["pitch"] = pitches
-    return C.continuation_file(mid, score, score, info, np.array(start), np.array(end), notes, velocity)
+    tracks = C.prompt_tracks(mid, score)
+    info = tracks[target]
+    programs = np.full(len(pitches), info.program) if programs is None else np.array(programs)
+    targets, which = C.route(mid, tracks, info, programs)
+    return C.continuation_file(mid, score, score, targets, which, np.array(start), np.array(end),
+                               np.array(pitches), np.full(len(pitches), 64))
 
 
 def test_marker_at_the_prompts_end_or_at_an_earlier_first_new_note(tmp_path):
@@ -188,3 +193,19 @@ def test_bar_numbers_follow_the_metres(tmp_path, beat, bar):
     meta = [(0, time_signature(4, 4)), (8 * TPB, time_signature(3, 4))]
     path = prompt_file(tmp_path, [(60, 0, TPB, 80)], meta=meta)
     assert C.bar_at(read_midi(path), int(beat * TPB)) == bar
+
+
+def test_notes_of_other_programs_go_to_the_tracks_of_those_programs_or_to_new_ones(tmp_path):
+    # Flute (73, channel 0) continued; a Bass (33) note goes to the bass track's channel and
+    # program, a Trumpet (56) note, which the prompt lacks, to a new track on a free channel
+    path = save(three_tracks_file(tmp_path), tmp_path / "three.mid")
+    result = build(path, [6 * TPB, 6 * TPB, 7 * TPB], [7 * TPB, 8 * TPB, 8 * TPB], [76, 40, 70],
+                   programs=[73, 33, 56])
+    names = [[m.name for m in result.midi.tracks[i] if m.type == "track_name"][0] for i in result.tracks]
+    assert result.tracks == (4, 5, 6) and names == ["Flute (continued)", "Bass (continued)", "Trumpet (continued)"]
+    notes = read_midi(save(result.midi, tmp_path / "out.mid"), include_drums=True).notes
+    new = notes[notes["track"] >= 4]
+    assert sorted(zip(new["pitch"].tolist(), new["program"].tolist(), new["channel"].tolist())) == [
+        (40, 33, 1), (70, 56, 2), (76, 73, 0)]
+    markers = [i for i in result.tracks if any(m.type == "marker" for m in result.midi.tracks[i])]
+    assert markers == [4]

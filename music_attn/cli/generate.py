@@ -101,6 +101,17 @@ def _write_fresh(args, tokenizer, out, budget):
     return 0
 
 
+def _tracks(result):
+    """'track 5 'Violin I (continued)' (program 40)' for each new track, joined."""
+    described = []
+    for index in result.tracks:
+        track = result.midi.tracks[index]
+        name = next(m.name for m in track if m.type == "track_name")
+        programs = [m.program for m in track if m.type == "program_change"]
+        described.append(f"track {index} {name!r}" + (f" (program {programs[0]})" if programs else ""))
+    return ", ".join(described)
+
+
 def _bars(tokenizer, out):
     return "" if tokenizer.bar_id is None else f" ({out.bars} bars)"
 
@@ -130,10 +141,7 @@ def _continue(args, model, budget, rng):
                          + ("" if drums else " (it holds only drums: --drums reads them)"))
     sequence = tokenizer.encode(read)
     out = _generate(args, model, sequence.ids, budget, rng)
-    notes, anchor = C.new_notes(tokenizer, out.ids, out.prompt_length)
-    start, end = C.place_notes(notes, anchor, tokenizer, read)
-    velocity = None if tokenizer.velocity_bins else target.velocity
-    result = C.continuation_file(mid, score, read, target, start, end, notes, velocity)
+    result = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
     write_midi(args.output, result.midi)
     _report(args, tokenizer, score, read, target, result, out)
     if result.doubled:
@@ -148,11 +156,10 @@ def _report(args, tokenizer, score, read, target, result, out):
     from music_attn.music.continuation import MARKER_TEXT, bar_at
     n_tempos = len(score.tempos) - 1
     at = result.start_tick
-    print(f"wrote {args.output}: the prompt as it was ({len(result.midi.tracks) - 1} tracks, "
+    print(f"wrote {args.output}: the prompt as it was ({len(result.midi.tracks) - len(result.tracks)} tracks, "
           f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
-          f"{result.n_notes} new notes on track {result.track} {target.name + ' (continued)'!r} "
-          f"(program {target.program}) from bar {bar_at(score, at)} ({score.tick_to_time(at):.1f} s), "
-          f"after the marker {MARKER_TEXT!r}")
+          f"{result.n_notes} new notes on {_tracks(result)} from bar {bar_at(score, at)} "
+          f"({score.tick_to_time(at):.1f} s), after the marker {MARKER_TEXT!r}")
     print(f"the model read {len(read.notes)} notes ({'track ' + str(target.index) if args.melody else 'every track'})"
           f" as {out.prompt_length} tokens and wrote {len(out.ids) - out.prompt_length} tokens"
           f"{_bars(tokenizer, out)}; stopped at {out.stop}")

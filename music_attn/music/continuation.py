@@ -28,12 +28,13 @@ from dataclasses import dataclass
 
 import mido
 import numpy as np
+import pretty_midi
 
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.music.midi import read_midi
 
 __all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "prompt_tracks", "choose_track", "select_notes",
-           "in_beats", "new_notes", "place_notes", "continuation_file", "bar_at"]
+           "in_beats", "new_notes", "place_notes", "continue_prompt", "route", "continuation_file", "bar_at"]
 
 # The text of the marker meta event written where the prompt ends.
 MARKER_TEXT = "music-attn: continuation"
@@ -65,15 +66,15 @@ class TrackInfo:
 class Continuation:
     """What :func:`continuation_file` built.
 
-    midi : mido.MidiFile, the prompt's tracks (the same messages) plus the new track.
-    track : index of the new track; n_notes : notes on it.
+    midi : mido.MidiFile, the prompt's tracks (the same messages) plus the new tracks.
+    tracks : indices of the new tracks (the first holds the marker); n_notes : notes on them.
     start_tick : where the marker stands (the continuation takes over).
     doubled : new notes left out because they would start while a note of the same pitch
         (the prompt's or an earlier new one) sounds on the same channel.
     """
 
     midi: mido.MidiFile
-    track: int
+    tracks: tuple
     n_notes: int
     start_tick: int
     doubled: int = 0
@@ -223,21 +224,16 @@ def place_notes(notes, anchor, tokenizer, read):
 # --------------------------------------------------------------------------- the file
 
 
-def _free_channel(mid):
-    used = {m.channel for track in mid.tracks for m in track if hasattr(m, "channel")}
-    free = [c for c in range(16) if c != DRUM_CHANNEL and c not in used]
-    return free[0] if free else None
-
-
-def _channel(mid, score, target, program, tick):
-    """The channel for the new track: the target's, unless a program change there at ``tick``
-    would change the program of a later prompt note (then a free channel, or None: no change)."""
+def _channel(score, target, program, tick):
+    """(channel, whether to set the program) for a new track: the target's channel,
+    unless a program change there at ``tick`` would change the program of a later
+    prompt note; then a channel no note of the prompt uses, or no program change."""
     notes = score.notes
     later = notes[(notes["channel"] == target.channel) & (notes["start_tick"] >= tick)]
     if target.is_drums or not np.any(later["program"] != program):
         return target.channel, True
-    free = _free_channel(mid)
-    return (target.channel, False) if free is None else (free, True)
+    free = sorted(set(range(16)) - {DRUM_CHANNEL} - set(notes["channel"].tolist()))
+    return (free[0], True) if free else (target.channel, False)
 
 
 def _doubled(score, channel, start, end, pitch):
@@ -275,8 +271,49 @@ def _track(events):
     return track
 
 
-def continuation_file(mid, score, read, target, start, end, notes, velocity=None):
-    """The prompt file ``mid`` with a new track holding the continuation.
+def continue_prompt(mid, score, read, tracks, target, tokenizer, ids, prompt_length):
+    """The prompt file with the notes that the ids after ``prompt_length`` add.
+
+    ``mid``/``score``: the prompt file (mido, and read with drums); ``read``: the
+    Score of the notes the model read; ``tracks``/``target``: from
+    :func:`prompt_tracks` and :func:`choose_track`.  Returns a Continuation.
+    """
+    notes, anchor = new_notes(tokenizer, ids, prompt_length)
+    start, end = place_notes(notes, anchor, tokenizer, read)
+    programs = notes["program"] if getattr(tokenizer, "programs", False) else np.full(len(notes), target.program)
+    targets, which = route(mid, tracks, target, programs)
+    velocity = notes["velocity"] if tokenizer.velocity_bins else np.array([t.velocity for t in targets])[which]
+    return continuation_file(mid, score, read, targets, which, start, end, notes["pitch"], velocity)
+
+
+def route(mid, tracks, target, programs):
+    """The track each new note goes to, by the program its tokens gave it.
+
+    A note of the target's program goes to the target; another program to the
+    prompt's pitched track with most notes of that program; a program the
+    prompt does not have to a new track (index -1) named after its General
+    MIDI instrument, on a channel no message of the file uses (the target's if
+    none is left).
+
+    Returns (targets: list of TrackInfo, the target first; which: int (M,) into it).
+    """
+    targets, which = [target], np.zeros(len(programs), dtype=np.int64)
+    free = [c for c in range(16) if c != DRUM_CHANNEL
+            and c not in {m.channel for t in mid.tracks for m in t if hasattr(m, "channel")}]
+    for program in sorted(set(programs.tolist()) - {target.program}):
+        same = [t for t in tracks if t.program == program and not t.is_drums]
+        if same:
+            dest = max(same, key=lambda t: (t.n_notes, -t.index))
+        else:
+            name = pretty_midi.program_to_instrument_name(program)
+            dest = TrackInfo(-1, name, free.pop(0) if free else target.channel, program, 0, target.velocity)
+        targets.append(dest)
+        which[programs == program] = len(targets) - 1
+    return targets, which
+
+
+def continuation_file(mid, score, read, targets, which, start, end, pitch, velocity):
+    """The prompt file ``mid`` with new tracks holding the continuation.
 
     Parameters
     ----------
@@ -284,9 +321,10 @@ def continuation_file(mid, score, read, target, start, end, notes, velocity=None
     score : Score of the whole prompt (with drums), for the channel checks.
     read : Score of the notes the model read: the marker stands at the end of its last
         note, or earlier where the first new note starts.
-    target : TrackInfo of the continued track (channel, program, name).
-    start, end : int64 (M,), ticks of the new notes; notes : their pitches and velocities.
-    velocity : int for every new note (a tokenizer without velocity tokens), or None.
+    targets : list of TrackInfo, the tracks continued (channel, program, name); the
+        first one gets the marker and a track even without notes.
+    which : int (M,), the target of each new note (see :func:`route`).
+    start, end, pitch, velocity : int (M,), the new notes (ticks of the prompt file).
 
     Returns
     -------
@@ -295,23 +333,34 @@ def continuation_file(mid, score, read, target, start, end, notes, velocity=None
     if mid.type == 2:
         raise ValueError("the prompt is a type 2 MIDI file (independent patterns): "
                          "a continuation cannot be appended to it")
-    first = int(start.min()) if len(start) else int(read.notes["end_tick"].max())
-    channel, set_program = _channel(mid, score, target, target.program, first)
-    keep = ~_doubled(score, channel, start, end, notes["pitch"])
-    velocities = notes["velocity"] if velocity is None else np.full(len(notes), velocity)
-    start, end, pitch, velocities = start[keep], end[keep], notes["pitch"][keep], velocities[keep]
     prompt_end = int(read.notes["end_tick"].max())
-    first = int(start.min()) if len(start) else prompt_end
-    marker = min(first, prompt_end)
-    events = [(0, 0, mido.MetaMessage("track_name", name=f"{target.name} (continued)")),
-              (marker, 1, mido.MetaMessage("marker", text=MARKER_TEXT))]
-    if set_program and channel != DRUM_CHANNEL:
-        events.append((first, 1, mido.Message("program_change", program=target.program, channel=channel)))
-    events += _note_messages(start, end, pitch, np.clip(velocities, 1, 127), channel)
+    parts = [_part(score, t, start[which == k], end[which == k], pitch[which == k], velocity[which == k],
+                   prompt_end) for k, t in enumerate(targets)]
+    starts = [e[0] for part, _ in parts for e in part if e[2].type == "note_on"]
+    marker = min(min(starts, default=prompt_end), prompt_end)
     out = mido.MidiFile(type=1, ticks_per_beat=mid.ticks_per_beat, charset=mid.charset)
     out.tracks.extend(mido.MidiTrack(track) for track in mid.tracks)
-    out.tracks.append(_track(events))
-    return Continuation(out, len(out.tracks) - 1, len(start), marker, int(np.sum(~keep)))
+    made = []
+    for k, (events, _) in enumerate(parts):
+        if k == 0 or len(events) > 1:
+            marks = [(marker, 1, mido.MetaMessage("marker", text=MARKER_TEXT))] if k == 0 else []
+            out.tracks.append(_track(events + marks))
+            made.append(len(out.tracks) - 1)
+    n_notes = sum(e[2].type == "note_on" for part, _ in parts for e in part)
+    return Continuation(out, tuple(made), n_notes, marker, sum(d for _, d in parts))
+
+
+def _part(score, target, start, end, pitch, velocity, prompt_end):
+    """(events, notes left out) of one new track: its name, program change and notes."""
+    first = int(start.min()) if len(start) else prompt_end
+    channel, set_program = _channel(score, target, target.program, first)
+    keep = ~_doubled(score, channel, start, end, pitch)
+    events = [(0, 0, mido.MetaMessage("track_name", name=f"{target.name} (continued)"))]
+    if set_program and channel != DRUM_CHANNEL and keep.any():
+        events.append((int(start[keep].min()), 1,
+                       mido.Message("program_change", program=target.program, channel=channel)))
+    events += _note_messages(start[keep], end[keep], pitch[keep], np.clip(velocity[keep], 1, 127), channel)
+    return events, int(np.sum(~keep))
 
 
 def bar_at(score, tick):
