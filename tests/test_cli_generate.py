@@ -250,3 +250,13 @@ def test_performance_tokens_continue_in_seconds_after_the_prompts_last_note_off(
         for t in (note.start, note.end):
             steps = (t - prompt_end) / 0.01
             assert steps > -1e-6 and abs(steps - round(steps)) < 0.1
+
+
+def test_prompt_of_drums_only_is_refused_unless_the_model_may_read_drums(tmp_path, capsys):
+    kit = mf.track(mf.note_events([(36, i * 96, i * 96 + 24, 100) for i in range(8)], channel=9))
+    path = mf.save(mf.midi_file(kit, ticks_per_beat=192), tmp_path / "kit.mid")
+    code, _, err = run_here(capsys, "--prompt", path, "-o", tmp_path / "k.mid", "--bars", 1)
+    assert code == 2 and "--drums reads them" in err and not (tmp_path / "k.mid").exists()
+    code, out, _ = run_here(capsys, "--prompt", path, "-o", tmp_path / "k.mid", "--bars", 1, "--drums")
+    assert code == 0 and "the model read 8 notes" in out
+    assert [m.dict() for m in mido.MidiFile(tmp_path / "k.mid").tracks[0]] == [m.dict() for m in kit]

@@ -92,6 +92,16 @@ def test_no_new_note_starts_before_the_prompts_last_onset(tmp_path):
     assert start.tolist() == [TPB + 2] and end.tolist() == [2 * TPB]
 
 
+def test_anchor_counts_only_the_notes_in_the_tokenizers_pitch_range(tmp_path):
+    # the last onset (beat 3) is a pitch the tokenizer cannot read: the anchor is beat 1
+    path = prompt_file(tmp_path, [(60, 0, TPB, 80), (62, TPB, 2 * TPB, 80), (100, 3 * TPB, 4 * TPB, 80)])
+    tokenizer = RemiTokenizer(velocity_bins=0, pitch_range=(21, 108 - 10))
+    ids, n = with_tokens(tokenizer, path, ["Position_24", "Pitch_64", "Duration_12"])
+    new, anchor = C.new_notes(tokenizer, ids, n)
+    start, _ = C.place_notes(new, anchor, tokenizer, read_midi(path))
+    assert anchor == 1.0 and start.tolist() == [2 * TPB]
+
+
 # --------------------------------------------------------------------------- tracks
 
 

@@ -208,7 +208,8 @@ def place_notes(notes, anchor, tokenizer, read):
     meets the real one, then through the prompt's tempo map.  No new note
     starts before the prompt's last onset.  Returns int64 (M,), (M,).
     """
-    real = read.notes
+    low, high = tokenizer.pitch_range
+    real = read.notes[(read.notes["pitch"] >= low) & (read.notes["pitch"] <= high)]   # the notes tokenized
     last_onset = int(real["start_tick"].max())
     if in_beats(tokenizer):
         grid = tokenizer.positions_per_beat
@@ -279,6 +280,9 @@ def continue_prompt(mid, score, read, tracks, target, tokenizer, ids, prompt_len
     :func:`prompt_tracks` and :func:`choose_track`.  Returns a Continuation.
     """
     notes, anchor = new_notes(tokenizer, ids, prompt_length)
+    if anchor is None:
+        low, high = tokenizer.pitch_range
+        raise ValueError(f"the model reads none of the prompt's notes (its pitches lie outside {low}..{high})")
     start, end = place_notes(notes, anchor, tokenizer, read)
     programs = notes["program"] if getattr(tokenizer, "programs", False) else np.full(len(notes), target.program)
     targets, which = route(mid, tracks, target, programs)
