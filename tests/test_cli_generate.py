@@ -212,7 +212,7 @@ def test_type_0_prompt_keeps_its_track_and_gains_one(prompt, tmp_path, capsys):
 def test_bars_with_no_end_gives_that_many_bars(prompt, tmp_path, capsys):
     code, out, _ = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "b.mid", "--bars", 3, "--no-end",
                             "--seed", 5)
-    assert code == 0 and "(3 bars); stopped at bars" in out and "ended the piece" not in out
+    assert code == 0 and "(3 bars) after a" in out and "stopped at bars" in out and "ended the piece" not in out
     starts = [n[1] for n in new_note_ticks(mido.MidiFile(tmp_path / "b.mid"))]
     assert END_TICK + 2 * 3 * mf.PROMPT_TPB <= max(starts) < END_TICK + 3 * 3 * mf.PROMPT_TPB
 

@@ -160,6 +160,6 @@ def _report(args, tokenizer, score, read, target, result, out):
           f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
           f"{result.n_notes} new notes on {_tracks(result)} from bar {bar_at(score, at)} "
           f"({score.tick_to_time(at):.1f} s), after the marker {MARKER_TEXT!r}")
-    print(f"the model read {len(read.notes)} notes ({'track ' + str(target.index) if args.melody else 'every track'})"
-          f" as {out.prompt_length} tokens and wrote {len(out.ids) - out.prompt_length} tokens"
-          f"{_bars(tokenizer, out)}; stopped at {out.stop}")
+    which = f"track {target.index}" if args.melody else "every track"
+    print(f"the model read {len(read.notes)} notes ({which}): {len(out.ids) - out.prompt_length} new tokens"
+          f"{_bars(tokenizer, out)} after a {out.prompt_length}-token prompt, stopped at {out.stop}")
