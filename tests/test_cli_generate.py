@@ -155,7 +155,7 @@ def test_a_marker_stands_where_the_continuation_takes_over(continued):
 
 def test_summary_says_what_was_kept_and_what_the_model_left_out(continued):
     stdout = continued[1]
-    assert "5 tempo changes" in stdout and "'Violin I (continued)'" in stdout
+    assert "5 tempo changes" in stdout and "'Violin I (continued)'" in stdout and "at 84 bpm in 3/4" in stdout
     assert "left out 8 drum note(s)" in stdout and "(2 bars)" in stdout
 
 

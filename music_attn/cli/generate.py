@@ -101,6 +101,13 @@ def _write_fresh(args, tokenizer, out, budget):
     return 0
 
 
+def _tempo_and_metre(score, tick):
+    """'96 bpm in 3/4': the tempo and metre in force at ``tick``."""
+    tempo = score.tempos[score.tempos["tick"] <= tick][-1]["tempo"]
+    sig = score.time_signatures[score.time_signatures["tick"] <= tick][-1]
+    return f"{60e6 / tempo:.4g} bpm in {sig['numerator']}/{sig['denominator']}"
+
+
 def _tracks(result):
     """'track 5 'Violin I (continued)' (program 40)' for each new track, joined."""
     described = []
@@ -153,13 +160,14 @@ def _continue(args, model, budget, rng):
 
 
 def _report(args, tokenizer, score, read, target, result, out):
+    import numpy as np
     from music_attn.music.continuation import MARKER_TEXT, bar_at
-    n_tempos = len(score.tempos) - 1
+    n_tempos = int(np.count_nonzero(np.diff(score.tempos["tempo"])))
     at = result.start_tick
     print(f"wrote {args.output}: the prompt as it was ({len(result.midi.tracks) - len(result.tracks)} tracks, "
           f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
           f"{result.n_notes} new notes on {_tracks(result)} from bar {bar_at(score, at)} "
-          f"({score.tick_to_time(at):.1f} s), after the marker {MARKER_TEXT!r}")
+          f"({score.tick_to_time(at):.1f} s) at {_tempo_and_metre(score, at)}, after the marker {MARKER_TEXT!r}")
     which = f"track {target.index}" if args.melody else "every track"
     print(f"the model read {len(read.notes)} notes ({which}): {len(out.ids) - out.prompt_length} new tokens"
           f"{_bars(tokenizer, out)} after a {out.prompt_length}-token prompt, stopped at {out.stop}")
