@@ -2,7 +2,9 @@
 
 The output of ``generate --prompt`` is the prompt file itself -- every track,
 message, tempo change, metre, controller and its ticks per beat, copied with
-mido, never re-synthesised -- plus one new track holding the continuation.
+mido, never re-synthesised -- plus a new track holding the continuation (one
+per instrument when the tokens carry programs).  A type 0 prompt becomes type
+1 (its one track, then the new ones); a type 2 prompt is refused.
 
 Where the new notes go:
 
@@ -15,9 +17,13 @@ Where the new notes go:
   tokenizer's grid, so the bar lines stay where the file has them) or the
   prompt's last note-off (seconds), mapped onto the prompt's tempo map after
   that point: the continuation runs at the tempo and metre in force there.
+  No new note starts before the prompt's last onset.
 * The new track takes the continued track's channel, program and name
   (``"Melody (continued)"``); a marker meta event with the text
-  :data:`MARKER_TEXT` stands where the continuation takes over.
+  :data:`MARKER_TEXT` stands where the continuation takes over (the end of
+  the prompt's last note, or the first new note if that comes earlier).
+* A new note that would start while a note of its pitch sounds on its
+  channel is left out: one channel cannot hold both.
 * A tokenizer without velocity tokens gives the continuation the median
   velocity of the continued track, not a fixed default.
 """
@@ -370,10 +376,11 @@ def _part(score, target, start, end, pitch, velocity, prompt_end):
 def bar_at(score, tick):
     """The bar (counted from 1) holding ``tick``; each time signature starts a new bar."""
     sigs = score.time_signatures
-    k = int(np.searchsorted(sigs["tick"], tick, side="right")) - 1
-    bar = 1
+    bar, k = 1, int(np.searchsorted(sigs["tick"], tick, side="right")) - 1
     for i in range(k + 1):
-        until = tick if i == k else int(sigs["tick"][i + 1])
         length = score.ticks_per_beat * 4 * int(sigs["numerator"][i]) / int(sigs["denominator"][i])
-        bar += int(np.ceil((until - int(sigs["tick"][i])) / length)) if i < k else int((until - sigs["tick"][i]) // length)
+        if i < k:   # a metre's last bar counts even when the next metre cuts it short
+            bar += int(np.ceil((int(sigs["tick"][i + 1]) - int(sigs["tick"][i])) / length))
+        else:
+            bar += int((tick - int(sigs["tick"][i])) // length)
     return bar
