@@ -1,6 +1,6 @@
 """`generate --prompt`: the prompt comes back exactly, the continuation follows it.
 
-The prompt is written with mido (tests/midi_factory.py: four tracks with names,
+The prompt is written with mido (tests/prompt_factory.py: four tracks with names,
 programs and controllers, 5 tempo changes, a change of metre, drums); the
 output is read back with mido and pretty_midi, never with the writer's code.
 """
@@ -13,7 +13,8 @@ import numpy as np
 import pretty_midi
 import pytest
 
-import midi_factory as mf
+from midi_factory import midi_file, note_events, save, track
+import prompt_factory as mf
 from music_attn.cli import main
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
@@ -34,7 +35,7 @@ def seconds_at(beat):
 
 @pytest.fixture(scope="module")
 def prompt(tmp_path_factory):
-    return mf.save(mf.multitrack_prompt(), tmp_path_factory.mktemp("prompt") / "quartet.mid")
+    return save(mf.multitrack_prompt(), tmp_path_factory.mktemp("prompt") / "quartet.mid")
 
 
 def run(*args):
@@ -199,7 +200,7 @@ def test_drums_flag_lets_the_model_read_the_drum_notes(prompt, tmp_path, capsys)
 def test_type_0_prompt_keeps_its_track_and_gains_one(prompt, tmp_path, capsys):
     merged = mido.MidiFile(type=0, ticks_per_beat=mf.PROMPT_TPB)
     merged.tracks.append(mido.merge_tracks(mido.MidiFile(prompt).tracks))
-    path = mf.save(merged, tmp_path / "type0.mid")
+    path = save(merged, tmp_path / "type0.mid")
     assert run_here(capsys, "--prompt", path, "-o", tmp_path / "o.mid", "--bars", 1)[0] == 0
     result = mido.MidiFile(tmp_path / "o.mid")
     assert result.type == 1 and len(result.tracks) == 2
@@ -253,8 +254,8 @@ def test_performance_tokens_continue_in_seconds_after_the_prompts_last_note_off(
 
 
 def test_prompt_of_drums_only_is_refused_unless_the_model_may_read_drums(tmp_path, capsys):
-    kit = mf.track(mf.note_events([(36, i * 96, i * 96 + 24, 100) for i in range(8)], channel=9))
-    path = mf.save(mf.midi_file(kit, ticks_per_beat=192), tmp_path / "kit.mid")
+    kit = track(note_events([(36, i * 96, i * 96 + 24, 100) for i in range(8)], channel=9))
+    path = save(midi_file(kit, ticks_per_beat=192), tmp_path / "kit.mid")
     code, _, err = run_here(capsys, "--prompt", path, "-o", tmp_path / "k.mid", "--bars", 1)
     assert code == 2 and "--drums reads them" in err and not (tmp_path / "k.mid").exists()
     code, out, _ = run_here(capsys, "--prompt", path, "-o", tmp_path / "k.mid", "--bars", 1, "--drums")

@@ -1,12 +1,15 @@
 """Placing a continuation on the prompt file: new notes, times, tracks, channels, the marker."""
 
+import struct
+
 import mido
 import numpy as np
 import pytest
 
 from midi_factory import midi_file, note_events, save, tempo, time_signature, track
+from music_attn.errors import MidiError
 from music_attn.music import continuation as C
-from music_attn.music.midi import load_midi_file, read_midi
+from music_attn.music.midi import read_midi
 from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
 
 TPB = 96
@@ -117,7 +120,7 @@ def three_tracks_file(tmp_path):
 
 def three_tracks(tmp_path):
     path = save(three_tracks_file(tmp_path), tmp_path / "three.mid")
-    return C.prompt_tracks(load_midi_file(path)[0], read_midi(path, include_drums=True))
+    return C.prompt_tracks(*C.load_prompt(path))
 
 
 def test_tracks_list_names_channels_programs_and_median_velocity(tmp_path):
@@ -146,8 +149,7 @@ def test_unknown_track_names_the_tracks_there_are(tmp_path, spec):
 
 
 def build(path, start, end, pitches, *, target=0, programs=None):
-    mid, _ = load_midi_file(path)
-    score = read_midi(path, include_drums=True)
+    mid, score = C.load_prompt(path)
     tracks = C.prompt_tracks(mid, score)
     info = tracks[target]
     programs = np.full(len(pitches), info.program) if programs is None else np.array(programs)
@@ -219,3 +221,22 @@ def test_notes_of_other_programs_go_to_the_tracks_of_those_programs_or_to_new_on
         (40, 33, 1), (70, 56, 2), (76, 73, 0)]
     markers = [i for i in result.tracks if any(m.type == "marker" for m in result.midi.tracks[i])]
     assert markers == [4]
+
+
+def test_prompt_copy_is_what_the_reader_sees_unknown_chunks_skipped_and_nothing_after_end_of_track(tmp_path):
+    track_bytes = bytes([0x00, 0x90, 60, 64, 0x60, 0x80, 60, 0, 0x00, 0xFF, 0x2F, 0x00,    # C4, end of track
+                         0x00, 0x90, 62, 64, 0x60, 0x80, 62, 0])                          # D4 after it
+    data = (b"MThd" + struct.pack(">LHHh", 6, 1, 1, TPB) + b"XFIH" + struct.pack(">L", 3) + b"abc"
+            + b"MTrk" + struct.pack(">L", len(track_bytes)) + track_bytes)
+    path = tmp_path / "odd.mid"
+    path.write_bytes(data)
+    mid, score = C.load_prompt(path)
+    assert [m.type for m in mid.tracks[0]] == ["note_on", "note_off", "end_of_track"]
+    assert score.notes["pitch"].tolist() == [60]
+
+
+def test_prompt_that_is_not_midi_is_a_midi_error_naming_it(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not midi")
+    with pytest.raises(MidiError, match="notes.txt"):
+        C.load_prompt(path)

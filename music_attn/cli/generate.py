@@ -133,10 +133,9 @@ def _say_if_ended_early(out, budget):
 def _continue(args, model, budget, rng):
     """The prompt file as it was, plus the continuation on a new track."""
     from music_attn.music import continuation as C
-    from music_attn.music.midi import load_midi_file, read_midi, write_midi
+    from music_attn.music.midi import write_midi
     tokenizer = model.tokenizer
-    mid, _ = load_midi_file(args.prompt)
-    score = read_midi(args.prompt, include_drums=True, sustain=tokenizer.sustain)
+    mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
     tracks = C.prompt_tracks(mid, score)
     target = C.choose_track(tracks, args.track)
     drums = args.drums or tokenizer.include_drums

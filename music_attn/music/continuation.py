@@ -29,6 +29,8 @@ Where the new notes go:
 """
 
 import dataclasses
+import io
+import struct
 from collections import Counter
 from dataclasses import dataclass
 
@@ -37,9 +39,10 @@ import numpy as np
 import pretty_midi
 
 from music_attn.music.constants import DRUM_CHANNEL
-from music_attn.music.midi import read_midi
+from music_attn.errors import MidiError
+from music_attn.music.midi import _source_bytes, _split_chunks, read_midi
 
-__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "prompt_tracks", "choose_track", "select_notes",
+__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track", "select_notes",
            "in_beats", "new_notes", "place_notes", "continue_prompt", "route", "continuation_file", "bar_at"]
 
 # The text of the marker meta event written where the prompt ends.
@@ -84,6 +87,30 @@ class Continuation:
     n_notes: int
     start_tick: int
     doubled: int = 0
+
+
+# --------------------------------------------------------------------------- the prompt
+
+
+def load_prompt(path, *, sustain=False):
+    """The prompt file as mido tracks and as a Score with drums: ``(mido.MidiFile, Score)``.
+
+    The tracks are its MTrk chunks as the reader sees them (other chunks
+    skipped, each track up to its end_of_track); texts are latin-1, so every
+    byte is written back as it was.  MidiError names the file.
+    """
+    data, name = _source_bytes(path)
+    fmt, tpb, chunks = _split_chunks(data, name)
+    header = struct.pack(">4sLHHh", b"MThd", 6, fmt, len(chunks), tpb)
+    body = b"".join(b"MTrk" + struct.pack(">L", len(c)) + c for c in chunks)
+    try:
+        mid = mido.MidiFile(file=io.BytesIO(header + body), clip=True, charset="latin1")
+    except Exception as exc:  # mido raises OSError, EOFError, ValueError, KeyError...
+        raise MidiError(f"{name}: corrupt MIDI data ({exc or type(exc).__name__})") from None
+    for i, track in enumerate(mid.tracks):
+        ends = [k for k, msg in enumerate(track) if msg.type == "end_of_track"]
+        mid.tracks[i] = mido.MidiTrack(track[: ends[0] + 1] if ends else track)
+    return mid, read_midi(path, include_drums=True, sustain=sustain)
 
 
 # --------------------------------------------------------------------------- tracks
