@@ -211,14 +211,16 @@ def test_notes_of_other_programs_go_to_the_tracks_of_those_programs_or_to_new_on
     # Flute (73, channel 0) continued; a Bass (33) note goes to the bass track's channel and
     # program, a Trumpet (56) note, which the prompt lacks, to a new track on a free channel
     path = save(three_tracks_file(tmp_path), tmp_path / "three.mid")
-    result = build(path, [6 * TPB, 6 * TPB, 7 * TPB], [7 * TPB, 8 * TPB, 8 * TPB], [76, 40, 70],
-                   programs=[73, 33, 56])
+    # and a drum note (program -1) to the drum track's channel
+    result = build(path, [6 * TPB, 6 * TPB, 7 * TPB, 7 * TPB], [7 * TPB, 8 * TPB, 8 * TPB, 7 * TPB + 10],
+                   [76, 40, 70, 38], programs=[73, 33, 56, -1])
     names = [[m.name for m in result.midi.tracks[i] if m.type == "track_name"][0] for i in result.tracks]
-    assert result.tracks == (4, 5, 6) and names == ["Flute (continued)", "Bass (continued)", "Trumpet (continued)"]
+    assert result.tracks == (4, 5, 6, 7)
+    assert names == ["Flute (continued)", "Kit (continued)", "Bass (continued)", "Trumpet (continued)"]
     notes = read_midi(save(result.midi, tmp_path / "out.mid"), include_drums=True).notes
     new = notes[notes["track"] >= 4]
     assert sorted(zip(new["pitch"].tolist(), new["program"].tolist(), new["channel"].tolist())) == [
-        (40, 33, 1), (70, 56, 2), (76, 73, 0)]
+        (38, 0, 9), (40, 33, 1), (70, 56, 2), (76, 73, 0)]
     markers = [i for i in result.tracks if any(m.type == "marker" for m in result.midi.tracks[i])]
     assert markers == [4]
 
@@ -240,3 +242,12 @@ def test_prompt_that_is_not_midi_is_a_midi_error_naming_it(tmp_path):
     path.write_text("not midi")
     with pytest.raises(MidiError, match="notes.txt"):
         C.load_prompt(path)
+
+
+def test_a_new_instrument_stays_on_the_continued_track_when_no_channel_is_free(tmp_path):
+    every_channel = track([(0, mido.Message("control_change", channel=c, control=7, value=100)) for c in range(16)])
+    mid = three_tracks_file(tmp_path)
+    mid.tracks.append(every_channel)
+    path = save(mid, tmp_path / "full.mid")
+    result = build(path, [6 * TPB, 6 * TPB], [7 * TPB, 7 * TPB], [76, 70], programs=[73, 56])
+    assert len(result.tracks) == 1 and result.n_notes == 2

@@ -176,7 +176,7 @@ def _decoded_table(decoded):
     in the tokenizer's time: beats (start/end) and seconds, as two arrays."""
     midi = decoded[0]
     if hasattr(midi, "instruments"):   # PrettyMIDI: its in-memory notes, exact
-        rows = [(n.pitch, n.velocity, inst.program, n.start, n.end)
+        rows = [(n.pitch, n.velocity, -1 if inst.is_drum else inst.program, n.start, n.end)
                 for inst in midi.instruments for n in inst.notes]
         seconds = np.array(rows, dtype=_NEW_DTYPE) if rows else np.zeros(0, _NEW_DTYPE)
         beats = seconds.copy()
@@ -187,6 +187,7 @@ def _decoded_table(decoded):
     table = np.zeros(len(notes), dtype=_NEW_DTYPE)
     for field in ("pitch", "velocity", "program"):
         table[field] = notes[field]
+    table["program"][notes["channel"] == DRUM_CHANNEL] = -1
     beats, seconds = table.copy(), table
     beats["start"], beats["end"] = notes["start_beat"], notes["end_beat"]
     seconds["start"], seconds["end"] = notes["start"], notes["end"]
@@ -317,36 +318,45 @@ def continue_prompt(mid, score, read, tracks, target, tokenizer, ids, prompt_len
         low, high = tokenizer.pitch_range
         raise ValueError(f"the model reads none of the prompt's notes (its pitches lie outside {low}..{high})")
     start, end = place_notes(notes, anchor, tokenizer, read)
-    programs = notes["program"] if getattr(tokenizer, "programs", False) else np.full(len(notes), target.program)
+    own = -1 if target.is_drums else target.program
+    programs = notes["program"] if getattr(tokenizer, "programs", False) else np.full(len(notes), own)
     targets, which = route(mid, tracks, target, programs)
     velocity = notes["velocity"] if tokenizer.velocity_bins else np.array([t.velocity for t in targets])[which]
     return continuation_file(mid, score, read, targets, which, start, end, notes["pitch"], velocity)
 
 
 def route(mid, tracks, target, programs):
-    """The track each new note goes to, by the program its tokens gave it.
+    """The track each new note goes to, by the program its tokens gave it (-1: drums).
 
     A note of the target's program goes to the target; another program to the
-    prompt's pitched track with most notes of that program; a program the
-    prompt does not have to a new track (index -1) named after its General
-    MIDI instrument, on a channel no message of the file uses (the target's if
-    none is left).
+    prompt's track with most notes of that program (drums: the drum track);
+    a program the prompt does not have to a new track (index -1) named after
+    its General MIDI instrument, on a channel no message of the file uses, or
+    to the target when no channel is left.
 
     Returns (targets: list of TrackInfo, the target first; which: int (M,) into it).
     """
     targets, which = [target], np.zeros(len(programs), dtype=np.int64)
-    free = [c for c in range(16) if c != DRUM_CHANNEL
-            and c not in {m.channel for t in mid.tracks for m in t if hasattr(m, "channel")}]
-    for program in sorted(set(programs.tolist()) - {target.program}):
-        same = [t for t in tracks if t.program == program and not t.is_drums]
-        if same:
-            dest = max(same, key=lambda t: (t.n_notes, -t.index))
-        else:
-            name = pretty_midi.program_to_instrument_name(program)
-            dest = TrackInfo(-1, name, free.pop(0) if free else target.channel, program, 0, target.velocity)
-        targets.append(dest)
-        which[programs == program] = len(targets) - 1
+    used = {m.channel for t in mid.tracks for m in t if hasattr(m, "channel")}
+    free = [c for c in range(16) if c != DRUM_CHANNEL and c not in used]
+    for program in sorted(set(programs.tolist()) - {-1 if target.is_drums else target.program}):
+        dest = _track_for(program, tracks, target, free)
+        if dest is not target:
+            targets.append(dest)
+            which[programs == program] = len(targets) - 1
     return targets, which
+
+
+def _track_for(program, tracks, target, free):
+    """The prompt's track of ``program`` (-1: drums), or a new one (taking a channel of ``free``)."""
+    same = [t for t in tracks if (t.is_drums if program < 0 else t.program == program and not t.is_drums)]
+    if same:
+        return max(same, key=lambda t: (t.n_notes, -t.index))
+    if program < 0:
+        return TrackInfo(-1, "Drums", DRUM_CHANNEL, 0, 0, target.velocity)
+    if not free:
+        return target
+    return TrackInfo(-1, pretty_midi.program_to_instrument_name(program), free.pop(0), program, 0, target.velocity)
 
 
 def continuation_file(mid, score, read, targets, which, start, end, pitch, velocity):
