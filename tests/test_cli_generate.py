@@ -261,3 +261,14 @@ def test_prompt_of_drums_only_is_refused_unless_the_model_may_read_drums(tmp_pat
     code, out, _ = run_here(capsys, "--prompt", path, "-o", tmp_path / "k.mid", "--bars", 1, "--drums")
     assert code == 0 and "the model read 8 notes" in out
     assert [m.dict() for m in mido.MidiFile(tmp_path / "k.mid").tracks[0]] == [m.dict() for m in kit]
+
+
+def test_output_that_is_the_prompt_is_refused_and_the_prompt_kept(prompt, tmp_path, capsys):
+    copy = tmp_path / "mine.mid"
+    copy.write_bytes(prompt.read_bytes())
+    link = tmp_path / "link.mid"
+    link.symlink_to(copy)
+    for out in (copy, link):
+        code, _, err = run_here(capsys, "--prompt", copy, "-o", out, "--bars", 1)
+        assert code == 2 and err.startswith("error: ") and "is the prompt" in err
+    assert copy.read_bytes() == prompt.read_bytes()

@@ -132,9 +132,12 @@ def _say_if_ended_early(out, budget):
 
 def _continue(args, model, budget, rng):
     """The prompt file as it was, plus the continuation on a new track."""
+    import os
     from music_attn.music import continuation as C
     from music_attn.music.midi import write_midi
     tokenizer = model.tokenizer
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.prompt):
+        raise ValueError(f"{args.output}: is the prompt; write the continuation to another file")
     mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
     tracks = C.prompt_tracks(mid, score)
     target = C.choose_track(tracks, args.track)
