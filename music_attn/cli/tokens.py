@@ -21,6 +21,9 @@ def register(sub):
     p.add_argument("--tokenizer", choices=_TOKENIZERS, default="remi", help="token vocabulary (default: remi)")
     p.add_argument("--json", action="store_true", help="print JSON that `decode` reads back")
     p.add_argument("--stats", action="store_true", help="print notes, tokens and tokens per note")
+    p.add_argument("--out", metavar="DATASET", help="tokenize the folder FILE into a token dataset "
+                   "(uint16 token file + index) that `train DATASET` reads memory-mapped")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for --out (default 1)")
     p.set_defaults(func=_tokenize)
 
     p = sub.add_parser("decode", help="turn tokens (the JSON of `tokenize --json`) back into MIDI")
@@ -33,6 +36,8 @@ def _tokenize(args):
     from music_attn.music.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dict({"type": args.tokenizer})
+    if args.out:
+        return _write_dataset(args, tokenizer)
     sequences = [tokenizer.encode(path) for path in args.files]  # all read before any output
     if args.json:
         docs = [_document(path, seq, tokenizer, args.stats) for path, seq in zip(args.files, sequences)]
@@ -44,6 +49,21 @@ def _tokenize(args):
         for path, seq in zip(args.files, sequences):
             print(f"# {path}: {len(seq.notes)} notes, {len(seq)} tokens")
             print(" ".join(seq.tokens))
+    return 0
+
+
+def _write_dataset(args, tokenizer):
+    from music_attn.training.dataset import write_dataset
+
+    if len(args.files) != 1 or not Path(args.files[0]).is_dir():
+        raise ValueError("--out takes one folder of MIDI files: tokenize DIR --out DATASET")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    failures = []
+    ds = write_dataset(args.files[0], args.out, tokenizer, jobs=args.jobs, failures=failures)
+    counts = {s: sum(f["split"] == s for f in ds.files) for s in ("train", "validation")}
+    print(f"wrote {args.out}: {len(ds)} files ({counts['train']} train, {counts['validation']} "
+          f"validation), {ds.tokens.size:,} tokens, {len(failures)} unreadable files skipped")
     return 0
 
 

@@ -12,7 +12,8 @@ def register(sub):
                        description="Train a decoder on the MIDI files of DIR (its train/validation split "
                                    "when DIR has a MANIFEST.csv). Ctrl-C saves a checkpoint; --resume "
                                    "continues exactly where it stopped.")
-    p.add_argument("dir", nargs="?", default="data", help="folder of MIDI files (default: data)")
+    p.add_argument("dir", nargs="?", default="data",
+                   help="folder of MIDI files, or a token dataset from `tokenize DIR --out` (default: data)")
     p.add_argument("-o", "--output", default="model.npz", help="checkpoint to write (default: model.npz)")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at -o")
     p.add_argument("--tokenizer", choices=("remi", "performance"), default="remi")
@@ -34,6 +35,9 @@ def register(sub):
     p.add_argument("--jobs", type=int, default=1, help="processes for tokenizing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                   help="train in numpy, or in PyTorch (CUDA when present; data-parallel under "
+                        "`torchrun --nproc_per_node N`); both write the same checkpoint")
     p.set_defaults(func=_run)
 
 
@@ -43,11 +47,19 @@ def _tokenizer(name):
 
 
 def _corpus(folder, tokenizer, jobs, progress):
-    """(train, validation) token sequences of a folder: its manifest split, else by title hash."""
-    from music_attn.training import data
+    """(train, validation) token sequences of a folder: its manifest split, else by title hash.
+
+    A token dataset gives memory-mapped sequences (its tokenizer must be the model's).
+    """
+    from music_attn.training import data, dataset
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
+    if dataset.is_dataset(folder):
+        ds = dataset.open_dataset(folder)
+        if ds.tokenizer_config != tokenizer.to_dict():
+            raise ValueError(f"{folder}: tokenized with {ds.tokenizer_config}, not the model's tokenizer")
+        return ds.sequences("train") or ds.sequences("all"), ds.sequences("validation")
     options = dict(jobs=jobs, progress=progress)
     if (folder / data.MANIFEST).is_file():
         return (data.load_corpus(folder, tokenizer, "train", **options),
@@ -93,13 +105,37 @@ def _resumed(args):
     return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
 
 
+def _dataset_tokenizer(folder, name):
+    """The tokenizer of a token dataset at ``folder``, else the one named by --tokenizer."""
+    from music_attn.training import dataset
+    if Path(folder).is_dir() and dataset.is_dataset(folder):
+        return dataset.open_dataset(folder).tokenizer
+    return _tokenizer(name)
+
+
+def _backend(name):
+    """(train function, is this the main process) of a backend."""
+    if name == "numpy":
+        from music_attn.training.train import train
+        return train, True
+    try:
+        from music_attn.interop.torch_bridge import init_distributed, train_torch
+    except ImportError:
+        raise ValueError("--backend torch needs PyTorch: pip install 'music_attn[torch]'") from None
+    return train_torch, init_distributed()[0] == 0
+
+
 def _run(args):
-    from music_attn.training.train import train
+    train, main = _backend(args.backend)
     if args.resume:
         model, state = _resumed(args)
     else:
-        model, state = _fresh(args, _tokenizer(args.tokenizer))
-    train_seqs, val_seqs = _corpus(args.dir, model.tokenizer, args.jobs, not args.quiet)
+        model, state = _fresh(args, _dataset_tokenizer(args.dir, args.tokenizer))
+    train_seqs, val_seqs = _corpus(args.dir, model.tokenizer, args.jobs, not args.quiet and main)
+    if not main:
+        train(model, train_seqs, state.config, state=state, val_sequences=val_seqs,
+              checkpoint=args.output, progress=False)
+        return 0
     print(f"{model!r}\ntraining on {len(train_seqs)} sequences ({sum(map(len, train_seqs)):,} tokens), "
           f"validating on {len(val_seqs)}; from step {state.step} to {state.config.steps}")
     state = train(model, train_seqs, state.config, state=state, val_sequences=val_seqs,
