@@ -19,6 +19,8 @@ __all__ = ["run_demo", "DemoResult"]
 
 N_BARS = 8
 FIRST_TOKENS = 24
+SHIPPED_MODEL_KNOWS = ("The shipped model knows folk melodies and Bach chorales (O'Neill's, Ryan's, Aird's, "
+                       "BWV 250-438) and reads 256 tokens at a time; music far from these is outside what it knows.")
 
 
 class DemoResult(NamedTuple):
@@ -53,9 +55,12 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
+    shipped = model is None
     model = load_model() if model is None else model
     path, title = _pick_melody(rng) if melody is None else (Path(melody), Path(melody).stem)
     maps = attention_maps(model, path)
+    if shipped:
+        echo(SHIPPED_MODEL_KNOWS)
     _print_melody(echo, title, path, maps)
     out = Path(out_dir)
     page, png, json_path = _write_maps(maps, out, path.stem, echo)
@@ -117,6 +122,10 @@ def _print_melody(echo, title, path, maps):
     echo(f"Melody: {title} ({path.name}): {maps.n_notes} notes, {maps.n_tokens_in_file} tokens")
     if maps.notice:
         echo(maps.notice)
+    fit = maps.model_fit
+    if fit.get("validation_nats_per_token"):
+        echo(f"The model reads it at {fit['nats_per_token']:.2f} nats per token "
+             f"(its validation music: {fit['validation_nats_per_token']:.2f}).")
     echo(f"First {min(FIRST_TOKENS, maps.n_tokens)} tokens: " + " ".join(maps.tokens[:FIRST_TOKENS]))
 
 

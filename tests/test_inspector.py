@@ -166,16 +166,6 @@ def test_a_smaller_window_limits_how_far_back_tokens_look(tiny_model):
         attention_maps(tiny_model, seq, window=25)
 
 
-def test_a_melody_too_long_for_memory_is_cut_with_a_notice(tiny_model, monkeypatch):
-    monkeypatch.setattr(inspector, "_MAX_TOKEN_MAP_BYTES", 4 * 2 * 2 * 30 * 30)    # 30 tokens
-    seq = _sequence(np.random.default_rng(7), 20)
-    maps = attention_maps(tiny_model, seq)
-    assert maps.n_tokens == 30 and maps.n_tokens_in_file == seq.ids.size
-    assert "first 30 of" in maps.notice
-    kept = sorted(set(seq.note_of_token[:30]) - {-1})
-    assert maps.n_notes == len(kept) and list(maps.pitch) == list(seq.notes["pitch"][kept])
-
-
 def test_ids_outside_the_model_vocabulary_are_refused(tiny_model):
     seq = _sequence(np.random.default_rng(8), 4, vocab=41)
     seq.ids[3] = 40
@@ -191,22 +181,6 @@ def test_a_midi_input_without_a_tokenizer_is_a_clear_error(tiny_model, tmp_path)
 
 
 # ---------------------------------------------------------------- output
-def test_json_holds_notes_tokens_and_maps_with_nan_as_null():
-    labels = [-1, 0, 0, 1, 2]
-    nll = [np.nan, 1, 1, 1, 1]
-    att = _random_causal_attention(np.random.default_rng(9), 1, 2, 5)
-    maps = AttentionMaps.from_arrays(att, labels, NOTES3, token_nll=nll, tokens=list("abcde"),
-                                     texts={"tracks": ["<b>lead</b>"]})
-    data = json.loads(maps.to_json())
-    assert [n["name"] for n in data["notes"]] == ["C4", "D4", "E4"]
-    assert data["tokens"][0] == {"index": 0, "token": "a", "id": 0, "note": -1, "nll": None}
-    assert np.asarray(data["note_attention"]).shape == (1, 2, 3, 3)
-    total = np.asarray(data["note_attention"]).sum(-1) + np.asarray(data["structure_share"])
-    np.testing.assert_allclose(total, 1.0, atol=5e-4)
-    assert "token_attention" not in data and data["texts"]["tracks"] == ["<b>lead</b>"]
-    assert np.asarray(json.loads(maps.to_json(token_attention=True))["token_attention"]).shape == (1, 2, 5, 5)
-
-
 def test_notebook_display_is_an_escaped_iframe_of_the_page():
     maps = AttentionMaps.from_arrays(np.ones((1, 1, 1, 1)), [0], {k: v[:1] for k, v in NOTES3.items()},
                                      name='"><script>alert(1)</script>')
@@ -229,3 +203,297 @@ def test_head_entropy_is_the_mean_entropy_over_earlier_notes():
                   [0.3, 0.3, 0.4]])                # note 2: 50/50 over notes 0, 1 -> ln 2
     maps = AttentionMaps.from_arrays(A[None, None], [0, 1, 2], NOTES3)
     assert maps.head_entropy()[0, 0] == pytest.approx(math.log(2) / 2)
+
+
+# ------------------------------------------------------- band storage, any length
+from conftest import loop_note_attention                                       # noqa: E402
+from midi_factory import midi_file, note_events, track                         # noqa: E402
+from music_attn.training.windows import spans                                  # noqa: E402
+
+
+def _dense_from_windows(model, ids, window):
+    """Independent dense reference (L, H, T, T): row t from a forward of the window that owns t."""
+    ids = np.asarray(ids)
+    T, cfg = ids.size, model.config
+    dense = np.zeros((cfg.n_layers, cfg.n_heads, T, T))
+    for s in spans(T, window):
+        _, att = model.forward(ids[None, s.start:s.stop], return_attention=True)
+        dense[:, :, s.keep:s.stop, s.start:s.stop] = att[:, 0, :, s.keep - s.start:, :]
+    return dense
+
+
+@pytest.mark.parametrize("n_notes, window", [(6, None), (14, None), (14, 9), (14, 2)])
+def test_band_note_maps_equal_dense_maps_for_every_layer_head_and_window(tiny_model, n_notes, window):
+    seq = _sequence(np.random.default_rng(7), n_notes)
+    maps = attention_maps(tiny_model, seq, window=window)
+    W = window or tiny_model.config.max_len
+    if seq.ids.size <= W:                                   # fits: one full forward is the reference
+        dense = tiny_model.forward(np.asarray(seq.ids)[None], return_attention=True)[1][:, 0]
+    else:
+        dense = _dense_from_windows(tiny_model, seq.ids, W)
+    want, structure = loop_note_attention(dense, seq.note_of_token, n_notes)
+    assert maps.token_band.shape[-1] == W
+    np.testing.assert_allclose(maps.token_attention, dense, atol=1e-6)
+    np.testing.assert_allclose(maps.note_attention, want, atol=2e-6)
+    np.testing.assert_allclose(maps.structure_share, structure, atol=2e-6)
+    for layer, head in np.ndindex(2, 2):                    # CSR rows: keys increasing, rows sum to 1 - structure
+        indptr, keys, weights = maps.note_rows(layer, head)
+        assert all((np.diff(keys[a:b]) > 0).all() for a, b in zip(indptr[:-1], indptr[1:]))
+        np.testing.assert_allclose(np.add.reduceat(weights, indptr[:-1]) + structure[layer, head], 1, atol=1e-5)
+
+
+def test_dense_and_band_inputs_give_the_same_maps():
+    rng = np.random.default_rng(2)
+    labels = np.array([-1, 0, 0, -1, 1, 2, 2, -1, 1])
+    A = _random_causal_attention(rng, 2, 2, labels.size)
+    T = labels.size
+    band = np.zeros((2, 2, T, T))
+    for t in range(T):
+        band[:, :, t, T - 1 - t:] = A[:, :, t, :t + 1]        # column T - 1 is the query itself
+    dense_maps = AttentionMaps.from_arrays(A, labels, NOTES3)
+    band_maps = AttentionMaps.from_arrays(None, labels, NOTES3, band=band)
+    np.testing.assert_allclose(band_maps.note_attention, dense_maps.note_attention, atol=1e-6)
+    np.testing.assert_allclose(band_maps.token_attention, A, atol=1e-6)
+
+
+def test_a_bidirectional_dense_input_keeps_its_attention_to_later_notes():
+    A = np.full((1, 1, 3, 3), 1 / 3)
+    maps = AttentionMaps.from_arrays(A, [0, 1, 2], NOTES3)
+    np.testing.assert_allclose(maps.note_attention[0, 0], A[0, 0], atol=1e-7)
+
+
+def test_rollout_matches_a_hand_computation_on_three_tokens_and_two_layers():
+    A1 = [[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]]
+    A2 = [[1.0, 0, 0], [0.6, 0.4, 0], [0.1, 0.1, 0.8]]
+    att = np.array([[A1], [A2]])                                # (L=2, H=1, 3, 3)
+    # 0.5 A + 0.5 I: layer 1 rows [1,0,0] [.25,.75,0] [.1,.15,.75]; layer 2 [1,0,0] [.3,.7,0] [.05,.05,.9]
+    # R = A2' A1': row 1 = .3 [1,0,0] + .7 [.25,.75,0]; row 2 = .05 r0 + .05 r1 + .9 r2 of layer 1
+    want = [[1.0, 0, 0], [0.475, 0.525, 0], [0.1525, 0.1725, 0.675]]
+    np.testing.assert_allclose(inspector.attention_rollout(att), want, atol=1e-12)
+    maps = AttentionMaps.from_arrays(att, [-1, 0, 1], {k: v[:2] for k, v in NOTES3.items()})
+    np.testing.assert_allclose(maps.note_row(1, "rollout"), [0.1725, 0.675], atol=1e-6)
+    np.testing.assert_allclose(maps.shares("rollout")[0], [0.475, 0.1525], atol=1e-6)
+
+
+def test_rollout_renormalises_rows_that_do_not_sum_to_one():
+    att = np.array([[[[2.0, 0], [1.0, 1.0]]]])                  # rows sum to 2
+    # 0.5 A + 0.5 I = [[1.5, 0], [.5, 1]] -> rows [1, 0], [1/3, 2/3]
+    np.testing.assert_allclose(inspector.attention_rollout(att), [[1, 0], [1 / 3, 2 / 3]], atol=1e-12)
+
+
+def test_model_rollout_is_taken_within_the_window_that_owns_each_query(tiny_model):
+    seq = _sequence(np.random.default_rng(8), 14)
+    W = 9
+    maps = attention_maps(tiny_model, seq, window=W)
+    for s in spans(seq.ids.size, W):
+        _, att = tiny_model.forward(np.asarray(seq.ids[s.start:s.stop])[None], return_attention=True)
+        rolled = inspector.attention_rollout(att[:, 0])
+        for t in range(s.keep, s.stop):
+            row = maps.rollout_band[t, W - 1 - (t - s.start):]
+            np.testing.assert_allclose(row, rolled[t - s.start, :t - s.start + 1], atol=1e-5)
+
+
+# ------------------------------------------------------------------- model fit
+def test_model_fit_is_the_mean_token_nll_next_to_the_validation_nll(tiny_model):
+    seq = _sequence(np.random.default_rng(9), 6)
+    logits = np.asarray(tiny_model.forward(np.asarray(seq.ids)[None])[0], dtype=np.float64)
+    direct = [math.log(sum(math.exp(x - row.max()) for x in row)) + row.max() - row[seq.ids[t + 1]]
+              for t, row in enumerate(logits[:-1])]
+    tiny_model.metrics = {"validation_nats_per_token": float(np.mean(direct)) / 3}
+    try:
+        fit = attention_maps(tiny_model, seq).model_fit
+    finally:
+        del tiny_model.metrics
+    assert fit["nats_per_token"] == pytest.approx(np.mean(direct), rel=1e-6)
+    assert fit["ratio"] == pytest.approx(3.0, rel=1e-6)
+    assert "far outside" in fit["reading"] and "--melody" not in fit["reading"]   # one voice: no hint
+    assert attention_maps(tiny_model, seq).model_fit["validation_nats_per_token"] is None
+
+
+def test_checkpoint_metrics_load_as_model_metrics_and_a_malformed_entry_is_refused(remi_model, tmp_path):
+    from music_attn.errors import CheckpointError
+    from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "a.npz", remi_model, metrics={"validation_nats_per_token": 0.75})
+    assert load_checkpoint(tmp_path / "a.npz").model.metrics == {"validation_nats_per_token": 0.75}
+    save_checkpoint(tmp_path / "b.npz", remi_model)
+    assert load_checkpoint(tmp_path / "b.npz").model.metrics == {}
+    entries = dict(np.load(tmp_path / "a.npz"))
+    entries["metrics"] = np.array("[1, 2]")
+    np.savez(tmp_path / "c.npz", **entries)
+    with pytest.raises(CheckpointError, match="metrics"):
+        load_checkpoint(tmp_path / "c.npz")
+
+
+# ------------------------------------------------------- passages, tracks, voices
+Q = 480
+
+
+@pytest.fixture(scope="module")
+def remi_model():
+    from music_attn.core.model import ModelConfig, init_model
+    from music_attn.music.tokenizer import RemiTokenizer
+
+    tok = RemiTokenizer(velocity_bins=0)
+    config = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32)
+    model = init_model(config, np.random.default_rng(1))
+    model.tokenizer = tok
+    return model
+
+
+def duet(path, bars=12):
+    """4/4: a tune of quarter notes (track 1, 'Tune') over half notes a tenth lower (track 2, 'Bass')."""
+    tune = [(60 + (3 * i) % 12, i * Q, (i + 1) * Q, 80) for i in range(4 * bars)]
+    bass = [(45 + (5 * i) % 12, 2 * i * Q, 2 * (i + 1) * Q, 80) for i in range(2 * bars)]
+    name = lambda n: [(0, mido.MetaMessage("track_name", name=n))]      # noqa: E731
+    midi_file(track([]), track(name("Tune") + note_events(tune)),
+              track(name("Bass") + note_events(bass, channel=1))).save(path)
+    return path
+
+
+import mido                                                                    # noqa: E402
+
+
+def test_a_passage_is_read_exactly_as_in_the_whole_piece(remi_model, tmp_path):
+    path = duet(tmp_path / "duet.mid")
+    whole = attention_maps(remi_model, path)
+    part = attention_maps(remi_model, path, bars=(5, 8))
+    inside = np.flatnonzero((whole.bar >= 5) & (whole.bar <= 8))
+    assert part.n_notes == inside.size == 24 and (part.pitch == whole.pitch[inside]).all()
+    assert part.bar.min() == 5 and part.beat.min() == 1.0
+    np.testing.assert_allclose(part.surprise, whole.surprise[inside], atol=1e-9)
+    for layer, head in [(0, 0), (1, 1), ("rollout", None)]:
+        for i, j in enumerate(inside):
+            row = whole.note_row(j, layer, head)
+            np.testing.assert_allclose(part.note_row(i, layer, head), row[inside], atol=1e-6)
+            structure, context = part.shares(layer, head)
+            assert context[i] == pytest.approx(row[:inside[0]].sum(), abs=1e-6)
+            assert structure[i] == pytest.approx(whole.shares(layer, head)[0][j], abs=1e-6)
+    assert part.context_share.max() > 0.05                 # the music before the passage is heard
+    assert part.n_tokens < whole.n_tokens and "context" in part.notice
+
+
+def test_seconds_choose_the_notes_starting_in_them(remi_model, tmp_path):
+    path = duet(tmp_path / "duet.mid")
+    part = attention_maps(remi_model, path, start=2.0, end=4.0)   # 120 bpm: beats 4..7
+    assert part.start.min() >= 2.0 and part.start.max() < 4.0 and part.n_notes == 6
+
+
+def test_tracks_and_the_top_voice_choose_what_the_model_reads(remi_model, tmp_path):
+    path = duet(tmp_path / "duet.mid")
+    assert set(attention_maps(remi_model, path, tracks=["bass"]).track.tolist()) == {2}
+    assert set(attention_maps(remi_model, path, tracks=[1]).track.tolist()) == {1}
+    top = attention_maps(remi_model, path, melody=True)
+    assert top.n_notes == 48 and set(top.track.tolist()) == {1}        # the tune is always higher
+    with pytest.raises(inspector.MusicAttnError, match="Bass"):
+        attention_maps(remi_model, path, tracks=["viola"])
+
+
+def test_a_melody_model_on_many_voices_is_told_to_keep_one(remi_model, tmp_path):
+    path = duet(tmp_path / "duet.mid")
+    remi_model.metrics = {"validation_nats_per_token": 1e-3}
+    try:
+        assert "--melody" in attention_maps(remi_model, path).model_fit["reading"]
+        assert "--melody" not in attention_maps(remi_model, path, melody=True).model_fit["reading"]
+    finally:
+        del remi_model.metrics
+
+
+# ------------------------------------------------------------------------ JSON
+def test_json_lists_every_note_and_the_top_keys_with_the_rest_summed(remi_model, tmp_path):
+    maps = attention_maps(remi_model, duet(tmp_path / "duet.mid", bars=4))
+    data = json.loads(maps.to_json(top_k=3))
+    assert len(data["notes"]) == maps.n_notes == 24
+    assert set(data["notes"][0]) >= {"pitch", "start", "end", "bar", "beat", "track", "surprise"}
+    assert set(data["model_fit"]) >= {"nats_per_token", "validation_nats_per_token"}
+    for layer in range(2):
+        for head in range(2):
+            entry = data["note_attention"]["layers"][layer][head]
+            dense = maps.note_attention[layer, head]
+            for i in range(maps.n_notes):
+                keys, weights = entry["keys"][i], entry["weights"][i]
+                assert len(keys) <= 3 and weights == sorted(weights, reverse=True)
+                np.testing.assert_allclose(weights, dense[i, keys], atol=1e-3)
+                assert weights[-1] >= np.sort(dense[i])[-len(keys)] - 1e-3      # the strongest ones
+                total = sum(weights) + entry["rest"][i] + entry["structure"][i] + entry["context"][i]
+                assert total == pytest.approx(1.0, abs=5e-3)
+    assert data["note_attention"]["rollout"]["keys"][5]
+    assert "token_band" not in data and "token_band" in json.loads(maps.to_json(token_band=True))
+
+
+# ------------------------------------------------------------------- any length
+_LIMITED = r"""
+import resource, sys
+import numpy as np
+limit = int(sys.argv[3]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from music_attn.core.model import ModelConfig, init_model
+from music_attn.inspect.inspector import attention_maps
+from music_attn.music.tokenizer import RemiTokenizer
+tok = RemiTokenizer(velocity_bins=0)
+config = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=int(sys.argv[2]))
+model = init_model(config, np.random.default_rng(0))
+model.tokenizer = tok
+maps = attention_maps(model, sys.argv[1], progress=False)
+rows = maps.note_rows(1, 1)
+print(maps.n_notes, maps.n_tokens, len(maps.to_json()) // 2**20, float(np.add.reduceat(rows.weights, rows.indptr[:-1]).max()))
+"""
+
+
+@pytest.mark.slow
+def test_a_ten_thousand_note_piece_is_inspected_whole_under_a_memory_limit(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from music_attn.bench.inspect import make_piece
+
+    path = tmp_path / "long.mid"
+    assert make_piece(path, 10_000) == 10_000
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # dense token maps would need 2 x 2 x T x T x 4 bytes, about 8 GB here; the limit is 1 GB
+    out = subprocess.run([sys.executable, "-c", _LIMITED, str(path), "256", "1024"], capture_output=True,
+                         text=True, env=env, timeout=900, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr[-2000:]
+    notes, tokens, json_mb, top_row = out.stdout.split()
+    assert int(notes) == 10_000 and int(tokens) > 20_000 and float(top_row) <= 1 + 1e-5
+
+
+# ------------------------------------------------------------------------- CLI
+def _cli(args, capsys):
+    from music_attn.cli import main
+
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_inspects_a_passage_of_some_tracks_and_prints_the_model_fit(remi_model, tmp_path, capsys):
+    from music_attn.training.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "m.npz"
+    save_checkpoint(ckpt, remi_model, metrics={"validation_nats_per_token": 0.5})
+    path = duet(tmp_path / "duet.mid")
+    html, js = tmp_path / "p.html", tmp_path / "p.json"
+    code, out, err = _cli(["inspect", str(path), "-m", str(ckpt), "-o", str(html), "--json", str(js),
+                           "--bars", "3:4", "--track", "Tune"], capsys)
+    assert code == 0 and err == ""                           # no progress bar when stderr is not a terminal
+    data = json.loads(js.read_text())
+    assert [n["bar"] for n in data["notes"]] == [3] * 4 + [4] * 4 and {n["track"] for n in data["notes"]} == {1}
+    assert data["model_fit"]["validation_nats_per_token"] == 0.5
+    assert f"{data['model_fit']['nats_per_token']:.3f} nats per token" in out and "0.500" in out
+    assert "far outside" in out and html.is_file()
+
+
+@pytest.mark.parametrize("extra, message", [(["--bars", "4:2"], "bars"), (["--track", "viola"], "viola"),
+                                            (["--bars", "40:41"], "no notes"), (["--start", "nan"], "finite")])
+def test_cli_refuses_a_bad_choice_in_one_line_and_writes_nothing(remi_model, tmp_path, capsys, extra, message):
+    from music_attn.training.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "m.npz"
+    save_checkpoint(ckpt, remi_model)
+    html = tmp_path / "p.html"
+    code, out, err = _cli(["inspect", str(duet(tmp_path / "duet.mid")), "-m", str(ckpt), "-o", str(html)] + extra,
+                          capsys)
+    assert code == 2 and err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not html.exists()

@@ -132,7 +132,13 @@ def test_png_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_json_file_holds_the_note_maps(tmp_path):
     maps = synthetic_maps(5)
-    write_json(maps, tmp_path / "maps.json")
+    write_json(maps, tmp_path / "maps.json", top_k=5)            # k = N: every key note is listed
     data = json.loads((tmp_path / "maps.json").read_text(encoding="utf-8"))
-    np.testing.assert_allclose(data["note_attention"], maps.note_attention, atol=5e-5)
-    assert len(data["tokens"]) == maps.n_tokens and data["notes"][0]["name"] == maps.note_names[0]
+    for layer, head in np.ndindex(maps.n_layers, maps.n_heads):
+        entry = data["note_attention"]["layers"][layer][head]
+        dense = np.zeros((5, 5))
+        for i, (keys, weights) in enumerate(zip(entry["keys"], entry["weights"])):
+            dense[i, keys] = weights
+        np.testing.assert_allclose(dense, maps.note_attention[layer, head], atol=5e-4)
+        assert max(entry["rest"]) == 0
+    assert len(data["tokens"]["text"]) == maps.n_tokens and data["notes"][0]["pitch"] == maps.pitch[0]

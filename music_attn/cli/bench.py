@@ -6,6 +6,7 @@ _TARGETS = {
     "attention": "causal attention: ours vs naive numpy vs torch SDPA; blocked peak memory",
     "tokenize": "files/s and notes/s: our tokenizers vs mido, pretty_midi, MidiTok",
     "model": "generation and training throughput vs torch eager; model evaluation",
+    "inspect": "whole pieces of growing length: seconds, peak memory, page and JSON sizes",
 }
 
 

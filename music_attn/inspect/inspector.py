@@ -1,30 +1,70 @@
-"""Attention over the notes of a melody: token maps, note maps, structure share and surprise.
+"""Attention over the notes of a piece of any length: a band of token attention, sparse note maps.
 
-`attention_maps` runs one forward pass of a model over a tokenized melody and
-keeps what it saw: the softmax probabilities of every layer and head over the
-tokens, the same attention summed up to the notes the tokens belong to, the
-share of attention each note pays to structure tokens (Bar, Position, specials:
-tokens that belong to no note) and the model's surprise at every note (the
-negative log-likelihood of its tokens, from the logits of the same pass).
+`attention_maps` runs a model over a piece (or a chosen passage, tracks or
+top voice of it, see :mod:`music_attn.music.select`) and keeps what it saw:
 
-Shape legend: L layers, H heads, T tokens (queries), S tokens (keys, S == T
-here), N notes, V vocab.
+* **Token attention as a band.**  A piece longer than the model's window is
+  read with THE windowing rule of :func:`music_attn.training.windows.spans`
+  (windows of ``W`` tokens moved by ``W // 2``; every position's attention row
+  and next-token logits come from exactly one window, the first that holds
+  it).  So query ``t`` only ever sees keys ``t - W + 1 .. t``, and the band
+  ``token_band[l, h, t, j]`` is its weight on key ``t - band_back + j``
+  (``band_back = W - 1`` for a model pass: column ``W - 1`` is the token
+  itself; keys its window did not hold are 0).  Memory grows as L H T W, never T x T.
+* **Note attention, sparse.**  With ``Q_i`` the query tokens of note ``i`` and
+  ``K_j`` the key tokens of note ``j``::
+
+      note_attention[l, h, i, j] = mean over t in Q_i of ( sum over s in K_j of A[l, h, t, s] )
+      structure_share[l, h, i]   = the same mean of the weight on tokens of no note (Bar, Position, BOS)
+      context_share[l, h, i]     = the same mean of the weight on notes not shown (before the passage)
+
+  so ``row sum + structure_share + context_share == 1``.  Each head's note
+  attention is stored as CSR rows (`note_rows`): only the key notes a query
+  note's window held, never N x N.
+* **Rollout** (Abnar & Zuidema 2020), computed within each window as the model
+  saw it: for the window's tokens, per layer ``0.5 * mean over heads of A + 0.5 * I``,
+  rows renormalised, multiplied through the layers (``R = A_L ... A_2 A_1``), and
+  each query's row taken from the window that owns it (as above); then
+  aggregated to notes by the same rule.  Select it with ``note_rows("rollout")``.
+* **A passage in the middle** is read as in the whole piece: its tokens get
+  exactly the windows they get when the whole piece is read, so the music just
+  before it (up to a window) is their context; attention to the notes of that
+  music is ``context_share`` (to its Bar and Position tokens, ``structure_share``).
+* **Surprise** of a note: the sum of the NLL (nats) of its tokens, each from the
+  logits of the position before it (:func:`~music_attn.training.windows.token_nll`).
+  ``model_fit`` compares the mean NLL per token of what is shown with the
+  model's NLL per token on its own validation set (stored in the checkpoint).
+
+Shape legend: L layers, H heads, T tokens, W band width (window), N notes, V vocab.
 """
 
 import html
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from music_attn.errors import MidiError, MusicAttnError
+from music_attn.training.windows import spans, token_nll
 
-__all__ = ["AttentionMaps", "attention_maps", "note_name"]
+__all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "note_name"]
 
-# Dense token maps cost 4 * L * H * T * T bytes; longer files are cut to stay under this.
-_MAX_TOKEN_MAP_BYTES = 384 * 2**20
+# The dense views (`note_attention`, `token_attention`) refuse to allocate more than this.
+_MAX_DENSE_BYTES = 256 * 2**20
+# Query tokens aggregated at once when a band is summed up to notes (bounds the temporaries).
+_CHUNK_TOKENS = 2048
+# Largest (rows x key notes) block a chunk sums densely before falling back to sorting.
+_DENSE_BLOCK = 4_000_000
+# Internal key labels: -1 structure token, -2 a note that is not shown (the context of a passage).
+_STRUCTURE, _CONTEXT = -1, -2
+# A piece is "far outside what the model knows" above this multiple of its validation NLL.
+FIT_RATIO = 2.0
+# JSON: key notes listed per query note and head (the rest is summed).
+JSON_TOP_K = 8
 
 _PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -43,125 +83,229 @@ def note_name(pitch):
     return f"{_PITCH_CLASSES[pitch % 12]}{pitch // 12 - 1}"
 
 
+class NoteRows(NamedTuple):
+    """Note attention of one head in CSR form: query note ``i`` -> key notes.
+
+    ``keys[indptr[i]:indptr[i + 1]]`` are the key notes of row ``i`` (increasing)
+    and ``weights[...]`` their attention; a row sums to
+    ``1 - structure_share[i] - context_share[i]``.
+    """
+    indptr: np.ndarray      # (N + 1,) int64
+    keys: np.ndarray        # (nnz,) int32
+    weights: np.ndarray     # (nnz,) float32
+
+
+class _Head(NamedTuple):
+    rows: NoteRows
+    structure: np.ndarray   # (N,) float64
+    context: np.ndarray     # (N,) float64
+
+
 @dataclass(eq=False)
 class AttentionMaps:
-    """What a model attends to while it reads a melody, over tokens and over notes.
+    """What a model attends to while it reads a piece, over tokens and over notes.
 
-    Aggregation rule (token -> note).  With ``Q_i`` the query tokens of note
-    ``i`` (tokens whose ``note_of_token`` is ``i``) and ``K_j`` the key tokens of
-    note ``j``::
-
-        note_attention[l, h, i, j] = mean over t in Q_i of ( sum over s in K_j of A[l, h, t, s] )
-        structure_share[l, h, i]   = mean over t in Q_i of ( sum over s with note_of_token[s] == -1 of A[l, h, t, s] )
-
-    i.e. the average, over the tokens of note ``i``, of the total probability
-    they give to the tokens of note ``j``.  Because every attention row sums to
-    one, ``note_attention[l, h, i].sum() + structure_share[l, h, i] == 1``.
-    Tokens that belong to no note (structure tokens) are never queries here.
+    The rules (band, aggregation, rollout, passage context) are in the module
+    docstring.  Build one with `attention_maps` (a model pass) or `from_arrays`.
 
     Attributes
     ----------
     tokens : list of str, length T
     ids : ndarray of int, shape (T,)
     note_of_token : ndarray of int, shape (T,)
-        Index of the note each token belongs to, -1 for structure tokens.
-    token_attention : ndarray of float32, shape (L, H, T, T)
-        Softmax probabilities the model used; row t is query token t.
-    note_attention : ndarray of float64, shape (L, H, N, N)
-    structure_share : ndarray of float64, shape (L, H, N)
+        Index of the note each token belongs to, -1 for tokens of no shown note.
+    token_band : ndarray of float32, shape (L, H, T, W), or None
+        ``token_band[l, h, t, j]`` = attention of query ``t`` to key ``t - band_back + j``
+        (keys before the first token are the context before a passage).
+    band_back : int
+    rollout_band : ndarray of float32, shape (T, W), or None
+        The rollout of every query token, in the band layout.
+    structure_share, context_share : ndarray of float64, shape (L, H, N)
     token_nll : ndarray of float64, shape (T,)
-        ``-log p(token t | tokens before it)`` in nats; NaN for the first token.
+        ``-log p(token t | tokens before it)`` in nats; NaN for the piece's first token.
     surprise : ndarray of float64, shape (N,)
-        Sum of ``token_nll`` over the tokens of each note (nats): the NLL of the note.
-    pitch, start, end, velocity : ndarray, shape (N,)
-        The notes (times in seconds).
+        Sum of ``token_nll`` over the tokens of each note (nats).
+    pitch, start, end, velocity, track : ndarray, shape (N,)
+        The notes (times in seconds, track as numbered in the file).
+    bar, beat : ndarray, shape (N,), or None
+        Bar (from 1) and beat (from 1) of each note's onset, when the metre is known.
     note_names : list of str, length N
     name : str or None
-        File name of the melody, when known.
     texts : dict
         Text found in the MIDI file (``"tracks"``: track names, ``"lyrics"``).
     window : int or None
-        How many tokens the model sees at once (its ``max_len`` unless asked for less).
+        How many tokens the model sees at once.
     n_tokens_in_file : int
-        Token count of the whole melody (more than T when it was cut).
+        Tokens of the whole piece (more than T when a passage or a cut was shown).
     notice : str
-        How a melody longer than the window was handled ("" when it fit).
+        How the piece was read (windows, passage, tracks), "" when nothing to say.
+    model_fit : dict
+        ``nats_per_token`` (the tokens shown), ``validation_nats_per_token`` (the
+        model's, None when its checkpoint does not record it), ``ratio``, ``reading``.
+    selection : dict
+        What was chosen: ``bars``, ``seconds``, ``tracks``, ``melody``.
+    score : Score or None
+        The file's notes (after the choice of tracks or top voice), tempo map and
+        metres, when read from a MIDI input.
     """
 
     tokens: list
     ids: np.ndarray
     note_of_token: np.ndarray
-    token_attention: np.ndarray
-    note_attention: np.ndarray
-    structure_share: np.ndarray
-    token_nll: np.ndarray
-    surprise: np.ndarray
-    pitch: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    velocity: np.ndarray
-    note_names: list
+    token_band: np.ndarray
+    band_back: int
+    rollout_band: np.ndarray
+    heads: list = field(repr=False)           # [layer][head] -> _Head
+    rollout: object = field(repr=False)       # _Head or None
+    token_nll: np.ndarray = None
+    surprise: np.ndarray = None
+    pitch: np.ndarray = None
+    start: np.ndarray = None
+    end: np.ndarray = None
+    velocity: np.ndarray = None
+    track: np.ndarray = None
+    bar: np.ndarray = None
+    beat: np.ndarray = None
+    note_names: list = None
     name: str = None
     texts: dict = field(default_factory=dict)
     window: int = None
     n_tokens_in_file: int = 0
     notice: str = ""
+    model_fit: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
+    score: object = field(default=None, repr=False)
 
     @classmethod
-    def from_arrays(cls, token_attention, note_of_token, notes, *, tokens=None, ids=None,
-                    token_nll=None, name=None, texts=None, window=None, n_tokens_in_file=None,
-                    notice=""):
+    def from_arrays(cls, token_attention, note_of_token, notes, *, band=None, band_back=None,
+                    tokens=None, ids=None, token_nll=None, name=None, texts=None, window=None,
+                    n_tokens_in_file=None, notice="", model_fit=None):
         """Build the maps from token attention and the token -> note alignment.
 
         Parameters
         ----------
-        token_attention : array_like, shape (L, H, T, T)
-            Attention probabilities (rows: queries).
+        token_attention : array_like, shape (L, H, T, T), or None
+            Dense attention probabilities (rows: queries), for short sequences.
+            Entries above the diagonal (a bidirectional model) are kept.
         note_of_token : array_like of int, shape (T,)
             Note index of each token, -1 for tokens that belong to no note.
         notes : mapping, structured array or sequence of note objects
-            Columns ``pitch``, ``start``, ``end`` (seconds) and optionally
-            ``velocity``; N rows, N > max(note_of_token).
-        tokens, ids : sequence, length T, optional
-        token_nll : array_like, shape (T,), optional
-            Per-token NLL; the note surprise is its sum over each note's tokens.
-        name, texts, window, n_tokens_in_file, notice
+            Columns ``pitch``, ``start``, ``end`` (seconds), optionally
+            ``velocity``, ``track``, ``bar``, ``beat``; N rows, N > max(note_of_token).
+        band : array_like, shape (L, H, T, W), optional
+            Instead of ``token_attention``: the band (module docstring), its column
+            ``j`` of row ``t`` being key ``t - band_back + j`` (default ``band_back = W - 1``).
+        tokens, ids, token_nll, name, texts, window, n_tokens_in_file, notice, model_fit
             Stored as given (see the class attributes).
         """
-        att = np.asarray(token_attention, dtype=np.float32)
         labels = np.asarray(note_of_token, dtype=np.int64)
         cols = _note_columns(notes)
-        _check_shapes(att, labels, len(cols["pitch"]))
-        T = labels.size
-        nll = np.full(T, np.nan) if token_nll is None else np.asarray(token_nll, dtype=np.float64)
-        if nll.shape != (T,):
-            raise ValueError(f"token_nll has shape {nll.shape}, expected ({T},)")
-        note_att, structure = aggregate_to_notes(att, labels, len(cols["pitch"]))
-        return cls(
-            tokens=list(tokens) if tokens is not None else [str(i) for i in range(T)],
-            ids=np.asarray(ids if ids is not None else np.zeros(T), dtype=np.int64),
-            note_of_token=labels, token_attention=att, note_attention=note_att,
-            structure_share=structure, token_nll=nll,
-            surprise=_sum_by_label(np.nan_to_num(nll)[None], labels, len(cols["pitch"]))[0],
-            note_names=[note_name(p) for p in cols["pitch"]], name=name, texts=dict(texts or {}),
-            window=window, n_tokens_in_file=int(n_tokens_in_file or T), notice=notice, **cols)
+        if band is None:
+            band, band_back = dense_to_band(np.asarray(token_attention, dtype=np.float32))
+        band = np.asarray(band, dtype=np.float32)
+        band_back = band.shape[-1] - 1 if band_back is None else int(band_back)
+        _check_shapes(band, labels, len(cols["pitch"]))
+        rollout = None
+        if token_attention is not None:
+            rollout, _ = dense_to_band(attention_rollout(token_attention)[None, None])
+        return _assemble(band, band_back, rollout, labels, labels, cols, tokens=tokens, ids=ids,
+                         token_nll=token_nll, name=name, texts=texts, window=window,
+                         n_tokens_in_file=n_tokens_in_file, notice=notice, model_fit=model_fit)
 
     # ----------------------------------------------------------------- sizes
     @property
     def n_layers(self):
-        return self.token_attention.shape[0]
+        return len(self.heads)
 
     @property
     def n_heads(self):
-        return self.token_attention.shape[1]
+        return len(self.heads[0]) if self.heads else 0
 
     @property
     def n_tokens(self):
-        return self.token_attention.shape[-1]
+        return len(self.ids)
 
     @property
     def n_notes(self):
         return len(self.pitch)
+
+    # ------------------------------------------------------------ accessors
+    def note_rows(self, layer, head=None):
+        """`NoteRows` (indptr (N+1,), keys (nnz,), weights (nnz,)) of one head, or of ``"rollout"``."""
+        return self._head(layer, head).rows
+
+    def shares(self, layer, head=None):
+        """``(structure_share (N,), context_share (N,))`` of one head, or of ``"rollout"``."""
+        h = self._head(layer, head)
+        return h.structure, h.context
+
+    def _head(self, layer, head):
+        if isinstance(layer, str):
+            if layer != "rollout" or self.rollout is None:
+                raise MusicAttnError(f"no {layer!r} maps here (rollout needs the attention of whole windows)")
+            return self.rollout
+        return self.heads[int(layer)][int(head)]
+
+    @property
+    def structure_share(self):
+        """(L, H, N) share of each note's attention on tokens of no note."""
+        return self._stack(1)
+
+    @property
+    def context_share(self):
+        """(L, H, N) share of each note's attention on notes not shown (the music before the passage)."""
+        return self._stack(2)
+
+    def _stack(self, which):
+        return np.array([[h[which] for h in layer] for layer in self.heads]).reshape(
+            self.n_layers, self.n_heads, self.n_notes)
+
+    def note_row(self, note, layer, head=None):
+        """Dense attention of one query note to every note: (N,) float64."""
+        rows = self.note_rows(layer, head)
+        out = np.zeros(self.n_notes)
+        lo, hi = rows.indptr[note], rows.indptr[note + 1]
+        out[rows.keys[lo:hi]] = rows.weights[lo:hi]
+        return out
+
+    def top_keys(self, layer, head=None, k=JSON_TOP_K):
+        """The ``k`` strongest key notes of every query note, strongest first.
+
+        Returns ``(indptr (N+1,), keys, weights, rest (N,))``: CSR rows of at most
+        ``k`` entries and, per row, the summed weight of the key notes left out.
+        """
+        rows = self.note_rows(layer, head)
+        r = _row_ids(rows.indptr)
+        order = np.argsort(r + 0.5 * (1.0 - rows.weights), kind="stable")   # by row, strongest first
+        rank = np.arange(order.size) - rows.indptr[r[order]]
+        keep = order[rank < k]
+        counts = np.bincount(r[keep], minlength=self.n_notes)
+        rest = np.bincount(r, rows.weights.astype(np.float64), self.n_notes) - np.bincount(
+            r[keep], rows.weights[keep].astype(np.float64), self.n_notes)
+        return np.concatenate(([0], np.cumsum(counts))), rows.keys[keep], rows.weights[keep], np.maximum(rest, 0)
+
+    @property
+    def note_attention(self):
+        """Dense (L, H, N, N) float64 note attention, for short pieces (`note_rows` for any length)."""
+        L, H, N = self.n_layers, self.n_heads, self.n_notes
+        _check_dense(L * H * N * N * 8, "note_attention", "note_rows(layer, head)")
+        out = np.zeros((L, H, N, N))
+        for layer, head in np.ndindex(L, H):
+            rows = self.note_rows(layer, head)
+            out[layer, head, _row_ids(rows.indptr), rows.keys] = rows.weights
+        return out
+
+    @property
+    def token_attention(self):
+        """Dense (L, H, T, T) float32 token attention, for short pieces (``token_band`` for any length)."""
+        if self.token_band is None:
+            raise MusicAttnError("these maps keep no token attention")
+        L, H, T, W = self.token_band.shape
+        _check_dense(L * H * T * T * 4, "token_attention", "token_band")
+        out = np.zeros((L, H, T, T), dtype=np.float32)
+        t, s, valid = _band_keys(T, W, self.band_back, 0)
+        out[:, :, np.broadcast_to(t, s.shape)[valid], s[valid]] = self.token_band[:, :, valid]
+        return out
 
     # --------------------------------------------------------------- queries
     def head_entropy(self):
@@ -171,13 +315,11 @@ class AttentionMaps:
         sum to one (itself and structure tokens left out) and its entropy taken;
         notes with no attention to earlier notes are skipped.  Low = focused.
         """
-        N = self.n_notes
-        rows = self.note_attention * np.tri(N, N, -1)                    # (L, H, N, N) earlier notes only
-        mass = rows.sum(-1)                                              # (L, H, N)
-        p = rows / np.maximum(mass, 1e-12)[..., None]
-        ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)            # (L, H, N)
-        valid = mass > 1e-9
-        return (ent * valid).sum(-1) / np.maximum(valid.sum(-1), 1)
+        out = np.zeros((self.n_layers, self.n_heads))
+        for layer, head in np.ndindex(*out.shape):
+            rows = self.note_rows(layer, head)
+            out[layer, head] = _earlier_entropy(rows, self.n_notes)
+        return out
 
     def most_focused_head(self):
         """``(layer, head)`` whose note attention has the lowest mean entropy."""
@@ -188,37 +330,49 @@ class AttentionMaps:
     def top_attended(self, note, *, layer, head=None, k=3, earlier_only=True):
         """The ``k`` notes that ``note`` attends to most, as ``[(j, weight), ...]``.
 
-        ``head=None`` averages the heads of ``layer``; ``earlier_only`` leaves out
-        the note itself (and anything after it).
+        ``head=None`` averages the heads of ``layer`` (``layer="rollout"``: the
+        rollout); ``earlier_only`` leaves out the note itself (and anything after it).
         """
-        maps = self.note_attention[layer]
-        row = maps.mean(0)[note] if head is None else maps[head, note]
+        if head is None and not isinstance(layer, str):
+            row = np.mean([self.note_row(note, layer, h) for h in range(self.n_heads)], axis=0)
+        else:
+            row = self.note_row(note, layer, head)
         stop = note if earlier_only else len(row)
         order = np.argsort(-row[:stop], kind="stable")[:k]
         return [(int(j), float(row[j])) for j in order if row[j] > 0]
 
     # --------------------------------------------------------------- outputs
-    def to_dict(self, *, token_attention=False, decimals=4):
-        """Plain-Python view (JSON-ready): notes, tokens, note maps, and token maps on request."""
-        out = {
-            "name": self.name, "texts": self.texts, "window": self.window,
-            "n_tokens_in_file": self.n_tokens_in_file, "notice": self.notice,
-            "aggregation": "note_attention[l][h][i][j] = mean over the tokens of note i of the "
-                           "summed attention to the tokens of note j",
-            "notes": [_note_dict(self, i, decimals) for i in range(self.n_notes)],
-            "tokens": [{"index": t, "token": self.tokens[t], "id": int(self.ids[t]),
-                        "note": int(self.note_of_token[t]), "nll": _num(self.token_nll[t], decimals)}
-                       for t in range(self.n_tokens)],
-            "note_attention": _rounded(self.note_attention, decimals),
-            "structure_share": _rounded(self.structure_share, decimals),
-        }
-        if token_attention:
-            out["token_attention"] = _rounded(self.token_attention, decimals)
+    def to_dict(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
+        """Plain-Python view (JSON-ready), the format of ``docs/formats.md``."""
+        out = {"format": "music_attn.attention", "version": 2, "name": self.name, "texts": self.texts,
+               "window": self.window, "n_tokens_in_file": self.n_tokens_in_file, "notice": self.notice,
+               "selection": self.selection, "model_fit": _fit_dict(self.model_fit, decimals),
+               "layers": self.n_layers, "heads": self.n_heads,
+               "notes": [_note_dict(self, i, decimals) for i in range(self.n_notes)],
+               "tokens": {"text": [str(t) for t in self.tokens], "note": self.note_of_token.tolist(),
+                          "nll": _floats(self.token_nll, decimals)},
+               "note_attention": self._sparse_dict(top_k, decimals)}
+        if token_band and self.token_band is not None:
+            out["token_band"] = {"back": self.band_back, "values": _rounded(self.token_band, decimals)}
         return out
 
-    def to_json(self, *, token_attention=False, decimals=4):
-        """The `to_dict` view as a JSON string."""
-        return json.dumps(self.to_dict(token_attention=token_attention, decimals=decimals))
+    def _sparse_dict(self, k, decimals):
+        layers = [[self._head_dict(layer, head, k, decimals) for head in range(self.n_heads)]
+                  for layer in range(self.n_layers)]
+        rollout = self._head_dict("rollout", None, k, decimals) if self.rollout is not None else None
+        return {"top_k": int(k), "layers": layers, "rollout": rollout}
+
+    def _head_dict(self, layer, head, k, decimals):
+        indptr, keys, weights, rest = self.top_keys(layer, head, k)
+        structure, context = self.shares(layer, head)
+        return {"keys": _split(keys.tolist(), indptr), "weights": _split(_floats(weights, decimals), indptr),
+                "rest": _floats(rest, decimals), "structure": _floats(structure, decimals),
+                "context": _floats(context, decimals)}
+
+    def to_json(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
+        """The `to_dict` view as compact JSON text."""
+        return json.dumps(self.to_dict(top_k=top_k, token_band=token_band, decimals=decimals),
+                          separators=(",", ":"), allow_nan=False)
 
     def _repr_html_(self):
         from music_attn.inspect.viz import render_html
@@ -232,51 +386,204 @@ class AttentionMaps:
                 f"{self.n_layers} layers x {self.n_heads} heads)")
 
 
-# ------------------------------------------------------------ aggregation
-def aggregate_to_notes(att, labels, n_notes):
-    """Token attention (L, H, T, T) -> note attention (L, H, N, N) and structure share (L, H, N).
-
-    See `AttentionMaps` for the rule.  Computed one layer at a time in float64.
-    """
-    L, H = att.shape[:2]
-    counts = np.bincount(labels[labels >= 0], minlength=n_notes).astype(np.float64)   # (N,)
-    note_att = np.zeros((L, H, n_notes, n_notes))
-    structure = np.zeros((L, H, n_notes))
-    for layer in range(L):
-        a = att[layer].astype(np.float64)                                # (H, T, S)
-        to_notes = _sum_by_label(a, labels, n_notes)                     # (H, T, N)
-        to_structure = a[..., labels < 0].sum(-1)                        # (H, T)
-        by_query = _sum_by_label(to_notes.transpose(0, 2, 1), labels, n_notes)  # (H, N, N) [key, query]
-        note_att[layer] = by_query.transpose(0, 2, 1) / np.maximum(counts, 1)[:, None]
-        structure[layer] = _sum_by_label(to_structure, labels, n_notes) / np.maximum(counts, 1)
-    return note_att, structure
+def _check_dense(nbytes, what, instead):
+    if nbytes > _MAX_DENSE_BYTES:
+        raise MusicAttnError(f"{what} would take {nbytes / 2**20:.0f} MB dense; use {instead} for long pieces")
 
 
-def _sum_by_label(x, labels, n):
-    """Sum the last axis of ``x`` (..., T) into ``n`` bins by ``labels`` (T,); -1 is dropped."""
-    idx = np.flatnonzero(labels >= 0)
-    out = np.zeros(x.shape[:-1] + (n,), dtype=np.float64)
-    if idx.size == 0:
-        return out
-    idx = idx[np.argsort(labels[idx], kind="stable")]
-    lab = labels[idx]
-    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    out[..., lab[starts]] = np.add.reduceat(x[..., idx], starts, axis=-1)
-    return out
+def _row_ids(indptr):
+    """Row index of every CSR entry: (nnz,)."""
+    return np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
 
 
-def _check_shapes(att, labels, n_notes):
+def _split(values, indptr):
+    return [values[a:b] for a, b in zip(indptr[:-1].tolist(), indptr[1:].tolist())]
+
+
+def _earlier_entropy(rows, n_notes):
+    """Mean over notes of the entropy of their renormalised attention to earlier notes."""
+    r = _row_ids(rows.indptr)
+    earlier = rows.keys < r
+    r, w = r[earlier], rows.weights[earlier].astype(np.float64)
+    mass = np.bincount(r, w, n_notes)                                  # (N,)
+    p = w / np.maximum(mass[r], 1e-12)
+    ent = np.bincount(r, -p * np.log(np.where(p > 0, p, 1.0)), n_notes)
+    valid = mass > 1e-9
+    return float((ent * valid).sum() / max(valid.sum(), 1))
+
+
+# ------------------------------------------------------------ band -> notes
+def _band_keys(T, W, back, before):
+    """Query (T, 1), key (T, W) indices of a band, and which keys exist: keys may go ``before`` back."""
+    t = np.arange(T)[:, None]
+    s = t - back + np.arange(W)                                        # (T, W)
+    return t, s, (s >= -before) & (s < T)
+
+
+def dense_to_band(att):
+    """Dense attention (L, H, T, T) -> ``(band, band_back)``: (L, H, T, W) with W = T, or 2T - 1 when
+    any query attends to a later key (a bidirectional model)."""
     if att.ndim != 4 or att.shape[-1] != att.shape[-2]:
         raise ValueError(f"token_attention must have shape (L, H, T, T), got {att.shape}")
-    if labels.shape != (att.shape[-1],):
-        raise ValueError(f"note_of_token has shape {labels.shape}, token_attention has T={att.shape[-1]}")
+    T = att.shape[-1]
+    future = bool(np.triu(att.any(axis=(0, 1)), 1).any())
+    back, W = T - 1, (2 * T - 1 if future else T)
+    t, s, valid = _band_keys(T, max(W, 1), back, 0)
+    band = np.where(valid, att[:, :, np.broadcast_to(t, s.shape), np.clip(s, 0, max(T - 1, 0))], 0)
+    return band.astype(np.float32), back
+
+
+def band_to_notes(band, back, key_labels, n_notes):
+    """Bands (G, T, W) of G heads -> one `_Head` each (CSR rows, structure and context shares).
+
+    The rule is in the module docstring.  ``key_labels`` (P + T,) labels the P
+    context tokens before the first query and the T queries: note index, -1
+    structure, -2 a note not shown.  Query tokens are summed note by note, in
+    chunks of whole notes; the index work of a chunk is shared by the G heads,
+    and temporaries stay O(chunk * W).
+    """
+    G, T, W = band.shape
+    P = key_labels.size - T
+    qlab = key_labels[P:]
+    counts = np.bincount(qlab[qlab >= 0], minlength=n_notes).astype(np.float64)
+    order = np.flatnonzero(qlab >= 0)
+    order = order[np.argsort(qlab[order], kind="stable")]              # query tokens, note by note
+    structure, context = np.zeros((G, n_notes)), np.zeros((G, n_notes))
+    parts = [[] for _ in range(G)]
+    for a, b in _note_chunks(qlab[order]):
+        q = order[a:b]
+        s = q[:, None] + P - back + np.arange(W)                        # (n, W) into key_labels
+        kl = np.where((s >= 0) & (s < key_labels.size), key_labels[np.clip(s, 0, key_labels.size - 1)], -3)
+        r = np.broadcast_to(qlab[q][:, None], kl.shape)                 # (n, W) query note
+        pairs = _Pairs(r[kl >= 0], kl[kl >= 0], n_notes)
+        code = pairs.bins(r, kl, n_notes).ravel()                        # (n * W,)
+        for g in range(G):
+            acc = np.bincount(code, band[g, q].ravel(), pairs.size + 2 * n_notes + 1)
+            structure[g] += acc[pairs.size:pairs.size + n_notes]
+            context[g] += acc[pairs.size + n_notes:-1]
+            parts[g].append(pairs.pick(acc[:pairs.size], counts))
+    structure /= np.maximum(counts, 1)                                   # mean over the note's tokens
+    context /= np.maximum(counts, 1)
+    return [_Head(_csr(parts[g], n_notes), structure[g], context[g]) for g in range(G)]
+
+
+def _note_chunks(sorted_labels):
+    """[a, b) cuts of a sorted label array into chunks of about _CHUNK_TOKENS, never inside a note."""
+    a, n = 0, sorted_labels.size
+    while a < n:
+        b = min(a + _CHUNK_TOKENS, n)
+        b = int(np.searchsorted(sorted_labels, sorted_labels[b - 1], side="right"))
+        yield a, b
+        a = b
+
+
+class _Pairs:
+    """The distinct (query note, key note) pairs of a chunk, as bins of a `np.bincount`.
+
+    Pairs are numbered over a dense block of the chunk's rows and key notes when it
+    is small (the usual case: key notes lie within a window of the rows), else by
+    sorting.  After the pairs come one bin per note for structure, one per note for
+    context, and one for keys outside the sequence.
+    """
+
+    def __init__(self, rows, keys, n_notes):
+        if rows.size == 0:
+            self.size, self.dense, self.code = 0, True, rows
+            self.K = self.r0 = self.k0 = 0
+            return
+        r0, k0 = int(rows.min()), int(keys.min())
+        R, K = int(rows.max()) - r0 + 1, int(keys.max()) - k0 + 1
+        self.dense = R * K <= _DENSE_BLOCK
+        if self.dense:
+            self.code, self.size, self.K, self.r0, self.k0 = (rows - r0) * K + (keys - k0), R * K, K, r0, k0
+        else:
+            uniq, self.code = np.unique(rows * n_notes + keys, return_inverse=True)   # by row, then key
+            self.size, self.rows, self.keys = uniq.size, uniq // n_notes, (uniq % n_notes).astype(np.int32)
+
+    def bins(self, r, kl, n_notes):
+        """Bin of every (query token, key) entry: (n, W) int64."""
+        out = np.full(kl.shape, self.size + 2 * n_notes, dtype=np.int64)
+        out[kl >= 0] = self.code
+        out[kl == _STRUCTURE] = self.size + r[kl == _STRUCTURE]
+        out[kl == _CONTEXT] = self.size + n_notes + r[kl == _CONTEXT]
+        return out
+
+    def pick(self, acc, counts):
+        """(rows, keys, weights / token count of the row) of the pairs with a nonzero sum, by row then key."""
+        idx = np.flatnonzero(acc)
+        if self.dense:
+            rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
+        else:
+            rows, keys = self.rows[idx], self.keys[idx]
+        return rows, keys, (acc[idx] / counts[rows]).astype(np.float32)
+
+
+def _csr(parts, n_notes):
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    keys = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
+    weights = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_notes)))).astype(np.int64)
+    return NoteRows(indptr, keys, weights)
+
+
+def attention_rollout(att, rows=None):
+    """Attention rollout (Abnar & Zuidema 2020) of one window: (L, H, T, T) -> (T, T) float64.
+
+    Per layer ``A_l = 0.5 * mean over heads + 0.5 * I``, rows renormalised to sum
+    to one; ``R = A_L @ ... @ A_2 @ A_1``: row t is how much each token flows into
+    token t's output through the layers.  ``rows`` (index array) computes only
+    those rows of R, ``(len(rows), T)``, from the left: ``A_L[rows] @ A_(L-1) @ ...``.
+    """
+    att = np.asarray(att, dtype=np.float64)
+    T = att.shape[-1]
+    out = None
+    for layer in att[::-1]:                                              # A_L first
+        a = 0.5 * layer.mean(0) + 0.5 * np.eye(T)                         # (T, T)
+        a /= np.maximum(a.sum(-1, keepdims=True), 1e-30)
+        out = (a if rows is None else a[rows]) if out is None else out @ a
+    return np.eye(T) if out is None else out
+
+
+def _check_shapes(band, labels, n_notes):
+    if band.ndim != 4:
+        raise ValueError(f"the token band must have shape (L, H, T, W), got {band.shape}")
+    if labels.shape != (band.shape[2],):
+        raise ValueError(f"note_of_token has shape {labels.shape}, the attention has T={band.shape[2]}")
     if labels.size and labels.max() >= n_notes:
         raise ValueError(f"note_of_token refers to note {labels.max()} but there are {n_notes} notes")
 
 
+def _assemble(band, back, rollout_band, labels, key_labels, cols, *, progress=None, tokens=None, ids=None,
+              token_nll=None, name=None, texts=None, window=None, n_tokens_in_file=None, notice="",
+              model_fit=None, selection=None):
+    """`AttentionMaps` from a band (L, H, T, W) and its key labels (P + T,) (see `band_to_notes`)."""
+    L, H, T, _ = band.shape
+    N = len(cols["pitch"])
+    flat = band_to_notes(band.reshape(L * H, T, -1), back, key_labels, N)
+    heads = [flat[layer * H:(layer + 1) * H] for layer in range(L)]
+    progress is not None and progress.update(L * H)
+    rollout = None
+    if rollout_band is not None:
+        rollout = band_to_notes(np.asarray(rollout_band, np.float32).reshape(1, T, -1), back, key_labels, N)[0]
+    nll = np.full(T, np.nan) if token_nll is None else np.asarray(token_nll, dtype=np.float64)
+    if nll.shape != (T,):
+        raise ValueError(f"token_nll has shape {nll.shape}, expected ({T},)")
+    surprise = np.bincount(labels[labels >= 0], np.nan_to_num(nll)[labels >= 0], minlength=N)
+    return AttentionMaps(
+        tokens=list(tokens) if tokens is not None else [str(i) for i in range(T)],
+        ids=np.asarray(ids if ids is not None else np.zeros(T), dtype=np.int64), note_of_token=labels,
+        token_band=band, band_back=int(back),
+        rollout_band=None if rollout_band is None else np.asarray(rollout_band, np.float32).reshape(T, -1),
+        heads=heads, rollout=rollout, token_nll=nll, surprise=surprise,
+        note_names=[note_name(p) for p in cols["pitch"]], name=name, texts=dict(texts or {}),
+        window=window, n_tokens_in_file=int(n_tokens_in_file or T), notice=notice,
+        model_fit=dict(model_fit or {}), selection=dict(selection or {}), **cols)
+
+
 # ------------------------------------------------------------------ notes
 def _note_columns(notes):
-    """pitch/start/end/velocity columns (N,) from a mapping, structured array or note objects."""
+    """pitch/start/end/velocity/track (and bar/beat when given) columns (N,) from a mapping,
+    structured array or note objects."""
     out = {}
     for key, names in _NOTE_FIELDS.items():
         col = _find_column(notes, names)
@@ -285,6 +592,12 @@ def _note_columns(notes):
         if col is None:
             raise ValueError(f"notes have no {key!r} column (looked for {', '.join(names)})")
         out[key] = np.asarray(col, dtype=np.int64 if key in ("pitch", "velocity") else np.float64)
+    track = _find_column(notes, ("track",))
+    out["track"] = np.zeros(len(out["pitch"]), np.int64) if track is None else np.asarray(track, np.int64)
+    bar, beat = _find_column(notes, ("bar",)), _find_column(notes, ("beat",))
+    known = bar is not None and beat is not None and len(bar) == len(out["pitch"])
+    out["bar"] = np.asarray(bar, np.int64) if known else None
+    out["beat"] = np.asarray(beat, np.float64) if known else None
     return out
 
 
@@ -296,18 +609,21 @@ def _find_column(notes, names):
             pass
         if hasattr(notes, name):                              # NoteArray-like container
             return np.asarray(getattr(notes, name))
-        items = list(notes) if not isinstance(notes, (str, bytes)) else []
+        items = list(notes) if not isinstance(notes, (str, bytes, dict)) else []
         if items and all(hasattr(n, name) for n in items):    # list of note objects
             return np.array([getattr(n, name) for n in items])
-    if hasattr(notes, "__len__") and len(notes) == 0:
+    if hasattr(notes, "__len__") and len(notes) == 0 and names[0] in _NOTE_FIELDS:
         return np.zeros(0)
     return None
 
 
 def _note_dict(maps, i, decimals):
-    return {"index": i, "name": maps.note_names[i], "pitch": int(maps.pitch[i]),
-            "start": _num(maps.start[i], decimals), "end": _num(maps.end[i], decimals),
-            "velocity": int(maps.velocity[i]), "surprise": _num(maps.surprise[i], decimals)}
+    return {"pitch": int(maps.pitch[i]), "name": maps.note_names[i], "start": _num(maps.start[i], decimals),
+            "end": _num(maps.end[i], decimals),
+            "bar": None if maps.bar is None else int(maps.bar[i]),
+            "beat": None if maps.beat is None else _num(maps.beat[i], decimals),
+            "track": int(maps.track[i]), "velocity": int(maps.velocity[i]),
+            "surprise": _num(maps.surprise[i], decimals)}
 
 
 def _num(x, decimals):
@@ -315,61 +631,211 @@ def _num(x, decimals):
     return None if not math.isfinite(x) else round(x, decimals)
 
 
+def _floats(a, decimals):
+    """Rounded floats as a list, None for NaN/inf (JSON null)."""
+    a = np.round(np.asarray(a, np.float64), decimals)
+    out = a.tolist()
+    if not np.isfinite(a).all():
+        out = [x if math.isfinite(x) else None for x in out]
+    return out
+
+
 def _rounded(a, decimals):
     return np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
 
 
+# ------------------------------------------------------------ MIDI texts
+def _name_of(x, seq):
+    name = getattr(seq, "name", None)
+    if name:
+        return Path(str(name)).name
+    if isinstance(x, (str, Path)):
+        return Path(x).name
+    return getattr(x, "filename", None) and Path(x.filename).name
+
+
+def _load_mido(x):
+    """The mido view of a MIDI input, for its texts; None for other inputs or when unreadable."""
+    from music_attn.music.midi import load_midi_file
+
+    if hasattr(x, "note_of_token") or hasattr(x, "time_signatures"):
+        return None
+    try:
+        return load_midi_file(x)[0]
+    except MidiError:             # the notes were read already; the texts are a nicety
+        return None
+
+
+def _midi_texts(midi):
+    """Track names and lyrics of a ``mido.MidiFile`` (empty for None)."""
+    if midi is None:
+        return {}
+    msgs = [m for track in midi.tracks for m in track if m.is_meta]
+    names = [m.name for m in msgs if m.type == "track_name" and m.name.strip()]
+    lyrics = " ".join(m.text.strip() for m in msgs if m.type == "lyrics").strip()
+    return {"tracks": list(dict.fromkeys(names)), "lyrics": lyrics[:2000]}
+
+
 # ------------------------------------------------------------- model pass
-def attention_maps(model, midi_or_sequence, *, window=None, tokenizer=None):
-    """Run ``model`` over a melody and return its `AttentionMaps`.
+def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, start=None, end=None,
+                   tracks=None, melody=False, progress=None):
+    """Run ``model`` over a piece (or a chosen part of it) and return its `AttentionMaps`.
 
     Parameters
     ----------
     model : music_attn.core.model.Model
-    midi_or_sequence : path, mido.MidiFile, pretty_midi.PrettyMIDI or TokenSequence
+    source : path, mido.MidiFile, pretty_midi.PrettyMIDI, Score or TokenSequence
         A MIDI input is encoded with ``tokenizer`` (default ``model.tokenizer``).
     window : int, optional
         Tokens the model sees at once; default and maximum ``model.config.max_len``.
-        A longer melody is read in overlapping windows (stride ``window // 2``):
-        every token attends to the tokens before it inside its window, at least
-        ``window // 2`` of them, and its NLL comes from that window's logits.
-        Melodies too long for the dense (L, H, T, T) maps to fit in memory are
-        cut; ``notice`` says so.
-    tokenizer : Tokenizer, optional
+        Any length is read with the windowing rule (module docstring).
+    bars : (first, last), optional
+        Show the notes starting in these bars (counted from 1, both included).
+    start, end : float, optional
+        Show the notes starting at ``start <= onset < end`` seconds.
+    tracks : list of int or str, optional
+        Keep the notes of these tracks (numbers as in the file, or names).
+    melody : bool
+        Keep only the top voice (the highest sounding note at each onset).
+    progress : bool, optional
+        A progress bar on stderr; default: when stderr is a terminal.
 
-    Returns
-    -------
-    AttentionMaps
+    The rules for selection are in :mod:`music_attn.music.select`; a passage
+    is read with the music before it as context (module docstring).
 
     Raises
     ------
     MidiError
         The file cannot be read, or has no notes.
+    MusicAttnError
+        No such track, or the chosen passage has no notes.
     ValueError
         Ids outside the model's vocabulary, or a bad ``window``.
     """
-    seq = _as_sequence(midi_or_sequence, tokenizer if tokenizer is not None else model.tokenizer)
+    tok = tokenizer if tokenizer is not None else model.tokenizer
+    midi = _load_mido(source)
+    seq, score, names = _read(source, tok, tracks, melody, midi)
     ids = np.asarray(seq.ids, dtype=np.int64)
-    cfg = model.config
-    _check_ids(ids, cfg.vocab_size)
-    window = _check_window(window, cfg.max_len)
-    keep = min(ids.size, _token_cap(cfg.n_layers, cfg.n_heads))
-    att, nll = _run_windows(model, ids[:keep], window)
-    labels, notes = _kept_notes(np.asarray(seq.note_of_token, dtype=np.int64)[:keep], seq.notes)
-    if not len(notes["pitch"]):
-        raise MidiError(f"{_name_of(midi_or_sequence, seq) or 'melody'}: no notes to inspect")
-    return AttentionMaps.from_arrays(
-        att, labels, notes, tokens=list(seq.tokens)[:keep], ids=ids[:keep], token_nll=nll,
-        name=_name_of(midi_or_sequence, seq), texts=_midi_texts(midi_or_sequence), window=window,
-        n_tokens_in_file=ids.size, notice=_notice(ids.size, keep, window))
+    _check_ids(ids, model.config.vocab_size)
+    window = _check_window(window, model.config.max_len)
+    labels = np.asarray(seq.note_of_token, dtype=np.int64)
+    cols = _note_columns(seq.notes)
+    _add_bars(cols, seq.notes, score)
+    a, b, shown = _passage(labels, cols, bars, start, end)
+    key_labels, labels_shown, kept = _relabel(labels, shown, a, b, window)
+    if not kept.size:
+        raise MidiError(f"{_name_of(source, seq) or 'melody'}: no notes to inspect")
+    bar = _progress_bar(progress, len(_plan(ids.size, window, a, b)) + model.config.n_layers * model.config.n_heads)
+    band, roll, nll = _run_windows(model, ids, window, a, b, bar)
+    selection = {"bars": list(bars) if bars else None, "seconds": _seconds(start, end),
+                 "tracks": [str(t) for t in tracks] if tracks else None, "melody": bool(melody)}
+    maps = _assemble(band, window - 1, roll, labels_shown, key_labels, {k: None if v is None else v[kept] for k, v in cols.items()},
+                     progress=bar, tokens=list(seq.tokens)[a:b], ids=ids[a:b], token_nll=nll,
+                     name=_name_of(source, seq), texts=_midi_texts(midi), window=window,
+                     n_tokens_in_file=ids.size, selection=selection,
+                     notice=_notice(ids.size, a, b, window, selection))
+    bar is not None and bar.close()
+    maps.score = score
+    maps.model_fit = model_fit(model, nll, polyphonic=_polyphonic(maps), melody=melody, tracks=tracks)
+    return maps
 
 
-def _as_sequence(x, tokenizer):
-    if hasattr(x, "ids") and hasattr(x, "note_of_token"):
-        return x
-    if tokenizer is None:
+def _read(source, tok, tracks, melody, midi):
+    """(TokenSequence, Score or None, {track: name}) of the input, after the track/voice choice."""
+    if hasattr(source, "ids") and hasattr(source, "note_of_token"):
+        if tracks or melody:
+            raise ValueError("tracks= and melody= need a MIDI input, not a TokenSequence")
+        return source, None, {}
+    if tok is None:
         raise MusicAttnError("the model has no tokenizer: pass a TokenSequence or tokenizer=...")
-    return tokenizer.encode(x)
+    from music_attn.music import select
+    from music_attn.music.midi import read_midi
+
+    score = read_midi(source, include_drums=tok.include_drums, sustain=tok.sustain)
+    names = {} if midi is None else select.track_names(midi)
+    if tracks:
+        score = select.keep_tracks(score, tracks, names)
+    if melody:
+        score = select.top_voice(score)
+    return tok.encode(score), score, names
+
+
+def _add_bars(cols, notes, score):
+    """Bar and beat columns from the score's metre (left as they are without a score)."""
+    if score is None or not len(notes):
+        return
+    from music_attn.music.select import bars_and_beats
+
+    cols["bar"], cols["beat"] = bars_and_beats(notes, score.time_signatures, score.ticks_per_beat)
+
+
+def _passage(labels, cols, bars, start, end):
+    """Token span [a, b) and the notes (bool (N,)) of the chosen passage (the whole piece by default)."""
+    from music_attn.music.select import passage_mask, token_range
+
+    if bars is None and start is None and end is None:
+        return 0, labels.size, np.ones(len(cols["pitch"]), bool)
+    if bars is not None and cols.get("bar") is None:
+        raise ValueError("bars= needs a MIDI input (the metre comes from the file)")
+    shown = passage_mask(cols.get("bar"), cols["start"], bars=bars,
+                         seconds=None if start is None and end is None else (start, end))
+    a, b = token_range(labels, shown)
+    return a, b, shown
+
+
+def _relabel(labels, shown, a, b, window):
+    """Key labels (P + T,) of the context and the passage, the passage's own labels (T,), kept notes.
+
+    Notes are renumbered 0.. in order; tokens of notes not shown become context (-2)
+    in the key labels and -1 in the labels of the maps; structure tokens stay -1.
+    """
+    kept = np.flatnonzero(shown & (np.bincount(labels[a:b][labels[a:b] >= 0], minlength=shown.size) > 0))
+    new = np.full(shown.size + 1, _CONTEXT)
+    new[kept] = np.arange(kept.size)
+    new[-1] = _STRUCTURE
+    P = a - max(0, a - (window - 1))
+    key_labels = new[np.where(labels[a - P:b] >= 0, labels[a - P:b], -1)]
+    passage = key_labels[P:]
+    return key_labels, np.where(passage >= 0, passage, -1), kept
+
+
+def _plan(n, window, a, b):
+    """The windows of the whole piece (`spans`) whose outputs the passage [a, b) needs."""
+    return [s for s in spans(n, window) if s.stop > max(a - 1, 0) and s.keep < b]
+
+
+def _run_windows(model, ids, window, a, b, bar):
+    """Band (L, H, T, W), rollout band (T, W) and token NLL (T,) of tokens a..b-1, window by window."""
+    T, W = b - a, window
+    band, roll, nll = None, np.zeros((T, W), np.float32), np.full(T, np.nan)
+    for s in _plan(ids.size, window, a, b):
+        logits, att = _forward(model, ids[s.start:s.stop])                # (n, V), (L, H, n, n)
+        if band is None:
+            band = np.zeros(att.shape[:2] + (T, W), np.float32)
+        q = np.arange(max(s.keep, a), min(s.stop, b)) - s.start            # rows this window owns
+        c = np.arange(W) - (W - 1) + q[:, None]                             # (q, W) window columns
+        band[:, :, q + s.start - a] = np.where(c >= 0, att[:, :, q[:, None], np.maximum(c, 0)], 0)
+        rolled = attention_rollout(att, rows=q)                            # (q, n)
+        roll[q + s.start - a] = np.where(c >= 0, rolled[np.arange(q.size)[:, None], np.maximum(c, 0)], 0)
+        p = np.arange(max(s.keep, a - 1, 0), min(s.stop, b - 1))           # positions predicting p + 1
+        nll[p + 1 - a] = token_nll(logits[p - s.start], ids[p + 1])
+        bar is not None and bar.update(1)
+    return band, roll, nll
+
+
+def _forward(model, ids):
+    logits, att = model.forward(ids[None, :], return_attention=True)     # (1, n, V), (L, 1, H, n, n)
+    return np.asarray(logits[0], dtype=np.float64), np.asarray(att[:, 0], dtype=np.float32)
+
+
+def _progress_bar(progress, total):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="inspect", unit="step", file=sys.stderr, leave=False)
 
 
 def _check_ids(ids, vocab_size):
@@ -387,84 +853,63 @@ def _check_window(window, max_len):
     return window
 
 
-def _token_cap(n_layers, n_heads):
-    return int(math.isqrt(_MAX_TOKEN_MAP_BYTES // (4 * n_layers * n_heads)))
+def _seconds(start, end):
+    return None if start is None and end is None else [start, end]
 
 
-def _notice(n_total, n_kept, window):
+def _notice(n_total, a, b, window, selection):
     parts = []
-    if n_kept > window:
-        parts.append(f"The model sees {window} tokens at a time; this melody's {n_kept} tokens were "
-                     f"read in overlapping windows of {window} (stride {window // 2}), so each token "
-                     f"attends only to the tokens before it inside its window.")
-    if n_total > n_kept:
-        parts.append(f"Only the first {n_kept} of {n_total} tokens are shown.")
+    if n_total > window:
+        parts.append(f"The model sees {window} tokens at a time; this piece's {n_total} tokens were read "
+                     f"in overlapping windows of {window} (stride {window // 2}): each token attends to "
+                     f"the tokens before it inside its window, at least {window - window // 2} of them.")
+    if b - a < n_total:
+        parts.append(f"Shown: tokens {a + 1}..{b} of {n_total}, read with the music before them as context.")
+    if selection["tracks"]:
+        parts.append(f"Tracks kept: {', '.join(selection['tracks'])}.")
+    if selection["melody"]:
+        parts.append("Top voice only (the highest sounding note at each onset).")
     return " ".join(parts)
 
 
-def _run_windows(model, ids, window):
-    """Attention (L, H, T, T) and token NLL (T,) from windows of ``window`` tokens."""
-    T, stride = ids.size, max(1, window // 2)
-    att, nll = None, np.full(T, np.nan)
-    done, start = 0, 0
-    while done < T:
-        start = max(0, min(start, T - window))
-        stop = min(start + window, T)
-        logits, a = _forward(model, ids[start:stop])                 # (W, V), (L, H, W, W)
-        if att is None:
-            att = np.zeros(a.shape[:2] + (T, T), dtype=np.float32)
-        att[:, :, done:stop, start:stop] = a[:, :, done - start:, :]
-        first = max(done, start + 1)
-        nll[first:stop] = _token_nll(logits[first - 1 - start:stop - 1 - start], ids[first:stop])
-        done, start = stop, start + stride
-    return att, nll
+# --------------------------------------------------------------- model fit
+def model_fit(model, nll, *, polyphonic=False, melody=False, tracks=None):
+    """How well the model fits what it read: mean NLL per token against its validation NLL.
+
+    Returns a dict ``nats_per_token``, ``validation_nats_per_token`` (from the
+    checkpoint's ``metrics``; None when not recorded), ``ratio`` and ``reading``:
+    plain words when the piece is more than `FIT_RATIO` times the validation NLL,
+    with a hint to keep one voice when the model meets several at once.
+    """
+    finite = np.asarray(nll, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    mean = float(finite.mean()) if finite.size else float("nan")
+    val = (getattr(model, "metrics", None) or {}).get("validation_nats_per_token")
+    val = float(val) if isinstance(val, (int, float)) and math.isfinite(val) and val > 0 else None
+    ratio = mean / val if val else None
+    return {"nats_per_token": mean, "validation_nats_per_token": val, "ratio": ratio,
+            "reading": _reading(mean, val, ratio, polyphonic and not melody and not tracks)}
 
 
-def _forward(model, ids):
-    logits, att = model.forward(ids[None, :], return_attention=True)  # (1, W, V), (L, 1, H, W, W)
-    return np.asarray(logits[0], dtype=np.float64), np.asarray(att[:, 0], dtype=np.float32)
+def _reading(mean, val, ratio, hint_voices):
+    if ratio is None or not ratio > FIT_RATIO:
+        return ""
+    text = (f"This music is far outside what the model knows: {mean:.2f} nats per token against "
+            f"{val:.2f} on its own validation music ({ratio:.1f}x), so its attention here says more "
+            f"about its confusion than about the music.")
+    if hint_voices:
+        text += (" The model meets several voices at once: keep one with --melody (the top voice) or "
+                 "--track N (melody=True or tracks=[...] in Python).")
+    return text
 
 
-def _token_nll(logits, targets):
-    """``-log softmax(logits)[target]`` per row: logits (T, V), targets (T,) -> (T,)."""
-    top = logits.max(-1, keepdims=True)
-    log_z = np.log(np.exp(logits - top).sum(-1)) + top[:, 0]
-    return log_z - logits[np.arange(len(targets)), targets]
+def _polyphonic(maps):
+    """True when a fifth or more of the notes start together with another note."""
+    if maps.n_notes < 2:
+        return False
+    same = np.isclose(np.diff(np.sort(maps.start)), 0)
+    return bool(same.sum() >= 0.2 * maps.n_notes)
 
 
-def _kept_notes(labels, notes):
-    """Drop notes with no token left (after a cut) and renumber: (labels (T,), notes)."""
-    cols = _note_columns(notes)
-    kept = np.unique(labels[labels >= 0])
-    if kept.size == len(cols["pitch"]):
-        return labels, cols
-    new_index = np.full(len(cols["pitch"]), -1)
-    new_index[kept] = np.arange(kept.size)
-    relabelled = np.where(labels >= 0, new_index[np.maximum(labels, 0)], -1)
-    return relabelled, {k: v[kept] for k, v in cols.items()}
-
-
-# ------------------------------------------------------------ MIDI texts
-def _name_of(x, seq):
-    name = getattr(seq, "name", None)
-    if name:
-        return Path(str(name)).name
-    if isinstance(x, (str, Path)):
-        return Path(x).name
-    return getattr(x, "filename", None) and Path(x.filename).name
-
-
-def _midi_texts(x):
-    """Track names and lyrics of a MIDI input (empty for a TokenSequence or an unreadable file)."""
-    if hasattr(x, "note_of_token"):
-        return {}
-    from music_attn.music.midi import load_midi_file
-
-    try:
-        midi, _ = load_midi_file(x)
-    except MidiError:             # the tokenizer read it already; the texts are a nicety
-        return {}
-    msgs = [m for track in midi.tracks for m in track if m.is_meta]
-    names = [m.name for m in msgs if m.type == "track_name" and m.name.strip()]
-    lyrics = " ".join(m.text.strip() for m in msgs if m.type == "lyrics").strip()
-    return {"tracks": list(dict.fromkeys(names)), "lyrics": lyrics[:2000]}
+def _fit_dict(fit, decimals):
+    return {k: (_num(v, decimals) if isinstance(v, float) else v) for k, v in fit.items()}

@@ -202,8 +202,10 @@ def _matplotlib():
 
 
 # ------------------------------------------------------------------ JSON
-def write_json(maps, path, *, token_attention=False, decimals=4):
-    """Write `AttentionMaps.to_json` (notes, tokens, note maps; token maps on request) atomically."""
-    text = maps.to_json(token_attention=token_attention, decimals=decimals)
+def write_json(maps, path, *, top_k=8, token_band=False, decimals=3):
+    """Write `AttentionMaps.to_json` atomically: notes, sparse note attention (the ``top_k`` strongest
+    key notes per query note and head, the rest summed), model fit; the token band on request.
+    The format is documented in ``docs/formats.md``."""
+    text = maps.to_json(top_k=top_k, token_band=token_band, decimals=decimals)
     with atomic_write(path, "w") as f:
         f.write(text)

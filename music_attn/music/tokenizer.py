@@ -83,6 +83,27 @@ class TokenSequence:
     def __repr__(self):
         return f"TokenSequence({len(self.ids)} tokens, {len(self.notes)} notes, name={self.name!r})"
 
+    def slice_bars(self, first, last):
+        """The tokens of bars ``first..last`` (counted from 1 by the Bar tokens, both included).
+
+        A new TokenSequence from the ``first``-th Bar token up to the Bar token
+        after bar ``last`` (or the end, without EOS); its notes are those named
+        there, renumbered from 0.  TokenizerError when there is no bar ``first``
+        (the performance tokenizer has no Bar tokens).
+        """
+        first, last = int(first), int(last)
+        bar = _KIND_NAMES[BAR]
+        at = np.flatnonzero(self.ids == self._vocab.index(bar)) if bar in self._vocab else np.zeros(0, int)
+        if not 1 <= first <= last or first > at.size:
+            raise TokenizerError(f"bars {first}..{last} are not in this sequence of {at.size} bars (counted from 1)")
+        stop = at[last] if last < at.size else len(self.ids) - int(self.ids[-1] == EOS_ID)
+        labels = self.note_of_token[at[first - 1]:stop]
+        kept = np.unique(labels[labels >= 0])
+        new = np.full(len(self.notes), -1)
+        new[kept] = np.arange(kept.size)
+        return TokenSequence(self.ids[at[first - 1]:stop], np.where(labels >= 0, new[labels], -1),
+                             self.notes[kept], self._vocab, self.name)
+
 
 class DecodeResult(NamedTuple):
     """What :meth:`Tokenizer.decode` returns."""

@@ -10,6 +10,10 @@ Layout of the file (every entry an array; nothing pickled, loaded with
 * ``param/<name>`` -- every parameter
 * ``train/<name>`` and ``train_state`` -- optimizer arrays and JSON (step, RNG
   state, training config, history), for an exact resume
+* ``metrics`` (optional) -- JSON of what is known about the model, e.g.
+  ``{"validation_nats_per_token": 0.607, "validation_tokens": 147482}``; loaded
+  as ``model.metrics`` (``{}`` when absent) so that ``inspect`` can say how well a
+  piece fits the model
 
 JSON is stored as a 0-d unicode array.  Files are written atomically: a kill
 in the middle of a save leaves the previous checkpoint intact.
@@ -56,7 +60,7 @@ def _read_json(data, key, path):
         raise CheckpointError(f"{path}: entry {key!r} is not valid JSON ({exc})") from None
 
 
-def save_checkpoint(path, model, *, train_state=None):
+def save_checkpoint(path, model, *, train_state=None, metrics=None):
     """Write ``model`` (and optional training state) to ``path`` atomically.
 
     Parameters
@@ -64,6 +68,7 @@ def save_checkpoint(path, model, *, train_state=None):
     path : str or Path, the ``.npz`` file to write.
     model : Model
     train_state : dict with ``"meta"`` (JSON-able) and ``"arrays"`` (name -> ndarray), or None.
+    metrics : JSON-able dict, or None for ``model.metrics`` (when the model has any).
     """
     entries = {"format": _json_array({"format": FORMAT, "version": VERSION}),
                "model_config": _json_array(model.config.to_dict())}
@@ -71,6 +76,9 @@ def save_checkpoint(path, model, *, train_state=None):
         entries["tokenizer"] = _json_array(model.tokenizer.to_dict())
         entries["vocab"] = _json_array(list(model.tokenizer.vocab))
     entries.update({f"param/{k}": np.ascontiguousarray(v) for k, v in model.params.items()})
+    metrics = getattr(model, "metrics", None) if metrics is None else metrics
+    if metrics:
+        entries["metrics"] = _json_array(metrics)
     if train_state is not None:
         entries["train_state"] = _json_array(train_state["meta"])
         entries.update({f"train/{k}": np.ascontiguousarray(v)
@@ -142,11 +150,21 @@ def load_checkpoint(path):
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"{path}: parameters do not match the saved config ({exc})") from None
+    model.metrics = _metrics(data, path)
     state = None
     if "train_state" in data:
         arrays = {k[len("train/"):]: v for k, v in data.items() if k.startswith("train/")}
         state = {"meta": _read_json(data, "train_state", path), "arrays": arrays}
     return Checkpoint(model, state)
+
+
+def _metrics(data, path):
+    if "metrics" not in data:
+        return {}
+    metrics = _read_json(data, "metrics", path)
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path}: entry 'metrics' is not a JSON object")
+    return metrics
 
 
 def shipped_model_path():
