@@ -187,7 +187,7 @@ def test_unknown_track_is_one_line_error_listing_the_tracks(prompt, tmp_path, ca
 def test_melody_mode_reads_only_the_chosen_track(prompt, tmp_path, capsys):
     code, out, _ = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "m.mid", "--bars", 1,
                             "--track", "Cello", "--melody")
-    assert code == 0 and "the model read 6 notes (track 2)" in out
+    assert code == 0 and "the model read 6 notes (the top voice of track 2)" in out
     assert "drum" not in out
 
 

@@ -6,10 +6,11 @@ import mido
 import numpy as np
 import pytest
 
-from midi_factory import midi_file, note_events, save, tempo, time_signature, track
-from music_attn.errors import MidiError
+from midi_factory import midi_file, note_events, save, tempo, track
+from music_attn.errors import MidiError, MusicAttnError
 from music_attn.music import continuation as C
 from music_attn.music.midi import read_midi
+from music_attn.music.select import track_names
 from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
 
 TPB = 96
@@ -129,20 +130,42 @@ def test_tracks_list_names_channels_programs_and_median_velocity(tmp_path):
         (1, "Flute", 0, 73, 6, 70), (2, "Kit", 9, 0, 12, 100), (3, "Bass", 1, 33, 2, 70)]
 
 
+def choose(tmp_path, spec=None):
+    path = save(three_tracks_file(tmp_path), tmp_path / "three.mid")
+    mid, score = C.load_prompt(path)
+    return C.choose_track(C.prompt_tracks(mid, score), score, track_names(mid), spec)
+
+
 def test_default_track_is_the_pitched_one_with_most_notes(tmp_path):
-    assert C.choose_track(three_tracks(tmp_path)).name == "Flute"     # the drums have more
+    assert choose(tmp_path).name == "Flute"     # the drums have more
 
 
 @pytest.mark.parametrize("spec, name", [("3", "Bass"), (3, "Bass"), ("Bass", "Bass"), ("bass", "Bass"),
                                         ("2", "Kit")])
 def test_track_by_index_or_name(tmp_path, spec, name):
-    assert C.choose_track(three_tracks(tmp_path), spec).name == name
+    assert choose(tmp_path, spec).name == name
 
 
 @pytest.mark.parametrize("spec", ["0", "7", "Oboe"])
 def test_unknown_track_names_the_tracks_there_are(tmp_path, spec):
-    with pytest.raises(ValueError, match="'Flute' .*'Kit' .*'Bass'"):
-        C.choose_track(three_tracks(tmp_path), spec)
+    with pytest.raises(MusicAttnError, match="'Flute'.*'Kit'.*'Bass'"):
+        choose(tmp_path, spec)
+
+
+def test_melody_reading_is_the_top_voice_of_the_track_and_drums_are_counted(tmp_path):
+    chords = [(60, 0, 2 * TPB, 80), (67, 0, TPB, 80), (64, TPB, 2 * TPB, 80), (62, 2 * TPB, 3 * TPB, 80)]
+    piano = track([(0, mido.MetaMessage("track_name", name="Piano"))] + note_events(chords, 0))
+    kit = track(note_events([(36, 0, 10, 100), (38, TPB, TPB + 10, 100)], 9))
+    path = save(midi_file(track([]), piano, kit), tmp_path / "piano.mid")
+    mid, score = C.load_prompt(path)
+    target = C.prompt_tracks(mid, score)[0]
+    read, dropped = C.prompt_reading(score, target, melody=True)
+    # the skyline: G4 over C4, then E4 (C4 still sounds but is lower), then D4
+    assert read.notes["pitch"].tolist() == [67, 64, 62] and dropped == 0
+    read, dropped = C.prompt_reading(score, target)
+    assert sorted(read.notes["pitch"].tolist()) == [60, 62, 64, 67] and dropped == 2
+    read, dropped = C.prompt_reading(score, target, drums=True)
+    assert len(read.notes) == 6 and dropped == 0
 
 
 # --------------------------------------------------------------------------- the file
@@ -197,14 +220,6 @@ def test_type_2_prompt_is_refused(tmp_path):
     path = save(mid, tmp_path / "t2.mid")
     with pytest.raises(ValueError, match="type 2"):
         build(path, [TPB], [2 * TPB], [62])
-
-
-@pytest.mark.parametrize("beat, bar", [(0, 1), (3.9, 1), (4, 2), (8, 3), (10.5, 3), (11, 4), (14, 5)])
-def test_bar_numbers_follow_the_metres(tmp_path, beat, bar):
-    # 4/4 for two bars, then 3/4
-    meta = [(0, time_signature(4, 4)), (8 * TPB, time_signature(3, 4))]
-    path = prompt_file(tmp_path, [(60, 0, TPB, 80)], meta=meta)
-    assert C.bar_at(read_midi(path), int(beat * TPB)) == bar
 
 
 def test_notes_of_other_programs_go_to_the_tracks_of_those_programs_or_to_new_ones(tmp_path):

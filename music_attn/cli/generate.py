@@ -21,8 +21,8 @@ def register(sub):
                    help="the prompt track to continue, by index (0 = the file's first track) or name; "
                         "default: the pitched track with the most notes")
     p.add_argument("--melody", action="store_true",
-                   help="the model is a melody model: it reads only the continued track "
-                        "(default: it reads every track)")
+                   help="for a melody model: it reads only the top voice (highest sounding note at each "
+                        "onset) of the continued track (default: it reads every track)")
     p.add_argument("--drums", action="store_true",
                    help="let the model read the drum notes (channel 10) too (the output keeps them either way)")
     budget = p.add_mutually_exclusive_group()
@@ -120,7 +120,7 @@ def _tracks(result):
 
 
 def _bars(tokenizer, out):
-    return "" if tokenizer.bar_id is None else f" ({out.bars} bars)"
+    return "" if tokenizer.bar_id is None else f" ({out.bars} bar{'s' * (out.bars != 1)})"
 
 
 def _say_if_ended_early(out, budget):
@@ -135,16 +135,15 @@ def _continue(args, model, budget, rng):
     import os
     from music_attn.music import continuation as C
     from music_attn.music.midi import write_midi
+    from music_attn.music.select import track_names
     tokenizer = model.tokenizer
     if os.path.exists(args.output) and os.path.samefile(args.output, args.prompt):
         raise ValueError(f"{args.output}: is the prompt; write the continuation to another file")
     mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
     tracks = C.prompt_tracks(mid, score)
-    target = C.choose_track(tracks, args.track)
+    target = C.choose_track(tracks, score, track_names(mid), args.track)
     drums = args.drums or tokenizer.include_drums
-    chosen = [target.index] if args.melody else None
-    read = C.select_notes(score, chosen, drums=drums)
-    dropped = len(C.select_notes(score, chosen)) - len(read)
+    read, dropped = C.prompt_reading(score, target, melody=args.melody, drums=drums)
     if not len(read):
         raise ValueError(f"{args.prompt}: the model would read no notes of it"
                          + ("" if drums else " (it holds only drums: --drums reads them)"))
@@ -163,13 +162,15 @@ def _continue(args, model, budget, rng):
 
 def _report(args, tokenizer, score, read, target, result, out):
     import numpy as np
-    from music_attn.music.continuation import MARKER_TEXT, bar_at
+    from music_attn.music.continuation import MARKER_TEXT
+    from music_attn.music.select import bars_and_beats
     n_tempos = int(np.count_nonzero(np.diff(score.tempos["tempo"])))
     at = result.start_tick
+    bar = int(bars_and_beats({"start_tick": np.array([at])}, score.time_signatures, score.ticks_per_beat)[0][0])
     print(f"wrote {args.output}: the prompt as it was ({len(result.midi.tracks) - len(result.tracks)} tracks, "
           f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
-          f"{result.n_notes} new notes on {_tracks(result)} from bar {bar_at(score, at)} "
+          f"{result.n_notes} new notes on {_tracks(result)} from bar {bar} "
           f"({score.tick_to_time(at):.1f} s) at {_tempo_and_metre(score, at)}, after the marker {MARKER_TEXT!r}")
-    which = f"track {target.index}" if args.melody else "every track"
+    which = f"the top voice of track {target.index}" if args.melody else "every track"
     print(f"the model read {len(read.notes)} notes ({which}): {len(out.ids) - out.prompt_length} new tokens"
           f"{_bars(tokenizer, out)} after a {out.prompt_length}-token prompt, stopped at {out.stop}")

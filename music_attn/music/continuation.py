@@ -40,10 +40,12 @@ import pretty_midi
 
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.errors import MidiError
+from music_attn.music import select
 from music_attn.music.midi import _source_bytes, _split_chunks, read_midi
 
-__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track", "select_notes",
-           "in_beats", "new_notes", "place_notes", "continue_prompt", "route", "continuation_file", "bar_at"]
+__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track",
+           "prompt_reading", "in_beats", "new_notes", "place_notes", "continue_prompt", "route",
+           "continuation_file"]
 
 # The text of the marker meta event written where the prompt ends.
 MARKER_TEXT = "music-attn: continuation"
@@ -116,56 +118,39 @@ def load_prompt(path, *, sustain=False):
 # --------------------------------------------------------------------------- tracks
 
 
-def _track_name(track, index):
-    names = [m.name for m in track if m.type == "track_name" and m.name.strip()]
-    return names[0].strip() if names else f"track {index}"
-
-
 def prompt_tracks(mid, score):
     """The tracks of ``mid`` that hold notes in ``score`` (read with drums), in file order."""
-    out = []
-    for index, track in enumerate(mid.tracks):
+    names, out = select.track_names(mid), []
+    for index in range(len(mid.tracks)):
         notes = score.notes[score.notes["track"] == index]
         if len(notes):
-            channels = np.bincount(notes["channel"], minlength=16)
-            channel = int(np.argmax(channels))
-            on_channel = notes[notes["channel"] == channel]
-            out.append(TrackInfo(index, _track_name(track, index), channel, int(on_channel["program"][-1]),
+            channel = int(np.argmax(np.bincount(notes["channel"], minlength=16)))
+            program = int(notes["program"][notes["channel"] == channel][-1])
+            out.append(TrackInfo(index, names.get(index, f"track {index}"), channel, program,
                                  len(notes), int(np.median(notes["velocity"]))))
     return out
 
 
-def choose_track(tracks, spec=None):
-    """The track named by ``spec`` (an index, or a name; None: the pitched track with most notes).
-
-    Raises ValueError naming the tracks there are.
-    """
-    listing = "; ".join(t.describe() for t in tracks) or "none"
+def choose_track(tracks, score, names, spec=None):
+    """The TrackInfo of the track ``spec`` names (an index or a name, by the rule of
+    :func:`select.keep_tracks`); None: the pitched track with most notes."""
     if spec is None:
         pitched = [t for t in tracks if not t.is_drums] or tracks
         if not pitched:
             raise ValueError("the prompt has no notes to continue")
         return max(pitched, key=lambda t: (t.n_notes, -t.index))
-    spec = str(spec).strip()
-    if spec.lstrip("-").isdigit():
-        found = [t for t in tracks if t.index == int(spec)]
-    else:
-        found = [t for t in tracks if t.name == spec] or [t for t in tracks if t.name.lower() == spec.lower()]
-    if len(found) != 1:
-        why = "names several tracks" if found else "is not a track with notes"
-        raise ValueError(f"--track {spec} {why}; the prompt's tracks with notes: {listing}")
-    return found[0]
+    index = int(select.keep_tracks(score, [spec], names).notes["track"][0])
+    return next(t for t in tracks if t.index == index)
 
 
-def select_notes(score, tracks=None, *, drums=True):
-    """A copy of ``score`` keeping the notes of ``tracks`` (indices; None: all) and, unless
-    ``drums`` is False, of channel 10."""
-    keep = np.ones(len(score.notes), dtype=bool)
-    if tracks is not None:
-        keep &= np.isin(score.notes["track"], list(tracks))
-    if not drums:
-        keep &= score.notes["channel"] != DRUM_CHANNEL
-    return dataclasses.replace(score, notes=score.notes[keep])
+def prompt_reading(score, target, *, melody=False, drums=False):
+    """What the model reads of the prompt: every track, or (``melody``) the top voice of the
+    target track; drum notes only with ``drums``.  Returns (Score, drum notes left out)."""
+    if melody:
+        score = select.keep_tracks(score, [target.index])
+    keep = drums | (score.notes["channel"] != DRUM_CHANNEL)
+    read = dataclasses.replace(score, notes=score.notes[keep])
+    return (select.top_voice(read) if melody else read), int(np.sum(~keep))
 
 
 # --------------------------------------------------------------------------- decoded notes
@@ -408,16 +393,3 @@ def _part(score, target, start, end, pitch, velocity, prompt_end):
                        mido.Message("program_change", program=target.program, channel=channel)))
     events += _note_messages(start[keep], end[keep], pitch[keep], np.clip(velocity[keep], 1, 127), channel)
     return events, int(np.sum(~keep))
-
-
-def bar_at(score, tick):
-    """The bar (counted from 1) holding ``tick``; each time signature starts a new bar."""
-    sigs = score.time_signatures
-    bar, k = 1, int(np.searchsorted(sigs["tick"], tick, side="right")) - 1
-    for i in range(k + 1):
-        length = score.ticks_per_beat * 4 * int(sigs["numerator"][i]) / int(sigs["denominator"][i])
-        if i < k:   # a metre's last bar counts even when the next metre cuts it short
-            bar += int(np.ceil((int(sigs["tick"][i + 1]) - int(sigs["tick"][i])) / length))
-        else:
-            bar += int((tick - int(sigs["tick"][i])) // length)
-    return bar
