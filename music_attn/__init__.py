@@ -17,7 +17,7 @@ from music_attn.core.attention import (
 )
 from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import load_corpus, shipped_melodies, tokenize_folder
-from music_attn.errors import CheckpointError, MidiError, MusicAttnError, TokenizerError
+from music_attn.errors import CheckpointError, MidiError, MusicAttnError, OutputError, TokenizerError
 from music_attn.training.generate import generate, sample_next
 from music_attn.inspect.inspector import AttentionMaps, attention_maps
 from music_attn.music.midi import Score, read_midi, write_midi
@@ -46,5 +46,5 @@ __all__ = [
     # looking inside
     "attention_maps", "AttentionMaps",
     # errors
-    "MusicAttnError", "MidiError", "TokenizerError", "CheckpointError",
+    "MusicAttnError", "MidiError", "TokenizerError", "CheckpointError", "OutputError",
 ]

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from music_attn._io import output_folder
 from music_attn.errors import MusicAttnError
 
 __all__ = ["run_demo", "DemoResult"]
@@ -55,6 +56,7 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
+    out = output_folder(out_dir)
     shipped = model is None
     model = load_model() if model is None else model
     path, title = _pick_melody(rng) if melody is None else (Path(melody), Path(melody).stem)
@@ -62,9 +64,8 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
     if shipped:
         echo(SHIPPED_MODEL_KNOWS)
     _print_melody(echo, title, path, maps)
-    out = Path(out_dir)
-    page, png, json_path = _write_maps(maps, out, path.stem, echo)
-    midi, continuation = _continue(model, maps, out / f"{path.stem}_continued.mid", rng)
+    decoded, continuation = _continue(model, maps, rng)
+    page, png, json_path, midi = _write_all(maps, decoded, out, path, echo)
     _print_summary(echo, maps, (page, png, json_path, midi), continuation, time.perf_counter() - t0)
     return DemoResult(page, png, json_path, midi, path, maps, continuation)
 
@@ -84,33 +85,47 @@ def _pick_melody(rng):
     return rows[int(rng.integers(len(rows)))]
 
 
-def _write_maps(maps, out, stem, echo):
-    """Page, PNG (None without matplotlib) and JSON of ``maps`` in ``out``."""
+def _png_possible(echo):
+    """Whether matplotlib is there to draw the PNG grid (says so when it is not)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        echo("(no PNG: PNG output needs matplotlib: pip install 'music_attn[plot]')")
+        return False
+    return True
+
+
+def _write_all(maps, decoded, out, melody, echo):
+    """Page, PNG (None without matplotlib), JSON and continued MIDI in ``out``: all or none."""
+    from music_attn._io import atomic_outputs
     from music_attn.inspect.viz import render_png, write_html, write_json
-
-    page, png, json_path = out / f"{stem}_attention.html", out / f"{stem}_attention.png", out / f"{stem}_attention.json"
-    write_html(maps, page)
-    write_json(maps, json_path)
-    try:
-        render_png(maps, png)
-    except MusicAttnError as exc:
-        echo(f"(no PNG: {exc})")
-        png = None
-    return page, png, json_path
-
-
-def _continue(model, maps, path, rng):
-    """Sample ``N_BARS`` bars after the melody, write melody + continuation; (path, new notes)."""
-    from music_attn.training.generate import generate
     from music_attn.music.midi import write_midi
+
+    stem = melody.stem
+    names = [f"{stem}_attention.html", f"{stem}_attention.json", f"{stem}_continued.mid"]
+    with_png = _png_possible(echo)
+    names += [f"{stem}_attention.png"] if with_png else []
+    paths = [out / name for name in names]
+    output_folder(out, create=True)
+    with atomic_outputs(paths, inputs=[melody]) as tmp:
+        write_html(maps, tmp[0])
+        write_json(maps, tmp[1])
+        write_midi(tmp[2], decoded.midi)
+        if with_png:
+            render_png(maps, tmp[3])
+    return paths[0], (paths[3] if with_png else None), paths[1], paths[2]
+
+
+def _continue(model, maps, rng):
+    """Sample ``N_BARS`` bars after the melody; (decoded melody + continuation, new notes)."""
+    from music_attn.training.generate import generate
 
     tokenizer = model.tokenizer
     gen = generate(model, maps.ids, n_bars=N_BARS, max_new_tokens=model.config.max_len // 2,
                    temperature=0.9, top_p=0.95, rng=rng)
     decoded = tokenizer.decode(gen.ids)
     before = _sorted_notes(tokenizer.decode(gen.ids[:gen.prompt_length]).midi)
-    write_midi(path, decoded.midi)
-    return path, _sorted_notes(decoded.midi)[len(before):]
+    return decoded, _sorted_notes(decoded.midi)[len(before):]
 
 
 def _sorted_notes(pm):

@@ -5,7 +5,7 @@ Every error a user can cause is one of these (or a plain ``ValueError`` /
 a one-line ``error: ...`` message and exit code 2.
 """
 
-__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError"]
+__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError", "OutputError"]
 
 
 class MusicAttnError(Exception):
@@ -25,3 +25,8 @@ class TokenizerError(MusicAttnError, ValueError):
 
 class CheckpointError(MusicAttnError, ValueError):
     """A checkpoint that is not one, is truncated, or does not match its config."""
+
+
+class OutputError(MusicAttnError, ValueError):
+    """An output path that would destroy something: an input file, a directory,
+    FIFO or device, or a path in a folder that does not exist.  Nothing was written."""

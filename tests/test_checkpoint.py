@@ -174,3 +174,126 @@ def test_shipped_model_loads_with_its_tokenizer():
     assert model.tokenizer is not None
     assert model.tokenizer.vocab_size == model.config.vocab_size
     assert path.stat().st_size < 25 * 2 ** 20
+
+
+# ---------------------------------------------------------------- hostile files
+def _npy_header(dtype, shape):
+    """The bytes of an .npy header (version 1.0) declaring ``dtype`` and ``shape``."""
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def _replace_member(path, key, payload):
+    """Rewrite the archive with member ``key``.npy replaced by raw ``payload`` bytes (deflated)."""
+    with zipfile.ZipFile(path) as src:
+        members = {i.filename: src.read(i) for i in src.infolist()}
+    members[f"{key}.npy"] = payload
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name, data in members.items():
+            dst.writestr(name, data)
+
+
+@pytest.fixture
+def no_data_reads(monkeypatch):
+    """Fail the test if any array's data (not just its header) is read; JSON entries may be."""
+    real = checkpoint._read
+
+    def guarded(archive, entry, path):
+        if entry.info.filename.startswith(("param/", "train/")):
+            raise AssertionError(f"{entry.info.filename} was read before the headers were checked")
+        return real(archive, entry, path)
+    monkeypatch.setattr(checkpoint, "_read", guarded)
+
+
+def test_a_plain_npy_file_is_a_checkpoint_error_naming_it(tmp_path):
+    path = tmp_path / "weights.npy"
+    np.save(path, np.ones((3, 3)))
+    with pytest.raises(CheckpointError, match="weights.npy: a single .npy array, not a checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo"])
+def test_a_directory_or_fifo_is_a_checkpoint_error_without_blocking(tmp_path, kind):
+    path = tmp_path / "model.npz"
+    path.mkdir() if kind == "dir" else __import__("os").mkfifo(path)
+    with pytest.raises(CheckpointError, match="model.npz: is a (directory|FIFO)"):
+        load_checkpoint(path)
+
+
+def test_an_entry_declaring_gigabytes_is_refused_from_its_header_alone(saved, no_data_reads):
+    bomb = _npy_header("<f4", (100_000, 100_000)) + b"\0" * 1000       # 40 GB declared, 1 kB present
+    _replace_member(saved, "param/tok_emb", bomb)
+    with pytest.raises(CheckpointError, match=r"model.npz.*tok_emb is float32 \(100000, 100000\)"):
+        load_checkpoint(saved)
+
+
+def test_a_config_implying_gigabytes_is_refused_before_any_data_is_read(model, saved, no_data_reads):
+    config = {**model.config.to_dict(), "d_model": 2 ** 20, "n_heads": 2, "d_ff": 2 ** 22}
+    _replace_member(saved, "model_config", _json_npy(config))
+    with pytest.raises(CheckpointError, match=r"model.npz: the model config implies \d+\.\d GiB"):
+        load_checkpoint(saved)
+
+
+def _json_npy(obj, text=None):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.array(json.dumps(obj) if text is None else text))
+    return buf.getvalue()
+
+
+def test_parameters_of_the_wrong_dtype_are_refused(saved):
+    import io
+    buf = io.BytesIO()
+    with np.load(saved) as npz:
+        np.save(buf, npz["param/ln_f.g"].astype(np.int32))
+    _replace_member(saved, "param/ln_f.g", buf.getvalue())
+    with pytest.raises(CheckpointError, match="ln_f.g is int32"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+    ('{"a":' * 40 + "1" + "}" * 40, "nested too deeply"),
+    ("9" * 10_000, "not valid JSON"),
+    ("Infinity", "not valid JSON"),
+], ids=["recursion", "depth", "huge_int", "infinity"])
+def test_hostile_json_in_the_config_is_a_checkpoint_error(saved, text, words):
+    _replace_member(saved, "model_config", _json_npy(None, text))
+    with pytest.raises(CheckpointError, match=f"model.npz.*{words}"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("field, value", [("alpha", "Infinity"), ("d_model", '"wide"'), ("max_len", "1e400"),
+                                          ("window", "true"), ("n_layers", str(10 ** 30))])
+def test_config_values_of_the_wrong_type_or_size_are_checkpoint_errors(model, saved, field, value):
+    config = json.dumps(model.config.to_dict()).replace(f'"{field}": {json.dumps(model.config.to_dict()[field])}',
+                                                        f'"{field}": {value}')
+    assert value in config
+    _replace_member(saved, "model_config", _json_npy(None, config))
+    with pytest.raises(CheckpointError, match="model.npz"):
+        load_checkpoint(saved)
+
+
+def test_a_training_state_larger_than_the_model_allows_is_refused(model, tmp_path, no_data_reads):
+    path = tmp_path / "train.npz"
+    big = {"m/x": np.zeros(3 * model.n_params + 2 ** 18, dtype=np.float32)}
+    save_checkpoint(path, model, train_state={"meta": {}, "arrays": big})
+    with pytest.raises(CheckpointError, match="training state .* does not fit"):
+        load_checkpoint(path)
+
+
+def test_a_member_that_is_not_an_npy_array_is_refused(saved):
+    with zipfile.ZipFile(saved, "a") as z:
+        z.writestr("evil.pkl", b"\x80\x04K\x01.")
+    with pytest.raises(CheckpointError, match="'evil.pkl' is not a .npy array"):
+        load_checkpoint(saved)
+
+
+def test_old_checkpoints_keep_the_positions_their_config_names(tmp_path):
+    config = ModelConfig(vocab_size=9, d_model=8, n_layers=1, n_heads=2, d_ff=8, max_len=8, positional="sinusoidal")
+    save_checkpoint(tmp_path / "old.npz", init_model(config, np.random.default_rng(0)))
+    assert ModelConfig(vocab_size=9).positional == "relative"
+    assert load_checkpoint(tmp_path / "old.npz").model.config.positional == "sinusoidal"

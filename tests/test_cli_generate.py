@@ -270,5 +270,5 @@ def test_output_that_is_the_prompt_is_refused_and_the_prompt_kept(prompt, tmp_pa
     link.symlink_to(copy)
     for out in (copy, link):
         code, _, err = run_here(capsys, "--prompt", copy, "-o", out, "--bars", 1)
-        assert code == 2 and err.startswith("error: ") and "is the prompt" in err
+        assert code == 2 and err.startswith("error: ") and "is the input file" in err
     assert copy.read_bytes() == prompt.read_bytes()

@@ -57,12 +57,43 @@ def test_stats_counts_notes_and_tokens(capsys, tune):
     assert lines[-1].split()[:3] == ["total", "6", str(2 * doc["stats"]["tokens"])]
 
 
-def test_bad_midi_file_is_one_error_line_with_exit_code_2(capsys, tmp_path, tune):
+def test_a_bad_midi_file_gets_its_error_line_and_the_good_ones_their_output(capsys, tmp_path, tune):
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\x00\x00\x01\x00\x00\x90")
     code, out, err = _run(capsys, "tokenize", tune, bad)
-    assert code == 2 and out == ""
+    assert code == 2 and out.startswith(f"# {tune}: 3 notes") and str(bad) not in out
     assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1 and "Traceback" not in err
+    code, out, err = _run(capsys, "tokenize", bad, tune, "--stats")
+    rows = out.splitlines()
+    assert code == 2 and len(rows) == 2 and rows[1].split()[:2] == [str(tune), "3"]
+    assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1
+
+
+def test_json_of_several_files_decodes_item_by_item_and_marks_the_bad_one(capsys, tmp_path, tune):
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not midi")
+    code, out, _ = _run(capsys, "tokenize", tune, bad, "--json")
+    docs = json.loads(out)
+    assert code == 2 and [d["file"] for d in docs] == [str(tune), str(bad)] and "error" in docs[1]
+    (tmp_path / "both.json").write_text(out)
+    code, _, err = _run(capsys, "decode", tmp_path / "both.json", "-o", tmp_path / "x.mid")
+    assert code == 2 and "--item 1..2" in err and not (tmp_path / "x.mid").exists()
+    code, out, _ = _run(capsys, "decode", tmp_path / "both.json", "--item", "1", "-o", tmp_path / "x.mid")
+    assert code == 0 and "3 notes" in out
+    code, _, err = _run(capsys, "decode", tmp_path / "both.json", "--item", "2", "-o", tmp_path / "y.mid")
+    assert code == 2 and "bad.mid" in err and "holds no tokens" in err and not (tmp_path / "y.mid").exists()
+
+
+def test_decode_reads_a_bare_list_of_ids_or_of_token_strings(capsys, tmp_path, tune):
+    _, out, _ = _run(capsys, "tokenize", tune, "--json")
+    doc = json.loads(out)
+    for name, content in (("ids.json", doc["ids"]), ("tokens.json", doc["tokens"])):
+        (tmp_path / name).write_text(json.dumps(content))
+        code, out, err = _run(capsys, "decode", tmp_path / name, "-o", tmp_path / f"{name}.mid")
+        assert code == 0 and err == "" and "3 notes" in out and "0 skipped" in out
+    (tmp_path / "far.json").write_text("[1, 5, 99999999]")
+    code, _, err = _run(capsys, "decode", tmp_path / "far.json", "-o", tmp_path / "far.mid")
+    assert code == 2 and "99999999 outside the vocabulary" in err
 
 
 @pytest.mark.parametrize(
@@ -71,9 +102,11 @@ def test_bad_midi_file_is_one_error_line_with_exit_code_2(capsys, tmp_path, tune
         ('{"tokens": ["BOS", "Bar", "Pitch_999"]}', "unknown token 'Pitch_999'"),
         ("{not json", "not valid JSON"),
         ('{"tokenizer": {"type": "morse"}, "tokens": ["BOS"]}', "morse"),
-        ('[{"tokens": ["BOS"]}, {"tokens": ["BOS"]}]', "expected one object"),
+        ('[{"tokens": ["BOS"]}, {"tokens": ["BOS"]}]', "pick one with --item 1..2"),
+        ("[" * 100000 + "]" * 100000, "nested too deeply"),
+        ('{"ids": [1, 2.5]}', "list of integers"),
     ],
-    ids=["unknown_token", "bad_json", "unknown_tokenizer", "two_sequences"],
+    ids=["unknown_token", "bad_json", "unknown_tokenizer", "two_sequences", "deep_nesting", "float_id"],
 )
 def test_decode_of_bad_tokens_is_one_error_line_and_writes_nothing(capsys, tmp_path, content, words):
     (tmp_path / "t.json").write_text(content)

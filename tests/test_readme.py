@@ -1,8 +1,14 @@
-"""The README's Python examples run and print what the README says."""
+"""The README's Python examples and its command-line tour run as written and print what it shows."""
 
 import doctest
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -15,3 +21,63 @@ def test_readme_python_examples_print_what_they_show():
         runner.run(parser.get_doctest(block, {}, f"README block {i}", str(README), 0))
     result = runner.summarize(verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ the command-line tour
+# Pieces the tour shows that neither the package nor an earlier command provides (from music21's corpus).
+NOT_SHIPPED = ("quartet.mid",)
+SKIP_LINE = re.compile(r"Done in |\d+%\||^step \d+: ")    # timings, progress bars, training losses
+
+
+def _tour():
+    """(command, expected output lines) of every ``$ ...`` line of the README's tour, in order."""
+    text = README.read_text(encoding="utf-8")
+    tour = text[text.index("## A tour of the command line"):]
+    tour = tour[:tour.index("\n## ")]
+    steps, fence, output = [], None, None
+    for line in tour.splitlines():
+        if line.startswith("```"):
+            fence = line[3:] if fence is None else None        # the language of an opening fence
+            output = None
+        elif fence == "" and line.startswith("$ "):
+            output = []
+            steps.append((line[2:], output))
+        elif output is not None:
+            output.append(line)
+    return steps
+
+
+def _same_output(got, expected):
+    """Each shown line matches (a trailing ' ...' means 'starts with'; timing lines are skipped)."""
+    got = [line for line in got if not SKIP_LINE.search(line)]
+    expected = [line for line in expected if not SKIP_LINE.search(line)]
+    if len(got) != len(expected):
+        return False
+    return all(g.startswith(e[:-4]) if e.endswith(" ...") else g == e for g, e in zip(got, expected))
+
+
+def test_the_tour_starts_by_copying_the_examples_it_uses():
+    commands = [c for c, _ in _tour()]
+    assert commands and commands[0].startswith("music-attn examples")
+    named = set(re.findall(r"[\w-]+\.mid", " ".join(commands)))
+    assert {"the-minstrel-boy.mid", "drowsy-maggie.mid"} <= named
+
+
+@pytest.mark.slow
+def test_every_tour_command_runs_as_written_from_an_empty_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    python = f"{shlex.quote(sys.executable)} -m music_attn"
+    for command, expected in _tour():
+        if any(name in command.split() for name in NOT_SHIPPED):
+            continue
+        shell = re.sub(r"(^|&& )music-attn ", lambda m: f"{m.group(1)}{python} ", command)
+        run = subprocess.run(["bash", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+        shown_error = bool(expected) and expected[0].startswith("error: ")
+        assert run.returncode == (2 if shown_error else 0), f"{command}: {run.stderr}"
+        got = run.stderr.splitlines() if shown_error else run.stdout.splitlines() + run.stderr.splitlines()
+        if command.startswith("music-attn train"):
+            assert any(line.startswith("wrote ") for line in got), got
+        else:
+            assert _same_output(got, expected), f"{command}\nREADME shows:\n" + "\n".join(expected) + \
+                "\nthe command printed:\n" + "\n".join(got)

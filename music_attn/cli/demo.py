@@ -1,11 +1,15 @@
 """``music-attn demo``: the shipped model on a shipped melody; page, PNG, continuation, summary."""
 
+from music_attn.cli._options import default_of, integer
+
 
 def register(sub):
+    from music_attn.demo import run_demo
     p = sub.add_parser("demo", help="inspect a shipped melody with the shipped model and continue it (offline)")
-    p.add_argument("-o", "--output", default="music_attn_demo", metavar="DIR",
-                   help="where to write the files (default: ./music_attn_demo)")
-    p.add_argument("--seed", type=int, default=0, help="picks the melody and seeds the sampling (default 0)")
+    p.add_argument("-o", "--output", default=default_of(run_demo, "out_dir"), metavar="DIR",
+                   help="folder to write the files into (made if missing)")
+    p.add_argument("--seed", type=integer(0), default=default_of(run_demo, "seed"),
+                   help="picks the melody and seeds the sampling")
     p.set_defaults(func=_run)
 
 

@@ -5,70 +5,70 @@ message, copied) plus a track holding the continuation; see
 :mod:`music_attn.music.continuation`.
 """
 
-DEFAULT_BARS = 8
+from music_attn.cli._options import default_of, integer, real
+
+BARS = 8          # what the command generates when neither --bars nor --tokens is given
+MAX_BARS, MAX_TOKENS = 10_000, 1_000_000      # a bound on the time one command may take
 
 
 def register(sub):
+    from music_attn.training.generate import generate
     p = sub.add_parser("generate",
                        help="sample a continuation of --prompt FILE.mid (or from nothing) to MIDI",
                        description="Continue a MIDI prompt with the model (the shipped one by default), "
                                    "sampling under the tokenizer's grammar, and write a MIDI file: the "
                                    "prompt file as it was (tracks, programs, names, tempo changes, metres, "
                                    "controllers) plus a track with the continuation, after a marker.")
-    p.add_argument("-m", "--model", help="checkpoint (.npz); default: the shipped pretrained model")
+    p.add_argument("-m", "--model", metavar="MODEL.npz", help="checkpoint (default: the shipped pretrained model)")
     p.add_argument("--prompt", metavar="FILE.mid", help="MIDI file to continue (default: start from nothing)")
     p.add_argument("--track", metavar="N|NAME",
-                   help="the prompt track to continue, by index (0 = the file's first track) or name; "
-                        "default: the pitched track with the most notes")
+                   help="the prompt track to continue, by number (0 = the file's first track) or name "
+                        "(default: the pitched track with the most notes)")
     p.add_argument("--melody", action="store_true",
                    help="for a melody model: it reads only the top voice (highest sounding note at each "
                         "onset) of the continued track (default: it reads every track)")
     p.add_argument("--drums", action="store_true",
                    help="let the model read the drum notes (channel 10) too (the output keeps them either way)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--bars", type=int, help=f"number of bars to generate (default {DEFAULT_BARS})")
-    budget.add_argument("--tokens", type=int, help="number of tokens to generate")
+    budget.add_argument("--bars", type=integer(1, MAX_BARS), help=f"number of bars to generate (default: {BARS})")
+    budget.add_argument("--tokens", type=integer(1, MAX_TOKENS), help="number of tokens to generate (instead of --bars)")
     p.add_argument("--no-end", action="store_true",
                    help="forbid the end-of-piece token until the bars (or tokens) are written")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="sample among the smallest set with this much mass")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=real(0), default=default_of(generate, "temperature"),
+                   help="divides the logits; 0 = greedy")
+    p.add_argument("--top-k", type=integer(1), help="sample among the k most likely tokens (default: all)")
+    p.add_argument("--top-p", type=real(0, 1, low_open=True),
+                   help="sample among the smallest set of tokens with this much probability (default: 1)")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the sampling")
     p.add_argument("--unconstrained", action="store_true", help="do not mask tokens the grammar forbids")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="MIDI file to write")
     p.set_defaults(func=_run)
 
 
-def _check(args):
-    for name in ("bars", "tokens", "top_k"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p must lie in (0, 1], got {args.top_p}")
-    if not args.temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    if not args.prompt and (args.track is not None or args.melody or args.drums):
-        raise ValueError("--track, --melody and --drums choose what to read from --prompt: give a prompt")
-
-
 def _run(args):
     import numpy as np
+    from music_attn._io import check_input, check_output
+    from music_attn.errors import MidiError, MusicAttnError
     from music_attn.training.checkpoint import load_model
-    _check(args)
+    if not args.prompt and (args.track is not None or args.melody or args.drums):
+        raise ValueError("--track, --melody and --drums choose what to read from --prompt: give a prompt")
+    inputs = [p for p in (args.prompt, args.model) if p]
+    check_output(args.output, inputs=inputs)              # before the sampling, not after
+    if args.prompt:
+        check_input(args.prompt, what="MIDI file", error=MidiError)
     model = load_model(args.model)
     tokenizer = model.tokenizer
     if tokenizer is None:
-        raise ValueError(f"{args.model}: the checkpoint has no tokenizer to turn tokens into MIDI")
+        raise MusicAttnError(f"{args.model}: the checkpoint has no tokenizer to turn tokens into MIDI")
     if args.bars and tokenizer.bar_id is None:
         raise ValueError(f"--bars needs a tokenizer with Bar tokens (REMI); this model's is "
                          f"{tokenizer.kind}: use --tokens")
     budget = _budget(args, tokenizer)
     rng = np.random.default_rng(args.seed)
     if args.prompt:
-        return _continue(args, model, budget, rng)
+        return _continue(args, model, budget, rng, inputs)
     out = _generate(args, model, None, budget, rng)
-    return _write_fresh(args, tokenizer, out, budget)
+    return _write_fresh(args, tokenizer, out, budget, inputs)
 
 
 def _budget(args, tokenizer):
@@ -77,7 +77,7 @@ def _budget(args, tokenizer):
         return args.tokens, None
     if tokenizer.bar_id is None:
         return None, None
-    return None, args.bars or DEFAULT_BARS
+    return None, args.bars or BARS
 
 
 def _generate(args, model, prompt_ids, budget, rng):
@@ -88,11 +88,13 @@ def _generate(args, model, prompt_ids, budget, rng):
                     constrained=not args.unconstrained)
 
 
-def _write_fresh(args, tokenizer, out, budget):
+def _write_fresh(args, tokenizer, out, budget, inputs):
     """From nothing: the decoded tokens are the whole file."""
+    from music_attn._io import atomic_outputs
     from music_attn.music.midi import read_midi, write_midi
     decoded = tokenizer.decode(out.ids)
-    write_midi(args.output, decoded[0])
+    with atomic_outputs([args.output], inputs=inputs) as (tmp,):
+        write_midi(tmp, decoded[0])
     new = out.ids[out.prompt_length:]
     notes = read_midi(decoded[0], include_drums=True).notes
     print(f"wrote {args.output}: {len(new)} new tokens{_bars(tokenizer, out)}, {len(notes)} notes, "
@@ -130,15 +132,13 @@ def _say_if_ended_early(out, budget):
               f"(--no-end forbids ending before {n_bars} bars)")
 
 
-def _continue(args, model, budget, rng):
+def _continue(args, model, budget, rng, inputs):
     """The prompt file as it was, plus the continuation on a new track."""
-    import os
+    from music_attn._io import atomic_outputs
     from music_attn.music import continuation as C
     from music_attn.music.midi import write_midi
     from music_attn.music.select import track_names
     tokenizer = model.tokenizer
-    if os.path.exists(args.output) and os.path.samefile(args.output, args.prompt):
-        raise ValueError(f"{args.output}: is the prompt; write the continuation to another file")
     mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
     tracks = C.prompt_tracks(mid, score)
     target = C.choose_track(tracks, score, track_names(mid), args.track)
@@ -150,7 +150,8 @@ def _continue(args, model, budget, rng):
     sequence = tokenizer.encode(read)
     out = _generate(args, model, sequence.ids, budget, rng)
     result = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
-    write_midi(args.output, result.midi)
+    with atomic_outputs([args.output], inputs=inputs) as (tmp,):
+        write_midi(tmp, result.midi)
     _report(args, tokenizer, score, read, target, result, out)
     if result.doubled:
         print(f"left out {result.doubled} new note(s) that doubled a note still sounding on the same channel")

@@ -3,10 +3,12 @@
 Any length; ``--bars A:B`` / ``--start S --end E`` choose a passage (read with the
 music before it as context), ``--track`` keeps tracks, ``--melody`` the top voice.
 Prints how well the model fits the music (NLL per token against its validation NLL).
+The page, PNG and JSON are written all or none, never over the piece or the model.
 """
 
-import math
 from pathlib import Path
+
+from music_attn.cli._options import integer, real
 
 
 def register(sub):
@@ -19,52 +21,77 @@ def register(sub):
     p.add_argument("--json", metavar="OUT.json", help="also write notes, sparse note attention and model fit as JSON "
                                                       "(docs/formats.md)")
     p.add_argument("--bars", metavar="A:B", help="show the notes starting in bars A..B (counted from 1)")
-    p.add_argument("--start", type=float, metavar="SECONDS", help="show the notes starting at or after this time")
-    p.add_argument("--end", type=float, metavar="SECONDS", help="show the notes starting before this time")
+    p.add_argument("--start", type=real(), metavar="SECONDS", help="show the notes starting at or after this time")
+    p.add_argument("--end", type=real(), metavar="SECONDS", help="show the notes starting before this time")
     p.add_argument("--track", action="append", metavar="N|NAME",
                    help="keep this track (number as in the file, from 0, or its name); repeatable")
     p.add_argument("--melody", action="store_true", help="keep only the top voice (highest sounding note at each onset)")
-    p.add_argument("--window", type=int, metavar="W", help="tokens the model sees at once (default: its max_len)")
+    p.add_argument("--window", type=integer(1), metavar="W", help="tokens the model sees at once (default: its max_len)")
     p.set_defaults(func=_run)
 
 
 def _run(args):
+    from music_attn._io import atomic_outputs, check_input, check_output
+    from music_attn.errors import MidiError
     from music_attn.inspect.inspector import attention_maps
-    from music_attn.inspect.viz import render_png, write_html, write_json
     from music_attn.music.select import parse_bars
     from music_attn.training.checkpoint import load_model
 
     source = Path(args.file)
-    if not source.is_file():
-        raise FileNotFoundError(2, "No such file", str(source))
+    check_input(source, what="MIDI file", error=MidiError)
+    outputs, inputs = _outputs(args, source), [p for p in (source, args.model) if p]
+    for path in outputs.values():                 # before the model runs, not after
+        check_output(path, inputs=inputs)
+    _need_matplotlib(args.png)
     bars = parse_bars(args.bars) if args.bars else None
-    for value in (args.start, args.end):
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"--start/--end must be finite seconds, got {value}")
     model = load_model(args.model)
     maps = attention_maps(model, source, window=args.window, bars=bars, start=args.start, end=args.end,
                           tracks=args.track, melody=args.melody)
-    if args.png:                      # first, so a missing matplotlib leaves no other output behind
-        render_png(maps, args.png)
-    html_path = args.output or f"{source.stem}_attention.html"
-    size = write_html(maps, html_path)
-    if args.json:
-        write_json(maps, args.json)
-    _print_summary(maps, html_path, size, (args.png, args.json))
+    with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
+        size = _write(maps, dict(zip(outputs, temps)))
+    _print_summary(maps, outputs, size)
     return 0
 
 
-def _print_summary(maps, html_path, size, others):
+def _outputs(args, source):
+    """kind -> path of every file to write ('html' always; 'png' and 'json' when asked)."""
+    outputs = {"html": Path(args.output or f"{source.stem}_attention.html")}
+    for kind in ("png", "json"):
+        if getattr(args, kind):
+            outputs[kind] = Path(getattr(args, kind))
+    return outputs
+
+
+def _need_matplotlib(png):
+    import importlib.util
+    from music_attn.errors import MusicAttnError
+    if png and importlib.util.find_spec("matplotlib") is None:
+        raise MusicAttnError("--png needs matplotlib: pip install 'music_attn[plot]'")
+
+
+def _write(maps, temps):
+    """Write each output into its temporary path; returns the page's size in bytes."""
+    from music_attn.inspect.viz import render_png, write_html, write_json
+
+    size = write_html(maps, temps["html"])
+    if "png" in temps:
+        render_png(maps, temps["png"])
+    if "json" in temps:
+        write_json(maps, temps["json"])
+    return size
+
+
+def _print_summary(maps, outputs, size):
     print(f"{maps!r}")
     if maps.notice:
         print(maps.notice)
     print(_fit_line(maps.model_fit))
     if maps.model_fit.get("reading"):
         print(maps.model_fit["reading"])
-    print(f"wrote {html_path} ({size / 1e6:.2f} MB)")
-    for path in others:
-        if path:
-            print(f"wrote {path}")
+    print(f"wrote {outputs['html']} ({size / 1e6:.2f} MB)")
+    for kind in ("png", "json"):
+        if kind in outputs:
+            print(f"wrote {outputs[kind]}")
 
 
 def _fit_line(fit):

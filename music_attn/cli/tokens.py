@@ -1,55 +1,97 @@
 """``music-attn tokenize FILE...`` and ``music-attn decode TOKENS.json -o out.mid``.
 
-``tokenize --json`` prints one JSON object per file (a list for several files)
-holding the tokenizer config, the token strings, ids and note alignment;
+``tokenize --json`` prints one JSON object per file (a list of them for several
+files; a file that cannot be read is an object with its ``error``) holding the
+tokenizer config, the token strings, ids and note alignment.  A bad file does
+not stop the others: each gets its ``error:`` line and the exit code is 2.
 ``decode`` reads that JSON back (the token strings win over the ids, so a
-hand-edited file works) and writes the MIDI atomically.
+hand-edited file works; ``--item N`` picks one of several), or a bare list of
+ids or token strings, and writes the MIDI atomically.
 """
 
 import json
 import sys
 from pathlib import Path
 
+from music_attn.cli._options import integer
+
 __all__ = ["register"]
 
 _TOKENIZERS = ("remi", "performance")
+MAX_TOKEN_FILE = 64 * 2**20          # bytes of token JSON `decode` reads at most
 
 
 def register(sub):
     p = sub.add_parser("tokenize", help="print the tokens of MIDI files (or JSON, or statistics)")
     p.add_argument("files", nargs="+", metavar="FILE", help="MIDI files")
-    p.add_argument("--tokenizer", choices=_TOKENIZERS, default="remi", help="token vocabulary (default: remi)")
+    p.add_argument("--tokenizer", choices=_TOKENIZERS, default="remi", help="token vocabulary")
     p.add_argument("--json", action="store_true", help="print JSON that `decode` reads back")
     p.add_argument("--stats", action="store_true", help="print notes, tokens and tokens per note")
     p.add_argument("--out", metavar="DATASET", help="tokenize the folder FILE into a token dataset "
                    "(uint16 token file + index) that `train DATASET` reads memory-mapped")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for --out (default 1)")
+    p.add_argument("--jobs", type=integer(1, 1024), default=1, help="worker processes for --out")
     p.set_defaults(func=_tokenize)
 
     p = sub.add_parser("decode", help="turn tokens (the JSON of `tokenize --json`) back into MIDI")
-    p.add_argument("tokens", metavar="TOKENS.json", help="JSON written by `tokenize --json`")
+    p.add_argument("tokens", metavar="TOKENS.json",
+                   help="JSON written by `tokenize --json`, or a list of ids or token strings")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="MIDI file to write")
+    p.add_argument("--item", type=integer(1), metavar="N",
+                   help="which sequence of a file holding several (1 = the first; default: the only one)")
+    p.add_argument("--tokenizer", choices=_TOKENIZERS, default="remi",
+                   help="vocabulary of a bare list of ids or tokens (a file from `tokenize --json` names its own)")
     p.set_defaults(func=_decode)
 
 
 def _tokenize(args):
+    from music_attn.errors import MidiError
     from music_attn.music.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dict({"type": args.tokenizer})
     if args.out:
         return _write_dataset(args, tokenizer)
-    sequences = [tokenizer.encode(path) for path in args.files]  # all read before any output
+    results = [_encode(tokenizer, path, MidiError) for path in args.files]
+    good = [(path, seq) for path, seq in zip(args.files, results) if not isinstance(seq, Exception)]
     if args.json:
-        docs = [_document(path, seq, tokenizer, args.stats) for path, seq in zip(args.files, sequences)]
+        docs = [_document(path, seq, tokenizer, args.stats) if not isinstance(seq, Exception)
+                else {"file": str(path), "error": _message(seq)} for path, seq in zip(args.files, results)]
         json.dump(docs[0] if len(docs) == 1 else docs, sys.stdout)
         sys.stdout.write("\n")
-    elif args.stats:
-        _print_stats(args.files, sequences)
+    elif args.stats and good:
+        _print_stats(*zip(*good))
     else:
-        for path, seq in zip(args.files, sequences):
+        for path, seq in good:
             print(f"# {path}: {len(seq.notes)} notes, {len(seq)} tokens")
             print(" ".join(seq.tokens))
-    return 0
+    return _report_failures(results)
+
+
+def _encode(tokenizer, path, error):
+    """The TokenSequence of ``path``, or the input error that stopped it (returned, not raised)."""
+    from music_attn._io import check_input
+    from music_attn.cli import input_error_message
+
+    try:
+        check_input(path, what="MIDI file", error=error)
+        return tokenizer.encode(path)
+    except Exception as exc:                       # noqa: BLE001 -- sorted just below
+        if input_error_message(exc) is None:
+            raise                                  # an internal error: main reports it
+        return exc
+
+
+def _message(exc):
+    from music_attn.cli import input_error_message
+    return input_error_message(exc)
+
+
+def _report_failures(results):
+    """One ``error:`` line per file that could not be read; exit code 2 if any."""
+    failures = [exc for exc in results if isinstance(exc, Exception)]
+    sys.stdout.flush()
+    for exc in failures:
+        sys.stderr.write(f"error: {_message(exc)}\n")
+    return 2 if failures else 0
 
 
 def _write_dataset(args, tokenizer):
@@ -98,35 +140,98 @@ def _print_stats(paths, sequences):
 
 
 def _decode(args):
+    from music_attn._io import atomic_outputs, check_output
     from music_attn.music.midi import write_midi
 
-    tokenizer, ids = _read_tokens(Path(args.tokens))
+    path = Path(args.tokens)
+    check_output(args.output, inputs=[path])
+    tokenizer, ids = _read_tokens(path, args.item, args.tokenizer)
     result = tokenizer.decode(ids)
-    write_midi(args.output, result.midi)
+    with atomic_outputs([args.output], inputs=[path]) as (tmp,):
+        write_midi(tmp, result.midi)
     n_notes = sum(len(inst.notes) for inst in result.midi.instruments)
     print(f"wrote {args.output}: {n_notes} notes, {len(ids)} tokens, {result.skipped} skipped")
     return 0
 
 
-def _read_tokens(path):
-    """The tokenizer and ids of a `tokenize --json` file; TokenizerError if unusable."""
+def _read_tokens(path, item=None, bare_kind="remi"):
+    """The tokenizer and ids of a token file; TokenizerError if unusable.
+
+    The file holds what `tokenize --json` writes (one object, or a list of them
+    from which ``item`` picks one, 1-based) or a bare list of ids or token strings
+    (read with the ``bare_kind`` tokenizer).
+    """
     from music_attn.errors import TokenizerError
     from music_attn.music.tokenizer import Tokenizer
 
+    doc = _load_json(path)
+    if _is_bare(doc):
+        doc = {"tokenizer": {"type": bare_kind}, ("tokens" if _all(doc, str) else "ids"): doc}
+    else:
+        doc = _pick(doc, item, path)
+    tokens = doc.get("tokens", doc.get("ids"))
+    if not isinstance(tokens, list):
+        raise TokenizerError(f"{path}: expected 'tokens' or 'ids' (a list), as `tokenize --json` writes")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TokenizerError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(doc, list) and len(doc) == 1:
-        doc = doc[0]
-    if not isinstance(doc, dict) or not isinstance(doc.get("tokens", doc.get("ids")), list):
-        raise TokenizerError(f"{path}: expected one object with 'tokens' (as `tokenize --json` writes for one file)")
-    try:
-        tokenizer = Tokenizer.from_dict(doc.get("tokenizer", {"type": "remi"}))
+        tokenizer = Tokenizer.from_dict(doc.get("tokenizer", {"type": bare_kind}))
         if "tokens" in doc:
-            return tokenizer, tokenizer.ids_from_tokens([str(t) for t in doc["tokens"]])
-        return tokenizer, [int(i) for i in doc["ids"]]
-    except (TokenizerError, TypeError, ValueError) as exc:
+            return tokenizer, tokenizer.ids_from_tokens([str(t) for t in tokens])
+        return tokenizer, _ids(tokens, tokenizer)
+    except (TokenizerError, TypeError, ValueError, OverflowError) as exc:
         raise TokenizerError(f"{path}: {exc}") from None
+
+
+def _load_json(path):
+    from music_attn._io import read_input
+    from music_attn.errors import TokenizerError
+
+    data = read_input(path, limit=MAX_TOKEN_FILE, what="token file", error=TokenizerError)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as exc:            # bad UTF-8, bad JSON, a number of thousands of digits
+        raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise TokenizerError(f"{path}: JSON nested too deeply") from None
+
+
+def _all(values, kind):
+    return all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
+
+
+def _is_bare(doc):
+    return isinstance(doc, list) and (_all(doc, int) or _all(doc, str))
+
+
+def _pick(doc, item, path):
+    """The one sequence object of ``doc`` (``item``, 1-based, of a list)."""
+    from music_attn.errors import TokenizerError
+
+    docs = doc if isinstance(doc, list) else [doc]
+    if not docs or not all(isinstance(d, dict) for d in docs):
+        raise TokenizerError(f"{path}: expected the JSON of `tokenize --json` or a list of token ids")
+    if item is None and len(docs) > 1:
+        raise TokenizerError(f"{path}: holds {len(docs)} token sequences; pick one with --item 1..{len(docs)}")
+    if item is not None and item > len(docs):
+        raise TokenizerError(f"{path}: --item {item} is past its {len(docs)} sequence(s)")
+    chosen = docs[(item or 1) - 1]
+    if "error" in chosen and "tokens" not in chosen and "ids" not in chosen:
+        raise TokenizerError(f"{path}: the sequence of {chosen.get('file')} holds no tokens "
+                             f"({_short(chosen['error'])})")
+    return chosen
+
+
+def _short(value):
+    text = str(value)
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def _ids(values, tokenizer):
+    """Integer ids, each checked against the vocabulary."""
+    from music_attn.errors import TokenizerError
+
+    if not _all(values, int):
+        raise TokenizerError("'ids' must be a list of integers")
+    bad = next((v for v in values if not 0 <= v < tokenizer.vocab_size), None)
+    if bad is not None:
+        raise TokenizerError(f"token id {_short(bad)} outside the vocabulary (0..{tokenizer.vocab_size - 1})")
+    return values

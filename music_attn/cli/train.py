@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from music_attn.core.model import ATTENTIONS, POSITIONALS
-
-_DEFAULTS = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=256)
+from music_attn.cli._options import default_of, integer, real
+from music_attn.core.model import ATTENTIONS, POSITIONALS, ModelConfig
+from music_attn.training.train import TrainConfig
 
 
 def register(sub):
@@ -13,32 +13,51 @@ def register(sub):
                                    "when DIR has a MANIFEST.csv). Ctrl-C saves a checkpoint; --resume "
                                    "continues exactly where it stopped.")
     p.add_argument("dir", nargs="?", default="data",
-                   help="folder of MIDI files, or a token dataset from `tokenize DIR --out` (default: data)")
-    p.add_argument("-o", "--output", default="model.npz", help="checkpoint to write (default: model.npz)")
+                   help="folder of MIDI files, or a token dataset from `tokenize DIR --out`")
+    p.add_argument("-o", "--output", default="model.npz", help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at -o")
-    p.add_argument("--tokenizer", choices=("remi", "performance"), default="remi")
-    p.add_argument("--steps", type=int, help="total optimizer steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=256, help="training window length")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--d-model", type=int, default=_DEFAULTS["d_model"])
-    p.add_argument("--layers", type=int, default=_DEFAULTS["n_layers"])
-    p.add_argument("--heads", type=int, default=_DEFAULTS["n_heads"])
-    p.add_argument("--d-ff", type=int, help="feed-forward width (default 4 x d-model)")
-    p.add_argument("--positional", choices=POSITIONALS, default="relative")
-    p.add_argument("--attention", choices=ATTENTIONS, default="full")
-    p.add_argument("--window", type=int, default=32, help="local / soft-align window")
-    p.add_argument("--no-transpose", action="store_true", help="no transposition augmentation")
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--jobs", type=int, default=1, help="processes for tokenizing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", choices=("remi", "performance"), default="remi", help="token vocabulary")
+    p.add_argument("--jobs", type=integer(1, 1024), default=1, help="processes for tokenizing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
                    help="train in numpy, or in PyTorch (CUDA when present; data-parallel under "
                         "`torchrun --nproc_per_node N`); both write the same checkpoint")
+    _model_options(p.add_argument_group("model (ignored with --resume)"))
+    _train_options(p.add_argument_group("optimisation"))
     p.set_defaults(func=_run)
+
+
+def _model_options(g):
+    m = lambda name: default_of(ModelConfig, name)       # noqa: E731 -- the one source of defaults
+    g.add_argument("--d-model", type=integer(1, 1 << 16), default=m("d_model"), help="model width C")
+    g.add_argument("--layers", type=integer(1, 1024), default=m("n_layers"), help="transformer blocks")
+    g.add_argument("--heads", type=integer(1, 1024), default=m("n_heads"), help="attention heads (must divide --d-model)")
+    g.add_argument("--d-ff", type=integer(1, 1 << 18), help="feed-forward width (default: 4 x --d-model)")
+    g.add_argument("--max-len", type=integer(1, 1 << 20), help="longest sequence the model reads at once "
+                   f"(default: the larger of --seq-len and {m('max_len')})")
+    g.add_argument("--positional", choices=POSITIONALS, default=m("positional"), help="kind of positions")
+    g.add_argument("--attention", choices=ATTENTIONS, default=m("attention"), help="attention pattern")
+    g.add_argument("--window", type=integer(1, 1 << 20), default=m("window"), help="local / soft-align window, tokens")
+    g.add_argument("--alpha", type=real(0, 1), default=m("alpha"), help="soft-align weight of the local part")
+
+
+def _train_options(g):
+    t = lambda name: default_of(TrainConfig, name)       # noqa: E731
+    low, high = t("transpose")
+    g.add_argument("--steps", type=integer(1), help=f"total optimizer steps (default: {t('steps')}; "
+                   "with --resume, the checkpoint's, or more to extend the run)")
+    g.add_argument("--batch-size", type=integer(1, 1 << 16), default=t("batch_size"), help="sequences per step")
+    g.add_argument("--seq-len", type=integer(1, 1 << 20), default=t("seq_len"), help="training window length, tokens")
+    g.add_argument("--lr", type=real(0, low_open=True), default=t("lr"),
+                   help="peak learning rate (the cosine schedule ends at a tenth of it)")
+    g.add_argument("--warmup", type=integer(0), default=t("warmup"), help="linear warmup steps")
+    g.add_argument("--no-transpose", action="store_true",
+                   help=f"no transposition augmentation (default: random shifts of {low}..{high - 1} semitones)")
+    g.add_argument("--eval-every", type=integer(0), default=t("eval_every"),
+                   help="validation every N steps (0: only at the end)")
+    g.add_argument("--checkpoint-every", type=integer(0), default=t("checkpoint_every"),
+                   help="save every N steps (0: only at the end)")
+    g.add_argument("--seed", type=integer(0), default=t("seed"), help="seed of the run's random generator")
 
 
 def _tokenizer(name):
@@ -75,19 +94,34 @@ def _corpus(folder, tokenizer, jobs, progress):
 def _fresh(args, tokenizer):
     """A new model, its TrainConfig and TrainState from the command line."""
     import numpy as np
-    from music_attn.core.model import ModelConfig, init_model
-    from music_attn.training.train import TrainConfig, TrainState
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=args.d_model, n_layers=args.layers,
-                         n_heads=args.heads, d_ff=args.d_ff or 4 * args.d_model,
-                         max_len=max(args.seq_len, _DEFAULTS["max_len"]),
-                         positional=args.positional, attention=args.attention, window=args.window)
-    tconf = TrainConfig(steps=args.steps or 2000, batch_size=args.batch_size, seq_len=args.seq_len,
+    from music_attn.core.model import init_model
+    from music_attn.training.train import TrainState
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, **_model_settings(args))
+    tconf = TrainConfig(steps=default_of(TrainConfig, "steps") if args.steps is None else args.steps,
+                        batch_size=args.batch_size, seq_len=args.seq_len,
                         lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                        transpose=None if args.no_transpose else (-5, 6), seed=args.seed)
+                        transpose=None if args.no_transpose else default_of(TrainConfig, "transpose"),
+                        seed=args.seed)
     rng = np.random.default_rng(args.seed)
     model = init_model(config, rng, tokenizer=tokenizer)
     return model, TrainState(model, tconf, rng)
+
+
+def _model_settings(args):
+    """ModelConfig fields from the options, checked together (messages name the flags)."""
+    from music_attn.errors import MusicAttnError
+    if args.d_model % args.heads:
+        raise MusicAttnError(f"--d-model {args.d_model} is not divisible by --heads {args.heads}")
+    if (args.positional == "rope" or args.attention == "soft_align") and (args.d_model // args.heads) % 2:
+        raise MusicAttnError(f"--positional rope and --attention soft_align need an even head width "
+                             f"(--d-model / --heads = {args.d_model // args.heads})")
+    max_len = args.max_len or max(args.seq_len, default_of(ModelConfig, "max_len"))
+    if max_len < args.seq_len:
+        raise MusicAttnError(f"--max-len {max_len} is shorter than --seq-len {args.seq_len}")
+    return dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                d_ff=args.d_ff or 4 * args.d_model, max_len=max_len, positional=args.positional,
+                attention=args.attention, window=args.window, alpha=args.alpha)
 
 
 def _resumed(args):
@@ -95,14 +129,31 @@ def _resumed(args):
     import dataclasses
     from music_attn.training.checkpoint import load_checkpoint
     from music_attn.errors import CheckpointError
-    from music_attn.training.train import TrainConfig, train_state_from_checkpoint
+    from music_attn.training.train import train_state_from_checkpoint
     ckpt = load_checkpoint(args.output)
     if ckpt.train_state is None:
         raise CheckpointError(f"{args.output}: holds no training state to resume from")
-    config = TrainConfig.from_dict(ckpt.train_state["meta"]["config"])
-    if args.steps:
+    try:
+        config = TrainConfig.from_dict(ckpt.train_state["meta"]["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{args.output}: unusable training state ({exc})") from None
+    if args.steps is not None:
         config = dataclasses.replace(config, steps=args.steps)
-    return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
+    _check_rng(ckpt.train_state["meta"], args.output)
+    try:
+        return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{args.output}: unusable training state ({type(exc).__name__}: {exc})") from None
+
+
+def _check_rng(meta, path):
+    """The saved generator must name one of numpy's bit generators (nothing else is called)."""
+    import numpy as np
+    from music_attn.errors import CheckpointError
+    name = meta.get("rng", {}).get("bit_generator") if isinstance(meta.get("rng"), dict) else None
+    kind = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
+        raise CheckpointError(f"{path}: unusable training state (random generator {str(name)[:40]!r})")
 
 
 def _dataset_tokenizer(folder, name):
@@ -126,6 +177,8 @@ def _backend(name):
 
 
 def _run(args):
+    from music_attn._io import check_output
+    check_output(args.output)                    # before minutes of tokenizing, not after
     train, main = _backend(args.backend)
     if args.resume:
         model, state = _resumed(args)

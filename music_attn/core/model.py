@@ -63,7 +63,7 @@ class ModelConfig:
     n_heads: int = 4
     d_ff: int = 512
     max_len: int = 256
-    positional: str = "sinusoidal"
+    positional: str = "relative"
     attention: str = "full"
     window: int = 32
     alpha: float = 0.5

@@ -54,6 +54,7 @@ CACHE_FORMAT = 1  # bump when the cached array layout changes
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 SPLITS = ("train", "validation", "all")
 MANIFEST = "MANIFEST.csv"
+TRANSPOSE_RANGE = (-5, 6)  # semitones [low, high): a fourth either way keeps tunes singable
 # Token types whose value is a MIDI pitch (REMI "Pitch_60", performance "NoteOn_60" ...).
 _PITCH_TOKEN = re.compile(r"^(pitch|note_?on|note_?off)_(\d+)$", re.IGNORECASE)
 
@@ -160,6 +161,7 @@ def _encode(tokenizer, path, cache_path):
     except MidiError as exc:
         return None, str(exc)
     if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)      # the cache's own folders
         with atomic_write(cache_path, "wb") as f:
             np.save(f, ids, allow_pickle=False)
     return ids, None
@@ -337,7 +339,7 @@ def _pitch_bounds(tokenizer):
     return int(pitches[pitches >= 0].min()), int(pitches.max())
 
 
-def augment_transpose(ids, tokenizer, rng, low=-5, high=6):
+def augment_transpose(ids, tokenizer, rng, low=TRANSPOSE_RANGE[0], high=TRANSPOSE_RANGE[1]):
     """Transpose a token sequence by a random number of semitones in ``[low, high)``.
 
     Only shifts that keep every pitch inside the tokenizer's pitch range are

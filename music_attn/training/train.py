@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from music_attn.training.checkpoint import save_checkpoint
-from music_attn.training.data import augment_transpose, sample_windows
+from music_attn.training.data import TRANSPOSE_RANGE, augment_transpose, sample_windows
 from music_attn.core.model import parallel_map
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train", "evaluate",
@@ -60,7 +60,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_tokens: int = 32768
     checkpoint_every: int = 500
-    transpose: Optional[tuple] = (-5, 6)
+    transpose: Optional[tuple] = TRANSPOSE_RANGE
     seed: int = 0
     workers: int = 2
 
