@@ -137,11 +137,10 @@ def _continue(args, model, budget, rng, inputs):
     from music_attn._io import atomic_outputs
     from music_attn.music import continuation as C
     from music_attn.music.midi import write_midi
-    from music_attn.music.select import track_names
     tokenizer = model.tokenizer
     mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
     tracks = C.prompt_tracks(mid, score)
-    target = C.choose_track(tracks, score, track_names(mid), args.track)
+    target = C.choose_track(tracks, score, C.track_names(mid, score), args.track)
     drums = args.drums or tokenizer.include_drums
     read, dropped = C.prompt_reading(score, target, melody=args.melody, drums=drums)
     if not len(read):

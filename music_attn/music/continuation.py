@@ -43,7 +43,7 @@ from music_attn.errors import MidiError
 from music_attn.music import select
 from music_attn.music.midi import _source_bytes, _split_chunks, read_midi
 
-__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track",
+__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "track_names", "prompt_tracks", "choose_track",
            "prompt_reading", "in_beats", "new_notes", "place_notes", "continue_prompt", "route",
            "continuation_file"]
 
@@ -118,9 +118,15 @@ def load_prompt(path, *, sustain=False):
 # --------------------------------------------------------------------------- tracks
 
 
+def track_names(mid, score):
+    """{track index: name} by :func:`select.track_names`: of the Score where it records the
+    names, else of the mido file."""
+    return select.track_names(score if hasattr(score, "track_names") else mid)
+
+
 def prompt_tracks(mid, score):
     """The tracks of ``mid`` that hold notes in ``score`` (read with drums), in file order."""
-    names, out = select.track_names(mid), []
+    names, out = track_names(mid, score), []
     for index in range(len(mid.tracks)):
         notes = score.notes[score.notes["track"] == index]
         if len(notes):
