@@ -146,7 +146,10 @@ def _continue(args, model, budget, rng, inputs):
     if not len(read):
         raise ValueError(f"{args.prompt}: the model would read no notes of it"
                          + ("" if drums else " (it holds only drums: --drums reads them)"))
-    sequence = tokenizer.encode(read)
+    encoder = tokenizer      # a tokenizer that names drum notes keeps them (the vocabulary is the same)
+    if drums and not tokenizer.include_drums and hasattr(tokenizer, "with_options"):
+        encoder = tokenizer.with_options(include_drums=True)
+    sequence = encoder.encode(read)
     out = _generate(args, model, sequence.ids, budget, rng)
     result = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
     with atomic_outputs([args.output], inputs=inputs) as (tmp,):
