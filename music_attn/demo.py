@@ -33,7 +33,7 @@ class DemoResult(NamedTuple):
     midi: Path
     melody: Path
     maps: object
-    continuation: list       # pretty_midi.Note of the new bars
+    continuation: np.ndarray  # NOTE_DTYPE notes of the new bars, in onset order
 
 
 def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo=print):
@@ -110,7 +110,7 @@ def _write_all(maps, decoded, out, melody, echo):
     with atomic_outputs(paths, inputs=[melody]) as tmp:
         write_html(maps, tmp[0])
         write_json(maps, tmp[1])
-        write_midi(tmp[2], decoded.midi)
+        write_midi(tmp[2], decoded.score)
         if with_png:
             render_png(maps, tmp[3])
     return paths[0], (paths[3] if with_png else None), paths[1], paths[2]
@@ -124,12 +124,8 @@ def _continue(model, maps, rng):
     gen = generate(model, maps.ids, n_bars=N_BARS, max_new_tokens=model.config.max_len // 2,
                    temperature=0.9, top_p=0.95, rng=rng)
     decoded = tokenizer.decode(gen.ids)
-    before = _sorted_notes(tokenizer.decode(gen.ids[:gen.prompt_length]).midi)
-    return decoded, _sorted_notes(decoded.midi)[len(before):]
-
-
-def _sorted_notes(pm):
-    return sorted((n for inst in pm.instruments for n in inst.notes), key=lambda n: (n.start, n.pitch))
+    before = len(tokenizer.decode(gen.ids[:gen.prompt_length]).score)
+    return decoded, decoded.score.notes[before:]  # notes in onset order
 
 
 # ---------------------------------------------------------------- output
@@ -153,7 +149,7 @@ def _print_summary(echo, maps, files, continuation, seconds):
         if path is not None:
             echo(f"  {label:<30} {path}")
     echo(_cadence_line(maps))
-    names = " ".join(note_name(n.pitch) for n in continuation[:32]) + (" ..." if len(continuation) > 32 else "")
+    names = " ".join(note_name(p) for p in continuation["pitch"][:32].tolist()) + (" ..." if len(continuation) > 32 else "")
     echo(f"Continuation ({N_BARS} bars, {len(continuation)} notes): {names or '(silence)'}")
     echo(f"Done in {seconds:.1f} s. Open the page in a browser: click a note to see what it attends to.")
 

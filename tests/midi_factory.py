@@ -5,7 +5,13 @@ and returns a ``mido.MidiTrack`` with delta times; ``midi_file(...)`` wraps
 tracks in a ``mido.MidiFile``; ``note_events(...)`` turns (pitch, start, end,
 velocity) tuples in ticks into note-on/note-off pairs; ``random_tune(...)``
 makes a melody on a grid, with metre and tempo changes, for round trips.
+
+``mido_reference(...)`` is the independent reference reader: a file read
+message by message with mido, against which the project's byte scanner,
+tokenizers and writer are checked.
 """
+
+from collections import defaultdict
 
 import mido
 
@@ -104,3 +110,97 @@ def note_tuples(notes):
     """Sorted (pitch, start_tick, end_tick, velocity) tuples of a NOTE_DTYPE array."""
     cols = zip(notes["pitch"].tolist(), notes["start_tick"].tolist(), notes["end_tick"].tolist(), notes["velocity"].tolist())
     return sorted(cols)
+
+
+# --------------------------------------------------------------------------- reference reader
+
+DRUM_CHANNEL = 9
+
+
+def mido_reference(path_or_midi, *, include_drums=False):
+    """A file read message by message with mido: what the project's reader must find.
+
+    Returns a dict: ``notes`` sorted (pitch, start tick, end tick, velocity,
+    channel, track, program) -- FIFO pairing per (track, channel, pitch), a
+    note never released ends at its track's end, silent notes dropped, the
+    program the last change on the channel at or before the onset (type 0
+    and 1 files only); ``tempos`` [(tick, us)] and ``signatures`` [(tick,
+    num, den)] in file order; ``names`` {track: first track name};
+    ``lyrics`` [text]; ``ticks_per_beat``; ``drums`` the number of channel-10
+    notes (left out of ``notes`` unless ``include_drums``).
+    """
+    mid = path_or_midi if isinstance(path_or_midi, mido.MidiFile) else mido.MidiFile(str(path_or_midi))
+    ons, changes, out = [], [], {"tempos": [], "signatures": [], "names": {}, "lyrics": []}
+    for index, trk in enumerate(mid.tracks):
+        tick, sounding = 0, defaultdict(list)
+        for msg in trk:
+            tick += msg.time
+            _meta(msg, tick, index, out)
+            if msg.type == "program_change":
+                changes.append((tick, msg.channel, msg.program))
+            if msg.type not in ("note_on", "note_off"):
+                continue
+            key = (msg.channel, msg.note)
+            if msg.type == "note_on" and msg.velocity > 0:
+                sounding[key].append((tick, msg.velocity))
+            elif sounding[key]:
+                start, velocity = sounding[key].pop(0)
+                ons.append((msg.note, start, tick, velocity, msg.channel, index))
+        ons += [(k[1], s, tick, v, k[0], index) for k, held in sounding.items() for s, v in held]
+    notes = [n for n in ons if n[2] > n[1]]
+    out["drums"] = sum(n[4] == DRUM_CHANNEL for n in notes)
+    notes = [n for n in notes if include_drums or n[4] != DRUM_CHANNEL]
+    out["notes"] = sorted(n + (_program(changes, n[4], n[1]),) for n in notes)
+    out["ticks_per_beat"] = mid.ticks_per_beat
+    return out
+
+
+def _meta(msg, tick, index, out):
+    if msg.type == "set_tempo":
+        out["tempos"].append((tick, msg.tempo))
+    elif msg.type == "time_signature":
+        out["signatures"].append((tick, msg.numerator, msg.denominator))
+    elif msg.type == "track_name":
+        out["names"].setdefault(index, msg.name)
+    elif msg.type == "lyrics":
+        out["lyrics"].append(msg.text)
+
+
+def _program(changes, channel, tick):
+    """The last program change on ``channel`` at or before ``tick`` (0 if none); stable on ties."""
+    found = [p for t, c, p in sorted(changes, key=lambda e: e[0]) if c == channel and t <= tick]
+    return found[-1] if found else 0
+
+
+def score_notes(score):
+    """The notes of a Score as mido_reference gives them (sorted 7-tuples)."""
+    n = score.notes
+    cols = ("pitch", "start_tick", "end_tick", "velocity", "channel", "track", "program")
+    return sorted(zip(*(n[c].tolist() for c in cols)))
+
+
+def ensemble_tune(rng, *, ticks_per_beat=480, n_bars=8, grid=4):
+    """A multi-track piece: named tracks with programs (strings, piano, drums), 5 tempo changes, a metre change.
+
+    Returns ``(mido.MidiFile, parts)``: ``parts`` maps (program, channel) to
+    (pitch, start, end, velocity) tuples in ticks.  Tempos are whole bpm; the
+    metre changes from 4/4 to 3/4 at bar 4; notes lie on a grid of ``grid``
+    steps per beat.
+    """
+    bar_lengths = [4 * ticks_per_beat if bar < 4 else 3 * ticks_per_beat for bar in range(n_bars)]
+    bar_starts = [sum(bar_lengths[:b]) for b in range(n_bars)]
+    end = sum(bar_lengths)
+    bpms = (72, 96, 131, 60, 150, 84)
+    meta = [(0, time_signature(4, 4)), (bar_starts[4], time_signature(3, 4))]
+    meta += [(k * end // 6 // ticks_per_beat * ticks_per_beat, tempo(b)) for k, b in enumerate(bpms)]
+    meta.append((ticks_per_beat // 2 * 3, tempo(110)))  # one change in the middle of a bar
+    voices = {("Violin", 40, 0, 67): None, ("Cello", 42, 1, 43): None, ("Piano", 0, 2, 55): None, ("Kit", 0, 9, 36): None}
+    tracks, parts = [track(meta, end=end)], {}
+    step = ticks_per_beat // grid
+    for name, program, channel, low in voices:
+        notes = [n for s, length in zip(bar_starts, bar_lengths) for n in _bar_notes(rng, s, length, step, low)]
+        head = [(0, mido.MetaMessage("track_name", name=name)),
+                (0, mido.Message("program_change", channel=channel, program=program))]
+        tracks.append(track(head + note_events(notes, channel=channel), end=end))
+        parts[(program, channel)] = notes
+    return midi_file(*tracks, ticks_per_beat=ticks_per_beat), parts

@@ -1,11 +1,13 @@
 """`music-attn tokenize` and `music-attn decode`: output, JSON round trip, one-line errors."""
 
 import json
+import os
 
+import mido
 import pretty_midi
 import pytest
 
-from midi_factory import midi_file, note_events, save, tempo, track
+from midi_factory import midi_file, mido_reference, note_events, save, tempo, track
 from music_attn.cli import main
 
 NOTES = [(60, 0, 480, 80), (64, 480, 960, 80), (67, 960, 1920, 80)]  # on the grid, 120 bpm
@@ -113,3 +115,70 @@ def test_decode_of_bad_tokens_is_one_error_line_and_writes_nothing(capsys, tmp_p
     code, out, err = _run(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "out.mid")
     assert code == 2 and words in err and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "out.mid").exists()
+
+
+def test_decode_writes_the_bpm_it_is_given_and_says_what_it_assumed(capsys, tune, tmp_path):
+    _, out, _ = _run(capsys, "tokenize", tune, "--json")
+    (tmp_path / "tokens.json").write_text(out)
+    code, out, _ = _run(capsys, "decode", tmp_path / "tokens.json", "-o", tmp_path / "out.mid", "--bpm", "90")
+    assert code == 0 and "assumed tempo 90 bpm" in out
+    tempos = [m.tempo for t in mido.MidiFile(tmp_path / "out.mid").tracks for m in t if m.type == "set_tempo"]
+    assert tempos == [mido.bpm2tempo(90)]
+    code, _, err = _run(capsys, "decode", tmp_path / "tokens.json", "-o", tmp_path / "x.mid", "--bpm", "nan")
+    assert code == 2 and "--bpm" in err and err.count("\n") == 1 and not (tmp_path / "x.mid").exists()
+
+
+def test_tempo_and_program_tokens_bring_back_tempo_and_instrument(capsys, tmp_path):
+    meta = [(0, tempo(96)), (0, mido.Message("program_change", program=40, channel=0))]
+    path = save(midi_file(track(meta + note_events(NOTES))), tmp_path / "violin.mid")
+    code, out, _ = _run(capsys, "tokenize", path, "--json", "--tempo", "--programs")
+    (tmp_path / "tokens.json").write_text(out)
+    code, out, _ = _run(capsys, "decode", tmp_path / "tokens.json", "-o", tmp_path / "out.mid")
+    assert code == 0 and "assumed" not in out
+    back = mido_reference(tmp_path / "out.mid")
+    assert [t for _, t in back["tempos"]] == [mido.bpm2tempo(96)]
+    assert [(n[0], n[-1]) for n in back["notes"]] == [(60, 40), (64, 40), (67, 40)]
+    assert list(back["names"].values()) == ["Violin"]
+
+
+def test_tokenize_says_how_many_drum_notes_it_left_out_and_drums_keeps_them(capsys, tmp_path):
+    drums = note_events([(36, 0, 240, 100), (38, 240, 480, 100)], channel=9)
+    path = save(midi_file(track(note_events(NOTES) + drums)), tmp_path / "band.mid")
+    code, out, err = _run(capsys, "tokenize", path, "--stats")
+    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
+    assert out.splitlines()[1].split()[1] == "3"
+    code, out, err = _run(capsys, "tokenize", path, "--stats", "--drums")
+    assert code == 0 and err == "" and out.splitlines()[1].split()[1] == "5"
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"tokenizer": {"type": "remi", "positions_per_beat": 1e9}, "ids": [1, 2]}', "positions_per_beat"),
+    ('{"tokenizer": {"type": "performance", "time_step": NaN}, "ids": [1, 2]}', "time_step"),
+    ('{"ids": [1, 1e400]}', "integers"),
+    ('[1, 100000000000000000000000000000]', "outside the vocabulary"),
+], ids=["deep", "huge_setting", "nan_setting", "infinite_id", "huge_id"])
+def test_hostile_token_json_is_one_error_line(capsys, tmp_path, content, words):
+    (tmp_path / "t.json").write_text(content)
+    code, out, err = _run(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "out.mid")
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and words in err
+    assert not (tmp_path / "out.mid").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_token_json_that_is_a_fifo_or_a_folder_is_refused(capsys, tmp_path):
+    os.mkfifo(tmp_path / "pipe.json")
+    for path, what in ((tmp_path / "pipe.json", "FIFO"), (tmp_path, "directory")):
+        code, _, err = _run(capsys, "decode", path, "-o", tmp_path / "out.mid")
+        assert code == 2 and f"{path}: is a {what}" in err and err.count("\n") == 1
+
+
+def test_generate_and_inspect_say_how_many_drum_notes_they_left_out(capsys, tmp_path):
+    drums = note_events([(36, 0, 240, 100), (38, 240, 480, 100)], channel=9)
+    path = save(midi_file(track(note_events(NOTES) + drums)), tmp_path / "band.mid")
+    code, _, err = _run(capsys, "generate", "--prompt", path, "--tokens", "3", "-o", tmp_path / "gen.mid")
+    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
+    code, _, err = _run(capsys, "inspect", path, "-o", tmp_path / "page.html")
+    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
+    code, out, err = _run(capsys, "inspect", path, "-o", tmp_path / "page.html", "--drums")
+    assert code == 0 and err == "" and "5 notes" in out

@@ -13,6 +13,7 @@ import pytest
 
 from music_attn.training import data
 from music_attn.errors import MidiError
+from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer, Tokenizer
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 needs_corpus = pytest.mark.skipif(not (DATA / "MANIFEST.csv").is_file(), reason="no data/ corpus")
@@ -24,8 +25,7 @@ def manifest():
 
 
 def tokenizers():
-    tok = pytest.importorskip("music_attn.music.tokenizer")
-    return [tok.RemiTokenizer(), tok.PerformanceTokenizer()]
+    return [RemiTokenizer(), PerformanceTokenizer()]
 
 
 def small_corpus_files(n):
@@ -153,9 +153,8 @@ def counting(tokenizer):
 @needs_corpus
 def test_cache_is_reused_then_invalidated_by_file_content_and_tokenizer_config(midi_folder,
                                                                                tmp_path):
-    tok_module = pytest.importorskip("music_attn.music.tokenizer")
     cache = tmp_path / "cache"
-    tok = tok_module.RemiTokenizer()
+    tok = RemiTokenizer()
     calls = counting(tok)
     first = data.tokenize_folder(midi_folder, tok, cache_dir=cache, progress=False)
     assert len(calls) == 6
@@ -170,7 +169,7 @@ def test_cache_is_reused_then_invalidated_by_file_content_and_tokenizer_config(m
     assert calls[6:] == [victim.name]
     np.testing.assert_array_equal(third[0], tok.encode(newcomer).ids)
 
-    other = tok_module.Tokenizer.from_dict({**tok.to_dict(), **changed_config(tok.to_dict())})
+    other = Tokenizer.from_dict({**tok.to_dict(), **changed_config(tok.to_dict())})
     other_calls = counting(other)
     data.tokenize_folder(midi_folder, other, cache_dir=cache, progress=False)
     assert len(other_calls) == 6  # a different config never reads the old cache
@@ -324,12 +323,6 @@ def test_windows_depend_only_on_the_generator():
     c = data.sample_windows(seqs, 8, 16, np.random.default_rng(6))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-
-
-def test_batches_yields_the_requested_number_of_windows():
-    seqs = numbered_sequences([64])
-    got = list(data.batches(seqs, 4, 10, np.random.default_rng(0), steps=3))
-    assert len(got) == 3 and all(b.shape == (4, 11) for b in got)
 
 
 def test_sampler_rejects_empty_input():

@@ -45,7 +45,7 @@ def _check_outputs(result, lines, n_melody_notes):
     assert len(mido.MidiFile(result.midi).tracks) >= 1
     notes = [n for inst in pretty_midi.PrettyMIDI(str(result.midi)).instruments for n in inst.notes]
     assert len(notes) == n_melody_notes + len(result.continuation)
-    assert all(n.start >= max(m.start for m in notes[:n_melody_notes]) - 1e-6 for n in result.continuation)
+    assert all(start >= max(m.start for m in notes[:n_melody_notes]) - 1e-6 for start in result.continuation["start"])
     text = "\n".join(lines)
     assert "First " in text and result.maps.tokens[1] in text
     assert "final cadence" in text and str(result.page) in text and str(result.midi) in text

@@ -138,7 +138,7 @@ def test_generation_stops_after_the_requested_bars(model, tokenizer):
 
 
 def test_generation_respects_the_token_budget_and_keeps_the_prompt(model, tokenizer):
-    prompt = tokenizer.ids_from_tokens(["BOS", "Bar", "Position_0", "Pitch_60", "Velocity_79",
+    prompt = tokenizer.ids_from_tokens(["BOS", "Bar", "Position_0", "Pitch_60", "Velocity_80",
                                         "Duration_12", "EOS"])
     out = generate(model, prompt, max_new_tokens=12, rng=np.random.default_rng(0))
     assert out.prompt_length == 6 and np.array_equal(out.ids[:6], prompt[:6])   # EOS dropped
@@ -160,7 +160,7 @@ def test_greedy_generation_is_the_same_with_and_without_the_cache(model):
 
 
 def test_long_prompt_is_cropped_and_generation_slides_past_max_len(model, tokenizer):
-    bar = ["Bar", "Position_0", "Pitch_62", "Velocity_79", "Duration_12"]
+    bar = ["Bar", "Position_0", "Pitch_62", "Velocity_80", "Duration_12"]
     prompt = tokenizer.ids_from_tokens(["BOS"] + bar * 33)                    # 166 > max_len 96
     assert tokenizer.decode(prompt).skipped == 0
     out = generate(model, prompt, max_new_tokens=250, rng=np.random.default_rng(0))

@@ -7,9 +7,12 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from midi_factory import midi_file, note_events, note_tuples, off, on, random_tune, save, tempo, time_signature, track
+from midi_factory import (
+    midi_file, mido_reference, note_events, note_tuples, off, on, random_tune, save, score_notes, tempo, time_signature, track,
+)
 from music_attn.errors import MidiError
-from music_attn.music.midi import read_midi, to_pretty_midi, write_midi
+from music_attn.music.constants import MAX_TEXT_CHARS
+from music_attn.music.midi import decode_text, read_midi, write_midi
 
 
 def _raw_track(body):
@@ -190,14 +193,44 @@ def test_more_than_ten_million_ticks_reads_with_right_seconds(tmp_path):
     assert score.notes["start"][1] == pytest.approx(late / 480 * 0.5)
 
 
-def test_non_utf8_track_name_is_read(tmp_path):
-    name = b"\x00\xff\x03\x04Cl\xe9\xff"  # latin-1 bytes, not valid UTF-8
-    body = name + b"\x00\x90\x3c\x40\x83\x60\x80\x3c\x00" + EOT
+def _named_file(tmp_path, raw_name, lyrics=b""):
+    body = b"\x00\xff\x03" + bytes([len(raw_name)]) + raw_name if len(raw_name) < 128 else b""
+    if lyrics:
+        body += b"\x00\xff\x05" + _varlen(len(lyrics)) + lyrics
+    body += b"\x00\x90\x3c\x40\x83\x60\x80\x3c\x00" + EOT
     path = tmp_path / "name.mid"
     path.write_bytes(_raw_file(_raw_track(body), fmt=0))
-    with pytest.raises(UnicodeDecodeError):
-        b"Cl\xe9\xff".decode("utf-8")
-    assert note_tuples(read_midi(path).notes) == [(60, 0, 480, 64)]
+    return path
+
+
+def _varlen(n):
+    """The MIDI variable-length bytes of ``n`` (reference encoding, 7 bits a byte)."""
+    out = [n & 0x7F]
+    while n > 127:
+        n >>= 7
+        out.append(0x80 | (n & 0x7F))
+    return bytes(out[::-1])
+
+
+def test_track_names_are_utf8_when_valid_and_latin1_otherwise(tmp_path):
+    utf8 = read_midi(_named_file(tmp_path, "Café".encode("utf-8")))
+    assert utf8.track_names == ("Café",)
+    latin = read_midi(_named_file(tmp_path, b"Cl\xe9\xff"))  # not valid UTF-8
+    assert latin.track_names == ("Cl\xe9\xff",) and note_tuples(latin.notes) == [(60, 0, 480, 64)]
+
+
+def test_a_megabyte_text_event_is_shortened_and_keeps_the_other_names(tmp_path):
+    score = read_midi(_named_file(tmp_path, b"Violin", lyrics=b"la " * 350_000))
+    assert score.track_names == ("Violin",)
+    (text,) = [t for _, _, kind, t in score.texts if kind == "lyrics"]
+    assert len(text) == MAX_TEXT_CHARS and text.endswith("\u2026") and text.startswith("la la")
+
+
+def test_decode_text_keeps_a_utf8_character_cut_by_the_byte_limit():
+    raw = "é".encode("utf-8") * 1000  # 2 bytes a character: the byte cut may split one
+    text = decode_text(raw, limit=10)
+    assert text == "é" * 9 + "\u2026"
+    assert decode_text(b"short") == "short"
 
 
 def test_hundred_thousand_notes_are_all_read(tmp_path):
@@ -251,15 +284,33 @@ def _busy_file(seed):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_byte_scanner_reads_files_like_mido_messages(tmp_path, seed):
+def test_byte_scanner_reads_files_like_a_plain_mido_loop(tmp_path, seed):
     path = save(_busy_file(seed), tmp_path / "busy.mid")
-    for sustain in (False, True):
-        fast = read_midi(path, sustain=sustain, include_drums=True)
-        slow = read_midi(mido.MidiFile(path), sustain=sustain, include_drums=True)
-        assert np.array_equal(fast.notes, slow.notes) and len(fast.notes) > 20
-        assert np.array_equal(fast.tempos, slow.tempos)
-        assert np.array_equal(fast.time_signatures, slow.time_signatures)
-        assert (fast.end_tick, fast.ticks_per_beat) == (slow.end_tick, slow.ticks_per_beat)
+    score, ref = read_midi(path, include_drums=True), mido_reference(path, include_drums=True)
+    assert score_notes(score) == ref["notes"] and len(ref["notes"]) > 20
+    assert score.tempos[["tick", "tempo"]].tolist() == [(0, 500000)] * (ref["tempos"][0][0] > 0) + ref["tempos"]
+    assert score.time_signatures[["tick", "numerator", "denominator"]].tolist() == ref["signatures"]
+    assert score.track_names == tuple(ref["names"].get(k, "") for k in range(len(score.track_names)))
+    assert [t for _, _, kind, t in score.texts if kind == "lyrics"] == ref["lyrics"] == ["la"]
+    assert (score.ticks_per_beat, score.dropped_drums) == (ref["ticks_per_beat"], 0)
+
+
+def test_mido_and_pretty_midi_objects_read_like_their_file(tmp_path):
+    path = save(_busy_file(1), tmp_path / "busy.mid")
+    expected = score_notes(read_midi(path))
+    assert score_notes(read_midi(mido.MidiFile(path))) == expected
+    melody, _ = random_tune(np.random.default_rng(1), metres=((3, 4),), voices=1)  # no overlapping notes
+    path = save(melody, tmp_path / "melody.mid")
+    pm = pretty_midi.PrettyMIDI(str(path))  # written again by pretty_midi: one track per instrument
+    assert sorted(n[:4] for n in score_notes(read_midi(pm))) == sorted(n[:4] for n in score_notes(read_midi(path)))
+
+
+def test_drum_notes_left_out_are_counted(tmp_path):
+    notes = note_events([(36, 0, 100, 100), (38, 100, 200, 100), (42, 0, 50, 90)], channel=9)
+    path = save(midi_file(track(notes + note_events([(60, 0, 480, 80)]))), tmp_path / "drums.mid")
+    assert read_midi(path).dropped_drums == mido_reference(path)["drums"] == 3
+    kept = read_midi(path, include_drums=True)
+    assert kept.dropped_drums == 0 and len(kept) == 4
 
 
 # --------------------------------------------------------------------------- bad files
@@ -330,18 +381,10 @@ def test_written_file_reads_back_with_the_same_notes_tempo_map_and_metre(tmp_pat
     assert again.tempos["tempo"].tolist() == pytest.approx(score.tempos["tempo"].tolist(), rel=1e-6)
 
 
-def test_pretty_midi_and_mido_objects_read_like_the_file(tmp_path):
-    notes = [(60, 0, 480, 80), (64, 240, 960, 100)]
-    mid = midi_file(track([(0, tempo(100))] + note_events(notes)))
-    pm = to_pretty_midi(read_midi(mid))
-    assert note_tuples(read_midi(pm).notes) == notes
-    assert note_tuples(read_midi(save(mid, tmp_path / "a.mid")).notes) == notes
-
-
 def test_failed_write_leaves_no_file(tmp_path):
-    class Broken(pretty_midi.PrettyMIDI):
-        def write(self, f):
-            f.write(b"MThd")
+    class Broken(mido.MidiFile):
+        def save(self, filename=None, file=None):
+            file.write(b"MThd")
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):

@@ -1,55 +1,47 @@
-"""Round trips over the shipped corpus (data/) and generated tunes.
+"""Round trips over the shipped corpus (data/), generated tunes and multi-track pieces.
 
 For every file f and tokenizer: encode(decode(encode(f))).ids == encode(f).ids,
 and the decoded notes equal the file's notes quantized to the tokenizer's grid
-by an independent reference written here (a plain mido loop: FIFO note pairing,
-tempo map in exact fractions, round half up, the documented bounds and
-first-in first-out re-pairing of one pitch).
+by an independent reference written here (the plain mido reading of
+``midi_factory.mido_reference``, tempo map in exact fractions, round half up,
+the documented bounds and first-in first-out re-pairing of one pitch).
+
+With ``tempo=True, programs=True`` the decoded file also keeps each note's
+program and its time in seconds, within the quantisation step (and the
+rounding of tempos to whole beats per minute).
+
+The corpus is one behaviour: a sample of it by default, every file under the
+``slow`` marker; a failure lists every failing file in one message.
 """
 
-import functools
 import math
 from collections import defaultdict
 from fractions import Fraction
 from pathlib import Path
 
-import mido
 import numpy as np
 import pytest
 
-from midi_factory import random_tune, save
+from midi_factory import ensemble_tune, mido_reference, random_tune, save
 from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "data").rglob("*.mid"))
+SAMPLE = CORPUS[:: max(1, len(CORPUS) // 24)]
 REMI, PERFORMANCE = RemiTokenizer(), PerformanceTokenizer()
-VELOCITIES = [round(127 * (i + 1) / 32) for i in range(32)]
+REMI_FULL, PERFORMANCE_FULL = RemiTokenizer(tempo=True, programs=True), PerformanceTokenizer(tempo=True, programs=True)
+VELOCITIES = [128 * (i + 1) // 32 for i in range(31)] + [127]  # the "steps128" scale
+needs_corpus = pytest.mark.skipif(not CORPUS, reason="data/ holds no MIDI files")
 
 
 # --------------------------------------------------------------------------- independent reference
 
 
-@functools.lru_cache(maxsize=4)
 def reference_notes(path):
     """(pitch, start tick, end tick, velocity), ticks per beat and tempo changes of a file."""
-    mid = mido.MidiFile(path)
-    notes, tempos = [], []
-    for index, trk in enumerate(mid.tracks):
-        tick, sounding = 0, defaultdict(list)
-        for msg in trk:
-            tick += msg.time
-            if msg.type == "set_tempo":
-                tempos.append((tick, msg.tempo))
-            if msg.type not in ("note_on", "note_off") or msg.channel == 9:
-                continue
-            key = (msg.channel, msg.note)
-            if msg.type == "note_on" and msg.velocity > 0:
-                sounding[key].append((tick, msg.velocity))
-            elif sounding[key]:
-                start, velocity = sounding[key].pop(0)
-                notes.append((msg.note, start, tick, velocity))
-        notes += [(key[1], s, tick, v) for key, held in sounding.items() for s, v in held]
-    return [n for n in notes if n[2] > n[1]], mid.ticks_per_beat, sorted(tempos, key=lambda t: t[0])
+    ref = mido_reference(path)
+    notes = [(p, s, e, v) for p, s, e, v, *_ in ref["notes"]]
+    return notes, ref["ticks_per_beat"], sorted(ref["tempos"], key=lambda t: t[0])
 
 
 def velocity_bin(v):
@@ -101,24 +93,99 @@ def performance_reference(path):
     return sorted((p, moved[s], moved[e], vb) for p, s, e, vb in steps)
 
 
-def decoded(midi, per_second):
-    """Notes of a decoded PrettyMIDI on the grid: (pitch, start, end, velocity bin)."""
+def decoded(score, per_second):
+    """Notes of a decoded Score on the grid: (pitch, start, end, velocity bin), times from its ticks.
+
+    The Score's MIDI is checked by the ids round trip (it is what gets encoded again).
+    """
+    tempos = list(zip(score.tempos["tick"].tolist(), score.tempos["tempo"].astype(int).tolist()))
+    tpb, n = score.ticks_per_beat, score.notes
+    rows = zip(n["pitch"].tolist(), n["start_tick"].tolist(), n["end_tick"].tolist(), n["velocity"].tolist())
     return sorted(
-        (n.pitch, round(n.start * per_second), round(n.end * per_second), velocity_bin(n.velocity))
-        for inst in midi.instruments
-        for n in inst.notes
+        (p, round(seconds(s, tpb, tempos) * per_second), round(seconds(e, tpb, tempos) * per_second), velocity_bin(v))
+        for p, s, e, v in rows
     )
+
+
+def timed_notes(ref):
+    """(program, pitch, start s, end s) of a mido_reference reading, sorted."""
+    tpb, tempos = ref["ticks_per_beat"], sorted(ref["tempos"], key=lambda t: t[0])
+    return sorted((prog, p, float(seconds(s, tpb, tempos)), float(seconds(e, tpb, tempos)))
+                  for p, s, e, _, _, _, prog in ref["notes"])
 
 
 # --------------------------------------------------------------------------- the checks
 
 
-def check_round_trip(path, tokenizer, reference, per_second):
+def ids_round_trip(path, tokenizer):
+    """The first sequence and the decoded Score, after checking encode(decode(ids)) == ids."""
     first = tokenizer.encode(path)
     result = tokenizer.decode(first.ids)
-    assert result.skipped == 0
-    assert np.array_equal(tokenizer.encode(result.midi).ids, first.ids)
-    assert decoded(result.midi, per_second) == reference(path)
+    assert result.skipped == 0, f"{result.skipped} tokens skipped"
+    again = tokenizer.encode(result.score.to_mido())
+    assert np.array_equal(again.ids, first.ids), "encode(decode(ids)) differs from ids"
+    return first, result.score
+
+
+def check_round_trip(path, tokenizer, reference, per_second):
+    _, score = ids_round_trip(path, tokenizer)
+    assert decoded(score, per_second) == reference(path), "decoded notes differ from the quantized reference"
+
+
+def check_kept_programs_and_seconds(path, tokenizer, step, shortened):
+    """ids round trip; every note keeps its program, and the time between onsets within 2 ``step`` s.
+
+    Intervals are compared, not absolute times: a silence the tokenizer
+    shortens by rule (``shortened(seconds, beats)`` is True) moves every later
+    note.  Tempos are rounded to whole bpm, so intervals may also stretch by
+    that rounding (relative).
+    """
+    _, score = ids_round_trip(path, tokenizer)
+    original = mido_reference(path)
+    before, after = timed_notes(original), timed_notes(mido_reference(score.to_mido()))
+    assert len(before) == len(after), f"{len(before)} notes became {len(after)}"
+    assert [n[:2] for n in before] == [n[:2] for n in after], "programs or pitches changed"
+    us = [t for _, t in original["tempos"]] or [500000]
+    drift = max(abs(round(60e6 / t) - 60e6 / t) / (60e6 / t) for t in us)  # whole-bpm rounding, relative
+    beat = max(us) * 1e-6  # seconds per beat at the slowest tempo
+    pairs = sorted((b[2], a[2]) for b, a in zip(before, after))  # (onset before, onset after)
+    for (t0, u0), (t1, u1) in zip(pairs, pairs[1:]):
+        if not shortened(t1 - t0, (t1 - t0) / beat):
+            assert abs((u1 - u0) - (t1 - t0)) <= 2 * step + drift * (t1 - t0) + 1e-3, \
+                f"onsets {t0:.3f} -> {t1:.3f} s came back as {u0:.3f} -> {u1:.3f} s"
+
+
+def failures(paths, *checks):
+    """'name: tokenizer: reason' of every (file, check) that fails."""
+    out = []
+    for path in paths:
+        for name, check in checks:
+            try:
+                check(path)
+            except AssertionError as exc:
+                out.append(f"{Path(path).name}: {name}: {str(exc).splitlines()[0]}")
+    return out
+
+
+def remi_check(path):
+    check_round_trip(path, REMI, remi_reference, 24)  # 12 positions per 0.5 s beat
+
+
+def performance_check(path):
+    check_round_trip(path, PERFORMANCE, performance_reference, 100)
+
+
+def full_check(path):
+    slowest = max([t for _, t in mido_reference(path)["tempos"]] or [500000])  # microseconds per beat
+    # REMI shortens runs of over 16 empty bars (>= 8 beats even in 1/8), performance gaps over 5 s
+    check_kept_programs_and_seconds(path, REMI_FULL, slowest * 1e-6 / 12, lambda s, beats: beats > 8)
+    check_kept_programs_and_seconds(path, PERFORMANCE_FULL, 0.01, lambda s, beats: s > 5)
+
+
+CORPUS_CHECKS = (("remi", remi_check), ("performance", performance_check), ("tempo+programs", full_check))
+
+
+# --------------------------------------------------------------------------- tests
 
 
 @pytest.fixture(scope="module")
@@ -135,22 +202,42 @@ def generated(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("index", range(12), ids=lambda i: f"tune{i:02d}.mid")
-def test_generated_tunes_round_trip_through_remi(generated, index):
-    check_round_trip(generated[index], REMI, remi_reference, 24)  # 12 positions per 0.5 s beat
+@pytest.fixture(scope="module")
+def ensembles(tmp_path_factory):
+    """Multi-track pieces: named tracks with programs, drums, 6 tempo changes, a metre change."""
+    folder = tmp_path_factory.mktemp("ensembles")
+    return [save(ensemble_tune(np.random.default_rng(i), ticks_per_beat=(480, 96, 384)[i])[0], folder / f"ens{i}.mid")
+            for i in range(3)]
 
 
-@pytest.mark.parametrize("index", range(12), ids=lambda i: f"tune{i:02d}.mid")
-def test_generated_tunes_round_trip_through_performance(generated, index):
-    check_round_trip(generated[index], PERFORMANCE, performance_reference, 100)
+def test_generated_tunes_round_trip_through_both_tokenizers(generated):
+    bad = failures(generated, ("remi", remi_check), ("performance", performance_check))
+    assert not bad, "\n".join(bad)
 
 
-_NO_CORPUS = [pytest.param(None, marks=pytest.mark.skip(reason="data/ holds no MIDI files"))]
+def test_ensembles_keep_programs_and_seconds_with_tempo_and_program_tokens(ensembles):
+    bad = failures(ensembles, ("tempo+programs", full_check))
+    assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("path", CORPUS or _NO_CORPUS, ids=lambda p: getattr(p, "name", "none"))
-def test_corpus_round_trip(path):
-    """Every corpus file through REMI; every sixth one through the performance tokenizer too."""
-    check_round_trip(path, REMI, remi_reference, 24)
-    if CORPUS.index(path) % 6 == 0:
-        check_round_trip(path, PERFORMANCE, performance_reference, 100)
+def test_ensemble_decodes_with_its_instruments_and_tempo_changes(ensembles):
+    path = ensembles[0]
+    score = REMI_FULL.decode(REMI_FULL.encode(path).ids).score
+    original = mido_reference(path)
+    assert {p for *_, p in mido_reference(score.to_mido())["notes"]} == {p for *_, p in original["notes"]} == {40, 42, 0}
+    assert {round(60e6 / t, 3) for _, t in mido_reference(score.to_mido())["tempos"]} >= {72, 96, 131, 60, 150, 84, 110}
+
+
+@needs_corpus
+def test_corpus_sample_round_trips():
+    bad = failures(SAMPLE, *CORPUS_CHECKS)
+    assert not bad, f"{len(bad)} failures:\n" + "\n".join(bad)
+
+
+@needs_corpus
+@pytest.mark.slow
+def test_whole_corpus_round_trips():
+    """Every file through REMI; every twelfth one through the others too."""
+    bad = failures(CORPUS, ("remi", remi_check))
+    bad += failures(CORPUS[::12], *CORPUS_CHECKS[1:])
+    assert not bad, f"{len(bad)} failures:\n" + "\n".join(bad)

@@ -54,7 +54,7 @@ def test_a_metre_change_inside_a_bar_starts_a_new_bar_and_beats_count_in_eighths
 def test_tracks_are_kept_by_number_or_by_name_and_a_missing_one_is_named(tmp_path):
     path = quartet(tmp_path)
     score = read_midi(path)
-    names = select.track_names(mido.MidiFile(path))
+    names = select.track_names(score)
     assert names == {1: "Violin", 2: "Cello"}
     assert sorted(select.keep_tracks(score, [1], names).notes["pitch"].tolist()) == [71, 72, 72, 74, 77]
     assert sorted(select.keep_tracks(score, ["cello"], names).notes["pitch"].tolist()) == [48, 76, 79]

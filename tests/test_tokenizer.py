@@ -1,12 +1,14 @@
 """The two tokenizers: vocabularies, hand-written encodings, decode of any ids, grammar, config."""
 
+import io
 import json
 
 import mido
 import numpy as np
+import pretty_midi
 import pytest
 
-from midi_factory import midi_file, note_events, off, on, random_tune, tempo, time_signature, track
+from midi_factory import midi_file, mido_reference, note_events, off, on, random_tune, tempo, time_signature, track
 from music_attn.errors import TokenizerError
 from music_attn.music.tokenizer import (
     PerformanceTokenizer,
@@ -27,11 +29,19 @@ def _tune(notes, meta=(), tpb=480):
     return midi_file(track(list(meta)), track(note_events(notes)), ticks_per_beat=tpb)
 
 
-def _decoded_notes(midi):
-    """(pitch, start s, end s, velocity) of a PrettyMIDI, sorted; times rounded to 1 ms."""
+def _decoded_notes(score):
+    """(pitch, start s, end s, velocity) of a decoded Score as pretty_midi reads its MIDI, sorted; 1 ms."""
     return sorted(
-        (n.pitch, round(n.start, 3), round(n.end, 3), n.velocity) for inst in midi.instruments for n in inst.notes
+        (n.pitch, round(n.start, 3), round(n.end, 3), n.velocity) for n in _pretty_notes(score)
     )
+
+
+def _pretty_notes(score):
+    """The notes pretty_midi (an independent reader) finds in the MIDI file a Score writes."""
+    buffer = io.BytesIO()
+    score.to_mido().save(file=buffer)
+    buffer.seek(0)
+    return [n for inst in pretty_midi.PrettyMIDI(buffer).instruments for n in inst.notes]
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -76,8 +86,8 @@ def test_velocity_bins_pick_the_nearest_value_ties_to_the_lower():
 def test_structure_tokens_and_bar_id():
     remi, perf = RemiTokenizer(), PerformanceTokenizer()
     assert remi.vocab[remi.bar_id] == "Bar" and perf.bar_id is None
-    for tok, structure, note in ((remi, ["Bar", "TimeSig_3/4", "Position_5", "BOS"], ["Pitch_60", "Velocity_79", "Duration_3"]),
-                                 (perf, ["TimeShift_7", "EOS", "PAD"], ["NoteOn_60", "NoteOff_60", "Velocity_79"])):
+    for tok, structure, note in ((remi, ["Bar", "TimeSig_3/4", "Position_5", "BOS"], ["Pitch_60", "Velocity_80", "Duration_3"]),
+                                 (perf, ["TimeShift_7", "EOS", "PAD"], ["NoteOn_60", "NoteOff_60", "Velocity_80"])):
         assert all(tok.is_structure(tok.token_to_id(t)) for t in structure)
         assert not any(tok.is_structure(tok.token_to_id(t)) for t in note)
 
@@ -105,8 +115,7 @@ def test_remi_encodes_bars_positions_triplets_and_metre_changes():
 def test_remi_velocity_token_follows_pitch_and_notes_at_one_position_go_low_to_high():
     notes = [(67, 0, 480, 100), (60, 0, 240, 80)]
     got = RemiTokenizer().encode(_tune(notes)).tokens
-    v80, v100 = (f"Velocity_{velocity_values(32)[round(v * 32 / 127 - 1)]}" for v in (80, 100))
-    assert got == f"BOS Bar TimeSig_4/4 Position_0 Pitch_60 {v80} Duration_6 Pitch_67 {v100} Duration_12 EOS".split()
+    assert got == "BOS Bar TimeSig_4/4 Position_0 Pitch_60 Velocity_80 Duration_6 Pitch_67 Velocity_100 Duration_12 EOS".split()
 
 
 def test_remi_metre_change_inside_a_bar_waits_for_the_next_bar_line():
@@ -130,7 +139,7 @@ def test_remi_long_silence_costs_at_most_max_empty_bars():
     notes = [(60, 0, 480, 80), (62, 1920 * 1000, 1920 * 1000 + 480, 80)]
     seq = tok.encode(_tune(notes))
     assert seq.tokens.count("Bar") == 1 + 2 + 1
-    starts = [n.start for n in tok.decode(seq.ids).midi.instruments[0].notes]
+    starts = [n.start for n in _pretty_notes(tok.decode(seq.ids).score)]
     assert starts == [0.0, 3 * 2.0]  # the second note moves to bar 3 (2 s per 4/4 bar at 120 bpm)
 
 
@@ -170,7 +179,7 @@ def test_performance_long_silence_is_capped():
     tok = PerformanceTokenizer(velocity_bins=0)
     seq = tok.encode(_tune(notes))
     assert seq.tokens.count("TimeShift_100") == 5 and len(seq) < 20
-    starts = [n.start for n in sorted(tok.decode(seq.ids).midi.instruments[0].notes, key=lambda n: n.start)]
+    starts = [n.start for n in sorted(_pretty_notes(tok.decode(seq.ids).score), key=lambda n: n.start)]
     assert starts == pytest.approx([0.0, 0.25 + 5.0])
 
 
@@ -209,7 +218,7 @@ def test_file_without_notes_encodes_to_bos_eos_and_decodes_to_nothing(name):
     seq = tok.encode(midi_file(track([(0, tempo(100))], end=5000)))
     assert seq.tokens == ["BOS", "EOS"] and len(seq.notes) == 0
     result = tok.decode(seq.ids)
-    assert result.skipped == 0 and sum(len(i.notes) for i in result.midi.instruments) == 0
+    assert result.skipped == 0 and len(_pretty_notes(result.score)) == 0
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)
@@ -218,7 +227,7 @@ def test_transpose_moves_every_note_and_nothing_else(name):
     mid, _ = random_tune(np.random.default_rng(4), metres=((2, 4), (3, 4)))
     seq = tok.encode(mid)
     up = tok.transpose(seq.ids, 5)
-    before, after = _decoded_notes(tok.decode(seq.ids).midi), _decoded_notes(tok.decode(up).midi)
+    before, after = _decoded_notes(tok.decode(seq.ids).score), _decoded_notes(tok.decode(up).score)
     assert after == [(p + 5, s, e, v) for p, s, e, v in before]
     assert np.array_equal(tok.transpose(up, -5), seq.ids)
     with pytest.raises(TokenizerError, match="outside"):
@@ -234,12 +243,12 @@ def test_remi_decode_skips_and_counts_illegal_tokens():
     result = tok.decode(tok.ids_from_tokens(tokens))
     # skipped: Pitch_60 right after Bar, Position_6 (not after 12), Pitch_70 after EOS; PAD is ignored
     assert result.skipped == 3
-    assert _decoded_notes(result.midi) == [(60, 0.5, 1.0, 80)]
+    assert _decoded_notes(result.score) == [(60, 0.5, 1.0, 80)]
 
 
 def test_remi_decode_counts_an_unfinished_note():
     tok = RemiTokenizer()
-    tokens = "BOS Bar Position_0 Pitch_60 Velocity_79".split()
+    tokens = "BOS Bar Position_0 Pitch_60 Velocity_80".split()
     assert tok.decode(tok.ids_from_tokens(tokens)).skipped == 3
 
 
@@ -249,7 +258,7 @@ def test_performance_decode_skips_note_offs_of_silent_pitches():
     result = tok.decode(tok.ids_from_tokens(tokens))
     assert result.skipped == 2
     # the held NoteOn_62 ends where the sequence ends, one step long at least
-    assert _decoded_notes(result.midi) == [(60, 0.0, 0.5, 80), (62, 0.5, 0.51, 80)]
+    assert _decoded_notes(result.score) == [(60, 0.0, 0.5, 80), (62, 0.5, 0.51, 80)]
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)
@@ -293,7 +302,7 @@ def test_sequences_sampled_under_the_grammar_decode_without_skips(name):
         ids = _walk(tok, np.random.default_rng(seed))
         result = tok.decode(ids)
         assert result.skipped == 0, (seed, [tok.vocab[i] for i in ids])
-        notes += sum(len(i.notes) for i in result.midi.instruments)
+        notes += len(_pretty_notes(result.score))
     assert notes > 100  # the walks did make music
 
 
@@ -323,7 +332,7 @@ def test_advance_refuses_an_illegal_token():
 def test_remi_grammar_offers_only_positions_inside_the_bar_after_the_last_one():
     tok = RemiTokenizer()
     state = tok.grammar()
-    for t in "BOS Bar TimeSig_3/4 Position_5 Pitch_60 Velocity_79 Duration_2".split():
+    for t in "BOS Bar TimeSig_3/4 Position_5 Pitch_60 Velocity_80 Duration_2".split():
         state.advance(tok.token_to_id(t))
     offered = [tok.vocab[i] for i in np.flatnonzero(state.allowed()) if tok.vocab[i].startswith("Position_")]
     assert offered == [f"Position_{p}" for p in range(6, 36)]
@@ -358,3 +367,153 @@ def test_bad_configs_raise_tokenizer_error(tmp_path):
         load_tokenizer(tmp_path / "bad.json")
     with pytest.raises(TokenizerError, match="missing.json"):
         load_tokenizer(tmp_path / "missing.json")
+
+
+# --------------------------------------------------------------------------- velocity scale
+
+
+def test_velocity_80_comes_back_as_80_with_the_default_bins_and_every_velocity_with_127():
+    notes = [(60 + k % 24, 240 * k, 240 * k + 200, v) for k, v in enumerate(range(1, 128))]
+    for tok, expected in ((RemiTokenizer(), {80: 80, 64: 64, 96: 96, 112: 112, 127: 127}),
+                          (RemiTokenizer(velocity_bins=127), {v: v for v in range(1, 128)})):
+        decoded = sorted((n.start, n.velocity) for n in _pretty_notes(tok.decode(tok.encode(_tune(notes)).ids).score))
+        back = {v: got for (_, got), (_, _, _, v) in zip(decoded, notes)}
+        assert {v: back[v] for v in expected} == expected
+
+
+def test_configs_saved_before_the_velocity_scale_keep_their_vocabulary():
+    old = {"type": "remi", "positions_per_beat": 12, "velocity_bins": 32, "max_duration_beats": 8,
+           "max_empty_bars": 16, "time_signatures": [[4, 4], [3, 4]], "pitch_range": [0, 127], "include_drums": False}
+    tok = Tokenizer.from_dict(old)
+    velocities = [t for t in tok.vocab if t.startswith("Velocity_")]
+    assert velocities[19:21] == ["Velocity_79", "Velocity_83"]  # round(127 * 20 / 32), round(127 * 21 / 32)
+    assert not tok.tempo and not tok.programs and not any(t.startswith(("Tempo_", "Program_")) for t in tok.vocab)
+    assert Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict()))).vocab == tok.vocab
+    assert "Velocity_80" in Tokenizer.from_dict({"type": "remi"}).vocab  # a config naming no bins: today's scale
+
+
+# --------------------------------------------------------------------------- what tokens mean
+
+
+def _pitch_from_string(token):
+    """The pitch a token string names (an independent reading of the vocabulary), or -1."""
+    kind, _, value = token.partition("_")
+    return int(value) if kind in ("Pitch", "NoteOn", "NoteOff") else -1
+
+
+@pytest.mark.parametrize("tok", [RemiTokenizer(tempo=True, programs=True), PerformanceTokenizer(programs=True),
+                                 RemiTokenizer(pitch_range=(21, 108))], ids=["remi", "performance", "remi_88"])
+def test_pitch_of_names_the_pitch_of_every_pitch_token_and_only_those(tok):
+    expected = [_pitch_from_string(t) for t in tok.vocab]
+    assert tok.pitch_of().tolist() == expected
+    ids = np.array([tok.bos_id, tok.token_to_id(tok.vocab[-1]), tok.eos_id] + list(range(tok.vocab_size)))
+    assert tok.pitch_of(ids).tolist() == [_pitch_from_string(tok.vocab[i]) for i in ids]
+
+
+def test_is_structure_answers_for_arrays_of_ids():
+    tok = RemiTokenizer(tempo=True, programs=True)
+    tokens = ["BOS", "Bar", "Tempo_96", "Position_0", "Program_40", "Pitch_60", "Velocity_80", "Duration_3", "EOS"]
+    got = tok.is_structure(tok.ids_from_tokens(tokens)).tolist()
+    assert got == [True, True, True, True, False, False, False, False, True]
+
+
+def test_allowed_next_follows_the_grammar_after_a_prefix():
+    remi = RemiTokenizer(programs=True)
+    allowed = remi.allowed_next(remi.ids_from_tokens("BOS Bar Position_3".split()))
+    assert [remi.vocab[i] for i in np.flatnonzero(allowed)] == [f"Program_{p}" for p in range(-1, 128)]
+    perf = PerformanceTokenizer()
+    allowed = perf.allowed_next(perf.ids_from_tokens("BOS NoteOn_60 TimeShift_5".split()))
+    offs = [perf.vocab[i] for i in np.flatnonzero(allowed) if perf.vocab[i].startswith("NoteOff")]
+    assert offs == ["NoteOff_60"] and allowed[perf.token_to_id("NoteOn_61")] and allowed[perf.eos_id]
+    with pytest.raises(TokenizerError, match="Duration_3"):
+        remi.allowed_next(remi.ids_from_tokens("BOS Bar Duration_3".split()))
+
+
+# --------------------------------------------------------------------------- tempo and program tokens
+
+
+def test_remi_tempo_token_follows_the_bar_or_the_position_where_the_tempo_changes():
+    meta = [(0, tempo(96)), (1920, tempo(140)), (1920 + 960, tempo(60))]  # bar 2 line; bar 2 beat 3
+    notes = [(60, 0, 480, 80), (62, 1920, 2400, 80), (64, 1920 + 1440, 1920 + 1920, 80)]
+    got = RemiTokenizer(velocity_bins=0, tempo=True).encode(_tune(notes, meta)).tokens
+    assert got == (
+        "BOS Bar TimeSig_4/4 Tempo_96 Position_0 Pitch_60 Duration_12 "
+        "Bar Tempo_140 Position_0 Pitch_62 Duration_12 Position_24 Tempo_60 Position_36 Pitch_64 Duration_12 EOS"
+    ).split()
+
+
+def test_program_token_precedes_each_pitch_and_drums_are_program_minus_one():
+    meta = [(0, mido.Message("program_change", program=40, channel=0))]
+    notes = note_events([(60, 0, 480, 80)]) + note_events([(36, 0, 240, 100)], channel=9)
+    mid = midi_file(track(meta + notes))
+    got = RemiTokenizer(velocity_bins=0, programs=True, include_drums=True).encode(mid).tokens
+    assert got == "BOS Bar TimeSig_4/4 Position_0 Program_-1 Pitch_36 Duration_6 Program_40 Pitch_60 Duration_12 EOS".split()
+    perf = PerformanceTokenizer(velocity_bins=0, programs=True, include_drums=True).encode(mid).tokens
+    assert perf == ("BOS Program_-1 NoteOn_36 Program_40 NoteOn_60 TimeShift_25 Program_-1 NoteOff_36 "
+                    "TimeShift_25 Program_40 NoteOff_60 EOS").split()  # 240 and 480 ticks at 120 bpm
+
+
+@pytest.mark.parametrize("tok", [RemiTokenizer(tempo=True, programs=True), PerformanceTokenizer(tempo=True, programs=True)],
+                         ids=["remi", "performance"])
+def test_decode_restores_programs_drum_channel_and_tempo_changes(tok):
+    meta = [(0, tempo(90)), (1920, tempo(150)),
+            (0, mido.Message("program_change", program=41, channel=3))]
+    notes = note_events([(60, 0, 480, 80), (65, 1920, 2400, 80)], channel=3) + note_events([(38, 480, 600, 90)], channel=9)
+    ref = mido_reference(tok.decode(tok.encode(midi_file(track(meta + notes))).ids).score.to_mido())
+    assert [(p, prog) for p, *_, prog in ref["notes"]] == [(60, 41), (65, 41)]  # drums left out by default
+    assert [round(60e6 / t) for _, t in sorted(ref["tempos"])][-2:] == [90, 150]
+    drums = tok.__class__(**{**tok._config(), "include_drums": True})
+    ref = mido_reference(drums.decode(drums.encode(midi_file(track(meta + notes))).ids).score.to_mido(), include_drums=True)
+    assert [(p, ch) for p, _, _, _, ch, _, _ in ref["notes"]] == [(38, 9), (60, 0), (65, 0)]
+
+
+def test_decode_writes_the_given_bpm_and_says_what_it_assumed():
+    tok = RemiTokenizer()
+    ids = tok.ids_from_tokens("BOS Bar Position_0 Pitch_60 Velocity_80 Duration_12 EOS".split())
+    result = tok.decode(ids, bpm=90)
+    assert [round(60e6 / t) for _, t in mido_reference(result.score.to_mido())["tempos"]] == [90]
+    assert "tempo 90 bpm" in " ".join(result.assumed) and "piano" in " ".join(result.assumed)
+    timed = RemiTokenizer(tempo=True, programs=True)
+    ids = timed.ids_from_tokens("BOS Bar Tempo_72 Position_0 Program_40 Pitch_60 Velocity_80 Duration_12 EOS".split())
+    result = timed.decode(ids, bpm=90)
+    assert result.assumed == () and [round(60e6 / t) for _, t in mido_reference(result.score.to_mido())["tempos"]] == [72]
+    with pytest.raises(TokenizerError, match="bpm"):
+        tok.decode(ids, bpm=float("nan"))
+
+
+@pytest.mark.parametrize("tok", [RemiTokenizer(tempo=True, programs=True), PerformanceTokenizer(tempo=True, programs=True),
+                                 RemiTokenizer(tempo=True, velocity_bins=0)], ids=["remi", "performance", "remi_tempo"])
+def test_sequences_sampled_under_the_grammar_with_options_decode_without_skips(tok):
+    for seed in range(15):
+        ids = _walk(tok, np.random.default_rng(seed), max_len=300)
+        assert tok.decode(ids).skipped == 0, (seed, [tok.vocab[i] for i in ids])
+
+
+# --------------------------------------------------------------------------- settings from files
+
+
+@pytest.mark.parametrize("kind, setting, value", [
+    ("remi", "positions_per_beat", 10**9), ("remi", "positions_per_beat", "12"), ("remi", "positions_per_beat", 1.5),
+    ("remi", "max_duration_beats", 10**7), ("remi", "max_empty_bars", -1), ("remi", "velocity_bins", True),
+    ("remi", "velocity_bins", 1000), ("remi", "time_signatures", [[3, 0]]), ("remi", "time_signatures", [[3, 5]]),
+    ("remi", "time_signatures", [[10**6, 4]]), ("remi", "time_signatures", "4/4"), ("remi", "time_signatures", []),
+    ("remi", "pitch_range", [0, 500]), ("remi", "pitch_range", [60]), ("remi", "tempo", "yes"),
+    ("remi", "tempo_range", [0, 10**6]), ("remi", "velocity_scale", "loud"),
+    ("performance", "time_step", float("nan")), ("performance", "time_step", 1e-9),
+    ("performance", "max_shift_steps", 10**7), ("performance", "max_gap_seconds", float("inf")),
+    ("performance", "sustain", 1), ("performance", "programs", None),
+])
+def test_every_setting_is_checked_before_use(kind, setting, value):
+    with pytest.raises(TokenizerError, match=setting.split("_")[0]):
+        Tokenizer.from_dict({"type": kind, setting: value})
+
+
+def test_deeply_nested_config_or_json_is_a_tokenizer_error_not_a_recursion_error(tmp_path):
+    nested = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(TokenizerError, match="nested"):
+        Tokenizer.from_dict({"type": "remi", "time_signatures": nested})
+    (tmp_path / "deep.json").write_text('{"type": "remi", "time_signatures": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(TokenizerError, match="nested"):
+        load_tokenizer(tmp_path / "deep.json")

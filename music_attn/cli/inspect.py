@@ -6,6 +6,7 @@ Prints how well the model fits the music (NLL per token against its validation N
 The page, PNG and JSON are written all or none, never over the piece or the model.
 """
 
+import sys
 from pathlib import Path
 
 from music_attn.cli._options import integer, real
@@ -27,6 +28,7 @@ def register(sub):
                    help="keep this track (number as in the file, from 0, or its name); repeatable")
     p.add_argument("--melody", action="store_true", help="keep only the top voice (highest sounding note at each onset)")
     p.add_argument("--window", type=integer(1), metavar="W", help="tokens the model sees at once (default: its max_len)")
+    p.add_argument("--drums", action="store_true", help="keep drum notes (channel 10; left out by default)")
     p.set_defaults(func=_run)
 
 
@@ -45,8 +47,12 @@ def _run(args):
     _need_matplotlib(args.png)
     bars = parse_bars(args.bars) if args.bars else None
     model = load_model(args.model)
+    tokenizer = model.tokenizer.with_options(include_drums=True) if args.drums and model.tokenizer else None
     maps = attention_maps(model, source, window=args.window, bars=bars, start=args.start, end=args.end,
-                          tracks=args.track, melody=args.melody)
+                          tracks=args.track, melody=args.melody, tokenizer=tokenizer)
+    dropped = getattr(getattr(maps, "score", None), "dropped_drums", 0)
+    if dropped:
+        sys.stderr.write(f"note: {source}: {dropped} drum notes left out (--drums keeps them)\n")
     with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
         size = _write(maps, dict(zip(outputs, temps)))
     _print_summary(maps, outputs, size)

@@ -6,10 +6,15 @@ tokenizer config, the token strings, ids and note alignment.  A bad file does
 not stop the others: each gets its ``error:`` line and the exit code is 2.
 ``decode`` reads that JSON back (the token strings win over the ids, so a
 hand-edited file works; ``--item N`` picks one of several), or a bare list of
-ids or token strings, and writes the MIDI atomically.
+ids or token strings, and writes the MIDI atomically, at the tempo the tokens
+carry (or ``--bpm``), saying what it had to assume.  ``--tempo``/``--programs``
+add Tempo and Program tokens; drum notes are left out (and counted) unless
+``--drums``.
 """
 
+import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,6 +30,9 @@ def register(sub):
     p = sub.add_parser("tokenize", help="print the tokens of MIDI files (or JSON, or statistics)")
     p.add_argument("files", nargs="+", metavar="FILE", help="MIDI files")
     p.add_argument("--tokenizer", choices=_TOKENIZERS, default="remi", help="token vocabulary")
+    p.add_argument("--tempo", action="store_true", help="add Tempo tokens where the tempo changes")
+    p.add_argument("--programs", action="store_true", help="add a Program token before each note")
+    p.add_argument("--drums", action="store_true", help="keep drum notes (channel 10; left out by default)")
     p.add_argument("--json", action="store_true", help="print JSON that `decode` reads back")
     p.add_argument("--stats", action="store_true", help="print notes, tokens and tokens per note")
     p.add_argument("--out", metavar="DATASET", help="tokenize the folder FILE into a token dataset "
@@ -40,14 +48,26 @@ def register(sub):
                    help="which sequence of a file holding several (1 = the first; default: the only one)")
     p.add_argument("--tokenizer", choices=_TOKENIZERS, default="remi",
                    help="vocabulary of a bare list of ids or tokens (a file from `tokenize --json` names its own)")
+    p.add_argument("--bpm", type=_bpm, help="tempo when the tokens carry none (default: 120)")
     p.set_defaults(func=_decode)
+
+
+def _bpm(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bpm must be a number, got {text!r}") from None
+    if not math.isfinite(value) or not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"--bpm must be between 1 and 1000, got {text}")
+    return value
 
 
 def _tokenize(args):
     from music_attn.errors import MidiError
     from music_attn.music.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.from_dict({"type": args.tokenizer})
+    tokenizer = Tokenizer.from_dict({"type": args.tokenizer, "tempo": args.tempo, "programs": args.programs,
+                                     "include_drums": args.drums})
     if args.out:
         return _write_dataset(args, tokenizer)
     results = [_encode(tokenizer, path, MidiError) for path in args.files]
@@ -63,6 +83,10 @@ def _tokenize(args):
         for path, seq in good:
             print(f"# {path}: {len(seq.notes)} notes, {len(seq)} tokens")
             print(" ".join(seq.tokens))
+    sys.stdout.flush()
+    for path, seq in good:
+        if seq.dropped_drums:
+            sys.stderr.write(f"note: {path}: {seq.dropped_drums} drum notes left out (--drums keeps them)\n")
     return _report_failures(results)
 
 
@@ -112,7 +136,8 @@ def _write_dataset(args, tokenizer):
 def _stats(seq):
     n_notes, n_tokens = len(seq.notes), len(seq)
     seconds = float(seq.notes["end"].max()) if n_notes else 0.0
-    return {"notes": n_notes, "tokens": n_tokens, "tokens_per_note": n_tokens / max(n_notes, 1), "seconds": seconds}
+    return {"notes": n_notes, "tokens": n_tokens, "tokens_per_note": n_tokens / max(n_notes, 1), "seconds": seconds,
+            "drum_notes_left_out": seq.dropped_drums}
 
 
 def _document(path, seq, tokenizer, with_stats):
@@ -146,11 +171,11 @@ def _decode(args):
     path = Path(args.tokens)
     check_output(args.output, inputs=[path])
     tokenizer, ids = _read_tokens(path, args.item, args.tokenizer)
-    result = tokenizer.decode(ids)
+    result = tokenizer.decode(ids, bpm=args.bpm)
     with atomic_outputs([args.output], inputs=[path]) as (tmp,):
-        write_midi(tmp, result.midi)
-    n_notes = sum(len(inst.notes) for inst in result.midi.instruments)
-    print(f"wrote {args.output}: {n_notes} notes, {len(ids)} tokens, {result.skipped} skipped")
+        write_midi(tmp, result.score)
+    assumed = f"; assumed {', '.join(result.assumed)}" if result.assumed else ""
+    print(f"wrote {args.output}: {len(result.score)} notes, {len(ids)} tokens, {result.skipped} skipped{assumed}")
     return 0
 
 

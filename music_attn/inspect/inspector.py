@@ -654,26 +654,12 @@ def _name_of(x, seq):
     return getattr(x, "filename", None) and Path(x.filename).name
 
 
-def _load_mido(x):
-    """The mido view of a MIDI input, for its texts; None for other inputs or when unreadable."""
-    from music_attn.music.midi import load_midi_file
-
-    if hasattr(x, "note_of_token") or hasattr(x, "time_signatures"):
-        return None
-    try:
-        return load_midi_file(x)[0]
-    except MidiError:             # the notes were read already; the texts are a nicety
-        return None
-
-
-def _midi_texts(midi):
-    """Track names and lyrics of a ``mido.MidiFile`` (empty for None)."""
-    if midi is None:
+def _midi_texts(score):
+    """Track names and lyrics of the Score the piece was read into (empty for None)."""
+    if score is None:
         return {}
-    msgs = [m for track in midi.tracks for m in track if m.is_meta]
-    names = [m.name for m in msgs if m.type == "track_name" and m.name.strip()]
-    lyrics = " ".join(m.text.strip() for m in msgs if m.type == "lyrics").strip()
-    return {"tracks": list(dict.fromkeys(names)), "lyrics": lyrics[:2000]}
+    names = [name for name in score.track_names if name.strip()]
+    return {"tracks": list(dict.fromkeys(names)), "lyrics": score.lyrics()[:2000]}
 
 
 # ------------------------------------------------------------- model pass
@@ -713,8 +699,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
         Ids outside the model's vocabulary, or a bad ``window``.
     """
     tok = tokenizer if tokenizer is not None else model.tokenizer
-    midi = _load_mido(source)
-    seq, score, names = _read(source, tok, tracks, melody, midi)
+    seq, score, names = _read(source, tok, tracks, melody)
     ids = np.asarray(seq.ids, dtype=np.int64)
     _check_ids(ids, model.config.vocab_size)
     window = _check_window(window, model.config.max_len)
@@ -731,7 +716,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
                  "tracks": [str(t) for t in tracks] if tracks else None, "melody": bool(melody)}
     maps = _assemble(band, window - 1, roll, labels_shown, key_labels, {k: None if v is None else v[kept] for k, v in cols.items()},
                      progress=bar, tokens=list(seq.tokens)[a:b], ids=ids[a:b], token_nll=nll,
-                     name=_name_of(source, seq), texts=_midi_texts(midi), window=window,
+                     name=_name_of(source, seq), texts=_midi_texts(score), window=window,
                      n_tokens_in_file=ids.size, selection=selection,
                      notice=_notice(ids.size, a, b, window, selection))
     bar is not None and bar.close()
@@ -740,7 +725,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
     return maps
 
 
-def _read(source, tok, tracks, melody, midi):
+def _read(source, tok, tracks, melody):
     """(TokenSequence, Score or None, {track: name}) of the input, after the track/voice choice."""
     if hasattr(source, "ids") and hasattr(source, "note_of_token"):
         if tracks or melody:
@@ -752,7 +737,7 @@ def _read(source, tok, tracks, melody, midi):
     from music_attn.music.midi import read_midi
 
     score = read_midi(source, include_drums=tok.include_drums, sustain=tok.sustain)
-    names = {} if midi is None else select.track_names(midi)
+    names = select.track_names(score)
     if tracks:
         score = select.keep_tracks(score, tracks, names)
     if melody:

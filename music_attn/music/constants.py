@@ -16,6 +16,14 @@ DRUM_CHANNEL = 9
 # CC64 is the sustain (damper) pedal; values >= 64 mean "down".
 SUSTAIN_CONTROL = 64
 SUSTAIN_THRESHOLD = 64
+# Larger inputs are refused before they are read: the largest real MIDI files
+# (orchestral scores, piano-roll dumps) are a few MB, and every byte can be an
+# event, so this bounds the reader's memory (a few hundred MB at most).
+MAX_MIDI_BYTES = 16 * 2**20
+# Track names, lyrics and markers longer than this many characters are cut
+# (with an ellipsis): real ones are a line at most, and a megabyte-long text
+# event must not swamp a page or a terminal.
+MAX_TEXT_CHARS = 200
 
 # --- Both tokenizers ---------------------------------------------------------
 
@@ -25,10 +33,33 @@ SPECIAL_TOKENS = ("PAD", "BOS", "EOS")
 PITCH_RANGE = (0, 127)
 # Oore et al. (2018) use 32 velocity bins: finer steps are inaudible.
 VELOCITY_BINS = 32
+# The velocity of bin i of n: 128 (i + 1) // n, the loudest 127 ("steps128").
+# With 32 bins these are the multiples of 4, which hold the velocities notation
+# programs write for the dynamics (p 48, mp 64, mf 80, f 96, ff 112), so a
+# velocity of 80 comes back as 80.  Configs saved before this setting existed
+# used round(127 (i + 1) / n) ("round127": 79 and 83, no 80) and keep it.
+VELOCITY_SCALE = "steps128"
+VELOCITY_SCALES = ("steps128", "round127")
 # The velocity written for notes decoded without a velocity token (mezzo-forte).
 DEFAULT_VELOCITY = 80
-# Decoded files are written at the MIDI default tempo: 120 beats per minute.
+# Decoded files without Tempo tokens are written at the MIDI default tempo:
+# 120 beats per minute (``decode --bpm`` chooses another).
 DECODE_TEMPO_BPM = 120.0
+# Tempo tokens (``tempo=True``) hold whole beats per minute from 20 (a slow
+# largo counted in half beats) to 400 (fast reels written with a quarter-note
+# beat reach 360): every tempo a score prints comes back exactly.
+TEMPO_RANGE_BPM = (20, 400)
+
+# --- Bounds on tokenizer settings ---------------------------------------------
+# A config read from a file (token JSON, a checkpoint) is checked against these
+# before anything is built, so no setting can make the vocabulary or a decoded
+# file absurdly large.  Each is far beyond any musical use.
+MAX_POSITIONS_PER_BEAT = 96  # 1/384 notes
+MAX_DURATION_BEATS_LIMIT = 64  # 16 bars of 4/4
+MAX_EMPTY_BARS_LIMIT = 256
+MIN_TIME_STEP = 0.001  # 1 ms
+MAX_SHIFT_STEPS_LIMIT = 1000
+MAX_GAP_LIMIT = 3600.0  # one hour of silence
 
 # --- PerformanceTokenizer (Oore et al. 2018, Music Transformer) ---------------
 

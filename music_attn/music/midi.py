@@ -1,16 +1,21 @@
-"""Robust MIDI reading into numpy note arrays, and writing notes back to MIDI.
+"""Robust MIDI reading into the project's score object, and writing it back through mido.
 
 ``read_midi`` turns a file into a :class:`Score`: one structured array of
-notes (ticks, seconds and beats), the tempo map and the time signatures.
-Files are decoded by a byte-level scanner that follows mido's reading rules
-(one loop step per event, no message objects: several times faster than
-``mido.MidiFile``; the tests check it against mido); a ``mido.MidiFile`` is
-read message by message.  Notes are paired with numpy, not built as one
-Python object per note, so a 100,000-note file reads in about a second.
-``load_midi_file`` gives the mido object, for callers that want its messages.
+notes (ticks, seconds and beats), the tempo map, the time signatures, the
+program changes, the track names and the texts (lyrics, markers).  One reader
+does it all: a byte-level scanner that follows mido's reading rules (one loop
+step per event, no message objects: several times faster than
+``mido.MidiFile``; the tests check it against a plain mido loop).  A
+``mido.MidiFile`` or ``pretty_midi.PrettyMIDI`` is first written to bytes and
+read the same way.  Notes are paired with numpy, not built as one Python
+object per note, so a 100,000-note file reads in about a second.
+:meth:`Score.write` (and :func:`write_midi`) writes a Score as a type 1 MIDI
+file with mido.
 
 Stated behaviour on real-world files:
 
+* Only regular files are read: a directory, FIFO, device or socket is refused
+  (a FIFO is never opened), and so is a file over ``MAX_MIDI_BYTES``.
 * type 0 and 1 files play all tracks together; a type 2 file's tracks are
   independent patterns and are played one after another.
 * A note-on with velocity 0 is a note-off.  Two sounding notes of the same
@@ -19,7 +24,8 @@ Stated behaviour on real-world files:
   the same tick ends the old note, not the new one).
 * A note-off with no sounding note is ignored; a note never released ends at
   the end of its track; a note that ends where it starts is dropped (silent).
-* Channel 10 (percussion) is left out unless ``include_drums=True``.
+* Channel 10 (percussion) is left out unless ``include_drums=True``; the
+  Score counts the notes left out (``dropped_drums``).
 * A note's program is the last program change on its channel at or before
   its onset (0 if none).
 * ``sustain=True`` lengthens a note released while the sustain pedal (CC64)
@@ -28,43 +34,49 @@ Stated behaviour on real-world files:
   (``tick / ticks_per_beat``), independent of tempo and time signature.
 * Running status is followed (meta events keep it; sysex and system
   messages cancel it); reading a track stops at its end-of-track event.
-* Unknown chunks are skipped, data bytes above 127 are clipped, text is never
-  decoded (mido objects: latin-1), ticks are not limited (pretty_midi stops
-  at 10^7); malformed tempo or time-signature events are ignored.
+* Variable-length numbers longer than 4 bytes (the MIDI limit) are an error.
+* Unknown chunks are skipped, data bytes above 127 are clipped, ticks are not
+  limited (pretty_midi stops at 10^7); malformed tempo or time-signature
+  events are ignored.
+* Texts (track names, lyrics, markers) are UTF-8 when valid, latin-1
+  otherwise, and cut to ``MAX_TEXT_CHARS`` characters with an ellipsis.
 
 Any file that cannot be read raises :class:`~music_attn.errors.MidiError`
 whose message is ``"FILE: reason"``.
 """
 
+import codecs
 import io
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mido
 import numpy as np
-import pretty_midi
 
-from music_attn._io import atomic_write
+from music_attn._io import atomic_write, read_input
+from music_attn.errors import MidiError
+from music_attn.music.arrays import run_starts
 from music_attn.music.constants import (
     DEFAULT_TEMPO_US,
     DEFAULT_TIME_SIGNATURE,
     DRUM_CHANNEL,
+    MAX_MIDI_BYTES,
+    MAX_TEXT_CHARS,
     SUSTAIN_CONTROL,
     SUSTAIN_THRESHOLD,
 )
-from music_attn.errors import MidiError
 
 __all__ = [
     "NOTE_DTYPE",
     "TEMPO_DTYPE",
     "TIME_SIGNATURE_DTYPE",
+    "PROGRAM_DTYPE",
     "Score",
     "read_midi",
-    "load_midi_file",
-    "to_pretty_midi",
     "write_midi",
+    "decode_text",
 ]
 
 NOTE_DTYPE = np.dtype(
@@ -79,27 +91,37 @@ NOTE_DTYPE = np.dtype(
         ("end_beat", np.float64),
         ("program", np.int16),
         ("channel", np.int16),
-        ("track", np.int16),
+        ("track", np.int32),  # a file may announce up to 65,535 tracks
     ]
 )
 # tempo: microseconds per quarter note from `tick` on; time: seconds at `tick`
 TEMPO_DTYPE = np.dtype([("tick", np.int64), ("time", np.float64), ("tempo", np.float64)])
 TIME_SIGNATURE_DTYPE = np.dtype([("tick", np.int64), ("numerator", np.int16), ("denominator", np.int16)])
+# a program change: from `tick` on, `channel` plays `program`; written in `track`
+PROGRAM_DTYPE = np.dtype([("tick", np.int64), ("channel", np.int16), ("program", np.int16), ("track", np.int32)])
 
 _MAX_DENOMINATOR = 64
 # Ticks times tempo (< 2^24 us per beat) must fit in int64: 2^38 ticks is a
 # century at 24 ticks per beat, so only corrupt files are longer.
 _MAX_TICKS = 2**38
+_TEXT_KINDS = {0x01: "text", 0x02: "copyright", 0x05: "lyrics", 0x06: "marker", 0x07: "cue_marker"}
 
 
 @dataclass(frozen=True, eq=False)
 class Score:
     """The notes of a MIDI file with the maps between ticks, seconds and beats.
 
+    What :func:`read_midi` returns and what the tokenizers' ``decode`` builds;
+    :meth:`write` writes it as MIDI (one MIDI track per score track, with its
+    name, program changes and texts; tempo map and metres in track 0).  To
+    add notes, build a new one: :meth:`from_ticks` with the old notes and the
+    new (their seconds are filled in), or ``dataclasses.replace``.
+
     Attributes
     ----------
     notes : ndarray of NOTE_DTYPE, shape (N,)
-        Sorted by onset tick, then pitch.
+        Sorted by onset tick, then pitch.  ``track`` is the index of the track
+        chunk the note was read from; ``program`` the instrument in force.
     tempos : ndarray of TEMPO_DTYPE, shape (K,)
         Starts at tick 0 (the MIDI default 120 bpm when the file sets none).
     time_signatures : ndarray of TIME_SIGNATURE_DTYPE, shape (M,)
@@ -109,6 +131,15 @@ class Score:
         The end of the longest track.
     name : str or None
         The file name, when read from a file.
+    track_names : tuple of str
+        One per track chunk ("" for a track without a name).
+    programs : ndarray of PROGRAM_DTYPE, shape (P,)
+        Every program change, in tick order.
+    texts : tuple of (tick, track, kind, text)
+        Text, copyright, lyrics, marker and cue events in file order; ``kind``
+        is one of those words.
+    dropped_drums : int
+        Notes of channel 10 left out (``include_drums=False``).
     """
 
     notes: np.ndarray
@@ -117,6 +148,37 @@ class Score:
     ticks_per_beat: int
     end_tick: int
     name: str | None = None
+    track_names: tuple = ()
+    programs: np.ndarray = field(default_factory=lambda: np.zeros(0, PROGRAM_DTYPE))
+    texts: tuple = ()
+    dropped_drums: int = 0
+
+    @classmethod
+    def from_ticks(cls, notes, ticks_per_beat, *, tempos=(), time_signatures=(), track_names=(),
+                   programs=(), texts=(), name=None):
+        """Build a Score from notes in ticks and (tick, value) change lists.
+
+        Parameters
+        ----------
+        notes : NOTE_DTYPE (N,)
+            ``pitch, velocity, start_tick, end_tick, program, channel, track``
+            are used; seconds and beats are filled in here.
+        ticks_per_beat : int
+        tempos : rows (tick, microseconds per beat); 120 bpm from tick 0 if none there
+        time_signatures : rows (tick, numerator, denominator); 4/4 from tick 0 if none there
+        track_names, texts : as the attributes
+        programs : rows (tick, channel, program, track)
+        """
+        tpb = int(ticks_per_beat)
+        tempo_map = _tempo_map(np.asarray(tempos, dtype=np.int64).reshape(-1, 2), tpb)
+        signatures = _time_signatures(np.asarray(time_signatures, dtype=np.int64).reshape(-1, 3))
+        rows = np.asarray(programs, dtype=np.int64).reshape(-1, 4)
+        table = np.zeros(len(rows), PROGRAM_DTYPE)
+        table["tick"], table["channel"], table["program"], table["track"] = rows.T
+        fields = {k: notes[k] for k in ("pitch", "velocity", "start_tick", "end_tick", "program", "channel", "track")}
+        note_array = _note_array(fields, tempo_map, tpb)
+        end_tick = int(max(note_array["end_tick"].max(initial=0), tempo_map["tick"][-1], signatures["tick"][-1]))
+        return cls(note_array, tempo_map, signatures, tpb, end_tick, name, tuple(track_names), table, tuple(texts))
 
     def __len__(self):
         return len(self.notes)
@@ -158,12 +220,41 @@ class Score:
         """Ticks (float) at the given quarter notes; the inverse of :meth:`tick_to_beat`."""
         return np.asarray(beats, dtype=np.float64) * self.ticks_per_beat
 
+    def lyrics(self):
+        """The lyrics events joined with spaces (empty if none)."""
+        return " ".join(text.strip() for _, _, kind, text in self.texts if kind == "lyrics").strip()
+
+    def to_mido(self):
+        """This score as a type 1 ``mido.MidiFile`` (see :func:`_to_mido`)."""
+        return _to_mido(self)
+
+    def write(self, path):
+        """Write this score to ``path`` as a type 1 MIDI file, atomically."""
+        write_midi(path, self)
+
 
 def _tick_to_time(tempos, tpb, ticks):
     ticks = np.asarray(ticks)
     k = np.searchsorted(tempos["tick"], ticks, side="right") - 1
     seconds_per_tick = tempos["tempo"][k] * 1e-6 / tpb
     return tempos["time"][k] + (ticks - tempos["tick"][k]) * seconds_per_tick
+
+
+def decode_text(raw, limit=MAX_TEXT_CHARS):
+    """Bytes of a MIDI text event -> str: UTF-8 when valid, else latin-1; cut to ``limit`` chars.
+
+    Only the first ``4 * limit + 4`` bytes are decoded, so a huge event costs
+    no more than a short one; a cut text ends with an ellipsis.
+    """
+    head = bytes(raw[: 4 * limit + 4])
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == len(raw))
+    except UnicodeDecodeError:
+        text = head.decode("latin-1")
+    text = text.rstrip("\x00")
+    if len(text) > limit or len(head) < len(raw):
+        text = text[: limit - 1].rstrip() + "\u2026"
+    return text
 
 
 # --------------------------------------------------------------------------- reading
@@ -176,7 +267,7 @@ def read_midi(source, *, include_drums=False, sustain=False):
     ----------
     source : str, Path, mido.MidiFile, pretty_midi.PrettyMIDI or Score
     include_drums : bool
-        Keep the notes of channel 10 (left out by default).
+        Keep the notes of channel 10 (left out by default, and counted).
     sustain : bool
         Lengthen notes held by the sustain pedal (CC64).
 
@@ -187,64 +278,44 @@ def read_midi(source, *, include_drums=False, sustain=False):
     Raises
     ------
     MidiError
-        The file is missing, not MIDI, truncated or corrupt (message ``FILE: reason``).
+        The file is missing, not a regular file, too large, not MIDI,
+        truncated or corrupt (message ``FILE: reason``).
     """
     if isinstance(source, Score):
         return source
-    if isinstance(source, mido.MidiFile):
-        name = str(source.filename) if source.filename else "<MidiFile>"
-        try:
-            events = _events_from_mido(source)
-        except Exception as exc:  # a MidiFile built by hand can hold anything
-            raise MidiError(f"{name}: unreadable MIDI content ({exc})") from exc
-        return _score(events, int(source.ticks_per_beat), name, include_drums, sustain)
     data, name = _source_bytes(source)
     fmt, tpb, chunks = _split_chunks(data, name)
     return _score(_events_from_chunks(fmt, chunks, name), tpb, name, include_drums, sustain)
 
 
-def load_midi_file(source):
-    """Parse ``source`` with mido; returns ``(mido.MidiFile, name)``.
-
-    For callers that want mido messages (texts, lyrics); :func:`read_midi`
-    does not need it.  Raises MidiError for anything not a readable MIDI file.
-    """
-    if isinstance(source, mido.MidiFile):
-        return source, str(source.filename) if source.filename else "<MidiFile>"
-    data, name = _source_bytes(source)
-    fmt, tpb, chunks = _split_chunks(data, name)
-    header = struct.pack(">4sLHHh", b"MThd", 6, fmt, len(chunks), tpb)
-    body = b"".join(b"MTrk" + struct.pack(">L", len(c)) + c for c in chunks)
-    try:
-        return mido.MidiFile(file=io.BytesIO(header + body), clip=True, charset="latin1"), name
-    except Exception as exc:  # mido raises OSError, EOFError, ValueError, KeyError...
-        reason = "a track chunk ends in the middle of an event" if isinstance(exc, EOFError) else str(exc)
-        raise MidiError(f"{name}: corrupt MIDI data ({reason or type(exc).__name__})") from None
-
-
 def _source_bytes(source):
-    """The bytes and display name of a path or PrettyMIDI."""
-    if isinstance(source, pretty_midi.PrettyMIDI):
-        buffer = io.BytesIO()
-        try:
-            source.write(buffer)
-        except Exception as exc:  # pretty_midi refuses e.g. negative times or bad values
-            raise MidiError(f"<PrettyMIDI>: cannot be written as MIDI ({exc})") from None
-        return buffer.getvalue(), "<PrettyMIDI>"
+    """The bytes and display name of a path, mido.MidiFile or PrettyMIDI."""
+    if isinstance(source, mido.MidiFile):
+        name = str(source.filename) if source.filename else "<MidiFile>"
+        return _written(lambda buffer: source.save(file=buffer), name), name
+    if hasattr(source, "instruments") and hasattr(source, "write"):  # pretty_midi.PrettyMIDI
+        return _written(source.write, "<PrettyMIDI>"), "<PrettyMIDI>"
     if not isinstance(source, (str, os.PathLike)):
         raise MidiError(f"{source!r}: not a path, mido.MidiFile or pretty_midi.PrettyMIDI")
     return _read_bytes(Path(source), str(source)), str(source)
 
 
-def _read_bytes(path, name):
+def _written(save, name):
+    """The bytes ``save(buffer)`` writes; MidiError if it refuses."""
+    buffer = io.BytesIO()
     try:
-        data = path.read_bytes()
+        save(buffer)
+    except Exception as exc:  # a hand-built object can hold anything (negative times, bad values)
+        raise MidiError(f"{name}: cannot be written as MIDI ({exc})") from None
+    return buffer.getvalue()
+
+
+def _read_bytes(path, name):
+    """The bytes of a MIDI file: a regular file (never a FIFO or device) of at most MAX_MIDI_BYTES."""
+    try:
+        data = read_input(path, limit=MAX_MIDI_BYTES, what="MIDI file", error=MidiError)
     except FileNotFoundError:
         raise MidiError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise MidiError(f"{name}: is a directory, not a MIDI file") from None
-    except OSError as exc:
-        raise MidiError(f"{name}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise MidiError(f"{name}: empty file")
     return data
@@ -288,48 +359,14 @@ def _split_chunks(data, name):
 class _Events:
     """Absolute-tick events of all tracks, as plain lists of tuples (then arrays)."""
 
-    notes: list  # (tick, track, channel, pitch, velocity); velocity 0 = off
-    pedals: list  # (tick, channel, value)
-    programs: list  # (tick, channel, program)
-    tempos: list  # (tick, microseconds per beat)
-    signatures: list  # (tick, numerator, denominator)
-    track_ends: list  # end tick of each track
-
-
-def _events_from_mido(mid):
-    """Events of a mido.MidiFile, message by message."""
-    events = _Events([], [], [], [], [], [])
-    offset = 0
-    for index, track in enumerate(mid.tracks):
-        end = _scan_track(track, index, offset, events)
-        events.track_ends.append(end)
-        if mid.type == 2:  # independent patterns: one after another
-            offset = end
-    return events
-
-
-def _scan_track(track, index, tick, ev):
-    """Append one mido track's events to ``ev``; returns the tick of its end."""
-    notes, pedals, programs = ev.notes.append, ev.pedals.append, ev.programs.append
-    for msg in track:
-        tick += msg.time
-        kind = msg.type
-        if kind == "note_on":
-            notes((tick, index, msg.channel, msg.note, msg.velocity))
-        elif kind == "note_off":
-            notes((tick, index, msg.channel, msg.note, 0))
-        elif kind == "control_change":
-            if msg.control == SUSTAIN_CONTROL:
-                pedals((tick, msg.channel, msg.value))
-        elif kind == "program_change":
-            programs((tick, msg.channel, msg.program))
-        elif kind == "set_tempo":
-            ev.tempos.append((tick, msg.tempo))
-        elif kind == "time_signature":
-            ev.signatures.append((tick, msg.numerator, _denominator(msg.denominator.bit_length() - 1)))
-        elif kind == "end_of_track":
-            break
-    return tick
+    notes: list = field(default_factory=list)  # (tick, track, channel, pitch, velocity); velocity 0 = off
+    pedals: list = field(default_factory=list)  # (tick, channel, value)
+    programs: list = field(default_factory=list)  # (tick, channel, program, track)
+    tempos: list = field(default_factory=list)  # (tick, microseconds per beat)
+    signatures: list = field(default_factory=list)  # (tick, numerator, denominator)
+    track_ends: list = field(default_factory=list)  # end tick of each track
+    track_names: dict = field(default_factory=dict)  # track -> first name
+    texts: list = field(default_factory=list)  # (tick, track, kind, text)
 
 
 def _denominator(power):
@@ -343,7 +380,7 @@ class _Corrupt(Exception):
 
 def _events_from_chunks(fmt, chunks, name):
     """Events of raw MTrk chunk bodies."""
-    events = _Events([], [], [], [], [], [])
+    events = _Events()
     offset = 0
     for index, chunk in enumerate(chunks):
         try:
@@ -361,10 +398,10 @@ def _events_from_chunks(fmt, chunks, name):
 def _scan_chunk(chunk, index, tick, ev):
     """Decode one MTrk chunk body into ``ev``; returns the tick of its end.
 
-    The byte-level twin of ``_scan_track``, with mido's reading rules: running
-    status (meta events keep it, sysex and system messages cancel it), data
-    bytes above 127 clipped, reading stops at end-of-track.  One loop step per
-    event, no message objects: several times faster than mido.MidiFile.
+    mido's reading rules: running status (meta events keep it, sysex and
+    system messages cancel it), data bytes above 127 clipped, reading stops at
+    end-of-track.  One loop step per event, no message objects: several times
+    faster than mido.MidiFile.  Linear in the chunk's length.
     """
     notes, pedals, programs = ev.notes.append, ev.pedals.append, ev.programs.append
     i, n, status = 0, len(chunk), 0
@@ -372,16 +409,14 @@ def _scan_chunk(chunk, index, tick, ev):
         b = chunk[i]
         i += 1
         delta = b & 0x7F
-        while b & 0x80:  # variable-length delta time
-            b = chunk[i]
-            i += 1
-            delta = (delta << 7) | (b & 0x7F)
+        if b & 0x80:  # variable-length delta time, at most 4 bytes
+            delta, i = _varlen(chunk, i - 1)
         tick += delta
         b = chunk[i]
         if b & 0x80:
             i += 1
             if b >= 0xF0:
-                i, done = _system_event(chunk, i, b, tick, ev)
+                i, done = _system_event(chunk, i, b, tick, index, ev)
                 status = status if b == 0xFF else 0
                 if done:
                     break
@@ -391,7 +426,7 @@ def _scan_chunk(chunk, index, tick, ev):
             raise _Corrupt("running status without a status byte")
         kind, channel = status & 0xF0, status & 0x0F
         if kind == 0xC0:
-            programs((tick, channel, chunk[i] & 0x7F))
+            programs((tick, channel, chunk[i] & 0x7F, index))
             i += 1
             continue
         if kind == 0xD0:
@@ -415,11 +450,11 @@ def _scan_chunk(chunk, index, tick, ev):
 _SYSTEM_LENGTHS = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xF9: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFD: 0, 0xFE: 0}
 
 
-def _system_event(chunk, i, status, tick, ev):
+def _system_event(chunk, i, status, tick, track, ev):
     """Skip or read a meta, sysex or system event starting after its status byte.
 
-    Returns (next index, True at end-of-track).  Tempo and time signature are
-    recorded; malformed ones are ignored.
+    Returns (next index, True at end-of-track).  Tempo, time signature, track
+    name and texts are recorded; malformed tempos and metres are ignored.
     """
     if status == 0xFF:
         kind = chunk[i]
@@ -431,6 +466,10 @@ def _system_event(chunk, i, status, tick, ev):
             ev.tempos.append((tick, int.from_bytes(data, "big")))
         elif kind == 0x58 and length >= 2:
             ev.signatures.append((tick, data[0], _denominator(data[1])))
+        elif kind == 0x03:
+            ev.track_names.setdefault(track, decode_text(data))
+        elif kind in _TEXT_KINDS:
+            ev.texts.append((tick, track, _TEXT_KINDS[kind], decode_text(data)))
         return i + length, kind == 0x2F
     if status in (0xF0, 0xF7):
         length, i = _varlen(chunk, i)
@@ -471,14 +510,22 @@ def _score(ev, tpb, name, include_drums, sustain):
     tempos = _tempo_map(_table(ev.tempos, 2), tpb)
     signatures = _time_signatures(_table(ev.signatures, 3))
     fields = _pair_notes(_table(ev.notes, 5), np.array(ev.track_ends, dtype=np.int64))
+    dropped = 0
     if not include_drums:
         keep = fields["channel"] != DRUM_CHANNEL
+        dropped = int(len(keep) - keep.sum())
         fields = {k: v[keep] for k, v in fields.items()}
     span = int(end_tick) + 2  # above every tick: (channel, tick) -> channel * span + tick
-    fields["program"] = _programs(_table(ev.programs, 3), fields, span)
+    program_rows = _table(ev.programs, 4)
+    fields["program"] = _programs(program_rows[:, :3], fields, span)
     if sustain:
         fields["end_tick"] = _sustained_ends(_table(ev.pedals, 3), fields, span)
-    return Score(_note_array(fields, tempos, tpb), tempos, signatures, tpb, int(end_tick), name)
+    programs = np.zeros(len(program_rows), PROGRAM_DTYPE)
+    program_rows = program_rows[np.argsort(program_rows[:, 0], kind="stable")]
+    programs["tick"], programs["channel"], programs["program"], programs["track"] = program_rows.T
+    names = tuple(ev.track_names.get(t, "") for t in range(len(ev.track_ends)))
+    return Score(_note_array(fields, tempos, tpb), tempos, signatures, tpb, int(end_tick), name,
+                 names, programs, tuple(ev.texts), dropped)
 
 
 def _tempo_map(rows, tpb):
@@ -506,14 +553,7 @@ def _time_signatures(rows):
 def _last_per_tick(rows):
     """Stable-sort rows by tick (column 0) and keep the last row of each tick."""
     rows = rows[np.argsort(rows[:, 0], kind="stable")]
-    return rows[_run_starts(rows[::-1, 0])[::-1]]
-
-
-def _run_starts(x):
-    """bool (n,): True where ``x`` differs from the element before (and at 0)."""
-    out = np.ones(len(x), dtype=bool)
-    out[1:] = x[1:] != x[:-1]
-    return out
+    return rows[run_starts(rows[::-1, 0])[::-1]]
 
 
 def _pair_notes(rows, track_ends):
@@ -564,7 +604,7 @@ def _fifo_pairs(key, is_on):
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     delta = np.where(is_on, 1, -1)
-    first = _run_starts(key)
+    first = run_starts(key)
     group = np.cumsum(first) - 1
     total = np.cumsum(delta)
     running = total - (total - delta)[first][group]  # sum within the group
@@ -641,7 +681,7 @@ def _next_onset(f, span):
     order = np.lexsort((f["start_tick"], f["pitch"], f["channel"]))
     key = (f["channel"] * 128 + f["pitch"])[order]
     later = np.append(f["start_tick"][order][1:], span)
-    same = ~_run_starts(key[::-1])[::-1]  # the next note has the same key
+    same = ~run_starts(key[::-1])[::-1]  # the next note has the same key
     out = np.empty_like(f["start_tick"])
     out[order] = np.where(same, later, span)
     return out
@@ -663,49 +703,77 @@ def _note_array(f, tempos, tpb):
 # --------------------------------------------------------------------------- writing
 
 
-def to_pretty_midi(score_or_notes, *, ticks_per_beat=480, tempos=None, time_signatures=None):
-    """Notes (a Score, or a NOTE_DTYPE array) -> ``pretty_midi.PrettyMIDI``.
-
-    One instrument per (program, drum) pair.  Times come from the notes' ticks
-    through the tempo map, so the written file has the original ticks, tempo
-    map and time signatures.  A bare note array gets 120 bpm and no metre.
-    """
-    if isinstance(score_or_notes, Score):
-        s = score_or_notes
-        notes, ticks_per_beat, tempos, time_signatures = s.notes, s.ticks_per_beat, s.tempos, s.time_signatures
-    else:
-        notes = score_or_notes
-    tpb = int(ticks_per_beat)
-    tempos = _tempo_map(np.zeros((0, 2), np.int64), tpb) if tempos is None else tempos
-    pm = pretty_midi.PrettyMIDI(resolution=tpb)
-    # pretty_midi has no public setter for a tempo map: fill its tick scales.
-    pm._tick_scales = [(int(t), float(us) * 1e-6 / tpb) for t, us in zip(tempos["tick"], tempos["tempo"])]
-    pm._update_tick_to_time(int(tempos["tick"][-1]))
-    for ts in [] if time_signatures is None else time_signatures:
-        seconds = float(_tick_to_time(tempos, tpb, ts["tick"]))
-        pm.time_signature_changes.append(pretty_midi.TimeSignature(int(ts["numerator"]), int(ts["denominator"]), seconds))
-    starts = _tick_to_time(tempos, tpb, notes["start_tick"])
-    ends = _tick_to_time(tempos, tpb, notes["end_tick"])
-    _add_instruments(pm, notes, starts, ends)
-    return pm
-
-
-def _add_instruments(pm, notes, starts, ends):
-    drums = notes["channel"] == DRUM_CHANNEL
-    for program, is_drum in sorted(set(zip(notes["program"].tolist(), drums.tolist()))):
-        inst = pretty_midi.Instrument(program=program, is_drum=is_drum)
-        picked = np.flatnonzero((notes["program"] == program) & (drums == is_drum))
-        rows = zip(notes["velocity"][picked].tolist(), notes["pitch"][picked].tolist(), starts[picked].tolist(), ends[picked].tolist())
-        inst.notes = [pretty_midi.Note(v, p, s, e) for v, p, s, e in rows]
-        pm.instruments.append(inst)
-
-
 def write_midi(path, midi):
-    """Write a PrettyMIDI, mido.MidiFile or Score to ``path`` atomically."""
+    """Write a Score, mido.MidiFile or pretty_midi.PrettyMIDI to ``path`` atomically (a Score as type 1)."""
     if isinstance(midi, Score):
-        midi = to_pretty_midi(midi)
+        midi = _to_mido(midi)
+    if isinstance(midi, mido.MidiFile):
+        mid = midi
+        write = lambda f: mid.save(file=f)  # noqa: E731
+    elif hasattr(midi, "instruments") and hasattr(midi, "write"):  # pretty_midi.PrettyMIDI
+        write = midi.write
+    else:
+        raise TypeError(f"write_midi needs a Score, mido.MidiFile or PrettyMIDI, got {type(midi).__name__}")
     with atomic_write(path, mode="wb") as f:
-        if isinstance(midi, mido.MidiFile):
-            midi.save(file=f)
-        else:
-            midi.write(f)
+        write(f)
+
+
+def _to_mido(score):
+    """A Score as a type 1 ``mido.MidiFile`` with the score's ticks per beat.
+
+    Track k holds the notes, program changes, name and texts of the score's
+    track k; the tempo map and the metres go into track 0.  Note-offs come
+    before note-ons at one tick, so a re-struck note reads back as two notes.
+    A score without program changes gets one before the first note of each
+    (track, channel) whose program is not 0.
+    """
+    n_tracks = max(len(score.track_names), int(score.notes["track"].max(initial=-1)) + 1, 1)
+    events = [[] for _ in range(n_tracks)]  # per track: (tick, order, message)
+    for tick, us in zip(score.tempos["tick"].tolist(), score.tempos["tempo"].tolist()):
+        events[0].append((tick, 0, mido.MetaMessage("set_tempo", tempo=int(round(us)))))
+    for tick, num, den in score.time_signatures[["tick", "numerator", "denominator"]].tolist():
+        if den & (den - 1) == 0:  # MIDI stores a power of two
+            events[0].append((tick, 0, mido.MetaMessage("time_signature", numerator=num, denominator=den)))
+    for tick, track, kind, text in score.texts:
+        events[min(track, n_tracks - 1)].append((tick, 0, mido.MetaMessage(kind, text=text)))
+    for tick, channel, program, track in _program_rows(score):
+        events[min(track, n_tracks - 1)].append((tick, 2, mido.Message("program_change", channel=channel, program=program)))
+    _note_messages(score.notes, events)
+    mid = mido.MidiFile(type=1, ticks_per_beat=score.ticks_per_beat, charset="utf-8")
+    for k, track_events in enumerate(events):
+        name = score.track_names[k] if k < len(score.track_names) else ""
+        mid.tracks.append(_track(track_events, name))
+    return mid
+
+
+def _program_rows(score):
+    """(tick, channel, program, track) of the program changes to write."""
+    if len(score.programs):
+        return score.programs[["tick", "channel", "program", "track"]].tolist()
+    notes = score.notes[score.notes["program"] != 0]
+    first = {}
+    for tick, channel, program, track in notes[["start_tick", "channel", "program", "track"]].tolist():
+        first.setdefault((track, channel), (0, channel, program, track))
+    return list(first.values())
+
+
+def _note_messages(notes, events):
+    """Append each note's note-on and note-off (order 3 and 1) to its track's events."""
+    rows = notes[["start_tick", "end_tick", "channel", "pitch", "velocity", "track"]].tolist()
+    for start, end, channel, pitch, velocity, track in rows:
+        velocity = min(max(velocity, 1), 127)
+        events[track].append((start, 3, mido.Message("note_on", channel=channel, note=pitch, velocity=velocity)))
+        events[track].append((end, 1, mido.Message("note_off", channel=channel, note=pitch, velocity=0)))
+
+
+def _track(events, name):
+    """(tick, order, message) events -> MidiTrack with delta times, a name and end-of-track."""
+    track = mido.MidiTrack()
+    if name:
+        track.append(mido.MetaMessage("track_name", name=name))
+    now = 0
+    for tick, _, msg in sorted(events, key=lambda e: (e[0], e[1])):
+        track.append(msg.copy(time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=0))
+    return track

@@ -50,15 +50,9 @@ def bars_and_beats(notes, time_signatures, ticks_per_beat):
     return bar.astype(np.int64), beat
 
 
-def track_names(midi_file):
-    """{track index: name} from the ``track_name`` meta events of a ``mido.MidiFile``."""
-    names = {}
-    for index, track in enumerate(midi_file.tracks):
-        for msg in track:
-            if msg.type == "track_name" and msg.name.strip():
-                names[index] = msg.name.strip()
-                break
-    return names
+def track_names(score):
+    """{track index: name} of the tracks of a Score that have a (non-blank) name."""
+    return {index: name.strip() for index, name in enumerate(score.track_names) if name.strip()}
 
 
 def keep_tracks(score, tracks, names=None):

@@ -31,7 +31,6 @@ from music_attn.errors import MidiError
 __all__ = [
     "VALIDATION_FRACTION",
     "augment_transpose",
-    "batches",
     "default_cache_dir",
     "list_midi_files",
     "load_corpus",
@@ -55,8 +54,6 @@ MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 SPLITS = ("train", "validation", "all")
 MANIFEST = "MANIFEST.csv"
 TRANSPOSE_RANGE = (-5, 6)  # semitones [low, high): a fourth either way keeps tunes singable
-# Token types whose value is a MIDI pitch (REMI "Pitch_60", performance "NoteOn_60" ...).
-_PITCH_TOKEN = re.compile(r"^(pitch|note_?on|note_?off)_(\d+)$", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------- split
@@ -314,29 +311,13 @@ def load_corpus(data_dir, tokenizer, split="train", **options):
 
 
 def pitch_table(tokenizer):
-    """MIDI pitch carried by each token id, -1 for tokens that carry none.
+    """MIDI pitch carried by each token id, -1 for tokens that carry none (the tokenizer's answer).
 
     Returns
     -------
     ndarray (V,) int64
     """
-    table = np.full(len(tokenizer.vocab), -1, dtype=np.int64)
-    for i, token in enumerate(tokenizer.vocab):
-        match = _PITCH_TOKEN.match(token)
-        if match:
-            table[i] = int(match.group(2))
-    return table
-
-
-def _pitch_bounds(tokenizer):
-    """Lowest and highest pitch the tokenizer can hold (``pitch_range``, else its vocabulary)."""
-    if getattr(tokenizer, "pitch_range", None) is not None:
-        low, high = tokenizer.pitch_range
-        return int(low), int(high)
-    pitches = pitch_table(tokenizer)
-    if not np.any(pitches >= 0):
-        raise ValueError(f"{type(tokenizer).__name__} has no pitch tokens to transpose")
-    return int(pitches[pitches >= 0].min()), int(pitches.max())
+    return np.asarray(tokenizer.pitch_of(), dtype=np.int64)
 
 
 def augment_transpose(ids, tokenizer, rng, low=TRANSPOSE_RANGE[0], high=TRANSPOSE_RANGE[1]):
@@ -349,7 +330,7 @@ def augment_transpose(ids, tokenizer, rng, low=TRANSPOSE_RANGE[0], high=TRANSPOS
     ----------
     ids : array_like (n,) int
     tokenizer : Tokenizer
-        Provides ``vocab`` and ``transpose(ids, semitones)``.
+        Provides ``pitch_of``, ``pitch_range`` and ``transpose(ids, semitones)``.
     rng : numpy.random.Generator
     low, high : int
         Half-open range of shifts, as in ``rng.integers``: -5 ... +5 by default.
@@ -365,7 +346,7 @@ def augment_transpose(ids, tokenizer, rng, low=TRANSPOSE_RANGE[0], high=TRANSPOS
     pitches = pitches[pitches >= 0]
     if pitches.size == 0:
         return ids.copy()
-    lo, hi = _pitch_bounds(tokenizer)
+    lo, hi = tokenizer.pitch_range
     shifts = np.arange(low, high)
     shifts = shifts[(pitches.min() + shifts >= lo) & (pitches.max() + shifts <= hi)]
     if shifts.size == 0:
@@ -401,24 +382,6 @@ def sample_windows(sequences, batch_size, length, rng, *, pad_id=0):
         window = np.asarray(sequences[i][start:start + length + 1], dtype=np.int32)
         out[row, :window.size] = window
     return out
-
-
-def batches(sequences, batch_size, length, rng, *, steps=None, tokenizer=None, transpose=None,
-            pad_id=0):
-    """Yield training windows ``(B, T + 1)`` int32, forever or for ``steps`` batches.
-
-    With ``tokenizer`` and ``transpose=(low, high)`` every window is also
-    transposed by its own random shift (:func:`augment_transpose`).
-    """
-    if transpose is not None and tokenizer is None:
-        raise ValueError("transpose augmentation needs the tokenizer")
-    step = 0
-    while steps is None or step < steps:
-        windows = sample_windows(sequences, batch_size, length, rng, pad_id=pad_id)
-        if transpose is not None:
-            windows = np.stack([augment_transpose(w, tokenizer, rng, *transpose) for w in windows])
-        yield windows
-        step += 1
 
 
 # ----------------------------------------------------------------------------- melodies

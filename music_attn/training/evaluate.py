@@ -86,10 +86,8 @@ def _pitches(tokenizer, ids):
     if ids.size == 0 or ids[-1] != tokenizer.eos_id:
         ids = np.append(ids, tokenizer.eos_id)
     result = tokenizer.decode(ids)
-    notes = sorted((n for inst in result.midi.instruments for n in inst.notes),
-                   key=lambda n: (n.start, n.pitch))
-    return (np.array([n.pitch for n in notes], dtype=np.int64),
-            np.array([n.end - n.start for n in notes]), result.skipped)
+    notes = result.score.notes  # sorted by onset, then pitch
+    return notes["pitch"].astype(np.int64), notes["end"] - notes["start"], result.skipped
 
 
 def _split_prompt(ids, tokenizer, prompt_bars, bars):

@@ -10,7 +10,7 @@ with the 24 rotated major and minor profiles and the best one wins.
 
 import numpy as np
 
-__all__ = ["estimate_key", "key_name", "in_key_share", "pitch_range", "repetition", "melody_summary"]
+__all__ = ["estimate_key", "key_name", "in_key_share", "pitch_range", "repetition"]
 
 # Krumhansl & Kessler (1982) probe-tone ratings, tonic first.
 _MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -75,13 +75,3 @@ def repetition(pitches, n=4):
         seen.add(gram)
     return repeats / len(grams)
 
-
-def melody_summary(pitches, durations=None, key=None):
-    """Dict of the statistics above; ``key`` defaults to the melody's own estimated key."""
-    key = key if key is not None else estimate_key(pitches, durations)
-    return {
-        "notes": int(np.asarray(pitches).size),
-        "in_key": in_key_share(pitches, key),
-        "range": pitch_range(pitches),
-        "repetition": repetition(pitches),
-    }
