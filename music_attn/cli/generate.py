@@ -1,6 +1,9 @@
-"""``music-attn generate``: sample a continuation of a MIDI prompt (or from nothing) to MIDI."""
+"""``music-attn generate``: sample a continuation of a MIDI prompt (or from nothing) to MIDI.
 
-import sys
+With ``--prompt`` the output is the prompt file as it was (every track and
+message, copied) plus a track holding the continuation; see
+:mod:`music_attn.music.continuation`.
+"""
 
 from music_attn.cli._options import default_of, integer, real
 
@@ -13,12 +16,24 @@ def register(sub):
     p = sub.add_parser("generate",
                        help="sample a continuation of --prompt FILE.mid (or from nothing) to MIDI",
                        description="Continue a MIDI prompt with the model (the shipped one by default), "
-                                   "sampling under the tokenizer's grammar, and write a MIDI file.")
+                                   "sampling under the tokenizer's grammar, and write a MIDI file: the "
+                                   "prompt file as it was (tracks, programs, names, tempo changes, metres, "
+                                   "controllers) plus a track with the continuation, after a marker.")
     p.add_argument("-m", "--model", metavar="MODEL.npz", help="checkpoint (default: the shipped pretrained model)")
     p.add_argument("--prompt", metavar="FILE.mid", help="MIDI file to continue (default: start from nothing)")
+    p.add_argument("--track", metavar="N|NAME",
+                   help="the prompt track to continue, by number (0 = the file's first track) or name "
+                        "(default: the pitched track with the most notes)")
+    p.add_argument("--melody", action="store_true",
+                   help="for a melody model: it reads only the top voice (highest sounding note at each "
+                        "onset) of the continued track (default: it reads every track)")
+    p.add_argument("--drums", action="store_true",
+                   help="let the model read the drum notes (channel 10) too (the output keeps them either way)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--bars", type=integer(1, MAX_BARS), help=f"number of bars to generate (default: {BARS})")
     budget.add_argument("--tokens", type=integer(1, MAX_TOKENS), help="number of tokens to generate (instead of --bars)")
+    p.add_argument("--no-end", action="store_true",
+                   help="forbid the end-of-piece token until the bars (or tokens) are written")
     p.add_argument("--temperature", type=real(0), default=default_of(generate, "temperature"),
                    help="divides the logits; 0 = greedy")
     p.add_argument("--top-k", type=integer(1), help="sample among the k most likely tokens (default: all)")
@@ -26,18 +41,17 @@ def register(sub):
                    help="sample among the smallest set of tokens with this much probability (default: 1)")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the sampling")
     p.add_argument("--unconstrained", action="store_true", help="do not mask tokens the grammar forbids")
-    p.add_argument("--drums", action="store_true", help="keep the prompt's drum notes (left out by default)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="MIDI file to write")
     p.set_defaults(func=_run)
 
 
 def _run(args):
     import numpy as np
-    from music_attn._io import atomic_outputs, check_input, check_output
+    from music_attn._io import check_input, check_output
     from music_attn.errors import MidiError, MusicAttnError
-    from music_attn.music.midi import write_midi
     from music_attn.training.checkpoint import load_model
-    from music_attn.training.generate import generate
+    if not args.prompt and (args.track is not None or args.melody or args.drums):
+        raise ValueError("--track, --melody and --drums choose what to read from --prompt: give a prompt")
     inputs = [p for p in (args.prompt, args.model) if p]
     check_output(args.output, inputs=inputs)              # before the sampling, not after
     if args.prompt:
@@ -46,23 +60,120 @@ def _run(args):
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise MusicAttnError(f"{args.model}: the checkpoint has no tokenizer to turn tokens into MIDI")
-    if args.drums:
-        tokenizer = tokenizer.with_options(include_drums=True)
-    prompt = tokenizer.encode(args.prompt) if args.prompt else None
-    if prompt is not None and prompt.dropped_drums:
-        sys.stderr.write(f"note: {args.prompt}: {prompt.dropped_drums} drum notes left out (--drums keeps them)\n")
-    prompt = prompt.ids if prompt is not None else None
-    n_bars = None if args.tokens else (args.bars or BARS)
-    out = generate(model, prompt, max_new_tokens=args.tokens, n_bars=n_bars,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   rng=np.random.default_rng(args.seed), constrained=not args.unconstrained)
+    if args.bars and tokenizer.bar_id is None:
+        raise ValueError(f"--bars needs a tokenizer with Bar tokens (REMI); this model's is "
+                         f"{tokenizer.kind}: use --tokens")
+    budget = _budget(args, tokenizer)
+    rng = np.random.default_rng(args.seed)
+    if args.prompt:
+        return _continue(args, model, budget, rng, inputs)
+    out = _generate(args, model, None, budget, rng)
+    return _write_fresh(args, tokenizer, out, budget, inputs)
+
+
+def _budget(args, tokenizer):
+    """(max_new_tokens, n_bars) for generate."""
+    if args.tokens:
+        return args.tokens, None
+    if tokenizer.bar_id is None:
+        return None, None
+    return None, args.bars or BARS
+
+
+def _generate(args, model, prompt_ids, budget, rng):
+    from music_attn.training.generate import generate
+    max_new_tokens, n_bars = budget
+    return generate(model, prompt_ids, max_new_tokens=max_new_tokens, n_bars=n_bars, no_end=args.no_end,
+                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rng=rng,
+                    constrained=not args.unconstrained)
+
+
+def _write_fresh(args, tokenizer, out, budget, inputs):
+    """From nothing: the decoded tokens are the whole file."""
+    from music_attn._io import atomic_outputs
+    from music_attn.music.midi import read_midi, write_midi
     decoded = tokenizer.decode(out.ids)
     with atomic_outputs([args.output], inputs=inputs) as (tmp,):
-        write_midi(tmp, decoded.score)
+        write_midi(tmp, decoded[0])
     new = out.ids[out.prompt_length:]
-    notes = len(decoded.score)
-    bars = "" if tokenizer.bar_id is None else f" ({int(np.sum(new == tokenizer.bar_id))} bars)"
-    print(f"wrote {args.output}: {len(new)} new tokens{bars} "
-          f"after a {out.prompt_length}-token prompt, {notes} notes, "
-          f"{decoded.score.duration:.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
+    notes = read_midi(decoded[0], include_drums=True).notes
+    print(f"wrote {args.output}: {len(new)} new tokens{_bars(tokenizer, out)}, {len(notes)} notes, "
+          f"{notes['end'].max(initial=0):.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
+    _say_if_ended_early(out, budget)
     return 0
+
+
+def _tempo_and_metre(score, tick):
+    """'96 bpm in 3/4': the tempo and metre in force at ``tick``."""
+    tempo = score.tempos[score.tempos["tick"] <= tick][-1]["tempo"]
+    sig = score.time_signatures[score.time_signatures["tick"] <= tick][-1]
+    return f"{60e6 / tempo:.4g} bpm in {sig['numerator']}/{sig['denominator']}"
+
+
+def _tracks(result):
+    """'track 5 'Violin I (continued)' (program 40)' for each new track, joined."""
+    described = []
+    for index in result.tracks:
+        track = result.midi.tracks[index]
+        name = next(m.name for m in track if m.type == "track_name")
+        programs = [m.program for m in track if m.type == "program_change"]
+        described.append(f"track {index} {name!r}" + (f" (program {programs[0]})" if programs else ""))
+    return ", ".join(described)
+
+
+def _bars(tokenizer, out):
+    return "" if tokenizer.bar_id is None else f" ({out.bars} bar{'s' * (out.bars != 1)})"
+
+
+def _say_if_ended_early(out, budget):
+    n_bars = budget[1]
+    if out.stop == "eos" and n_bars is not None and out.bars < n_bars:
+        print(f"the model ended the piece after {out.bars} of the {n_bars} bars asked for "
+              f"(--no-end forbids ending before {n_bars} bars)")
+
+
+def _continue(args, model, budget, rng, inputs):
+    """The prompt file as it was, plus the continuation on a new track."""
+    from music_attn._io import atomic_outputs
+    from music_attn.music import continuation as C
+    from music_attn.music.midi import write_midi
+    tokenizer = model.tokenizer
+    mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
+    tracks = C.prompt_tracks(mid, score)
+    target = C.choose_track(tracks, score, C.track_names(mid, score), args.track)
+    drums = args.drums or tokenizer.include_drums
+    read, dropped = C.prompt_reading(score, target, melody=args.melody, drums=drums)
+    if not len(read):
+        raise ValueError(f"{args.prompt}: the model would read no notes of it"
+                         + ("" if drums else " (it holds only drums: --drums reads them)"))
+    encoder = tokenizer      # a tokenizer that names drum notes keeps them (the vocabulary is the same)
+    if drums and not tokenizer.include_drums and hasattr(tokenizer, "with_options"):
+        encoder = tokenizer.with_options(include_drums=True)
+    sequence = encoder.encode(read)
+    out = _generate(args, model, sequence.ids, budget, rng)
+    result = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
+    with atomic_outputs([args.output], inputs=inputs) as (tmp,):
+        write_midi(tmp, result.midi)
+    _report(args, tokenizer, score, read, target, result, out)
+    if result.doubled:
+        print(f"left out {result.doubled} new note(s) that doubled a note still sounding on the same channel")
+    if dropped:
+        print(f"left out {dropped} drum note(s) the model does not read (--drums reads them); the output keeps them")
+    _say_if_ended_early(out, budget)
+    return 0
+
+
+def _report(args, tokenizer, score, read, target, result, out):
+    import numpy as np
+    from music_attn.music.continuation import MARKER_TEXT
+    from music_attn.music.select import bars_and_beats
+    n_tempos = int(np.count_nonzero(np.diff(score.tempos["tempo"])))
+    at = result.start_tick
+    bar = int(bars_and_beats({"start_tick": np.array([at])}, score.time_signatures, score.ticks_per_beat)[0][0])
+    print(f"wrote {args.output}: the prompt as it was ({len(result.midi.tracks) - len(result.tracks)} tracks, "
+          f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
+          f"{result.n_notes} new notes on {_tracks(result)} from bar {bar} "
+          f"({score.tick_to_time(at):.1f} s) at {_tempo_and_metre(score, at)}, after the marker {MARKER_TEXT!r}")
+    which = f"the top voice of track {target.index}" if args.melody else "every track"
+    print(f"the model read {len(read.notes)} notes ({which}): {len(out.ids) - out.prompt_length} new tokens"
+          f"{_bars(tokenizer, out)} after a {out.prompt_length}-token prompt, stopped at {out.stop}")
