@@ -177,7 +177,7 @@ def test_generate_and_inspect_say_how_many_drum_notes_they_left_out(capsys, tmp_
     drums = note_events([(36, 0, 240, 100), (38, 240, 480, 100)], channel=9)
     path = save(midi_file(track(note_events(NOTES) + drums)), tmp_path / "band.mid")
     code, _, err = _run(capsys, "generate", "--prompt", path, "--tokens", "3", "-o", tmp_path / "gen.mid")
-    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
+    assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them); the output keeps them\n"
     code, _, err = _run(capsys, "inspect", path, "-o", tmp_path / "page.html")
     assert code == 0 and err == f"note: {path}: 2 drum notes left out (--drums keeps them)\n"
     code, out, err = _run(capsys, "inspect", path, "-o", tmp_path / "page.html", "--drums")

@@ -9,6 +9,7 @@ import pytest
 from midi_factory import midi_file, note_events, save, tempo, track
 from music_attn.errors import MidiError, MusicAttnError
 from music_attn.music import continuation as C
+from music_attn.music import select
 from music_attn.music.midi import read_midi
 from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
 
@@ -132,7 +133,7 @@ def test_tracks_list_names_channels_programs_and_median_velocity(tmp_path):
 def choose(tmp_path, spec=None):
     path = save(three_tracks_file(tmp_path), tmp_path / "three.mid")
     mid, score = C.load_prompt(path)
-    return C.choose_track(C.prompt_tracks(mid, score), score, C.track_names(mid, score), spec)
+    return C.choose_track(C.prompt_tracks(mid, score), score, select.track_names(score), spec)
 
 
 def test_default_track_is_the_pitched_one_with_most_notes(tmp_path):

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import sys
 
 __all__ = ["integer", "real", "default_of", "HelpFormatter"]
 
@@ -68,3 +69,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "%(default)" in text or "default:" in text or hidden:
             return text
         return f"{text} (default: %(default)s)"
+
+
+def note_dropped_drums(path, n, kept=""):
+    """The one stderr line every command prints when it left drum notes out of what the model reads."""
+    if n:
+        extra = f"; {kept}" if kept else ""
+        sys.stderr.write(f"note: {path}: {n} drum notes left out (--drums keeps them){extra}\n")

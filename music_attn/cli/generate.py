@@ -5,7 +5,7 @@ message, copied) plus a track holding the continuation; see
 :mod:`music_attn.music.continuation`.
 """
 
-from music_attn.cli._options import default_of, integer, real
+from music_attn.cli._options import default_of, integer, note_dropped_drums, real
 
 BARS = 8          # what the command generates when neither --bars nor --tokens is given
 MAX_BARS, MAX_TOKENS = 10_000, 1_000_000      # a bound on the time one command may take
@@ -136,18 +136,19 @@ def _continue(args, model, budget, rng, inputs):
     """The prompt file as it was, plus the continuation on a new track."""
     from music_attn._io import atomic_outputs
     from music_attn.music import continuation as C
+    from music_attn.music import select
     from music_attn.music.midi import write_midi
     tokenizer = model.tokenizer
     mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
     tracks = C.prompt_tracks(mid, score)
-    target = C.choose_track(tracks, score, C.track_names(mid, score), args.track)
+    target = C.choose_track(tracks, score, select.track_names(score), args.track)
     drums = args.drums or tokenizer.include_drums
     read, dropped = C.prompt_reading(score, target, melody=args.melody, drums=drums)
     if not len(read):
         raise ValueError(f"{args.prompt}: the model would read no notes of it"
                          + ("" if drums else " (it holds only drums: --drums reads them)"))
     encoder = tokenizer      # a tokenizer that names drum notes keeps them (the vocabulary is the same)
-    if drums and not tokenizer.include_drums and hasattr(tokenizer, "with_options"):
+    if drums and not tokenizer.include_drums:
         encoder = tokenizer.with_options(include_drums=True)
     sequence = encoder.encode(read)
     out = _generate(args, model, sequence.ids, budget, rng)
@@ -157,8 +158,7 @@ def _continue(args, model, budget, rng, inputs):
     _report(args, tokenizer, score, read, target, result, out)
     if result.doubled:
         print(f"left out {result.doubled} new note(s) that doubled a note still sounding on the same channel")
-    if dropped:
-        print(f"left out {dropped} drum note(s) the model does not read (--drums reads them); the output keeps them")
+    note_dropped_drums(args.prompt, dropped, kept="the output keeps them")
     _say_if_ended_early(out, budget)
     return 0
 

@@ -6,10 +6,9 @@ Prints how well the model fits the music (NLL per token against its validation N
 The page, PNG and JSON are written all or none, never over the piece or the model.
 """
 
-import sys
 from pathlib import Path
 
-from music_attn.cli._options import integer, real
+from music_attn.cli._options import integer, note_dropped_drums, real
 
 
 def register(sub):
@@ -52,9 +51,7 @@ def _run(args):
     tokenizer = model.tokenizer.with_options(include_drums=True) if args.drums and model.tokenizer else None
     maps = attention_maps(model, source, window=args.window, bars=bars, start=args.start, end=args.end,
                           tracks=args.track, melody=args.melody, tokenizer=tokenizer)
-    dropped = getattr(getattr(maps, "score", None), "dropped_drums", 0)
-    if dropped:
-        sys.stderr.write(f"note: {source}: {dropped} drum notes left out (--drums keeps them)\n")
+    note_dropped_drums(source, maps.score.dropped_drums if maps.score is not None else 0)
     with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
         size = _write(maps, dict(zip(outputs, temps)))
     _print_summary(maps, outputs, size)

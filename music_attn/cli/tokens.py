@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-from music_attn.cli._options import integer
+from music_attn.cli._options import integer, note_dropped_drums
 
 __all__ = ["register"]
 
@@ -85,8 +85,7 @@ def _tokenize(args):
             print(" ".join(seq.tokens))
     sys.stdout.flush()
     for path, seq in good:
-        if seq.dropped_drums:
-            sys.stderr.write(f"note: {path}: {seq.dropped_drums} drum notes left out (--drums keeps them)\n")
+        note_dropped_drums(path, seq.dropped_drums)
     return _report_failures(results)
 
 

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from music_attn.core.model import Model
-from music_attn.interop.torch_model import TorchTransformer, our_name, torch_name
+from music_attn.interop.torch_model import TorchTransformer, our_name
 from music_attn.training.checkpoint import save_checkpoint
 from music_attn.training.train import (
-    TrainState, _batch, _due, _StopOnInterrupt, lr_at,
+    TrainState, train_batch, is_due, StopOnInterrupt, lr_at,
 )
 from music_attn.training.windows import span_batches
 
@@ -145,7 +145,7 @@ def _step(net, optimizer, sequences, state, tokenizer, pad_id, device):
     """One optimizer step on this process's rows of the global batch; the history record."""
     config = state.config
     rank, world = _world()
-    ids, targets = _batch(sequences, config, state.rng, tokenizer, pad_id)     # (B, T) global
+    ids, targets = train_batch(sequences, config, state.rng, tokenizer, pad_id)     # (B, T) global
     count = max(int((targets >= 0).sum()), 1)
     rows = _rows(len(ids), rank, world)
     ids_t = torch.as_tensor(ids[rows], dtype=torch.int64, device=device)
@@ -217,7 +217,7 @@ def train_torch(model, sequences, config, *, state=None, val_sequences=None, tok
     val = (list(span_batches(val_sequences, config.seq_len, batch_size=config.batch_size,
                              max_tokens=config.eval_tokens)) if val_sequences else None)
     loop = _Loop(net, module, optimizer, state, tokenizer, pad_id, device, checkpoint, rank == 0)
-    with _StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, unit="step", dynamic_ncols=True,
+    with StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, unit="step", dynamic_ncols=True,
                                           disable=not (progress and rank == 0)) as bar:
         loop.run(sequences, val, end, stop, bar)
     model.params.update(from_torch(module).params)
@@ -241,7 +241,7 @@ class _Loop:
                            self.pad_id, self.device)
             tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
             state.step += 1
-            if val is not None and len(val) and _due(state.step, config.eval_every, end):
+            if val is not None and len(val) and is_due(state.step, config.eval_every, end):
                 record["val_loss"] = _evaluate(self.module, val, self.device)
                 if self.main and not bar.disable:
                     bar.write(f"step {state.step}: train loss {record['loss']:.4f}, "
@@ -249,7 +249,7 @@ class _Loop:
             state.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
             bar.update(1)
-            if _due(state.step, config.checkpoint_every, end):
+            if is_due(state.step, config.checkpoint_every, end):
                 saved = self._save() or saved
         state.interrupted = stop.requested
         if saved != state.step:

@@ -41,9 +41,9 @@ import pretty_midi
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.errors import MidiError
 from music_attn.music import select
-from music_attn.music.midi import _source_bytes, _split_chunks, read_midi
+from music_attn.music.midi import source_bytes, split_chunks, read_midi
 
-__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "track_names", "prompt_tracks", "choose_track",
+__all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track",
            "prompt_reading", "in_beats", "new_notes", "place_notes", "continue_prompt", "route",
            "continuation_file"]
 
@@ -101,8 +101,8 @@ def load_prompt(path, *, sustain=False):
     skipped, each track up to its end_of_track); texts are latin-1, so every
     byte is written back as it was.  MidiError names the file.
     """
-    data, name = _source_bytes(path)
-    fmt, tpb, chunks = _split_chunks(data, name)
+    data, name = source_bytes(path)
+    fmt, tpb, chunks = split_chunks(data, name)
     header = struct.pack(">4sLHHh", b"MThd", 6, fmt, len(chunks), tpb)
     body = b"".join(b"MTrk" + struct.pack(">L", len(c)) + c for c in chunks)
     try:
@@ -118,15 +118,9 @@ def load_prompt(path, *, sustain=False):
 # --------------------------------------------------------------------------- tracks
 
 
-def track_names(mid, score):
-    """{track index: name} by :func:`select.track_names`: of the Score where it records the
-    names, else of the mido file."""
-    return select.track_names(score if hasattr(score, "track_names") else mid)
-
-
 def prompt_tracks(mid, score):
     """The tracks of ``mid`` that hold notes in ``score`` (read with drums), in file order."""
-    names, out = track_names(mid, score), []
+    names, out = select.track_names(score), []
     for index in range(len(mid.tracks)):
         notes = score.notes[score.notes["track"] == index]
         if len(notes):
@@ -163,17 +157,9 @@ def prompt_reading(score, target, *, melody=False, drums=False):
 
 
 def _decoded_table(decoded):
-    """Notes of a decode result (its first field: PrettyMIDI, mido.MidiFile or Score) -> _NEW_DTYPE
+    """Notes of a decode result (its first field: a Score) -> _NEW_DTYPE
     in the tokenizer's time: beats (start/end) and seconds, as two arrays."""
     midi = decoded[0]
-    if hasattr(midi, "instruments"):   # PrettyMIDI: its in-memory notes, exact
-        rows = [(n.pitch, n.velocity, -1 if inst.is_drum else inst.program, n.start, n.end)
-                for inst in midi.instruments for n in inst.notes]
-        seconds = np.array(rows, dtype=_NEW_DTYPE) if rows else np.zeros(0, _NEW_DTYPE)
-        beats = seconds.copy()
-        for field in ("start", "end"):
-            beats[field] = [midi.time_to_tick(t) / midi.resolution for t in seconds[field]]
-        return beats, seconds
     notes = read_midi(midi, include_drums=True).notes
     table = np.zeros(len(notes), dtype=_NEW_DTYPE)
     for field in ("pitch", "velocity", "program"):

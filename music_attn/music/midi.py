@@ -283,12 +283,12 @@ def read_midi(source, *, include_drums=False, sustain=False):
     """
     if isinstance(source, Score):
         return source
-    data, name = _source_bytes(source)
-    fmt, tpb, chunks = _split_chunks(data, name)
+    data, name = source_bytes(source)
+    fmt, tpb, chunks = split_chunks(data, name)
     return _score(_events_from_chunks(fmt, chunks, name), tpb, name, include_drums, sustain)
 
 
-def _source_bytes(source):
+def source_bytes(source):
     """The bytes and display name of a path, mido.MidiFile or PrettyMIDI."""
     if isinstance(source, mido.MidiFile):
         name = str(source.filename) if source.filename else "<MidiFile>"
@@ -321,7 +321,7 @@ def _read_bytes(path, name):
     return data
 
 
-def _split_chunks(data, name):
+def split_chunks(data, name):
     """Validate the MThd header; returns (format, ticks per beat, MTrk chunk bodies).
 
     Unknown chunks are skipped; bytes after the announced tracks are ignored.

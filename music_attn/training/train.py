@@ -198,7 +198,7 @@ def train_state_from_checkpoint(model, train_state, config=None):
 
 # --------------------------------------------------------------------------- data
 
-def _batch(sequences, config, rng, tokenizer, pad_id):
+def train_batch(sequences, config, rng, tokenizer, pad_id):
     """Inputs and targets (B, T) of one random batch; padding targets are -1 (not counted)."""
     windows = sample_windows(sequences, config.batch_size, config.seq_len, rng, pad_id=pad_id)
     if config.transpose is not None and tokenizer is not None:
@@ -211,7 +211,7 @@ def _batch(sequences, config, rng, tokenizer, pad_id):
 
 # --------------------------------------------------------------------------- loop
 
-class _StopOnInterrupt:
+class StopOnInterrupt:
     """Turn the first Ctrl-C into a request to stop at the end of the current step.
 
     A second Ctrl-C interrupts at once.  Only active in the main thread.
@@ -240,7 +240,7 @@ class _StopOnInterrupt:
 def _train_step(model, sequences, state, tokenizer, pad_id):
     """One optimizer step; returns the history record of the step."""
     config = state.config
-    ids, targets = _batch(sequences, config, state.rng, tokenizer, pad_id)
+    ids, targets = train_batch(sequences, config, state.rng, tokenizer, pad_id)
     loss, grads = model.loss_and_grads(ids, targets, workers=config.workers, rng=state.rng)
     norm = clip_grads(grads, config.grad_clip)
     lr = lr_at(state.step, config)
@@ -248,7 +248,7 @@ def _train_step(model, sequences, state, tokenizer, pad_id):
     return {"step": state.step + 1, "loss": float(loss), "lr": lr, "grad_norm": norm}
 
 
-def _due(step, every, last):
+def is_due(step, every, last):
     return step == last or (every > 0 and step % every == 0)
 
 
@@ -282,14 +282,14 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     state.interrupted, saved = False, None
     deadline = math.inf if time_limit is None else time.monotonic() + time_limit
-    with _StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, disable=not progress,
+    with StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, disable=not progress,
                                           unit="step", dynamic_ncols=True) as bar:
         while state.step < end and not stop.requested and time.monotonic() < deadline:
             t0 = time.perf_counter()
             record = _train_step(model, sequences, state, tokenizer, pad_id)
             tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
             state.step += 1
-            if val_sequences and _due(state.step, config.eval_every, end):
+            if val_sequences and is_due(state.step, config.eval_every, end):
                 record["val_loss"] = corpus_nll(model, val_sequences, window=config.seq_len,
                                                 batch_size=config.batch_size,
                                                 max_tokens=config.eval_tokens)[0]
@@ -299,7 +299,7 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
             state.history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
             bar.update(1)
-            if checkpoint is not None and _due(state.step, config.checkpoint_every, end):
+            if checkpoint is not None and is_due(state.step, config.checkpoint_every, end):
                 save_checkpoint(checkpoint, model, train_state=state.to_checkpoint())
                 saved = state.step
         state.interrupted = stop.requested
