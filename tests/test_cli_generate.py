@@ -273,3 +273,20 @@ def test_output_that_is_the_prompt_is_refused_and_the_prompt_kept(prompt, tmp_pa
         code, _, err = run_here(capsys, "--prompt", copy, "-o", out, "--bars", 1)
         assert code == 2 and err.startswith("error: ") and "is the input file" in err
     assert copy.read_bytes() == prompt.read_bytes()
+
+
+# --------------------------------------------------------------------------- several samples
+
+def test_sample_i_of_a_batch_is_the_single_run_with_seed_plus_i(capsys, prompt, tmp_path):
+    template = str(tmp_path / "take_{i}.mid")
+    code = run_here(capsys, "--prompt", prompt, "--bars", 1, "--seed", 7, "--num-samples", 3, "-o", template)[0]
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["take_0.mid", "take_1.mid", "take_2.mid"]
+    for i in (0, 2):
+        single = tmp_path / f"single_{i}.mid"
+        assert run_here(capsys, "--prompt", prompt, "--bars", 1, "--seed", 7 + i, "-o", single)[0] == 0
+        assert single.read_bytes() == (tmp_path / f"take_{i}.mid").read_bytes()
+
+
+def test_several_samples_need_a_numbered_output_name(capsys, tmp_path):
+    code, _, err = run_here(capsys, "--bars", 1, "--num-samples", 2, "-o", tmp_path / "x.mid")
+    assert code == 2 and "-o needs one '{i}'" in err and list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ from music_attn.cli._options import default_of, integer, note_dropped_drums, rea
 
 BARS = 8          # what the command generates when neither --bars nor --tokens is given
 MAX_BARS, MAX_TOKENS = 10_000, 1_000_000      # a bound on the time one command may take
+MAX_SAMPLES = 256                             # a bound on the files one command writes
 
 
 def register(sub):
@@ -39,9 +40,14 @@ def register(sub):
     p.add_argument("--top-k", type=integer(1), help="sample among the k most likely tokens (default: all)")
     p.add_argument("--top-p", type=real(0, 1, low_open=True),
                    help="sample among the smallest set of tokens with this much probability (default: 1)")
-    p.add_argument("--seed", type=integer(0), default=0, help="seed of the sampling")
+    p.add_argument("--seed", type=integer(0), default=0,
+                   help="seed of the sampling (sample i of --num-samples uses seed + i)")
+    p.add_argument("--num-samples", type=integer(1, MAX_SAMPLES), default=1, metavar="N",
+                   help="sample N continuations at once, written to -o with {i} replaced by 0..N-1; "
+                        "sample i is what a single run with --seed SEED+i writes")
     p.add_argument("--unconstrained", action="store_true", help="do not mask tokens the grammar forbids")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="MIDI file to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.mid",
+                   help="MIDI file to write (with --num-samples, a name holding {i}, e.g. out_{i}.mid)")
     p.set_defaults(func=_run)
 
 
@@ -53,7 +59,9 @@ def _run(args):
     if not args.prompt and (args.track is not None or args.melody or args.drums):
         raise ValueError("--track, --melody and --drums choose what to read from --prompt: give a prompt")
     inputs = [p for p in (args.prompt, args.model) if p]
-    check_output(args.output, inputs=inputs)              # before the sampling, not after
+    outputs = _outputs(args)
+    for path in outputs:
+        check_output(path, inputs=inputs)                 # before the sampling, not after
     if args.prompt:
         check_input(args.prompt, what="MIDI file", error=MidiError)
     model = load_model(args.model)
@@ -64,11 +72,22 @@ def _run(args):
         raise ValueError(f"--bars needs a tokenizer with Bar tokens (REMI); this model's is "
                          f"{tokenizer.kind}: use --tokens")
     budget = _budget(args, tokenizer)
-    rng = np.random.default_rng(args.seed)
+    rngs = [np.random.default_rng(args.seed + i) for i in range(args.num_samples)]
     if args.prompt:
-        return _continue(args, model, budget, rng, inputs)
-    out = _generate(args, model, None, budget, rng)
-    return _write_fresh(args, tokenizer, out, budget, inputs)
+        return _continue(args, model, budget, rngs, inputs, outputs)
+    outs = _generate(args, model, None, budget, rngs)
+    return _write_fresh(args, tokenizer, outs, budget, inputs, outputs)
+
+
+def _outputs(args):
+    """The output paths: ``-o`` itself, or with --num-samples N its ``{i}`` filled with 0..N-1."""
+    n, template = args.num_samples, args.output
+    if n == 1:
+        return [template]
+    if template.count("{i}") != 1 or template.replace("{i}", "").count("{") + template.count("}") > 1:
+        raise ValueError(f"--num-samples {n} writes several files: -o needs one '{{i}}' in its name "
+                         f"(e.g. out_{{i}}.mid), got {template!r}")
+    return [template.replace("{i}", str(i)) for i in range(n)]
 
 
 def _budget(args, tokenizer):
@@ -80,26 +99,32 @@ def _budget(args, tokenizer):
     return None, args.bars or BARS
 
 
-def _generate(args, model, prompt_ids, budget, rng):
+def _generate(args, model, prompt_ids, budget, rngs):
+    """One Generated per generator in ``rngs``, sampled as one batch."""
     from music_attn.training.generate import generate
     max_new_tokens, n_bars = budget
-    return generate(model, prompt_ids, max_new_tokens=max_new_tokens, n_bars=n_bars, no_end=args.no_end,
-                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rng=rng,
-                    constrained=not args.unconstrained)
+    batched = len(rngs) > 1
+    outs = generate(model, prompt_ids, max_new_tokens=max_new_tokens, n_bars=n_bars, no_end=args.no_end,
+                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    rng=rngs if batched else rngs[0], constrained=not args.unconstrained,
+                    num_samples=len(rngs) if batched else None)
+    return outs if batched else [outs]
 
 
-def _write_fresh(args, tokenizer, out, budget, inputs):
-    """From nothing: the decoded tokens are the whole file."""
+def _write_fresh(args, tokenizer, outs, budget, inputs, outputs):
+    """From nothing: the decoded tokens are the whole file (one file per sample, all or none)."""
     from music_attn._io import atomic_outputs
     from music_attn.music.midi import read_midi, write_midi
-    decoded = tokenizer.decode(out.ids)
-    with atomic_outputs([args.output], inputs=inputs) as (tmp,):
-        write_midi(tmp, decoded[0])
-    new = out.ids[out.prompt_length:]
-    notes = read_midi(decoded[0], include_drums=True).notes
-    print(f"wrote {args.output}: {len(new)} new tokens{_bars(tokenizer, out)}, {len(notes)} notes, "
-          f"{notes['end'].max(initial=0):.1f} s, stopped at {out.stop}, {decoded.skipped} tokens skipped")
-    _say_if_ended_early(out, budget)
+    decoded = [tokenizer.decode(out.ids) for out in outs]
+    with atomic_outputs(outputs, inputs=inputs) as temps:
+        for tmp, result in zip(temps, decoded):
+            write_midi(tmp, result[0])
+    for path, out, result in zip(outputs, outs, decoded):
+        new = out.ids[out.prompt_length:]
+        notes = read_midi(result[0], include_drums=True).notes
+        print(f"wrote {path}: {len(new)} new tokens{_bars(tokenizer, out)}, {len(notes)} notes, "
+              f"{notes['end'].max(initial=0):.1f} s, stopped at {out.stop}, {result.skipped} tokens skipped")
+        _say_if_ended_early(out, budget)
     return 0
 
 
@@ -132,7 +157,7 @@ def _say_if_ended_early(out, budget):
               f"(--no-end forbids ending before {n_bars} bars)")
 
 
-def _continue(args, model, budget, rng, inputs):
+def _continue(args, model, budget, rngs, inputs, outputs):
     """The prompt file as it was, plus the continuation on a new track."""
     from music_attn._io import atomic_outputs
     from music_attn.music import continuation as C
@@ -151,26 +176,29 @@ def _continue(args, model, budget, rng, inputs):
     if drums and not tokenizer.include_drums:
         encoder = tokenizer.with_options(include_drums=True)
     sequence = encoder.encode(read)
-    out = _generate(args, model, sequence.ids, budget, rng)
-    result = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
-    with atomic_outputs([args.output], inputs=inputs) as (tmp,):
-        write_midi(tmp, result.midi)
-    _report(args, tokenizer, score, read, target, result, out)
-    if result.doubled:
-        print(f"left out {result.doubled} new note(s) that doubled a note still sounding on the same channel")
+    outs = _generate(args, model, sequence.ids, budget, rngs)
+    results = [C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
+               for out in outs]
+    with atomic_outputs(outputs, inputs=inputs) as temps:
+        for tmp, result in zip(temps, results):
+            write_midi(tmp, result.midi)
+    for path, out, result in zip(outputs, outs, results):
+        _report(args, path, tokenizer, score, read, target, result, out)
+        if result.doubled:
+            print(f"left out {result.doubled} new note(s) that doubled a note still sounding on the same channel")
+        _say_if_ended_early(out, budget)
     note_dropped_drums(args.prompt, dropped, kept="the output keeps them")
-    _say_if_ended_early(out, budget)
     return 0
 
 
-def _report(args, tokenizer, score, read, target, result, out):
+def _report(args, path, tokenizer, score, read, target, result, out):
     import numpy as np
     from music_attn.music.continuation import MARKER_TEXT
     from music_attn.music.select import bars_and_beats
     n_tempos = int(np.count_nonzero(np.diff(score.tempos["tempo"])))
     at = result.start_tick
     bar = int(bars_and_beats({"start_tick": np.array([at])}, score.time_signatures, score.ticks_per_beat)[0][0])
-    print(f"wrote {args.output}: the prompt as it was ({len(result.midi.tracks) - len(result.tracks)} tracks, "
+    print(f"wrote {path}: the prompt as it was ({len(result.midi.tracks) - len(result.tracks)} tracks, "
           f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
           f"{result.n_notes} new notes on {_tracks(result)} from bar {bar} "
           f"({score.tick_to_time(at):.1f} s) at {_tempo_and_metre(score, at)}, after the marker {MARKER_TEXT!r}")
