@@ -24,8 +24,6 @@ def test_readme_python_examples_print_what_they_show():
 
 
 # ------------------------------------------------------------------ the command-line tour
-# Pieces the tour shows that neither the package nor an earlier command provides (from music21's corpus).
-NOT_SHIPPED = ("quartet.mid",)
 SKIP_LINE = re.compile(r"Done in |\d+%\||^step \d+: ")    # timings, progress bars, training losses
 
 
@@ -68,8 +66,6 @@ def test_every_tour_command_runs_as_written_from_an_empty_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(README.parent)}
     python = f"{shlex.quote(sys.executable)} -m music_attn"
     for command, expected in _tour():
-        if any(name in command.split() for name in NOT_SHIPPED):
-            continue
         shell = re.sub(r"(^|&& )music-attn ", lambda m: f"{m.group(1)}{python} ", command)
         run = subprocess.run(["bash", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=600)
