@@ -5,6 +5,8 @@ Run from the repository root (needs playwright for Python and Debian's chromium)
     python scripts/screenshot.py                      # shipped model, first shipped melody
     python scripts/screenshot.py --melody tune.mid -o docs/screenshot.png --heads-out docs/heads.png
     python scripts/screenshot.py --random-model       # a tiny untrained model, when none ships yet
+    python scripts/screenshot.py -m benchmarks/jsb_chorales.npz --melody data/bach/bwv144-6.mid \
+        -o docs/chorale.png --heads-out ''            # a chorale's final cadence, JSB model
 
 The page opens on the last layer with the mean of its heads (``--head N`` picks
 one head, ``--head focused`` the most focused one) and a note clicked (``--note``,
@@ -23,12 +25,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def _model(random_model):
+def _model(random_model, path=None):
     from music_attn.training.checkpoint import load_model
     from music_attn.core.model import ModelConfig, init_model
 
     if not random_model:
-        return load_model()
+        return load_model(path)
     from music_attn.music.tokenizer import RemiTokenizer
 
     tokenizer = RemiTokenizer()
@@ -93,6 +95,7 @@ def main():
     parser.add_argument("--heads-out", default="docs/heads.png", help="head grid and role table ('' for none)")
     parser.add_argument("--note", type=int, help="note to click, from 1 (default: the last)")
     parser.add_argument("--random-model", action="store_true", help="tiny random model instead of the shipped one")
+    parser.add_argument("-m", "--model", help="checkpoint (default: the shipped model)")
     parser.add_argument("--head", default="mean", help="'mean' (of the last layer's heads), 'focused' or a head number")
     args = parser.parse_args()
     from music_attn.inspect.inspector import attention_maps
@@ -100,7 +103,7 @@ def main():
     from music_attn.music.midi import read_midi
 
     melody = _melody(args.melody)
-    maps = attention_maps(_model(args.random_model), melody)
+    maps = attention_maps(_model(args.random_model, args.model), melody)
     layer, head = _view(maps, args.head)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

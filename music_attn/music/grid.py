@@ -150,7 +150,9 @@ class GridTokenizer(Tokenizer):
         the top (the lowest of five or more go to the bass).  Notes snap to the
         nearest sixteenth and last at least one; where two notes of a voice
         overlap, the later one wins.  Each cell belongs to the note sounding
-        there, and the notes keep their times as read.
+        there, and the notes keep their times as read, and their file track
+        when the file has four tracks of notes (so the tracks keep their names);
+        otherwise each note's track is its voice, 0 = soprano.
         """
         score = read_midi(source, include_drums=False)
         grid, cell_note = self._score_grid(score)
@@ -162,7 +164,8 @@ class GridTokenizer(Tokenizer):
         rank[order] = np.arange(len(order))
         labels = np.concatenate(([-1], np.where(used >= 0, rank[np.maximum(used, 0)], -1), [-1]))
         notes = score.notes[order].copy()
-        notes["track"] = self._voices(score.notes)[order]
+        if len(np.unique(score.notes["track"])) != 4:      # voices inferred: they become the tracks
+            notes["track"] = self._voices(score.notes)[order]
         return TokenSequence(ids, labels, notes, self.vocab, score.name, score)
 
     def _voices(self, notes):
