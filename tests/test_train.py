@@ -121,6 +121,23 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     assert load_checkpoint(path).train_state["meta"]["step"] == 6
 
 
+def test_checkpoints_carry_the_validation_nll_of_the_weights_they_hold(tmp_path):
+    seqs, val = sequences(), sequences(2, length=15, seed=9)          # each fits one window of 16
+    model, state = fresh()
+    path = tmp_path / "run.npz"
+    train(model, seqs, TRAIN, state=state, val_sequences=val, checkpoint=path, progress=False)
+    saved = load_checkpoint(path).model
+    assert saved.metrics["validation_step"] == TRAIN.steps
+    # recomputed independently: the mean NLL of every validation token after the first, one full forward each
+    nll = []
+    for seq in val:
+        logits = saved.forward(seq[None, :-1].astype(np.int64))[0].astype(np.float64)   # (T, V)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll.extend(logz - logits[np.arange(len(seq) - 1), seq[1:]])
+    assert saved.metrics["validation_tokens"] == len(nll)
+    assert saved.metrics["validation_nats_per_token"] == pytest.approx(np.mean(nll), rel=1e-5)
+
+
 def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
     seqs = sequences()
     whole, state = fresh()

@@ -252,6 +252,12 @@ def is_due(step, every, last):
     return step == last or (every > 0 and step % every == 0)
 
 
+def _record_validation(model, nll, tokens, step):
+    """Keep the latest validation NLL in ``model.metrics``, which checkpoints save (inspect reads it)."""
+    model.metrics = {**(getattr(model, "metrics", None) or {}), "validation_nats_per_token": nll,
+                     "validation_tokens": tokens, "validation_step": step}
+
+
 def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer=None,
           checkpoint=None, stop_after=None, time_limit=None, progress=True):
     """Train ``model`` in place on token sequences.
@@ -290,9 +296,10 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
             tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
             state.step += 1
             if val_sequences and is_due(state.step, config.eval_every, end):
-                record["val_loss"] = corpus_nll(model, val_sequences, window=config.seq_len,
-                                                batch_size=config.batch_size,
-                                                max_tokens=config.eval_tokens)[0]
+                record["val_loss"], n_val = corpus_nll(model, val_sequences, window=config.seq_len,
+                                                       batch_size=config.batch_size,
+                                                       max_tokens=config.eval_tokens)
+                _record_validation(model, record["val_loss"], n_val, state.step)
                 if progress:
                     bar.write(f"step {state.step}: train loss {record['loss']:.4f}, "
                               f"validation loss {record['val_loss']:.4f}")
