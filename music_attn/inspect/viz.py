@@ -27,6 +27,7 @@ import numpy as np
 from music_attn._io import atomic_write
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
+from music_attn.music import select
 from music_attn.training.stats import estimate_key, key_name
 
 __all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "music_context", "spell"]
@@ -236,15 +237,11 @@ def _beat_ticks(score, num, den):
 def _track_names(maps, score, track):
     """Names of the tracks in use: the score's track names, else the file's track-name texts
     when there is one per track, else "track N"."""
-    names = tuple(getattr(score, "track_names", ()) or ()) if score is not None else ()
+    names = select.track_names(score) if score is not None else {}
     texts = [str(t) for t in maps.texts.get("tracks", [])]
     if not names and len(track) and len(texts) > int(np.max(track)):
-        names = tuple(texts)
-    out = []
-    for t in np.unique(track).tolist():
-        name = names[t] if 0 <= t < len(names) and str(names[t]).strip() else ""
-        out.append(str(name) or f"track {t + 1}")
-    return out
+        names = {i: t.strip() for i, t in enumerate(texts) if t.strip()}
+    return [names.get(t) or f"track {t + 1}" for t in np.unique(track).tolist()]
 
 
 def _dense_ids(track):
