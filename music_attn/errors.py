@@ -30,3 +30,9 @@ class CheckpointError(MusicAttnError, ValueError):
 class OutputError(MusicAttnError, ValueError):
     """An output path that would destroy something: an input file, a directory,
     FIFO or device, or a path in a folder that does not exist.  Nothing was written."""
+
+
+def shorten(text, limit):
+    """``text`` as it is when it has at most ``limit`` characters, else cut to ``limit`` ending in '...'."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

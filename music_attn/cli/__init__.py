@@ -19,7 +19,7 @@ import traceback
 import zipfile
 
 from music_attn.cli._options import HelpFormatter
-from music_attn.errors import MusicAttnError
+from music_attn.errors import MusicAttnError, shorten
 
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 
@@ -131,8 +131,7 @@ def _text(exc):
 
 
 def _one_line(text):
-    text = " ".join(str(text).split())
-    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE - 3] + "..."
+    return shorten(" ".join(str(text).split()), _MAX_MESSAGE)
 
 
 def _stdout_closed():

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from music_attn.cli._options import integer, note_dropped_drums
+from music_attn.errors import shorten
 
 __all__ = ["register"]
 
@@ -245,8 +246,7 @@ def _pick(doc, item, path):
 
 
 def _short(value):
-    text = str(value)
-    return text if len(text) < 200 else text[:197] + "..."
+    return shorten(value, 200)
 
 
 def _ids(values, tokenizer):

@@ -30,7 +30,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from music_attn._io import atomic_write, check_input
-from music_attn.errors import CheckpointError
+from music_attn.errors import CheckpointError, shorten
 from music_attn.core.model import Model, ModelConfig, param_shapes
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "shipped_model_path", "Checkpoint",
@@ -209,8 +209,7 @@ def _check_format(archive, entries, path):
 
 
 def _short(value):
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return shorten(repr(value), 80)
 
 
 def _model_config(archive, entries, path):
