@@ -174,3 +174,62 @@ def test_logits_equal_a_float64_reference_written_from_the_maths(positional):
     ids = np.random.default_rng(3).integers(0, model.config.vocab_size, 33)
     np.testing.assert_allclose(model.forward(ids[None, :])[0], reference_logits64(model, ids),
                                rtol=1e-9, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- decode step
+
+@pytest.mark.parametrize("positional, attention", CASES)
+def test_float32_decode_steps_equal_forward_across_a_cache_restart(positional, attention):
+    """Model.decode (folded weights, float32) gives forward's logits of each prefix, for a batch,
+    past the local window, and again after the cache restarts on a later window, as
+    generation does when the window is full."""
+    model = make_model(positional, attention, max_len=24)
+    ids = np.random.default_rng(5).integers(0, V, (2, 34))
+    cache = model.new_cache(batch=2)
+    for start, end in ((0, 24), (12, 34)):                      # the second window restarts the cache
+        cache.reset()
+        model.forward(ids[:, start:start + 4], cache=cache)
+        full = model.forward(ids[:, start:end])                 # (B, T, V), no cache
+        for t in range(start + 4, end):
+            step = model.decode(ids[:, t], cache)
+            np.testing.assert_allclose(step, full[:, t - start], rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{positional} {attention} t={t}")
+
+
+def test_decode_of_the_shipped_model_equals_a_float64_reference():
+    """The shipped checkpoint decoding a melody token by token gives the float64 model written
+    from the maths (tests/conftest.py), to float32 tolerance."""
+    from conftest import reference_logits64
+    from music_attn.training.checkpoint import load_model
+    from music_attn.training.data import shipped_melodies
+
+    model = load_model()
+    ids = model.tokenizer.encode(shipped_melodies()[0]).ids[:100]
+    cache = model.new_cache()
+    model.forward(ids[None, :10], cache=cache)
+    steps = np.stack([model.decode(ids[t:t + 1], cache)[0].copy() for t in range(10, 100)])
+    np.testing.assert_allclose(steps, reference_logits64(model, ids)[10:], rtol=1e-4, atol=2e-4)
+
+
+def test_decode_refuses_what_forward_refuses():
+    model = make_model()
+    cache = model.new_cache(batch=2)
+    model.forward(np.zeros((2, 39), int), cache=cache)
+    for tokens, words in (([1, -1], "token ids"), ([1, V], "token ids"), ([1.0, 2.0], "integer"),
+                          ([1], "batch")):
+        with pytest.raises(ValueError, match=words):
+            model.decode(np.array(tokens), cache)
+    model.decode(np.array([1, 2]), cache)                       # position 39: the last one
+    with pytest.raises(ValueError, match="exceed"):
+        model.decode(np.array([1, 2]), cache)
+
+
+def test_a_cache_decodes_with_the_weights_of_the_model_that_uses_it():
+    a, b = make_model(seed=0), make_model(seed=7)
+    ids = np.random.default_rng(0).integers(0, V, (1, 6))
+    cache = a.new_cache()
+    a.forward(ids[:, :5], cache=cache)
+    a.decode(ids[:, 5], cache)                                  # sets up a's decode weights
+    cache.reset()
+    b.forward(ids[:, :5], cache=cache)
+    np.testing.assert_allclose(b.decode(ids[:, 5], cache), b.forward(ids)[:, -1], rtol=2e-4, atol=2e-5)

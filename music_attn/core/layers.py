@@ -426,12 +426,14 @@ class DecodeWork(NamedTuple):
     mean: np.ndarray             # (B, 1) row means
     ss: np.ndarray               # (B, 1, 1) row norms
     qkv: np.ndarray              # (B, 3C)
+    heads: np.ndarray            # (B, 3, H, D) view of qkv
     att: np.ndarray              # (B, C+1) [attention output, 1]
+    y: np.ndarray                # (B, H, D, 1) view of att[:, :C]
     proj: np.ndarray             # (B, C) output of a block's branch
     ff: np.ndarray               # (B, F+1) [feed-forward hidden, 1]
     gelu: np.ndarray             # (B, F) GELU's tanh
     scores: np.ndarray           # (B*H*L,) flat: (B, H, 1, S) logits, viewed per step
-    bias: np.ndarray             # (B*H*L,) flat: (B, H, 1, S) relative logits
+    bias: np.ndarray             # (H*B*L,) flat: (H, B, S) relative logits
     stat: np.ndarray             # (B, H, 1, 1) row max, then row sum
     acc: np.ndarray              # (B, H, D, 1) unnormalised attention output
     mix: np.ndarray              # (B, H, D, 1) soft-align's second branch
@@ -477,9 +479,11 @@ def decode_work(like, B, C, F, H, L, V):
     def new(*shape):
         return np.zeros_like(like, shape=shape)
     D = C // H
+    qkv, att = new(B, 3 * C), new(B, C + 1)
     work = DecodeWork(x=new(B, C), norm=new(B, C + 2), mean=new(B, 1), ss=new(B, 1, 1),
-                      qkv=new(B, 3 * C), att=new(B, C + 1), proj=new(B, C), ff=new(B, F + 1),
-                      gelu=new(B, F), scores=new(B * H * L), bias=new(B * H * L),
+                      qkv=qkv, heads=qkv.reshape(B, 3, H, D), att=att,
+                      y=att[:, :C].reshape(B, H, D, 1), proj=new(B, C), ff=new(B, F + 1),
+                      gelu=new(B, F), scores=new(B * H * L), bias=new(H * B * L),
                       stat=new(B, H, 1, 1), acc=new(B, H, D, 1), mix=new(B, H, D, 1),
                       logits=new(B, V))
     work.norm[:, C] = math.sqrt(C * LN_EPS)
@@ -535,7 +539,8 @@ def attention_decode(h, block, spec, kv, start, work):
     H = spec.n_heads
     D = C // H
     S = start + 1
-    qkv = np.matmul(h, block.qkv, out=work.qkv).reshape(B, 3, H, D)     # q already scaled
+    np.matmul(h, block.qkv, out=work.qkv)                                # q already scaled
+    qkv = work.heads                                                     # (B, 3, H, D)
     q = qkv[:, 0, :, None, :]                                            # (B, H, 1, D)
     kv.v[..., start] = qkv[:, 2]
     if spec.rope or spec.alpha is not None:
@@ -544,9 +549,11 @@ def attention_decode(h, block, spec, kv, start, work):
         branches = [(1.0, False, q, qkv[:, 1, :, None, :], spec.window)]
     bias = None
     if block.rel is not None:          # relative_logits of one query: no skew, distances S-1 .. 0
-        L = block.rel.shape[-1]
-        bias = np.matmul(q, block.rel[..., L - S:], out=work.bias[:B * H * S].reshape(B, H, 1, S))
-    y = work.att[:, :C].reshape(B, H, D, 1)                              # (B, C) -> (B, H, D, 1) view
+        L = block.rel.shape[-1]        # one product per head for the whole batch:
+        bias = np.matmul(qkv[:, 0].swapaxes(0, 1), block.rel[..., L - S:],   # (H, B, D) @ (H, D, S)
+                         out=work.bias[:H * B * S].reshape(H, B, S))
+        bias = bias.swapaxes(0, 1)[:, :, None, :]                          # (H, B, S) -> (B, H, 1, S)
+    y = work.y
     for i, ((weight, _, qb, kb, window), keys) in enumerate(zip(branches, (kv.k, kv.k_rot))):
         keys[..., start] = kb[..., 0, :]
         lo = 0 if window is None else max(0, S - window)
