@@ -410,7 +410,7 @@ class DecodeBlock(NamedTuple):
     """One block's weights arranged for the decode step (see :func:`fold_layernorm`)."""
     qkv: np.ndarray              # (C+2, 3C): ln1 folded in, query columns times 1/sqrt(D)
     o: np.ndarray                # (C+1, C): w_o over b_o
-    rel: Optional[np.ndarray]    # (H, D, L) relative embeddings transposed, times 1, or None
+    rel: Optional[np.ndarray]    # (H, D, L) relative embeddings transposed, or None
     ff1: np.ndarray              # (C+2, F): ln2 folded in
     ff2: np.ndarray              # (F+1, C): 0.5 w2 (GELU's half) over b2
 
@@ -535,9 +535,7 @@ def attention_decode(h, block, spec, kv, start, work):
     :func:`attention.decode_attention` (no mask, no weights kept). Returns (B, C) in
     ``work.proj``.
     """
-    B, C = work.x.shape
-    H = spec.n_heads
-    D = C // H
+    B, _, H, _ = work.heads.shape
     S = start + 1
     np.matmul(h, block.qkv, out=work.qkv)                                # q already scaled
     qkv = work.heads                                                     # (B, 3, H, D)

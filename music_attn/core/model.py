@@ -298,14 +298,11 @@ class Model:
         tokens = np.asarray(tokens).reshape(-1)
         start = cache.length
         if (tokens.dtype.kind not in "iu" or start >= self.config.max_len
-                or cache.batch != len(tokens) or not len(tokens) or np.minimum.reduce(tokens) < 0):
+                or cache.batch != len(tokens) or not len(tokens) or np.minimum.reduce(tokens) < 0
+                or np.maximum.reduce(tokens) >= self.config.vocab_size):
             self._check_ids(tokens[:, None], cache)                 # raises the error that applies
         weights, work = self._decode_state(cache)
-        try:
-            x = np.take(weights.emb, tokens, axis=0, out=work.x)    # (B, C)
-        except IndexError:                                          # an id >= V
-            self._check_ids(tokens[:, None], cache)
-            raise
+        x = np.take(weights.emb, tokens, axis=0, out=work.x)        # (B, C)
         if self._pe is not None:
             x += self._pe[start]
         for block, kv in zip(weights.blocks, cache.layers):
