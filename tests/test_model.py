@@ -272,3 +272,17 @@ def test_period_embedding_gradient_matches_finite_differences():
 def test_bad_periods_are_refused(period):
     with pytest.raises(ValueError, match="period"):
         ModelConfig(vocab_size=V, max_len=40, period=period)
+
+
+def test_a_repeated_cache_continues_every_row_like_the_original():
+    model = make_model("relative", "soft_align")
+    ids = np.random.default_rng(3).integers(0, V, (3, 12))
+    ids[:, :7] = ids[0, :7]                                     # one prompt, three continuations
+    one = model.new_cache()
+    model.forward(ids[:1, :7], cache=one)
+    cache = one.repeat(3)
+    assert len(cache) == 7 and cache.batch == 3
+    steps = np.stack([model.decode(ids[:, t], cache).copy() for t in range(7, 12)], axis=1)
+    np.testing.assert_allclose(steps, model.forward(ids)[:, 7:], rtol=2e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="one sequence"):
+        cache.repeat(2)

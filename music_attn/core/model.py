@@ -17,6 +17,7 @@ Shape legend: B batch, T time (new tokens), S key length (cached + new),
 C model dim, H heads, D head dim, F feed-forward dim, V vocab, L max length.
 """
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -200,6 +201,16 @@ class KVCache:
     def reset(self):
         """Forget everything (the buffers are reused)."""
         self.length = 0
+
+    def repeat(self, batch):
+        """A new cache of ``batch`` sequences, each a copy of this cache's single sequence."""
+        if self.batch != 1:
+            raise ValueError(f"only a cache of one sequence can be repeated, this one holds {self.batch}")
+        out = copy.copy(self)
+        out.layers = [LayerKV(*(None if a is None else np.repeat(a, batch, axis=0) for a in kv))
+                      for kv in self.layers]                   # (1, H, D, L) -> (batch, H, D, L)
+        out.batch, out.work = batch, {}
+        return out
 
 
 class DecodeWeights(NamedTuple):

@@ -174,10 +174,13 @@ class _Stepper:
 
     def __init__(self, model, context, n, use_cache):
         self.model, self.use_cache, self.n = model, use_cache, n
-        self.cache = model.new_cache(n) if use_cache else None
         self.offset = 0                                    # position of seq[:, 0] in the whole
-        self.seq = np.repeat(np.asarray(context, dtype=np.int64)[None, :], n, axis=0)  # (N, T)
-        self._restart(self.seq)
+        context = np.asarray(context, dtype=np.int64)[None, :]                    # (1, T)
+        self.seq = np.repeat(context, n, axis=0)                                  # (N, T)
+        # the N sequences start as one prompt: run it once and copy its keys and values
+        cache = model.new_cache(1) if use_cache else None
+        self.logits = np.repeat(model.forward(context, cache=cache)[:, -1], n, axis=0)   # (N, V)
+        self.cache = cache if cache is None or n == 1 else cache.repeat(n)
 
     def _restart(self, window):
         self.seq = window
