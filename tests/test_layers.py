@@ -370,8 +370,8 @@ def test_gelu_decode_is_twice_gelu_in_place():
 
 
 def test_decode_attention_equals_sdpa_of_the_last_query():
-    """One query against S cached keys (stored transposed) with a bias equals the last row of
-    causal SDPA; the output may land in a strided view."""
+    """One query against S cached keys with a bias equals the last row of causal SDPA; the
+    output may land in a strided view."""
     from music_attn.core.attention import decode_attention, scaled_dot_product_attention
     rng = np.random.default_rng(1)
     B, H, S, D = 2, 3, 9, 4
@@ -379,10 +379,9 @@ def test_decode_attention_equals_sdpa_of_the_last_query():
     bias = rng.normal(size=(B, H, 1, S)) * 3
     expected = scaled_dot_product_attention(q, k, v, bias=bias)       # scale 1/sqrt(D) = 0.5 = 0.25 * 2
     wide = np.zeros((B, H * D + 1))
-    out = wide[:, :H * D].reshape(B, H, D, 1)
-    got = decode_attention(q * 0.25, k.swapaxes(-1, -2), v.swapaxes(-1, -2), bias=bias, scale=2.0,
-                           scores=np.empty((B, H, 1, S)), stat=np.empty((B, H, 1, 1)),
-                           acc=np.empty((B, H, D, 1)), out=out)
+    out = wide[:, :H * D].reshape(B, H, 1, D)
+    got = decode_attention(q * 0.25, k, v, bias=bias, scale=2.0, scores=np.empty((B, H, 1, S)),
+                           stat=np.empty((B, H, 1, 1)), acc=np.empty((B, H, 1, D)), out=out)
     assert got is out
-    np.testing.assert_allclose(out[..., 0], expected[:, :, 0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     assert np.all(wide[:, -1] == 0)

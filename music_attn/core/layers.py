@@ -232,10 +232,11 @@ class AttentionSpec(NamedTuple):
 
 
 class LayerKV(NamedTuple):
-    """Preallocated key/value buffers of one layer, each stored transposed: (B, H, D, L).
+    """Preallocated key/value buffers of one layer, each (B, H, L, D).
 
-    Transposed, the keys and values of one head are D rows of L, so that a new
-    query's ``q @ k^T`` and ``p @ v`` stream along rows.  ``k_rot`` holds the
+    The keys and values of one head so far are one contiguous block of S rows, so
+    that a new token's keys and values are one contiguous write per head and a new
+    query's ``q @ k^T`` and ``p @ v`` read one block per head.  ``k_rot`` holds the
     RoPE-rotated keys of soft-align's global branch (else None).
     """
     k: np.ndarray
@@ -287,12 +288,12 @@ def merge_heads(y):
 
 
 def _append(buffer, new, start):
-    """Write ``new`` (B, H, T, D) at ``start`` of a (B, H, D, L) buffer; all so far (B, H, S, D)."""
+    """Write ``new`` (B, H, T, D) at ``start`` of a (B, H, L, D) buffer; all so far (B, H, S, D)."""
     if buffer is None:
         return new
     end = start + new.shape[-2]
-    buffer[..., start:end] = new.swapaxes(-1, -2)
-    return buffer[..., :end].swapaxes(-1, -2)                 # a view, nothing copied
+    buffer[..., start:end, :] = new
+    return buffer[..., :end, :]                               # a view, nothing copied
 
 
 def rope_(spec, a, positions):
@@ -428,15 +429,15 @@ class DecodeWork(NamedTuple):
     qkv: np.ndarray              # (B, 3C)
     heads: np.ndarray            # (B, 3, H, D) view of qkv
     att: np.ndarray              # (B, C+1) [attention output, 1]
-    y: np.ndarray                # (B, H, D, 1) view of att[:, :C]
+    y: np.ndarray                # (B, H, 1, D) view of att[:, :C]
     proj: np.ndarray             # (B, C) output of a block's branch
     ff: np.ndarray               # (B, F+1) [feed-forward hidden, 1]
     gelu: np.ndarray             # (B, F) GELU's tanh
     scores: np.ndarray           # (B*H*L,) flat: (B, H, 1, S) logits, viewed per step
     bias: np.ndarray             # (H*B*L,) flat: (H, B, S) relative logits
     stat: np.ndarray             # (B, H, 1, 1) row max, then row sum
-    acc: np.ndarray              # (B, H, D, 1) unnormalised attention output
-    mix: np.ndarray              # (B, H, D, 1) soft-align's second branch
+    acc: np.ndarray              # (B, H, 1, D) unnormalised attention output
+    mix: np.ndarray              # (B, H, 1, D) soft-align's second branch
     logits: np.ndarray           # (B, V)
 
 
@@ -482,9 +483,9 @@ def decode_work(like, B, C, F, H, L, V):
     qkv, att = new(B, 3 * C), new(B, C + 1)
     work = DecodeWork(x=new(B, C), norm=new(B, C + 2), mean=new(B, 1), ss=new(B, 1, 1),
                       qkv=qkv, heads=qkv.reshape(B, 3, H, D), att=att,
-                      y=att[:, :C].reshape(B, H, D, 1), proj=new(B, C), ff=new(B, F + 1),
+                      y=att[:, :C].reshape(B, H, 1, D), proj=new(B, C), ff=new(B, F + 1),
                       gelu=new(B, F), scores=new(B * H * L), bias=new(H * B * L),
-                      stat=new(B, H, 1, 1), acc=new(B, H, D, 1), mix=new(B, H, D, 1),
+                      stat=new(B, H, 1, 1), acc=new(B, H, 1, D), mix=new(B, H, 1, D),
                       logits=new(B, V))
     work.norm[:, C] = math.sqrt(C * LN_EPS)
     work.norm[:, C + 1] = work.att[:, C] = work.ff[:, F] = 1.0
@@ -540,7 +541,7 @@ def attention_decode(h, block, spec, kv, start, work):
     np.matmul(h, block.qkv, out=work.qkv)                                # q already scaled
     qkv = work.heads                                                     # (B, 3, H, D)
     q = qkv[:, 0, :, None, :]                                            # (B, H, 1, D)
-    kv.v[..., start] = qkv[:, 2]
+    kv.v[:, :, start] = qkv[:, 2]
     if spec.rope or spec.alpha is not None:
         branches = branch_inputs(q, qkv[:, 1, :, None, :], spec, np.array([start]))
     else:
@@ -553,10 +554,10 @@ def attention_decode(h, block, spec, kv, start, work):
         bias = bias.swapaxes(0, 1)[:, :, None, :]                          # (H, B, S) -> (B, H, 1, S)
     y = work.y
     for i, ((weight, _, qb, kb, window), keys) in enumerate(zip(branches, (kv.k, kv.k_rot))):
-        keys[..., start] = kb[..., 0, :]
+        keys[:, :, start] = kb[..., 0, :]
         lo = 0 if window is None else max(0, S - window)
         out = (y, work.mix)[i]
-        decode_attention(qb, keys[..., lo:S], kv.v[..., lo:S], bias=None if bias is None else bias[..., lo:],
+        decode_attention(qb, keys[:, :, lo:S], kv.v[:, :, lo:S], bias=None if bias is None else bias[..., lo:],
                          scores=work.scores[:B * H * (S - lo)].reshape(B, H, 1, S - lo),
                          stat=work.stat, acc=work.acc, out=out)
         if weight != 1.0:              # soft-align: y = alpha * local + (1 - alpha) * global

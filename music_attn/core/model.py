@@ -186,7 +186,7 @@ class KVCache:
     """
 
     def __init__(self, config, batch, dtype):
-        shape = (batch, config.n_heads, config.head_dim, config.max_len)   # (B, H, D, L)
+        shape = (batch, config.n_heads, config.max_len, config.head_dim)   # (B, H, L, D)
         rot = config.attention == "soft_align"      # soft-align also keeps RoPE-rotated keys
         self.layers = [LayerKV(np.zeros(shape, dtype), np.zeros(shape, dtype),
                                np.zeros(shape, dtype) if rot else None)
@@ -208,7 +208,7 @@ class KVCache:
             raise ValueError(f"only a cache of one sequence can be repeated, this one holds {self.batch}")
         out = copy.copy(self)
         out.layers = [LayerKV(*(None if a is None else np.repeat(a, batch, axis=0) for a in kv))
-                      for kv in self.layers]                   # (1, H, D, L) -> (batch, H, D, L)
+                      for kv in self.layers]                   # (1, H, L, D) -> (batch, H, L, D)
         out.batch, out.work = batch, {}
         return out
 
