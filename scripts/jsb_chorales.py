@@ -39,6 +39,7 @@ from music_attn.core.model import POSITIONALS, ModelConfig, init_model, parallel
 from music_attn.music.grid import STEPS_PER_BEAT, GridTokenizer, grid_notes
 from music_attn.music import constants as K
 from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.training.data import pitch_table
 from music_attn.training.ngram import KneserNeyLM
 from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
 from music_attn.training.windows import sequence_nll
@@ -93,6 +94,9 @@ def _parse(argv):
     p.add_argument("--stride", type=int, default=STRIDE, help="evaluation stride in tokens")
     p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--no-ngram", action="store_true", help="--eval without the n-gram baselines")
+    p.add_argument("--transpositions", type=int, default=0, metavar="K",
+                   help="--eval also scores the mixture of the model read at every transposition "
+                        "-K..+K (an extra row; default 0 = off)")
     p.add_argument("--record", action="store_true",
                    help="--eval also stores the validation NLL in the checkpoint's metrics (inspect reads it)")
     return p.parse_args(argv)
@@ -114,6 +118,30 @@ def validation_nll(model, sequences, stride):
     nll = parallel_map(lambda ids: sequence_nll(model, ids, window=window, stride=stride),
                        sequences)                      # chorales in parallel, BLAS single-threaded
     return float(sum(x.sum() for x in nll)), int(sum(x.size for x in nll))
+
+
+def mixture_nll(model, ids, shifts, window, stride):
+    """NLL (nats) of each grid token under the uniform mixture of the model read at ``shifts``.
+
+    Component ``s`` reads the chorale transposed by ``s`` semitones and gives the target
+    the probability of its transposed token. It takes part in a prediction only while
+    every pitch before the target fits the vocabulary after the shift (a condition on the
+    past alone, so the mixture is a proper sequential model), and gives probability 0 to
+    a target it cannot spell. Shift 0 always takes part.
+    """
+    pitch = pitch_table(model.tokenizer)[ids]                 # (T,), -1 for rests and specials
+    lo, hi = model.tokenizer.pitch_range
+    logp, used = [], []
+    for s in shifts:
+        fits = (pitch < 0) | ((pitch + s >= lo) & (pitch + s <= hi))                 # (T,)
+        moved = np.where((pitch >= 0) & fits, ids + s, ids)      # pitch ids are contiguous
+        lp = -sequence_nll(model, moved, window=window, stride=stride)              # (T-1,)
+        logp.append(np.where(fits[1:], lp, -np.inf))
+        used.append(np.logical_and.accumulate(fits)[:-1])        # the context fits
+    logp, used = np.array(logp), np.array(used)                  # (K, T-1)
+    logp = np.where(used, logp, -np.inf)
+    top = logp.max(axis=0)
+    return -(top + np.log(np.exp(logp - top).sum(axis=0)) - np.log(used.sum(axis=0)))
 
 
 # --------------------------------------------------------------------------- training
@@ -267,6 +295,13 @@ def run_eval(args):
           f"(every token sees the whole chorale before it, or at least "
           f"{model.config.max_len - stride} tokens); scored in {time.perf_counter() - t0:.0f} s\n")
     rows = [("this model", total)]
+    if args.transpositions:
+        k = args.transpositions
+        pitches = pitch_table(tokenizer)
+        assert np.all(np.diff(pitches[pitches >= 0]) == 1), "pitch ids must be contiguous"
+        nll = parallel_map(lambda ids: mixture_nll(model, ids, range(-k, k + 1),
+                                                   model.config.max_len, stride), val_seqs)
+        rows.append((f"mixture of {2 * k + 1} keys", float(sum(x.sum() for x in nll))))
     if not args.no_ngram:
         train_eos = [np.append(ids, tokenizer.eos_id) for ids in train_seqs]
         for order in (5, 9):
