@@ -10,7 +10,8 @@ For the shipped model's config and for a larger reference config (d_model 256,
 - ``generate`` tokens/s for one sample and for 16 samples at once (``num_samples``);
 - training tokens/s (sequence 256, batch 16: forward, backward, AdamW step), and the
   FLOP/s it reaches as a share of a large matrix product's FLOP/s measured in the run;
-- the same for the architecture in torch eager (:mod:`music_attn.bench.torch_ref`)
+- the same for the architecture in torch eager (:class:`music_attn.interop.torch_model.TorchTransformer`
+  with our weights: torch's fused attention and its own KV cache)
   when torch is installed, after checking both give the same logits (1e-4).
 
 Then, when the shipped model and the corpus (``data/``) are there, the
@@ -121,10 +122,12 @@ def _np_train_step_fn(model, batch, seq):
 def _train_flops_per_token(config, seq):
     """Matrix-product FLOPs of one training token (forward + backward = 3 x forward):
     2 per weight of every linear map and 2 x 2 x (seq / 2) x C per layer for the causal
-    scores and weighted sum."""
+    scores and weighted sum, and 2 x (seq / 2) x C more for relative logits ``q E^T``
+    (the causal half of each product: the work a causal kernel must do)."""
     C, F, V = config.d_model, config.d_ff, config.vocab_size
     weights = config.n_layers * (3 * C * C + C * C + 2 * C * F) + C * V
-    attention = config.n_layers * 2 * 2 * (seq / 2) * C
+    products = 3 if config.positional == "relative" else 2
+    attention = config.n_layers * products * 2 * (seq / 2) * C
     return 3 * (2 * weights + attention)
 
 
@@ -141,13 +144,26 @@ def _matmul_peak(threads_note=""):
 def _torch_side(model):
     import torch
 
-    from music_attn.bench.torch_ref import TorchModel, check_logits
+    from music_attn.interop.torch_bridge import to_torch
 
     torch.set_num_threads(2)
-    ref = TorchModel(model)
+    ref = to_torch(model).requires_grad_(False)
     ids = np.random.default_rng(1).integers(0, model.config.vocab_size, (2, 64))
     diff = check_logits(model, ref, ids)
     return torch, ref, diff
+
+
+def check_logits(model, module, ids, atol=1e-4):
+    """Assert our logits and the torch module's agree on ``ids`` (B, T); the largest difference."""
+    import torch
+
+    ours = model.forward(ids)
+    with torch.no_grad():
+        theirs = module(torch.as_tensor(ids, dtype=torch.int64)).numpy()
+    diff = float(np.abs(ours - theirs).max())
+    if not diff <= atol:
+        raise AssertionError(f"numpy and torch logits differ by {diff:.2e} (> {atol:g})")
+    return diff
 
 
 def _torch_generate(torch, ref, n, cached):
@@ -156,37 +172,37 @@ def _torch_generate(torch, ref, n, cached):
         if cached:
             cache, nxt = ref.new_cache(), ids
             for _ in range(n):
-                nxt = ref.forward(nxt, cache)[:, -1:].argmax(-1)
+                nxt = ref(nxt, cache=cache)[:, -1:].argmax(-1)
         else:
             for _ in range(n):
-                nxt = ref.forward(ids)[:, -1:].argmax(-1)
+                nxt = ref(ids)[:, -1:].argmax(-1)
                 ids = torch.cat([ids, nxt], dim=1)
 
 
 def _torch_latency(torch, ref, position, repeats):
     with torch.no_grad():
         cache = ref.new_cache()
-        ref.forward(torch.randint(0, ref.config.vocab_size, (1, position)), cache)
+        ref(torch.randint(0, ref.config.vocab_size, (1, position)), cache=cache)
         saved = {k: list(cache[k]) for k in ("k", "v")}
         one = torch.ones((1, 1), dtype=torch.int64)
 
         def step():
-            ref.forward(one, cache)
+            ref(one, cache=cache)
             cache["len"], cache["k"], cache["v"] = position, list(saved["k"]), list(saved["v"])
         return best_of(step, repeats)
 
 
 def _torch_train_step_fn(torch, model, batch, seq):
-    from music_attn.bench.torch_ref import TorchModel
+    from music_attn.interop.torch_bridge import to_torch
 
-    ref = TorchModel(model, requires_grad=True)
+    ref = to_torch(model)
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
     V = model.config.vocab_size
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits = ref.forward(ids[:, :-1])
+        logits = ref(ids[:, :-1])
         torch.nn.functional.cross_entropy(logits.reshape(-1, V), ids[:, 1:].reshape(-1)).backward()
         opt.step()
     return step

@@ -12,6 +12,11 @@ positions are sinusoidal, rotary (interleaved pairs, as
 :func:`music_attn.core.positional.apply_rope`) or Music Transformer relative
 logits ``skew(q E^T)`` added to both branches.
 
+Without ``return_attention``, full attention runs through torch's fused
+``scaled_dot_product_attention`` (the relative logits as its additive mask), and
+``forward(ids, cache=module.new_cache())`` keeps keys and values for generation
+one token at a time: the torch column of ``music-attn bench model``.
+
 Shape legend: B batch, T time, C model dim, H heads, D head dim, V vocab, L max length.
 """
 
@@ -66,29 +71,44 @@ class TorchTransformer(nn.Module):
         """The parameter our code calls ``name``."""
         return self.params[torch_name(name)]
 
-    def forward(self, ids, *, return_attention=False):
-        """ids (B, T) int64 -> logits (B, T, V) [, attention (L, B, H, T, T)]."""
+    def new_cache(self):
+        """An empty key/value cache for :meth:`forward` (full attention only)."""
+        return {"len": 0, "k": [None] * self.config.n_layers, "v": [None] * self.config.n_layers}
+
+    def forward(self, ids, *, cache=None, return_attention=False):
+        """ids (B, T) int64 -> logits (B, T, V) [, attention (L, B, H, T, T)].
+
+        With ``cache`` (from :meth:`new_cache`), ``ids`` continue the sequences in it: the
+        whole prompt first, then one token per call.
+        """
         c = self.config
+        start = 0 if cache is None else cache["len"]
         T = ids.shape[1]
-        if T > c.max_len:
-            raise ValueError(f"{T} tokens exceed max_len={c.max_len}")
+        if start + T > c.max_len:
+            raise ValueError(f"{start} cached + {T} new tokens exceed max_len={c.max_len}")
+        fused = c.attention == "full" and not return_attention
+        if cache is not None and not (fused and (start == 0 or T == 1)):
+            raise ValueError("the cache takes full attention, without return_attention, "
+                             "a prompt and then one token per call")
         x = self.p("tok_emb")[ids] * math.sqrt(c.d_model)                        # (B, T, C)
         if c.positional == "sinusoidal":
-            x = x + self.pe[:T]
+            x = x + self.pe[start:start + T]
         if c.period:
-            x = x + self.p("period_emb")[torch.arange(T, device=ids.device) % c.period]
+            x = x + self.p("period_emb")[torch.arange(start, start + T, device=ids.device) % c.period]
         probs = []
         for i in range(c.n_layers):
-            x, p = self._block(x, f"h{i}.")
+            x, p = self._block(x, f"h{i}.", (cache, i, start) if fused else None)
             probs.append(p)
         x = F.layer_norm(x, (c.d_model,), self.p("ln_f.g"), self.p("ln_f.b"), eps=1e-5)
         logits = x @ self.p("head.w") + self.p("head.b")                          # (B, T, V)
+        if cache is not None:
+            cache["len"] += T
         return (logits, torch.stack(probs)) if return_attention else logits
 
-    def _block(self, x, pre):
+    def _block(self, x, pre, fused=None):
         c = self.config
         h = F.layer_norm(x, (c.d_model,), self.p(pre + "ln1.g"), self.p(pre + "ln1.b"), eps=1e-5)
-        a, probs = self._attention(h, pre)
+        a, probs = self._attention(h, pre) if fused is None else (self._fused_attention(h, pre, *fused), None)
         x = x + a
         h = F.layer_norm(x, (c.d_model,), self.p(pre + "ln2.g"), self.p(pre + "ln2.b"), eps=1e-5)
         f = F.gelu(h @ self.p(pre + "ff.w1") + self.p(pre + "ff.b1"), approximate="tanh")
@@ -112,6 +132,29 @@ class TorchTransformer(nn.Module):
         y = (probs @ v).transpose(1, 2).reshape(B, T, C)                           # (B, H, T, D) -> (B, T, C)
         return y @ self.p(pre + "attn.w_o") + self.p(pre + "attn.b_o"), probs
 
+    def _fused_attention(self, h, pre, cache, layer, start):
+        """Full causal attention by torch's fused kernel, keys and values kept in ``cache``."""
+        c = self.config
+        B, T, C = h.shape
+        qkv = (h @ self.p(pre + "attn.w_qkv") + self.p(pre + "attn.b_qkv")).view(B, T, 3, c.n_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                                       # (B, H, T, D) each
+        if c.positional == "rope":
+            q, k = self._rope(q, start), self._rope(k, start)
+        if cache is not None:
+            if cache["k"][layer] is not None:
+                k = torch.cat([cache["k"][layer], k], dim=2)
+                v = torch.cat([cache["v"][layer], v], dim=2)
+            cache["k"][layer], cache["v"][layer] = k, v
+        S = k.shape[2]
+        if c.positional != "relative":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)          # T == S or T == 1
+        else:
+            bias = _relative_logits(q, self.p(pre + "attn.rel"), S) / math.sqrt(c.head_dim)
+            allowed = torch.ones(T, S, dtype=torch.bool, device=h.device).tril(S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~allowed, float("-inf")))
+        y = y.transpose(1, 2).reshape(B, T, C)                                     # (B, H, T, D) -> (B, T, C)
+        return y @ self.p(pre + "attn.w_o") + self.p(pre + "attn.b_o")
+
     def _branches(self, q, k):
         """(weight, queries, keys, window) of each softmax the layer mixes."""
         c = self.config
@@ -123,10 +166,10 @@ class TorchTransformer(nn.Module):
         gq, gk = (rq, rk) if c.positional == "rope" else (self._rope(q), self._rope(k))
         return [(c.alpha, rq, rk, c.window), (1.0 - c.alpha, gq, gk, None)]
 
-    def _rope(self, x):
+    def _rope(self, x, start=0):
         """Rotate feature pairs (x[2i], x[2i+1]) of (B, H, T, D) by position * base^(-2i/D)."""
         T = x.shape[2]
-        cos, sin = self.cos[:T], self.sin[:T]                                      # (T, D/2)
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]            # (T, D/2)
         x0, x1 = x[..., 0::2], x[..., 1::2]
         return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
 
@@ -141,13 +184,15 @@ def _band(T, window, device):
     return allowed
 
 
-def _relative_logits(q, rel, T):
-    """Music Transformer relative logits ``out[i, j] = q_i . E[L - 1 - (i - j)]`` by the skew.
+def _relative_logits(q, rel, S):
+    """Music Transformer relative logits ``out[i, j] = q_i . E[L - 1 - (i + S - T - j)]`` by the skew.
 
-    q (B, H, T, D), rel (H, L, D) -> (B, H, T, T); entries above the diagonal are
-    meaningless (masked by the caller).
+    q (B, H, T, D), rel (H, L, D) -> (B, H, T, S), for T == S or one query at the end
+    (T == 1); entries above the diagonal are meaningless (masked by the caller).
     """
-    L = rel.shape[1]
-    qe = q @ rel[:, L - T:].transpose(-1, -2)                                      # column m: distance T-1-m
+    L, T = rel.shape[1], q.shape[2]
+    qe = q @ rel[:, L - S:].transpose(-1, -2)                                      # column m: distance S-1-m
+    if T == 1:                                                                     # the last query: no skew
+        return qe
     padded = F.pad(qe, (1, 0))                                                     # (B, H, T, T+1)
     return padded.reshape(*qe.shape[:2], T + 1, T)[:, :, 1:].reshape(qe.shape)     # pad, reshape, drop a row
