@@ -20,6 +20,7 @@ not hidden.
 import functools
 import itertools
 import math
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -238,8 +239,8 @@ def _default_block_size(T, S, banded, return_weights):
 class _Spec:
     """What decides the logits of a block: scale, explicit mask, bias, causal/window rule."""
 
-    def __init__(self, scale, mask, bias, causal, window, offset, bias_scale=1.0):
-        self.scale, self.mask, self.bias, self.bias_scale = scale, mask, bias, bias_scale
+    def __init__(self, scale, mask, bias, causal, window, offset):
+        self.scale, self.mask, self.bias = scale, mask, bias
         self.causal, self.window, self.offset = causal, window, offset
 
     def key_range(self, i0, i1, S):
@@ -264,10 +265,8 @@ class _Spec:
         """Turn raw scores ``q k^T`` of block [i0:i1, j0:j1] into masked logits, in place."""
         if self.scale != 1.0:
             s *= self.scale
-        if self.bias is not None and self.bias_scale == 1.0:
+        if self.bias is not None:
             s += self.bias[..., i0:i1, j0:j1]
-        elif self.bias is not None:
-            s += self.bias[..., i0:i1, j0:j1] * self.bias_scale
         if self.cuts(i0, i1, j0, j1):      # only the columns some row may not see
             c0 = 0 if self.window is not None else max(0, i0 + self.offset + 1 - j0)
             t, w, delta = i1 - i0, j1 - j0 - c0, i0 + self.offset - j0 - c0
@@ -464,14 +463,19 @@ def _run_parallel(fn, items):
 _LOOSE = 1e-16        # row sum below this: the bound shift was too loose, redo exactly
 _QUERY_BLOCK = 512    # at most this many query rows per work item
 _STRIP = 64           # rows per strip where the causal diagonal cuts a block
-_LOG2E = 1.4426950408889634
 
 
 def _key_blocks(spec, mask, i0, i1, S, bs):
-    """Key blocks [j0, j1) that queries [i0, i1) may see, ending at the last visible key
-    (so only one block crosses the causal diagonal); blocks the mask hides are skipped."""
+    """Key blocks [j0, j1) of at most ``bs`` keys that queries [i0, i1) may see, the
+    first one ending at the last visible key; under a plain causal rule it starts where
+    the diagonal does, so that only it crosses the diagonal. Blocks the mask hides are
+    skipped."""
     lo, hi = spec.key_range(i0, i1, S)
-    blocks = [(max(lo, j1 - bs), j1) for j1 in range(hi, lo, -bs)]
+    cut = hi
+    if spec.causal and spec.window is None:        # keys > cut: not seen by every row
+        cut = min(hi, max(lo, i0 + spec.offset, hi - bs))
+    blocks = [(cut, hi)] if cut < hi else []
+    blocks += [(max(lo, j1 - bs), j1) for j1 in range(cut, lo, -bs)]
     if mask is not None:
         blocks = [(j0, j1) for j0, j1 in blocks if mask[i0:i1, j0:j1].any()]
     return blocks
@@ -479,22 +483,29 @@ def _key_blocks(spec, mask, i0, i1, S, bs):
 
 def _tiles(spec, i0, i1, blocks):
     """Cut key blocks into tiles (r0, r1, j0, j1), rows relative to i0. A block the causal
-    diagonal runs through is cut into strips of rows, each stopping at its own last key,
-    so that little of the masked triangle is computed at all."""
+    diagonal runs through is cut by :func:`_diagonal_tiles`, so that little of the masked
+    triangle is computed at all."""
     t, tiles = i1 - i0, []
     for j0, j1 in blocks:
         if not spec.causal or spec.window is not None or not spec.cuts(i0, i1, j0, j1):
             tiles.append((0, t, j0, j1))
-            continue
-        jc = min(j1, max(j0, i0 + spec.offset + 1))          # keys < jc: seen by every row
-        if jc > j0:
-            tiles.append((0, t, j0, jc))
-        for r0 in range(0, t, _STRIP):
-            r1 = min(r0 + _STRIP, t)
-            hi = min(j1, i0 + r1 + spec.offset)              # past the last key of row r1-1
-            if hi > jc:
-                tiles.append((r0, r1, jc, hi))
+        else:
+            tiles += _diagonal_tiles(spec, i0, 0, t, j0, j1)
     return tiles
+
+
+def _diagonal_tiles(spec, i0, r0, r1, j0, j1):
+    """Tiles covering rows [r0, r1) x keys [j0, j1) that the causal diagonal cuts: split
+    the rows in halves, the lower half's keys seen by all its rows in one unmasked tile,
+    down to strips of ``_STRIP`` rows, the only tiles the diagonal still cuts."""
+    j1 = min(j1, i0 + r1 + spec.offset)              # keys past the last row's diagonal
+    if r1 - r0 <= _STRIP or j1 <= j0:
+        return [(r0, r1, j0, j1)] if j1 > j0 else []
+    m = (r0 + r1) // 2
+    jm = min(j1, max(j0, i0 + m + spec.offset + 1))  # keys < jm: seen by rows >= m
+    full = [(m, r1, j0, jm)] if jm > j0 else []
+    return (_diagonal_tiles(spec, i0, r0, m, j0, j1) + full
+            + _diagonal_tiles(spec, i0, m, r1, jm, j1))
 
 
 def _online_update(s, vb, state):
@@ -517,21 +528,37 @@ def _online_update(s, vb, state):
     return m, l, acc
 
 
-def _append_column(x, last=None):
+def _append_column(x, last=None, out=None):
     """[x, last] along the feature axis (``last`` defaults to ones): (..., n, D+1)."""
-    out = np.empty(x.shape[:-1] + (x.shape[-1] + 1,), dtype=x.dtype)
+    out = np.empty(x.shape[:-1] + (x.shape[-1] + 1,), dtype=x.dtype) if out is None else out
     out[..., :-1] = x
     out[..., -1] = 1 if last is None else last
     return out
 
 
+_SCRATCH = threading.local()     # per-thread buffers of the blocked path, kept between calls
+_SCRATCH_KEEP = 8 << 20          # bytes: larger buffers are not kept
+
+
+def _scratch(name, shape, dtype):
+    """A buffer of ``shape`` for this thread, reused from call to call (on a machine where
+    fresh pages cost more than the arithmetic done on them); its contents are undefined."""
+    n = math.prod(shape)
+    buf = _SCRATCH.__dict__.get((name, dtype))
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype)
+        if buf.nbytes <= _SCRATCH_KEEP:
+            _SCRATCH.__dict__[(name, dtype)] = buf
+    return buf[:n].reshape(shape)
+
+
 class _Plan:
     """Blocked attention of one call, as views broadcast to the common leading shape.
 
-    ``kaT`` = [k, 1]^T and ``va`` = [v, 1] carry one extra feature, so that one product
-    of [q, -m] with ``kaT`` gives the shifted logits and one product with ``va`` gives the
-    accumulator and the row sum together. The fast path works in base 2 (``exp2`` is
-    twice as fast as ``exp``): q, m and the bias are multiplied by log2(e).
+    The fast path multiplies ``qa`` = [q * scale, -c] by ``ka`` = [k, 1] (one extra
+    feature), which gives the logits shifted by their bound c in one product, then the
+    probabilities by ``va`` = [v, 1], which gives the accumulator and the row sum together.
+    ``qa`` is built per work item, ``ka`` and ``va`` per head, in the thread's scratch.
     """
 
     def __init__(self, q, k, v, spec, bs):
@@ -539,55 +566,78 @@ class _Plan:
         self.lead = spec.lead(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
                               + (T, S))[:-2]
         self.spec, self.bs, self.dtype, self.S = spec, bs, q.dtype, S
-        knorm = np.sqrt(np.einsum("...sd,...sd->...s", k, k))               # (..., S)
-        kmax = np.fmax.accumulate(knorm, axis=-1)            # (..., S) max |k_j'| over j' <= j
-        kaT = _append_column(k)                                        # (..., S, D+1)
-        kaT = np.ascontiguousarray(np.swapaxes(kaT, -1, -2))            # (..., D+1, S)
-        self.q, self.kT, self.v, self.kaT, self.va, self.mask, self.bias = (
+        self.token = object()                    # names this call in the threads' scratch
+        self.q, self.k, self.kT, self.v, self.mask, self.bias = (
             self._broadcast(a, 2)
-            for a in (q, np.swapaxes(k, -1, -2), v, kaT, _append_column(v), spec.mask, spec.bias))
-        self.kmax = self._broadcast(kmax, 1)
+            for a in (q, k, np.swapaxes(k, -1, -2), v, spec.mask, spec.bias))
+        self.shift = self._broadcast(self._bound(q, k), 1)                 # (..., T)
 
     def _broadcast(self, a, tail):
         """View of ``a`` with the common leading shape and its own last ``tail`` dims."""
         return None if a is None else np.broadcast_to(a, self.lead + a.shape[a.ndim - tail:])
 
-    def head_spec(self, idx, scale, bias_scale=1.0):
-        """The 2-D spec of head ``idx`` (mask and bias sliced), with the given scales."""
+    def _bound(self, q, k):
+        """(..., T) upper bound of the logits of each query without bias, by Cauchy-Schwarz:
+        |q_i| |scale| max_j |k_j| over the keys j up to its last visible one."""
+        sp, T, S = self.spec, q.shape[-2], k.shape[-2]
+        last = np.full(T, S - 1)                                         # last key of each row
+        if sp.causal or sp.window is not None:
+            last = np.clip(np.arange(T) + sp.offset, 0, S - 1)
+        kmax = np.fmax.accumulate(np.sqrt(np.einsum("...sd,...sd->...s", k, k)), axis=-1)
+        c = np.sqrt(np.einsum("...td,...td->...t", q, q)) * kmax[..., last]
+        c *= abs(sp.scale)
+        c[np.isinf(c)] = 0.0               # rows all -inf (fully masked): any finite shift
+        return c.astype(self.dtype, copy=False)
+
+    def head_queries(self, idx, i0, i1, hi):
+        """qa = [q * scale, -c] (t, D+1) of queries [i0, i1) of head ``idx`` in scratch, the
+        shift c raised by the largest bias of each row over the keys < hi it may see."""
+        q = self.q[idx][i0:i1]                                             # (t, D)
+        qa = _scratch("qa", (i1 - i0, q.shape[-1] + 1), self.dtype)
+        np.multiply(q, self.dtype.type(self.spec.scale), out=qa[:, :-1])
+        np.negative(self.shift[idx][i0:i1], out=qa[:, -1])
+        if self.bias is not None:
+            b = np.fmax.reduce(self.bias[idx][i0:i1, :hi], axis=-1)      # (t,)
+            b[np.isinf(b)] = 0.0
+            qa[:, -1] -= b
+        return qa
+
+    def head_keys(self, idx):
+        """(ka, va) = ([k, 1], [v, 1]) of head ``idx`` in scratch, (S, D+1) and (S, Dv+1);
+        built once per head by each thread that works on it."""
+        store = _SCRATCH.__dict__
+        key = (self.token, idx)
+        if store.get("head", (None,))[0] != key:
+            store.pop("head", None)
+            ka, va = (_append_column(x, out=_scratch(name, (self.S, x.shape[-1] + 1), self.dtype))
+                      for name, x in (("ka", self.k[idx]), ("va", self.v[idx])))
+            store["head"] = (key, ka, va)
+        return store["head"][1:]
+
+    def head_spec(self, idx, scale):
+        """The 2-D spec of head ``idx`` (mask and bias sliced), with the given scale."""
         sp = self.spec
         return _Spec(scale, None if self.mask is None else self.mask[idx],
                      None if self.bias is None else self.bias[idx],
-                     sp.causal, sp.window, sp.offset, bias_scale)
-
-    def row_shift(self, idx, i0, i1, hi):
-        """Upper bound (t,) of the logits of queries [i0, i1) of head ``idx`` against the
-        keys < hi they may see: |q_i| |scale| max_j |k_j| + max_j bias_ij."""
-        sp, q = self.spec, self.q[idx][i0:i1]
-        last = np.full(i1 - i0, hi - 1)                                # last key of each row
-        if sp.causal or sp.window is not None:
-            last = np.clip(np.arange(i0, i1) + sp.offset, 0, hi - 1)
-        c = np.sqrt(np.einsum("td,td->t", q, q)) * abs(sp.scale) * self.kmax[idx][last]
-        if self.bias is not None:
-            c = c + np.fmax.reduce(self.bias[idx][i0:i1, :hi], axis=-1)
-        c[np.isinf(c)] = 0.0               # rows all -inf (fully masked): any finite shift
-        return c.astype(self.dtype, copy=False)                        # (t,)
+                     sp.causal, sp.window, sp.offset)
 
     def bounded(self, idx, i0, i1, blocks):
-        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, shift fixed at the bound."""
-        spec2 = self.head_spec(idx, 1.0, _LOG2E)
-        c = self.row_shift(idx, i0, i1, blocks[0][1])                  # (t,)
-        qa = _append_column(self.q[idx][i0:i1] * self.dtype.type(self.spec.scale * _LOG2E),
-                            -c * self.dtype.type(_LOG2E))              # (t, D+1)
-        kaT, va = self.kaT[idx], self.va[idx]                          # (D+1, S), (S, Dv+1)
-        buf = np.empty((i1 - i0) * self.bs, self.dtype)                # scratch for (t, s)
-        acc = np.zeros((i1 - i0, va.shape[-1]), self.dtype)           # (t, Dv+1)
-        tmp = np.empty_like(acc)
+        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, shift fixed at the bound;
+        views of the thread's scratch, valid until its next item."""
+        spec2 = self.head_spec(idx, 1.0)
+        qa = self.head_queries(idx, i0, i1, blocks[0][1])              # (t, D+1)
+        ka, va = self.head_keys(idx)                                   # (S, D+1), (S, Dv+1)
+        kaT = ka.T                                                     # (D+1, S)
+        acc = _scratch("acc", (i1 - i0, va.shape[-1]), self.dtype)    # (t, Dv+1)
+        acc[:] = 0
+        tmp = _scratch("tmp", acc.shape, self.dtype)
+        buf = _scratch("tile", (self.bs * (i1 - i0),), self.dtype)
         for r0, r1, j0, j1 in _tiles(self.spec, i0, i1, blocks):
             p = buf[:(r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
-            p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # (q.k - c) log2 e
-            np.exp2(p, out=p)
+            p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # q.k scale - c
+            np.exp(p, out=p)
             acc[r0:r1] += np.matmul(p, va[j0:j1], out=tmp[r0:r1])      # (t, s) @ (s, Dv+1)
-        return acc[:, :-1], c, acc[:, -1]
+        return acc[:, :-1], -qa[:, -1], acc[:, -1]
 
     def online(self, idx, i0, i1, blocks):
         """(acc, shift, sum) of queries [i0, i1) of head ``idx`` by the classic version."""
@@ -627,9 +677,11 @@ class _Plan:
             w[i0:i1, j0:j1] = p
 
 
-def _sdpa_blocked(q, k, v, spec, bs, return_weights):
-    """Exact attention by (head, query block) items shared out to the cores."""
+def _sdpa_blocked(q, k, v, spec, bs, return_weights, bq=None):
+    """Exact attention by (head, block of ``bq`` queries) items shared out to the cores;
+    ``bq`` defaults to ``bs`` (at most ``_QUERY_BLOCK``)."""
     T, S = q.shape[-2], k.shape[-2]
+    bq = min(bs, _QUERY_BLOCK) if bq is None else min(bq, bs)
     plan = _Plan(q, k, v, spec, bs)
     out = np.zeros(plan.lead + (T, v.shape[-1]), dtype=q.dtype)       # (..., T, Dv)
     w = np.zeros(plan.lead + (T, S), dtype=q.dtype) if return_weights else None
@@ -640,13 +692,15 @@ def _sdpa_blocked(q, k, v, spec, bs, return_weights):
         if res is None:                                               # no key visible at all
             return
         acc, shift, l = res
-        np.divide(acc, l[:, None], out=out[idx][i0:i1], where=l[:, None] != 0)  # l == 0: none
+        if l.all():
+            np.divide(acc, l[:, None], out=out[idx][i0:i1])
+        else:                                                         # l == 0: no key seen
+            np.divide(acc, l[:, None], out=out[idx][i0:i1], where=l[:, None] != 0)
         if return_weights:
             plan.weights(idx, i0, i1, shift, l, w[idx])
 
-    bq = min(bs, _QUERY_BLOCK)
-    items = [(idx, i0, min(i0 + bq, T)) for i0 in range(0, T, bq)[::-1]   # causal: big first
-             for idx in np.ndindex(plan.lead)]
+    items = [(idx, i0, min(i0 + bq, T)) for idx in np.ndindex(plan.lead)  # head by head,
+             for i0 in range(0, T, bq)[::-1]]                              # causal: big first
     _run_parallel(work, items)
     return (out, w) if return_weights else out
 
