@@ -193,9 +193,9 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
         Compute exactly by blocks of queries and keys (online softmax), with memory
         O(T x block_size) instead of O(T x S); key blocks a query block cannot see are
         skipped. Returned weights, if asked for, still take (..., T, S). Default: chosen
-        from the shapes -- causal or local attention with T x S >= 512 x 512 runs by
-        blocks of 1024 keys (512 beyond S = 2048), anything smaller (or wanting the
-        weights) as one matrix.
+        from the shapes -- causal or local attention with T x S >= 256 x 256 runs by
+        blocks of 512 queries and 512 keys spread over the cores, anything smaller (or
+        wanting the weights, or neither causal nor local) as one matrix.
 
     Returns
     -------
@@ -223,17 +223,20 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
     return _sdpa_blocked(q, k, v, spec, int(block_size), return_weights)
 
 
-_BLOCKED_FROM = 512 * 512    # T x S from which causal attention runs blocked by default
+_BLOCKED_FROM = 256 * 256    # T x S from which causal attention runs blocked by default
+_DEFAULT_BLOCK = 512         # keys per block (and queries per work item) by default
 
 
 def _default_block_size(T, S, banded, return_weights):
     """The exact path the shapes call for when the caller names none: None (the whole
     (T, S) matrix at once) for short sequences, for non-causal attention and when the
-    weights are wanted anyway; blocks for long causal or local attention, which then
-    skips the hidden key blocks, keeps its scratch in cache and uses every core."""
+    weights are wanted anyway; blocks of 512 for causal or local attention from 256 x 256
+    on, which then skips the hidden keys, keeps its scratch in cache and uses every core.
+    (A (512, 512) float32 tile is the size of a core's L2 cache; smaller and larger blocks
+    measure alike, and below 256 x 256 the thread pool costs more than it saves.)"""
     if return_weights or not banded or T * S < _BLOCKED_FROM:
         return None
-    return 1024 if S <= 2048 else 512
+    return _DEFAULT_BLOCK
 
 
 class _Spec:
@@ -483,29 +486,19 @@ def _key_blocks(spec, mask, i0, i1, S, bs):
 
 def _tiles(spec, i0, i1, blocks):
     """Cut key blocks into tiles (r0, r1, j0, j1), rows relative to i0. A block the causal
-    diagonal runs through is cut by :func:`_diagonal_tiles`, so that little of the masked
-    triangle is computed at all."""
+    diagonal runs through is cut into strips of rows, each stopping at its own last key,
+    so that little of the masked triangle is computed at all."""
     t, tiles = i1 - i0, []
     for j0, j1 in blocks:
         if not spec.causal or spec.window is not None or not spec.cuts(i0, i1, j0, j1):
             tiles.append((0, t, j0, j1))
-        else:
-            tiles += _diagonal_tiles(spec, i0, 0, t, j0, j1)
+            continue
+        for r0 in range(0, t, _STRIP):
+            r1 = min(r0 + _STRIP, t)
+            hi = min(j1, i0 + r1 + spec.offset)              # past the last key of row r1-1
+            if hi > j0:
+                tiles.append((r0, r1, j0, hi))
     return tiles
-
-
-def _diagonal_tiles(spec, i0, r0, r1, j0, j1):
-    """Tiles covering rows [r0, r1) x keys [j0, j1) that the causal diagonal cuts: split
-    the rows in halves, the lower half's keys seen by all its rows in one unmasked tile,
-    down to strips of ``_STRIP`` rows, the only tiles the diagonal still cuts."""
-    j1 = min(j1, i0 + r1 + spec.offset)              # keys past the last row's diagonal
-    if r1 - r0 <= _STRIP or j1 <= j0:
-        return [(r0, r1, j0, j1)] if j1 > j0 else []
-    m = (r0 + r1) // 2
-    jm = min(j1, max(j0, i0 + m + spec.offset + 1))  # keys < jm: seen by rows >= m
-    full = [(m, r1, j0, jm)] if jm > j0 else []
-    return (_diagonal_tiles(spec, i0, r0, m, j0, j1) + full
-            + _diagonal_tiles(spec, i0, m, r1, jm, j1))
 
 
 def _online_update(s, vb, state):
