@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import music_attn.core.attention as attention_module
+from conftest import formula_sdpa64
 from music_attn.core.attention import (
     attention_mask,
     scaled_dot_product_attention as sdpa,
@@ -413,6 +414,93 @@ def test_blocked_memory_grows_with_block_not_with_score_matrix():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < T * T * 4 / 8           # a tiny fraction of the 64 MiB score matrix
+
+
+PATH_CASES = ([(T, S, dict(causal=True)) for T, S in [(517, 517), (200, 700), (700, 650)]]
+              + [(517, 517, dict(window=40)), (700, 650, dict(causal=True, mask="random"))])
+
+
+@pytest.mark.parametrize("T,S,kw", PATH_CASES,
+                         ids=[f"{T}x{S}-{'+'.join(kw)}" for T, S, kw in PATH_CASES])
+@pytest.mark.parametrize("block_size", [None, 1000, 37])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_path_equals_the_float64_formula(T, S, kw, block_size, dtype):
+    """The default path (blocked from 256 x 256 when causal or local), one block, blocks
+    that do not divide T, batch and heads, float32 and float64: all equal the formula."""
+    rng = np.random.default_rng(T + S + (block_size or 0))
+    q = rng.standard_normal((2, 3, T, 16)).astype(dtype)
+    k, v = (rng.standard_normal((2, 3, S, 16)).astype(dtype) for _ in range(2))
+    kw = dict(kw)
+    if kw.get("mask") == "random":
+        kw["mask"] = rng.random((3, T, S)) < 0.7                  # per head, shared by the batch
+    out = sdpa(q, k, v, block_size=block_size, **kw)
+    expected = formula_sdpa64(q, k, v, **kw)
+    assert out.dtype == dtype
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out, expected, **tol)
+
+
+@pytest.mark.parametrize("T,S,kw,blocked", [
+    (255, 256, dict(causal=True), False),
+    (256, 256, dict(causal=True), True),
+    (64, 1024, dict(causal=True), True),
+    (300, 300, dict(window=16), True),
+    (1024, 1024, dict(), False),
+    (1024, 1024, dict(causal=True, return_weights=True), False),
+])
+def test_default_path_is_chosen_from_the_shapes(monkeypatch, T, S, kw, blocked):
+    """Causal or local attention of at least 256 x 256 runs blocked by default; shorter,
+    non-causal or weight-returning calls take the one-matrix path. Either way the result
+    is the formula's."""
+    calls = []
+    for name in ("_sdpa_full", "_sdpa_blocked"):
+        fn = getattr(attention_module, name)
+        monkeypatch.setattr(attention_module, name,
+                            lambda *a, fn=fn, name=name, **k: calls.append(name) or fn(*a, **k))
+    rng = np.random.default_rng(T * S)
+    q = rng.standard_normal((2, T, 8))
+    k, v = rng.standard_normal((2, 2, S, 8))
+    res = sdpa(q, k, v, **kw)
+    assert calls == ["_sdpa_blocked" if blocked else "_sdpa_full"]
+    out = res[0] if kw.get("return_weights") else res
+    expected = formula_sdpa64(q, k, v, causal=kw.get("causal", False), window=kw.get("window"))
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_blocks_and_tiles_cover_each_visible_pair_exactly_once():
+    """Whatever the lengths, block size, query block and strip height, the tiles of the
+    blocked path hold every (query, key) pair the causal rule allows exactly once, and
+    no key block is wider than the block size."""
+    rng = np.random.default_rng(24)
+    for _ in range(300):
+        T, S, bs = (int(n) for n in rng.integers(1, 150, size=3))
+        bq = min(bs, int(rng.integers(1, 150)))
+        spec = attention_module._Spec(1.0, None, None, True, None, S - T)
+        covered = np.zeros((T, S), int)
+        for i0 in range(0, T, bq):
+            i1 = min(T, i0 + bq)
+            blocks = attention_module._key_blocks(spec, None, i0, i1, S, bs)
+            assert all(0 < j1 - j0 <= bs for j0, j1 in blocks)
+            for r0, r1, j0, j1 in attention_module._tiles(spec, i0, i1, blocks):
+                covered[i0 + r0:i0 + r1, j0:j1] += 1
+        allowed = np.array([[allowed_loop(i, j, T, S, True, None, None) for j in range(S)]
+                            for i in range(T)], dtype=bool).reshape(T, S)
+        assert (covered[allowed] == 1).all() and (covered <= 1).all(), (T, S, bs, bq)
+
+
+def test_scratch_kept_between_calls_never_leaks_into_the_next_result(monkeypatch):
+    """The blocked path keeps per-thread scratch between calls: calls of other shapes and
+    dtypes in between, and buffers too large to keep, give the same exact results."""
+    rng = np.random.default_rng(25)
+    shapes = [((1, 4, 600, 32), np.float32), ((2, 3, 517, 16), np.float64),
+              ((3, 300, 8), np.float32), ((1, 4, 600, 32), np.float32)]
+    inputs = [tuple(rng.standard_normal(shape).astype(dt) for _ in range(3)) for shape, dt in shapes]
+    expected = [formula_sdpa64(*x, causal=True) for x in inputs]
+    for keep in (attention_module._SCRATCH_KEEP, 0):
+        monkeypatch.setattr(attention_module, "_SCRATCH_KEEP", keep)
+        for x, ref in zip(inputs, expected):
+            tol = 1e-4 if x[0].dtype == np.float32 else 1e-10
+            np.testing.assert_allclose(sdpa(*x, causal=True), ref, rtol=tol, atol=tol / 10)
 
 
 # ----------------------------------------------------------------------------- soft align

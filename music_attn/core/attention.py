@@ -624,7 +624,7 @@ class _Plan:
         acc = _scratch("acc", (i1 - i0, va.shape[-1]), self.dtype)    # (t, Dv+1)
         acc[:] = 0
         tmp = _scratch("tmp", acc.shape, self.dtype)
-        buf = _scratch("tile", (self.bs * (i1 - i0),), self.dtype)
+        buf = _scratch("tile", (min(self.bs, self.S) * (i1 - i0),), self.dtype)
         for r0, r1, j0, j1 in _tiles(self.spec, i0, i1, blocks):
             p = buf[:(r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
             p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # q.k scale - c
