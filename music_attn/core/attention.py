@@ -460,8 +460,10 @@ def _run_parallel(fn, items):
 # bound is so loose that the largest terms come near underflow, which shows up as a tiny
 # row sum l -- such a query block is recomputed with the classic version.
 #
-# Work items are (head, query block) pairs: the (t, s) scratch block of one head stays
-# in the core's cache, and the items are shared out to one thread per core.
+# Work items are (head, query block) pairs, head by head, shared out to one thread per
+# core. Each thread keeps its scratch (the (t, s) tile, [k, 1] and [v, 1] of its current
+# head, [q, -m] of its item) from item to item and from call to call: on a virtual
+# machine a fresh page costs more than the arithmetic done on it.
 
 _LOOSE = 1e-16        # row sum below this: the bound shift was too loose, redo exactly
 _QUERY_BLOCK = 512    # at most this many query rows per work item
