@@ -349,31 +349,72 @@ def test_blocked_skips_fully_masked_key_blocks_exactly():
     np.testing.assert_allclose(w, ref_w, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_loose_logit_bound_falls_back_to_the_classic_online_softmax(monkeypatch, dtype):
-    # a huge key orthogonal to every query makes the |q| max|k| bound useless: the fast
-    # path's row sums underflow and the block must be redone with running maxima
-    rng = np.random.default_rng(20)
-    q, k, v = rand(rng, 12, 4) * 10, rand(rng, 12, 4), rand(rng, 12, 3)
-    q[:, 1] = 0.0
-    k[0] = [0.0, 1e3, 0.0, 0.0]
+def record_fallbacks(monkeypatch):
+    """List that grows by one per (head, query block) redone by the classic online softmax."""
     calls = []
     online = attention_module._Plan.online
     monkeypatch.setattr(attention_module._Plan, "online",
                         lambda self, *a: calls.append(a) or online(self, *a))
-    out = sdpa(q.astype(dtype), k.astype(dtype), v.astype(dtype), causal=True, block_size=4)
+    return calls
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_huge_key_orthogonal_to_every_query_needs_no_fallback(monkeypatch, causal):
+    # |q| max|k| is useless as a shift here; the logit of each row's last key is not
+    rng = np.random.default_rng(20)
+    q, k, v = rand(rng, 12, 4) * 10, rand(rng, 12, 4), rand(rng, 12, 3)
+    q[:, 1] = 0.0
+    k[0] = [0.0, 1e3, 0.0, 0.0]
+    calls = record_fallbacks(monkeypatch)
+    out = sdpa(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), causal=causal,
+               block_size=4)
+    assert not calls
+    np.testing.assert_allclose(out, loop_sdpa(q, k, v, causal=causal)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("causal", [True, False])
+def test_logit_far_above_the_last_keys_falls_back_exactly(monkeypatch, dtype, causal):
+    # an old key whose logit exceeds that of the queries' last key by more than exp can
+    # bear overflows the fast path's row sums: the block is redone with running maxima
+    rng = np.random.default_rng(26)
+    q, k, v = rand(rng, 12, 4) * 0.1, rand(rng, 12, 4) * 0.1, rand(rng, 12, 3)
+    q[8:, 0] = 60.0
+    k[1, 0] = 60.0                                 # logit 60 * 60 / 2 = 1800 for queries 8..11
+    calls = record_fallbacks(monkeypatch)
+    out = sdpa(q.astype(dtype), k.astype(dtype), v.astype(dtype), causal=causal, block_size=4)
     assert calls
     tol = 1e-5 if dtype == np.float32 else 1e-10
-    np.testing.assert_allclose(out, loop_sdpa(q, k, v, causal=True)[0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(out, loop_sdpa(q, k, v, causal=causal)[0], rtol=tol, atol=tol)
 
 
-def test_fast_path_needs_no_fallback_for_ordinary_inputs(monkeypatch):
+def test_last_key_hidden_by_the_mask_falls_back_exactly(monkeypatch):
+    # the last key of queries 8..11 has a logit far above every key the mask lets them
+    # see: shifted by it, their row sums underflow, and the block is redone
+    rng = np.random.default_rng(27)
+    q, k, v = rand(rng, 12, 4) * 0.1, rand(rng, 12, 4) * 0.1, rand(rng, 12, 3)
+    q[8:, 0] = 30.0
+    k[8:, 0] = 30.0                                # logits 450 among queries and keys 8..11
+    mask = np.tril(np.ones((12, 12), bool))
+    mask[8:, 8:] = False
+    calls = record_fallbacks(monkeypatch)
+    out = sdpa(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), mask=mask,
+               causal=True, block_size=4)
+    assert calls
+    np.testing.assert_allclose(out, loop_sdpa(q, k, v, mask=mask, causal=True)[0], rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("spread", [1.0, 3.0])
+def test_fast_path_needs_no_fallback_for_ordinary_inputs(monkeypatch, spread):
+    # spread 3: logits of standard deviation 9, rows spanning ~60 from least to largest
     rng = np.random.default_rng(21)
-    q, k, v = (rand(rng, 2, 64, 16, dtype=np.float32) for _ in range(3))
+    q, k, v = (rand(rng, 2, 600, 64, dtype=np.float32) for _ in range(3))
+    q, k = q * np.float32(spread), k * np.float32(spread)
     monkeypatch.setattr(attention_module._Plan, "online",
                         lambda *a: pytest.fail("fell back to the classic online softmax"))
-    out = sdpa(q, k, v, causal=True, block_size=16)
-    np.testing.assert_allclose(out, sdpa(q, k, v, causal=True), rtol=1e-5, atol=1e-6)
+    out = sdpa(q, k, v, causal=True)
+    np.testing.assert_allclose(out, formula_sdpa64(q, k, v, causal=True), rtol=1e-4, atol=1e-5)
 
 
 def test_blocked_calls_from_several_threads_at_once_agree():

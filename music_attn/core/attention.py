@@ -453,19 +453,21 @@ def _run_parallel(fn, items):
 # l = sum_j exp(s_j - m) and an accumulator acc = sum_j exp(s_j - m) v_j; at the end
 # out = acc / l. The classic version (``_Plan.online``) takes m as the running maximum
 # and rescales l and acc whenever a key block raises it. The fast version
-# (``_Plan.bounded``) starts m at an upper bound of every logit the row can see,
-# |q_i| * max_j |k_j| * scale + max_j bias_ij (Cauchy-Schwarz), so no block can raise
-# it: no max pass, no rescaling, and one matrix product of [q, -m] with [k, 1] gives the
-# shifted logits directly. exp(s - m) cannot overflow; the result is exact unless the
-# bound is so loose that the largest terms come near underflow, which shows up as a tiny
-# row sum l -- such a query block is recomputed with the classic version.
+# (``_Plan.shifted``) fixes m in advance at the logit of the row's last visible key (its
+# own, in self-attention): no max pass, no rescaling, and one matrix product of [q, -m]
+# with [k, 1] gives the shifted logits directly. Any m works as long as exp(s - m) stays
+# within float range: since m is one of the row's logits, the row sum is at least 1, and
+# the largest term overflows only if some logit exceeds m by ~88 (float32), far beyond
+# the spread of attention logits. Such a row (an infinite row sum), or one whose last key
+# a mask or bias hides (a row sum that underflows), has its query block recomputed with
+# the classic version.
 #
 # Work items are (head, query block) pairs, head by head, shared out to one thread per
 # core. Each thread keeps its scratch (the (t, s) tile, [k, 1] and [v, 1] of its current
 # head, [q, -m] of its item) from item to item and from call to call: on a virtual
 # machine a fresh page costs more than the arithmetic done on it.
 
-_LOOSE = 1e-16        # row sum below this: the bound shift was too loose, redo exactly
+_LOOSE = 1e-16        # row sum below this (or infinite): the shift was off, redo exactly
 _QUERY_BLOCK = 512    # at most this many query rows per work item
 _STRIP = 64           # rows per strip where the causal diagonal cuts a block
 
@@ -550,9 +552,9 @@ def _scratch(name, shape, dtype):
 class _Plan:
     """Blocked attention of one call, as views broadcast to the common leading shape.
 
-    The fast path multiplies ``qa`` = [q * scale, -c] by ``ka`` = [k, 1] (one extra
-    feature), which gives the logits shifted by their bound c in one product, then the
-    probabilities by ``va`` = [v, 1], which gives the accumulator and the row sum together.
+    The fast path multiplies ``qa`` = [q * scale, -m] by ``ka`` = [k, 1] (one extra
+    feature), which gives the logits shifted by m in one product, then the probabilities
+    by ``va`` = [v, 1], which gives the accumulator and the row sum together.
     ``qa`` is built per work item, ``ka`` and ``va`` per head, in the thread's scratch.
     """
 
@@ -565,36 +567,25 @@ class _Plan:
         self.q, self.k, self.kT, self.v, self.mask, self.bias = (
             self._broadcast(a, 2)
             for a in (q, k, np.swapaxes(k, -1, -2), v, spec.mask, spec.bias))
-        self.shift = self._broadcast(self._bound(q, k), 1)                 # (..., T)
+        last = np.arange(T) + spec.offset                      # each query's last visible key
+        banded = spec.causal or spec.window is not None
+        self.last = np.clip(last, 0, S - 1) if banded else np.full(T, S - 1)
 
     def _broadcast(self, a, tail):
         """View of ``a`` with the common leading shape and its own last ``tail`` dims."""
         return None if a is None else np.broadcast_to(a, self.lead + a.shape[a.ndim - tail:])
 
-    def _bound(self, q, k):
-        """(..., T) upper bound of the logits of each query without bias, by Cauchy-Schwarz:
-        |q_i| |scale| max_j |k_j| over the keys j up to its last visible one."""
-        sp, T, S = self.spec, q.shape[-2], k.shape[-2]
-        last = np.full(T, S - 1)                                         # last key of each row
-        if sp.causal or sp.window is not None:
-            last = np.clip(np.arange(T) + sp.offset, 0, S - 1)
-        kmax = np.fmax.accumulate(np.sqrt(np.einsum("...sd,...sd->...s", k, k)), axis=-1)
-        c = np.sqrt(np.einsum("...td,...td->...t", q, q)) * kmax[..., last]
-        c *= abs(sp.scale)
-        c[np.isinf(c)] = 0.0               # rows all -inf (fully masked): any finite shift
-        return c.astype(self.dtype, copy=False)
-
-    def head_queries(self, idx, i0, i1, hi):
-        """qa = [q * scale, -c] (t, D+1) of queries [i0, i1) of head ``idx`` in scratch, the
-        shift c raised by the largest bias of each row over the keys < hi it may see."""
-        q = self.q[idx][i0:i1]                                             # (t, D)
+    def head_queries(self, idx, i0, i1):
+        """qa = [q * scale, -m] (t, D+1) of queries [i0, i1) of head ``idx`` in scratch, m
+        the logit of each query's last visible key (0 where that is not finite)."""
+        q, last = self.q[idx][i0:i1], self.last[i0:i1]                     # (t, D), (t,)
         qa = _scratch("qa", (i1 - i0, q.shape[-1] + 1), self.dtype)
         np.multiply(q, self.dtype.type(self.spec.scale), out=qa[:, :-1])
-        np.negative(self.shift[idx][i0:i1], out=qa[:, -1])
+        m = np.einsum("td,td->t", qa[:, :-1], self.k[idx][last])          # (t,)
         if self.bias is not None:
-            b = np.fmax.reduce(self.bias[idx][i0:i1, :hi], axis=-1)      # (t,)
-            b[np.isinf(b)] = 0.0
-            qa[:, -1] -= b
+            m += self.bias[idx][np.arange(i0, i1), last]
+        m[~np.isfinite(m)] = 0.0
+        np.negative(m, out=qa[:, -1])
         return qa
 
     def head_keys(self, idx):
@@ -616,22 +607,24 @@ class _Plan:
                      None if self.bias is None else self.bias[idx],
                      sp.causal, sp.window, sp.offset)
 
-    def bounded(self, idx, i0, i1, blocks):
-        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, shift fixed at the bound;
-        views of the thread's scratch, valid until its next item."""
+    def shifted(self, idx, i0, i1, blocks):
+        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, the shift of each row fixed
+        in advance at the logit of its last visible key; views of the thread's scratch,
+        valid until its next item."""
         spec2 = self.head_spec(idx, 1.0)
-        qa = self.head_queries(idx, i0, i1, blocks[0][1])              # (t, D+1)
+        qa = self.head_queries(idx, i0, i1)                            # (t, D+1)
         ka, va = self.head_keys(idx)                                   # (S, D+1), (S, Dv+1)
         kaT = ka.T                                                     # (D+1, S)
         acc = _scratch("acc", (i1 - i0, va.shape[-1]), self.dtype)    # (t, Dv+1)
         acc[:] = 0
         tmp = _scratch("tmp", acc.shape, self.dtype)
         buf = _scratch("tile", (min(self.bs, self.S) * (i1 - i0),), self.dtype)
-        for r0, r1, j0, j1 in _tiles(self.spec, i0, i1, blocks):
-            p = buf[:(r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
-            p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # q.k scale - c
-            np.exp(p, out=p)
-            acc[r0:r1] += np.matmul(p, va[j0:j1], out=tmp[r0:r1])      # (t, s) @ (s, Dv+1)
+        with np.errstate(over="ignore", invalid="ignore"):    # overflow: redone by the caller
+            for r0, r1, j0, j1 in _tiles(self.spec, i0, i1, blocks):
+                p = buf[:(r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
+                p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # q.k scale - m
+                np.exp(p, out=p)
+                acc[r0:r1] += np.matmul(p, va[j0:j1], out=tmp[r0:r1])  # (t, s) @ (s, Dv+1)
         return acc[:, :-1], -qa[:, -1], acc[:, -1]
 
     def online(self, idx, i0, i1, blocks):
@@ -653,8 +646,8 @@ class _Plan:
         blocks = self.blocks(idx, i0, i1)
         if not blocks:
             return None
-        res = self.bounded(idx, i0, i1, blocks)
-        loose = res[2] < _LOOSE                        # bound too loose, or a masked row
+        res = self.shifted(idx, i0, i1, blocks)
+        loose = ~(res[2] >= _LOOSE) | np.isinf(res[2])   # shift off, a masked row, or NaN
         if self.spec.causal or self.spec.window is not None:
             loose &= np.arange(i0, i1) + self.spec.offset >= 0    # rows before any key
         if loose.any():
