@@ -39,6 +39,7 @@ from music_attn.core.model import POSITIONALS, ModelConfig, init_model, parallel
 from music_attn.music.grid import STEPS_PER_BEAT, GridTokenizer, grid_notes
 from music_attn.music import constants as K
 from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.training.data import pitch_table
 from music_attn.training.ngram import KneserNeyLM
 from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
 from music_attn.training.windows import sequence_nll
@@ -49,17 +50,19 @@ PAPER_NLL = 0.335          # Huang et al. 2019, Table 1: Music Transformer, rela
 SECONDS_PER_STEP = 60.0 / K.DECODE_TEMPO_BPM / STEPS_PER_BEAT   # a sixteenth at 120 bpm: 0.125 s
 
 # Sized for 2 shared cores (600 to 2,500 training tokens/s, depending on the other
-# load); the window (512 tokens = 128 sixteenths = 8 bars of 4/4) holds the
-# shorter chorales whole.
-MODEL = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=512,
-             positional="relative", attention="full", dropout=0.1)
-TRAIN = TrainConfig(steps=2000, batch_size=4, seq_len=512, lr=1e-3, min_lr=5e-5, warmup=50,
+# load). The window of 1,024 tokens (256 sixteenths = 16 bars of 4/4) holds two
+# chorales in three whole (the median is 865 tokens), so a repeated first section is
+# in view when it returns. ``period=16`` adds a learned embedding of the position
+# modulo 16: which voice a token is, and which sixteenth of the beat.
+MODEL = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=1024,
+             positional="relative", attention="full", dropout=0.1, period=16)
+TRAIN = TrainConfig(steps=2000, batch_size=2, seq_len=1024, lr=1e-3, min_lr=5e-5, warmup=50,
                     weight_decay=0.05, grad_clip=1.0, eval_every=0, checkpoint_every=0,
                     transpose=(-5, 6), seed=0, workers=2)
 EVAL_EVERY = 100           # optimizer steps between validations
 PATIENCE = 8               # validations without improvement before stopping early
-STRIDE = 128               # evaluation stride (tokens): context >= max_len - stride
-SELECTION_STRIDE = 512     # stride of the validations during training (each token read once)
+STRIDE = 256               # evaluation stride (tokens): context >= max_len - stride
+SELECTION_STRIDE = None    # validations during training read each token once (stride = window)
 
 
 def _parse(argv):
@@ -78,9 +81,22 @@ def _parse(argv):
                                                      "becomes the smaller of --minutes and the time left")
     p.add_argument("--positional", choices=POSITIONALS, default=MODEL["positional"])
     p.add_argument("--dropout", type=float, default=MODEL["dropout"])
+    p.add_argument("--window", type=int, default=MODEL["max_len"],
+                   help="the model's window and the training length in tokens (default %(default)s)")
+    p.add_argument("--period", type=int, default=MODEL["period"],
+                   help="period of the learned position embedding (0 = none; default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=TRAIN.batch_size, help="default %(default)s")
+    p.add_argument("--lr", type=float, default=TRAIN.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=TRAIN.warmup, help="default %(default)s")
+    p.add_argument("--init", metavar="NPZ", help="start from this JSB checkpoint's weights instead of "
+                   "random ones: a longer window extends its relative tables (the new, longer "
+                   "distances start at 0) and a new period table starts at 0")
     p.add_argument("--stride", type=int, default=STRIDE, help="evaluation stride in tokens")
     p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--no-ngram", action="store_true", help="--eval without the n-gram baselines")
+    p.add_argument("--transpositions", type=int, default=0, metavar="K",
+                   help="--eval also scores the mixture of the model read at every transposition "
+                        "-K..+K (an extra row; default 0 = off)")
     p.add_argument("--record", action="store_true",
                    help="--eval also stores the validation NLL in the checkpoint's metrics (inspect reads it)")
     return p.parse_args(argv)
@@ -98,9 +114,34 @@ def load_split(folder, split, tokenizer):
 def validation_nll(model, sequences, stride):
     """Summed NLL (nats) of every grid token and their count."""
     window = model.config.max_len
-    nll = parallel_map(lambda ids: sequence_nll(model, ids, window=window, stride=min(stride, window)),
+    stride = window if stride is None else min(stride, window)
+    nll = parallel_map(lambda ids: sequence_nll(model, ids, window=window, stride=stride),
                        sequences)                      # chorales in parallel, BLAS single-threaded
     return float(sum(x.sum() for x in nll)), int(sum(x.size for x in nll))
+
+
+def mixture_nll(model, ids, shifts, window, stride):
+    """NLL (nats) of each grid token under the uniform mixture of the model read at ``shifts``.
+
+    Component ``s`` reads the chorale transposed by ``s`` semitones and gives the target
+    the probability of its transposed token. It takes part in a prediction only while
+    every pitch before the target fits the vocabulary after the shift (a condition on the
+    past alone, so the mixture is a proper sequential model), and gives probability 0 to
+    a target it cannot spell. Shift 0 always takes part.
+    """
+    pitch = pitch_table(model.tokenizer)[ids]                 # (T,), -1 for rests and specials
+    lo, hi = model.tokenizer.pitch_range
+    logp, used = [], []
+    for s in shifts:
+        fits = (pitch < 0) | ((pitch + s >= lo) & (pitch + s <= hi))                 # (T,)
+        moved = np.where((pitch >= 0) & fits, ids + s, ids)      # pitch ids are contiguous
+        lp = -sequence_nll(model, moved, window=window, stride=stride)              # (T-1,)
+        logp.append(np.where(fits[1:], lp, -np.inf))
+        used.append(np.logical_and.accumulate(fits)[:-1])        # the context fits
+    logp, used = np.array(logp), np.array(used)                  # (K, T-1)
+    logp = np.where(used, logp, -np.inf)
+    top = logp.max(axis=0)
+    return -(top + np.log(np.exp(logp - top).sum(axis=0)) - np.log(used.sum(axis=0)))
 
 
 # --------------------------------------------------------------------------- training
@@ -124,27 +165,52 @@ def _fresh(args, tokenizer, train_seqs, log):
     """A new model and TrainState whose step count fits ``--minutes``."""
     rng = np.random.default_rng(args.seed)
     config = ModelConfig(vocab_size=tokenizer.vocab_size,
-                         **{**MODEL, "positional": args.positional, "dropout": args.dropout})
+                         **{**MODEL, "positional": args.positional, "dropout": args.dropout,
+                            "max_len": args.window, "period": args.period})
     model = init_model(config, rng, tokenizer=tokenizer)
-    steps = args.steps or _calibrated_steps(model, train_seqs, args.minutes)
-    tconf = dataclasses.replace(TRAIN, steps=steps, seed=args.seed)
+    if args.init:
+        _load_weights(model, args.init)
+    tconf = dataclasses.replace(TRAIN, seed=args.seed, batch_size=args.batch_size, seq_len=args.window,
+                                lr=args.lr, warmup=args.warmup)
+    steps = args.steps or _calibrated_steps(model, train_seqs, args.minutes, tconf)
+    tconf = dataclasses.replace(tconf, steps=steps)
     log(f"# budget {args.minutes:.1f} min of training: {steps} steps; started "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    if args.init:
+        log(f"# weights from {args.init}")
     log(f"# {model!r}\n# {json.dumps(config.to_dict())}\n# {json.dumps(tconf.to_dict())}")
     log("# minutes  step  tokens_seen  train_loss  val_nll  best_val_nll")
     return model, TrainState(model, tconf, rng)
 
 
-def _calibrated_steps(model, train_seqs, minutes):
+def _load_weights(model, path):
+    """Copy a JSB checkpoint's weights into ``model`` (same sizes; its window may be shorter)."""
+    source = load_model(path)
+    mine, theirs = model.config, source.config
+    if (theirs.d_model, theirs.n_layers, theirs.n_heads, theirs.d_ff, theirs.positional) != \
+            (mine.d_model, mine.n_layers, mine.n_heads, mine.d_ff, mine.positional) \
+            or theirs.max_len > mine.max_len or theirs.vocab_size != mine.vocab_size:
+        raise SystemExit(f"error: {path} is not a smaller-window version of this model")
+    for name, value in model.params.items():
+        if name == "period_emb" and theirs.period != mine.period:
+            value[...] = 0.0                                   # a new table: no effect at first
+        elif name.endswith("attn.rel"):                        # (H, L, D), row L-1 = distance 0
+            value[...] = 0.0
+            value[:, mine.max_len - theirs.max_len:] = source.params[name]
+        else:
+            value[...] = source.params[name]
+
+
+def _calibrated_steps(model, train_seqs, minutes, tconf):
     """Steps that fit the budget, timed on a throw-away copy (validation takes ~15% of it)."""
     probe = model.astype(model.dtype)
-    config = dataclasses.replace(TRAIN, steps=3)
+    config = dataclasses.replace(tconf, steps=3)
     train(probe, train_seqs, config, progress=False)
     t0 = time.perf_counter()
     train(probe, train_seqs, config, progress=False)
     per_step = (time.perf_counter() - t0) / 3
     steps = max(int(minutes * 60 * 0.85 / per_step), EVAL_EVERY)
-    print(f"{per_step:.2f} s/step ({TRAIN.batch_size * TRAIN.seq_len / per_step:,.0f} tokens/s): "
+    print(f"{per_step:.2f} s/step ({tconf.batch_size * tconf.seq_len / per_step:,.0f} tokens/s): "
           f"{steps} steps in {minutes:g} min")
     return steps
 
@@ -205,7 +271,7 @@ def run_training(args):
             return 130
     why = " (stopped early)" if stale >= PATIENCE else "" if state.step == state.config.steps else " (budget)"
     log(f"# stopped at step {state.step}{why}: best validation NLL {best:.4f} nats/token "
-        f"(stride {SELECTION_STRIDE}); --resume continues")
+        f"(stride {SELECTION_STRIDE or model.config.max_len}); --resume continues")
     return 0
 
 
@@ -229,6 +295,13 @@ def run_eval(args):
           f"(every token sees the whole chorale before it, or at least "
           f"{model.config.max_len - stride} tokens); scored in {time.perf_counter() - t0:.0f} s\n")
     rows = [("this model", total)]
+    if args.transpositions:
+        k = args.transpositions
+        pitches = pitch_table(tokenizer)
+        assert np.all(np.diff(pitches[pitches >= 0]) == 1), "pitch ids must be contiguous"
+        nll = parallel_map(lambda ids: mixture_nll(model, ids, range(-k, k + 1),
+                                                   model.config.max_len, stride), val_seqs)
+        rows.append((f"mixture of {2 * k + 1} keys", float(sum(x.sum() for x in nll))))
     if not args.no_ngram:
         train_eos = [np.append(ids, tokenizer.eos_id) for ids in train_seqs]
         for order in (5, 9):

@@ -61,7 +61,8 @@ def loop_note_attention(att, labels, n_notes):
 def reference_logits64(model, ids):
     """Float64 logits (T, V) of a full-attention model on one sequence, written from the maths.
 
-    Every step is a plain formula: embedding * sqrt(C) (+ the sinusoid table), pre-norm
+    Every step is a plain formula: embedding * sqrt(C) (+ the sinusoid table) (+ the
+    period table's row ``t mod P`` at position t), pre-norm
     blocks, per-head attention whose logits are ``q_i . k_j / sqrt(D)`` plus, for relative
     positions, ``q_i . E[L-1-(i-j)] / sqrt(D)`` gathered per pair (no skew); RoPE rotates
     pairs ``(2m, 2m+1)`` by ``pos * base**(-2m/D)``; tanh GELU; layer norm eps 1e-5.
@@ -76,6 +77,8 @@ def reference_logits64(model, ids):
         i = np.arange(C)
         angle = np.arange(T)[:, None] / 10000.0 ** (2 * (i // 2) / C)
         x = x + np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+    for t in range(T * bool(c.period)):                   # the learned row of position t mod P
+        x[t] += p["period_emb"][t % c.period]
 
     def norm(h, g, b):
         mu = h.mean(-1, keepdims=True)

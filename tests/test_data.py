@@ -303,6 +303,12 @@ def test_windows_reach_the_first_and_last_position_of_a_sequence():
     assert set(starts.tolist()) == set(range(0, 40 - 10 + 1))
 
 
+def test_aligned_windows_start_only_on_multiples_and_reach_every_such_start():
+    seqs = numbered_sequences([70])
+    starts = data.sample_windows(seqs, 2000, 9, np.random.default_rng(2), align=8)[:, 0] - 1000
+    assert set(starts.tolist()) == set(range(0, 70 - 10 + 1, 8))
+
+
 def test_short_sequences_are_right_padded_with_pad_id():
     seqs = [np.array([5, 6, 7], dtype=np.int32)]
     out = data.sample_windows(seqs, 3, 6, np.random.default_rng(0), pad_id=0)

@@ -21,6 +21,25 @@ def test_spans_give_every_position_to_exactly_one_window_with_enough_context(n, 
     assert owner == list(range(n))                        # a partition of 0..n-1, in order
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 63, 64, 65, 200, 1001])
+@pytest.mark.parametrize("size, stride, align", [(64, None, 16), (64, 16, 16), (64, 32, 4), (10, 8, 4)])
+def test_aligned_spans_start_on_the_grid_and_still_partition_with_context(n, size, stride, align):
+    step = (size // 2) // align * align if stride is None else stride
+    owner = []
+    for s in spans(n, size, stride, align=align):
+        assert s.start % align == 0, s
+        assert 0 <= s.start <= s.keep < s.stop <= n and s.stop - s.start <= size
+        owner.extend(range(s.keep, s.stop))
+        for p in range(s.keep, s.stop):
+            assert s.start == 0 or p - s.start >= size - step
+    assert owner == list(range(n))
+
+
+def test_a_stride_off_the_models_period_is_refused():
+    with pytest.raises(ValueError, match="period"):
+        spans(100, 64, 24, align=16)
+
+
 @pytest.mark.parametrize("size, stride", [(8, None), (8, 3), (5, 5)])
 def test_window_start_is_the_first_grid_window_that_holds_the_position(size, stride):
     step = size // 2 if stride is None else stride

@@ -8,9 +8,9 @@ from music_attn.core.model import ATTENTIONS, POSITIONALS, ModelConfig, init_mod
 V = 23
 
 
-def make_model(positional="sinusoidal", attention="full", *, max_len=40, seed=0, window=5):
+def make_model(positional="sinusoidal", attention="full", *, max_len=40, seed=0, window=5, period=0):
     config = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_len=max_len,
-                         positional=positional, attention=attention, window=window)
+                         positional=positional, attention=attention, window=window, period=period)
     model = init_model(config, np.random.default_rng(seed))
     rng = np.random.default_rng(seed + 1)         # larger weights: attention that is far from uniform
     for name, value in model.params.items():
@@ -174,3 +174,42 @@ def test_logits_equal_a_float64_reference_written_from_the_maths(positional):
     ids = np.random.default_rng(3).integers(0, model.config.vocab_size, 33)
     np.testing.assert_allclose(model.forward(ids[None, :])[0], reference_logits64(model, ids),
                                rtol=1e-9, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- period embedding
+
+@pytest.mark.parametrize("positional", POSITIONALS)
+def test_period_embedding_logits_equal_the_float64_reference(positional):
+    from conftest import reference_logits64
+    model = make_model(positional, max_len=40, period=6).astype(np.float64)
+    ids = np.random.default_rng(4).integers(0, V, 33)
+    np.testing.assert_allclose(model.forward(ids[None, :])[0], reference_logits64(model, ids),
+                               rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_period_embedding_decode_and_cache_equal_the_full_forward(attention):
+    model = make_model("relative", attention, period=4)
+    ids = np.random.default_rng(9).integers(0, V, (2, 30))
+    full = model.forward(ids)
+    cache = model.new_cache(batch=2)
+    steps = [model.forward(ids[:, :7], cache=cache)[:, -1]]        # an odd prefix: phase 3 next
+    steps += [model.decode(ids[:, t], cache).copy() for t in range(7, 30)]
+    np.testing.assert_allclose(np.stack(steps, axis=1), full[:, 6:], atol=1e-5, rtol=0)
+
+
+def test_period_embedding_gradient_matches_finite_differences():
+    from test_layers import assert_grad
+    model = make_model("relative", max_len=12, period=3).astype(np.float64)
+    rng = np.random.default_rng(2)
+    ids, targets = rng.integers(0, V, (2, 10)), rng.integers(-1, V, (2, 10))
+    _, grads = model.loss_and_grads(ids, targets)
+    assert np.abs(grads["period_emb"]).min() > 0                     # every row is used
+    assert_grad(lambda: np.array(model.loss(ids, targets)), model.params["period_emb"],
+                grads["period_emb"], 1.0, entries=18)
+
+
+@pytest.mark.parametrize("period", [-1, 41, 2.0, True])
+def test_bad_periods_are_refused(period):
+    with pytest.raises(ValueError, match="period"):
+        ModelConfig(vocab_size=V, max_len=40, period=period)

@@ -21,9 +21,10 @@ TRAIN = TrainConfig(steps=4, batch_size=4, seq_len=16, lr=3e-3, min_lr=3e-4, war
                     eval_every=2, checkpoint_every=3, transpose=None, seed=5)
 
 
-def _model(positional="relative", attention="full", dtype=np.float64, seed=0):
+def _model(positional="relative", attention="full", dtype=np.float64, seed=0, period=0):
     config = ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32,
-                         positional=positional, attention=attention, window=5, alpha=0.3)
+                         positional=positional, attention=attention, window=5, alpha=0.3,
+                         period=period)
     model = init_model(config, np.random.default_rng(seed), dtype=dtype)
     rng = np.random.default_rng(seed + 1)   # move the weights off their tiny initial values
     for name, value in model.params.items():
@@ -55,8 +56,9 @@ def test_float32_torch_logits_agree_with_float32_numpy():
     np.testing.assert_allclose(theirs, model.forward(ids), atol=1e-4, rtol=0)
 
 
-def test_torch_autograd_gradient_equals_numpy_backward():
-    model = _model("relative", "soft_align")
+@pytest.mark.parametrize("period", [0, 4])
+def test_torch_autograd_gradient_equals_numpy_backward(period):
+    model = _model("relative", "soft_align", period=period)
     ids = np.random.default_rng(4).integers(0, 40, (2, 20))
     targets = np.random.default_rng(5).integers(0, 40, (2, 20))
     loss, grads = model.loss_and_grads(ids, targets)
@@ -85,8 +87,9 @@ def test_from_torch_refuses_a_module_of_another_architecture():
         from_torch(torch.nn.Linear(2, 2))
 
 
-def test_torch_training_follows_the_numpy_run_step_for_step():
-    ours, theirs = _model(seed=3), _model(seed=3)
+@pytest.mark.parametrize("period", [0, 4])
+def test_torch_training_follows_the_numpy_run_step_for_step(period):
+    ours, theirs = _model(seed=3, period=period), _model(seed=3, period=period)
     seqs, val = _sequences(), _sequences(2, seed=9)
     state_np = train(ours, seqs, TRAIN, val_sequences=val, progress=False)
     state_t = train_torch(theirs, seqs, TRAIN, val_sequences=val, progress=False)

@@ -3,7 +3,9 @@
 Every contender reads the same files from disk in the same run: our REMI and
 performance tokenizers (parse + tokenize), ``mido.MidiFile`` alone (parse
 only), ``pretty_midi.PrettyMIDI`` alone (load only) and, when installed,
-MidiTok's ``REMI`` and ``MIDILike`` (load + tokenize).  Notes/s counts the
+MidiTok's ``REMI`` and ``MIDILike`` (load + tokenize) and symusic's C++ parser
+alone (``symusic.Score``, parse only: the limit line, what reading the bytes
+costs with no Python in the loop).  Notes/s counts the
 pitched notes of the files (as ``read_midi`` finds them) for every contender,
 so the columns compare.  The best of a few interleaved rounds is reported.
 
@@ -51,10 +53,15 @@ def _contenders():
     try:
         import miditok
     except ImportError:
-        return rows
-    for name in ("REMI", "MIDILike"):
+        miditok = None
+    for name in ("REMI", "MIDILike") if miditok else ():
         tokenizer = getattr(miditok, name)(miditok.TokenizerConfig())
         rows.append((f"MidiTok {name}", tokenizer, None))
+    try:
+        import symusic
+    except ImportError:
+        return rows
+    rows.append(("symusic.Score (C++ parse only, limit)", lambda p: symusic.Score(str(p)), None))
     return rows
 
 

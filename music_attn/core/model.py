@@ -60,6 +60,11 @@ class ModelConfig:
     dropout : probability of dropping each element of the attention and
         feed-forward outputs before they join the residual stream, in training
         only (``loss_and_grads`` with an ``rng``); 0 = off.
+    period : 0 (off), or P: a learned embedding of each position modulo P is
+        added to the input (the 4 voices x 4 sixteenths of a beat of the
+        four-voice grid, for P = 16).  The position is counted from the start
+        of the model's input, so windows of a longer sequence must start at
+        multiples of P (:mod:`music_attn.training.windows` does so).
     """
     vocab_size: int
     d_model: int = 128
@@ -73,6 +78,7 @@ class ModelConfig:
     alpha: float = 0.5
     rope_base: float = 10000.0
     dropout: float = 0.0
+    period: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "window"):
@@ -87,6 +93,9 @@ class ModelConfig:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if (self.positional == "rope" or self.attention == "soft_align") and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        if isinstance(self.period, bool) or not isinstance(self.period, (int, np.integer)) \
+                or not 0 <= self.period <= self.max_len:
+            raise ValueError(f"ModelConfig.period must be an integer in [0, max_len], got {self.period!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -114,6 +123,8 @@ def param_shapes(config):
     """Name -> shape of every parameter of a model with this config (in a fixed order)."""
     C, F, V, H = config.d_model, config.d_ff, config.vocab_size, config.n_heads
     shapes = {"tok_emb": (V, C)}
+    if config.period:
+        shapes["period_emb"] = (config.period, C)
     for i in range(config.n_layers):
         p = f"h{i}."
         shapes.update({
@@ -154,7 +165,7 @@ def init_model(config, rng, *, dtype=np.float32, tokenizer=None):
             value = np.ones(shape)
         elif name.endswith(("attn.w_o", "ff.w2")):
             value = rng.normal(0.0, residual_std, shape)
-        elif name.endswith((".w_qkv", ".w1", ".w", ".rel")):
+        elif name.endswith((".w_qkv", ".w1", ".w", ".rel", "period_emb")):
             value = rng.normal(0.0, 0.02, shape)
         else:
             value = np.zeros(shape)
@@ -200,6 +211,7 @@ class BlockCache(NamedTuple):
 
 class ForwardCache(NamedTuple):
     emb: tuple
+    period: tuple            # EmbeddingCache of the position-modulo-period lookup, or None
     blocks: list
     ln_f: tuple
     head: tuple
@@ -289,6 +301,8 @@ class Model:
         x *= self.dtype.type(math.sqrt(c.d_model))
         if self._pe is not None:
             x += self._pe[start]
+        if c.period:
+            x += p["period_emb"][start % c.period]
         for i in range(c.n_layers):
             pre = f"h{i}."
             h = layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])[0]
@@ -374,6 +388,11 @@ class Model:
         x *= math.sqrt(self.config.d_model)
         if self._pe is not None:
             x += self._pe[start:start + T]
+        period = None
+        if self.config.period:
+            phase = np.broadcast_to((start + np.arange(T)) % self.config.period, ids.shape)   # (B, T)
+            step, period = embedding_forward(phase, p["period_emb"])
+            x += step
         blocks = []
         for i in range(self.config.n_layers):
             kv = None if cache is None else cache.layers[i]
@@ -383,7 +402,7 @@ class Model:
         logits, head = linear_forward(h, p["head.w"], p["head.b"])  # (B, T, V)
         if cache is not None:
             cache.length += T
-        return logits, ForwardCache(emb, blocks, ln_f, head)
+        return logits, ForwardCache(emb, period, blocks, ln_f, head)
 
     def _block_forward(self, x, pre, kv, start, rng=None):
         """One pre-norm block: x += drop(attn(ln1(x))); x += drop(ff(ln2(x)))."""
@@ -412,7 +431,9 @@ class Model:
         dx, grads["ln_f.g"], grads["ln_f.b"] = layernorm_backward(dh, fwd.ln_f)
         for i in reversed(range(self.config.n_layers)):
             dx = self._block_backward(dx, fwd.blocks[i], f"h{i}.", grads)
-        # forward was: x = tok_emb[ids] * sqrt(C) (+ pe)
+        # forward was: x = tok_emb[ids] * sqrt(C) (+ pe) (+ period_emb[position % P])
+        if fwd.period is not None:
+            grads["period_emb"] = embedding_backward(dx, fwd.period)
         dx *= math.sqrt(self.config.d_model)
         grads["tok_emb"] = embedding_backward(dx, fwd.emb)
         return {name: grads[name] for name in self.params}

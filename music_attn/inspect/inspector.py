@@ -49,7 +49,7 @@ from typing import NamedTuple
 import numpy as np
 
 from music_attn.errors import MidiError, MusicAttnError
-from music_attn.training.windows import spans, token_nll
+from music_attn.training.windows import alignment, spans, token_nll
 
 __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "note_name"]
 
@@ -722,7 +722,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
     key_labels, labels_shown, kept = _relabel(labels, shown, a, b, window)
     if not kept.size:
         raise MidiError(f"{_name_of(source, seq) or 'melody'}: no notes to inspect")
-    bar = _progress_bar(progress, len(_plan(ids.size, window, a, b)) + model.config.n_layers * model.config.n_heads)
+    bar = _progress_bar(progress, len(_plan(ids.size, window, a, b, alignment(model))) + model.config.n_layers * model.config.n_heads)
     band, roll, nll = _run_windows(model, ids, window, a, b, bar)
     selection = {"bars": list(bars) if bars else None, "seconds": _seconds(start, end),
                  "tracks": [str(t) for t in tracks] if tracks else None, "melody": bool(melody)}
@@ -796,16 +796,16 @@ def _relabel(labels, shown, a, b, window):
     return key_labels, np.where(passage >= 0, passage, -1), kept
 
 
-def _plan(n, window, a, b):
+def _plan(n, window, a, b, align=1):
     """The windows of the whole piece (`spans`) whose outputs the passage [a, b) needs."""
-    return [s for s in spans(n, window) if s.stop > max(a - 1, 0) and s.keep < b]
+    return [s for s in spans(n, window, align=align) if s.stop > max(a - 1, 0) and s.keep < b]
 
 
 def _run_windows(model, ids, window, a, b, bar):
     """Band (L, H, T, W), rollout band (T, W) and token NLL (T,) of tokens a..b-1, window by window."""
     T, W = b - a, window
     band, roll, nll = None, np.zeros((T, W), np.float32), np.full(T, np.nan)
-    for s in _plan(ids.size, window, a, b):
+    for s in _plan(ids.size, window, a, b, alignment(model)):
         logits, att = _forward(model, ids[s.start:s.stop])                # (n, V), (L, H, n, n)
         if band is None:
             band = np.zeros(att.shape[:2] + (T, W), np.float32)

@@ -31,7 +31,7 @@ from music_attn.training.checkpoint import save_checkpoint
 from music_attn.training.train import (
     TrainState, train_batch, is_due, StopOnInterrupt, lr_at,
 )
-from music_attn.training.windows import span_batches
+from music_attn.training.windows import alignment, span_batches
 
 __all__ = ["to_torch", "from_torch", "train_torch", "TorchTransformer", "init_distributed"]
 
@@ -145,7 +145,8 @@ def _step(net, optimizer, sequences, state, tokenizer, pad_id, device):
     """One optimizer step on this process's rows of the global batch; the history record."""
     config = state.config
     rank, world = _world()
-    ids, targets = train_batch(sequences, config, state.rng, tokenizer, pad_id)     # (B, T) global
+    ids, targets = train_batch(sequences, config, state.rng, tokenizer, pad_id,
+                               alignment(getattr(net, "module", net)))       # (B, T) global
     count = max(int((targets >= 0).sum()), 1)
     rows = _rows(len(ids), rank, world)
     ids_t = torch.as_tensor(ids[rows], dtype=torch.int64, device=device)
@@ -215,7 +216,7 @@ def train_torch(model, sequences, config, *, state=None, val_sequences=None, tok
     _load_moments(optimizer, module, state)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     val = (list(span_batches(val_sequences, config.seq_len, batch_size=config.batch_size,
-                             max_tokens=config.eval_tokens)) if val_sequences else None)
+                             max_tokens=config.eval_tokens, align=alignment(model))) if val_sequences else None)
     loop = _Loop(net, module, optimizer, state, tokenizer, pad_id, device, checkpoint, rank == 0)
     with StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, unit="step", dynamic_ncols=True,
                                           disable=not (progress and rank == 0)) as bar:

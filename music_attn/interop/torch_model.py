@@ -75,6 +75,8 @@ class TorchTransformer(nn.Module):
         x = self.p("tok_emb")[ids] * math.sqrt(c.d_model)                        # (B, T, C)
         if c.positional == "sinusoidal":
             x = x + self.pe[:T]
+        if c.period:
+            x = x + self.p("period_emb")[torch.arange(T, device=ids.device) % c.period]
         probs = []
         for i in range(c.n_layers):
             x, p = self._block(x, f"h{i}.")

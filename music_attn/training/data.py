@@ -358,12 +358,12 @@ def augment_transpose(ids, tokenizer, rng, low=TRANSPOSE_RANGE[0], high=TRANSPOS
 # ----------------------------------------------------------------------------- batches
 
 
-def sample_windows(sequences, batch_size, length, rng, *, pad_id=0):
+def sample_windows(sequences, batch_size, length, rng, *, pad_id=0, align=1):
     """Draw ``batch_size`` random windows of ``length + 1`` consecutive tokens.
 
     A sequence is picked with probability proportional to its length (so every
     token is about equally likely to be seen), then a start uniformly among
-    the positions where a full window fits.  A sequence shorter than
+    the multiples of ``align`` where a full window fits.  A sequence shorter than
     ``length + 1`` gives its whole self, right-padded with ``pad_id``.
 
     Returns
@@ -378,7 +378,7 @@ def sample_windows(sequences, batch_size, length, rng, *, pad_id=0):
     picks = rng.choice(len(lengths), size=batch_size, p=lengths / lengths.sum())
     out = np.full((batch_size, length + 1), pad_id, dtype=np.int32)
     for row, i in enumerate(picks):
-        start = rng.integers(0, max(lengths[i] - length - 1, 0) + 1)
+        start = rng.integers(0, max(lengths[i] - length - 1, 0) // align + 1) * align
         window = np.asarray(sequences[i][start:start + length + 1], dtype=np.int32)
         out[row, :window.size] = window
     return out

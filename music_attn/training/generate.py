@@ -16,7 +16,7 @@ import numpy as np
 
 from music_attn._threads import single_threaded_blas
 from music_attn.core.ops import softmax_
-from music_attn.training.windows import window_start
+from music_attn.training.windows import alignment, window_start
 
 __all__ = ["next_token_distribution", "sample_next", "generate", "Generated"]
 
@@ -185,7 +185,7 @@ class _Stepper:
         L = self.model.config.max_len
         self.seq = np.concatenate([self.seq, np.asarray(tokens, np.int64)[:, None]], axis=1)
         position = self.offset + self.seq.shape[1] - 1
-        start = window_start(position, L, L // 2) if self.seq.shape[1] > L else self.offset
+        start = window_start(position, L, align=alignment(self.model)) if self.seq.shape[1] > L else self.offset
         if start != self.offset:
             self.seq, self.offset = self.seq[:, start - self.offset:], start
             self._restart(self.seq)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from music_attn.training.checkpoint import save_checkpoint
 from music_attn.training.data import TRANSPOSE_RANGE, augment_transpose, sample_windows
 from music_attn.core.model import parallel_map
-from music_attn.training.windows import corpus_nll
+from music_attn.training.windows import alignment, corpus_nll
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train",
            "train_state_from_checkpoint"]
@@ -198,9 +198,13 @@ def train_state_from_checkpoint(model, train_state, config=None):
 
 # --------------------------------------------------------------------------- data
 
-def train_batch(sequences, config, rng, tokenizer, pad_id):
-    """Inputs and targets (B, T) of one random batch; padding targets are -1 (not counted)."""
-    windows = sample_windows(sequences, config.batch_size, config.seq_len, rng, pad_id=pad_id)
+def train_batch(sequences, config, rng, tokenizer, pad_id, align=1):
+    """Inputs and targets (B, T) of one random batch; padding targets are -1 (not counted).
+
+    Windows start at multiples of ``align`` (:func:`windows.alignment` of the model).
+    """
+    windows = sample_windows(sequences, config.batch_size, config.seq_len, rng, pad_id=pad_id,
+                             align=align)
     if config.transpose is not None and tokenizer is not None:
         low, high = config.transpose
         windows = np.stack([augment_transpose(w, tokenizer, rng, low, high) for w in windows])
@@ -240,7 +244,7 @@ class StopOnInterrupt:
 def _train_step(model, sequences, state, tokenizer, pad_id):
     """One optimizer step; returns the history record of the step."""
     config = state.config
-    ids, targets = train_batch(sequences, config, state.rng, tokenizer, pad_id)
+    ids, targets = train_batch(sequences, config, state.rng, tokenizer, pad_id, alignment(model))
     loss, grads = model.loss_and_grads(ids, targets, workers=config.workers, rng=state.rng)
     norm = clip_grads(grads, config.grad_clip)
     lr = lr_at(state.step, config)
