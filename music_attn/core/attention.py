@@ -567,25 +567,36 @@ class _Plan:
         self.q, self.k, self.kT, self.v, self.mask, self.bias = (
             self._broadcast(a, 2)
             for a in (q, k, np.swapaxes(k, -1, -2), v, spec.mask, spec.bias))
-        last = np.arange(T) + spec.offset                      # each query's last visible key
-        banded = spec.causal or spec.window is not None
-        self.last = np.clip(last, 0, S - 1) if banded else np.full(T, S - 1)
+        self.shift = self._last_logits(q, k)                                # (..., T)
 
     def _broadcast(self, a, tail):
         """View of ``a`` with the common leading shape and its own last ``tail`` dims."""
         return None if a is None else np.broadcast_to(a, self.lead + a.shape[a.ndim - tail:])
 
+    def _last_logits(self, q, k):
+        """(..., T) logit of each query's last visible key (its own, in self-attention), 0
+        where that is not finite: the shift of the fast path."""
+        sp, T, S = self.spec, q.shape[-2], k.shape[-2]
+        last = np.arange(T) + sp.offset
+        last = np.clip(last, 0, S - 1) if sp.causal or sp.window is not None else np.full(T, S - 1)
+        if last[0] + T - 1 == last[-1]:                  # a run of keys: a view, no copy
+            k_last = k[..., last[0]:last[0] + T, :]
+        elif last[0] == last[-1]:
+            k_last = k[..., last[0]:last[0] + 1, :]
+        else:
+            k_last = np.take(k, last, axis=-2)
+        m = np.einsum("...td,...td->...t", q, k_last) * self.dtype.type(sp.scale)
+        m = self._broadcast(m, 1)
+        if self.bias is not None:
+            m = m + self.bias[..., np.arange(T), last]
+        return np.where(np.isfinite(m), m, 0.0).astype(self.dtype, copy=False)
+
     def head_queries(self, idx, i0, i1):
-        """qa = [q * scale, -m] (t, D+1) of queries [i0, i1) of head ``idx`` in scratch, m
-        the logit of each query's last visible key (0 where that is not finite)."""
-        q, last = self.q[idx][i0:i1], self.last[i0:i1]                     # (t, D), (t,)
+        """qa = [q * scale, -m] (t, D+1) of queries [i0, i1) of head ``idx`` in scratch."""
+        q = self.q[idx][i0:i1]                                             # (t, D)
         qa = _scratch("qa", (i1 - i0, q.shape[-1] + 1), self.dtype)
         np.multiply(q, self.dtype.type(self.spec.scale), out=qa[:, :-1])
-        m = np.einsum("td,td->t", qa[:, :-1], self.k[idx][last])          # (t,)
-        if self.bias is not None:
-            m += self.bias[idx][np.arange(i0, i1), last]
-        m[~np.isfinite(m)] = 0.0
-        np.negative(m, out=qa[:, -1])
+        np.negative(self.shift[idx][i0:i1], out=qa[:, -1])
         return qa
 
     def head_keys(self, idx):
