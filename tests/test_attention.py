@@ -522,8 +522,10 @@ def test_blocks_and_tiles_cover_each_visible_pair_exactly_once():
             i1 = min(T, i0 + bq)
             blocks = attention_module._key_blocks(spec, None, i0, i1, S, bs)
             assert all(0 < j1 - j0 <= bs for j0, j1 in blocks)
-            for r0, r1, j0, j1 in attention_module._tiles(spec, i0, i1, blocks):
-                covered[i0 + r0:i0 + r1, j0:j1] += 1
+            for j0, j1 in blocks:
+                for r0, r1, hi in attention_module._block_tiles(spec, i0, i1, j0, j1):
+                    assert j0 < hi <= j1
+                    covered[i0 + r0:i0 + r1, j0:hi] += 1
         allowed = np.array([[allowed_loop(i, j, T, S, True, None, None) for j in range(S)]
                             for i in range(T)], dtype=bool).reshape(T, S)
         assert (covered[allowed] == 1).all() and (covered <= 1).all(), (T, S, bs, bq)

@@ -463,9 +463,9 @@ def _run_parallel(fn, items):
 # the classic version.
 #
 # Work items are (head, query block) pairs, head by head, shared out to one thread per
-# core. Each thread keeps its scratch (the (t, s) tile, [k, 1] and [v, 1] of its current
-# head, [q, -m] of its item) from item to item and from call to call: on a virtual
-# machine a fresh page costs more than the arithmetic done on it.
+# core. Each thread keeps its scratch (the (t, s) tile, [q, -m] of its item, [k, 1] and
+# [v, 1] of its key block) from item to item and from call to call: on a virtual machine
+# a fresh page costs more than the arithmetic done on it.
 
 _LOOSE = 1e-16        # row sum below this (or infinite): the shift was off, redo exactly
 _QUERY_BLOCK = 512    # at most this many query rows per work item
@@ -488,20 +488,20 @@ def _key_blocks(spec, mask, i0, i1, S, bs):
     return blocks
 
 
-def _tiles(spec, i0, i1, blocks):
-    """Cut key blocks into tiles (r0, r1, j0, j1), rows relative to i0. A block the causal
-    diagonal runs through is cut into strips of rows, each stopping at its own last key,
-    so that little of the masked triangle is computed at all."""
-    t, tiles = i1 - i0, []
-    for j0, j1 in blocks:
-        if not spec.causal or spec.window is not None or not spec.cuts(i0, i1, j0, j1):
-            tiles.append((0, t, j0, j1))
-            continue
-        for r0 in range(0, t, _STRIP):
-            r1 = min(r0 + _STRIP, t)
-            hi = min(j1, i0 + r1 + spec.offset)              # past the last key of row r1-1
-            if hi > j0:
-                tiles.append((r0, r1, j0, hi))
+def _block_tiles(spec, i0, i1, j0, j1):
+    """Tiles (r0, r1, hi) of key block [j0, j1) for queries [i0, i1): rows [r0, r1)
+    (relative to i0) against keys [j0, hi). A block the causal diagonal runs through is
+    cut into strips of rows, each stopping at its own last key, so that little of the
+    masked triangle is computed at all."""
+    t = i1 - i0
+    if not spec.causal or spec.window is not None or not spec.cuts(i0, i1, j0, j1):
+        return [(0, t, j1)]
+    tiles = []
+    for r0 in range(0, t, _STRIP):
+        r1 = min(r0 + _STRIP, t)
+        hi = min(j1, i0 + r1 + spec.offset)                  # past the last key of row r1-1
+        if hi > j0:
+            tiles.append((r0, r1, hi))
     return tiles
 
 
@@ -552,10 +552,10 @@ def _scratch(name, shape, dtype):
 class _Plan:
     """Blocked attention of one call, as views broadcast to the common leading shape.
 
-    The fast path multiplies ``qa`` = [q * scale, -m] by ``ka`` = [k, 1] (one extra
+    The fast path multiplies ``qa`` = [q * scale, -m] by ``kb`` = [k, 1] (one extra
     feature), which gives the logits shifted by m in one product, then the probabilities
-    by ``va`` = [v, 1], which gives the accumulator and the row sum together.
-    ``qa`` is built per work item, ``ka`` and ``va`` per head, in the thread's scratch.
+    by ``vb`` = [v, 1], which gives the accumulator and the row sum together. ``qa`` is
+    built per work item, ``kb`` and ``vb`` per key block, in the thread's scratch.
     """
 
     def __init__(self, q, k, v, spec, bs):
@@ -563,7 +563,6 @@ class _Plan:
         self.lead = spec.lead(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
                               + (T, S))[:-2]
         self.spec, self.bs, self.dtype, self.S = spec, bs, q.dtype, S
-        self.token = object()                    # names this call in the threads' scratch
         self.q, self.k, self.kT, self.v, self.mask, self.bias = (
             self._broadcast(a, 2)
             for a in (q, k, np.swapaxes(k, -1, -2), v, spec.mask, spec.bias))
@@ -599,18 +598,6 @@ class _Plan:
         np.negative(self.shift[idx][i0:i1], out=qa[:, -1])
         return qa
 
-    def head_keys(self, idx):
-        """(ka, va) = ([k, 1], [v, 1]) of head ``idx`` in scratch, (S, D+1) and (S, Dv+1);
-        built once per head by each thread that works on it."""
-        store = _SCRATCH.__dict__
-        key = (self.token, idx)
-        if store.get("head", (None,))[0] != key:
-            store.pop("head", None)
-            ka, va = (_append_column(x, out=_scratch(name, (self.S, x.shape[-1] + 1), self.dtype))
-                      for name, x in (("ka", self.k[idx]), ("va", self.v[idx])))
-            store["head"] = (key, ka, va)
-        return store["head"][1:]
-
     def head_spec(self, idx, scale):
         """The 2-D spec of head ``idx`` (mask and bias sliced), with the given scale."""
         sp = self.spec
@@ -624,18 +611,22 @@ class _Plan:
         valid until its next item."""
         spec2 = self.head_spec(idx, 1.0)
         qa = self.head_queries(idx, i0, i1)                            # (t, D+1)
-        ka, va = self.head_keys(idx)                                   # (S, D+1), (S, Dv+1)
-        kaT = ka.T                                                     # (D+1, S)
-        acc = _scratch("acc", (i1 - i0, va.shape[-1]), self.dtype)    # (t, Dv+1)
+        k, v = self.k[idx], self.v[idx]                                # (S, D), (S, Dv)
+        acc = _scratch("acc", (i1 - i0, v.shape[-1] + 1), self.dtype)  # (t, Dv+1)
         acc[:] = 0
         tmp = _scratch("tmp", acc.shape, self.dtype)
         buf = _scratch("tile", (min(self.bs, self.S) * (i1 - i0),), self.dtype)
         with np.errstate(over="ignore", invalid="ignore"):    # overflow: redone by the caller
-            for r0, r1, j0, j1 in _tiles(self.spec, i0, i1, blocks):
-                p = buf[:(r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
-                p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # q.k scale - m
-                np.exp(p, out=p)
-                acc[r0:r1] += np.matmul(p, va[j0:j1], out=tmp[r0:r1])  # (t, s) @ (s, Dv+1)
+            for j0, j1 in blocks:
+                kb, vb = (_append_column(x[j0:j1], out=_scratch(name, (j1 - j0, x.shape[-1] + 1),
+                                                                self.dtype))
+                          for name, x in (("kb", k), ("vb", v)))  # [k, 1], [v, 1] (s, D+1)
+                for r0, r1, hi in _block_tiles(self.spec, i0, i1, j0, j1):
+                    p = buf[:(r1 - r0) * (hi - j0)].reshape(r1 - r0, hi - j0)
+                    np.matmul(qa[r0:r1], kb[:hi - j0].T, out=p)                # q.k scale - m
+                    spec2.logits_(p, i0 + r0, i0 + r1, j0, hi)
+                    np.exp(p, out=p)
+                    acc[r0:r1] += np.matmul(p, vb[:hi - j0], out=tmp[r0:r1])  # (t, s) @ (s, Dv+1)
         return acc[:, :-1], -qa[:, -1], acc[:, -1]
 
     def online(self, idx, i0, i1, blocks):
