@@ -537,7 +537,8 @@ def test_scratch_kept_between_calls_never_leaks_into_the_next_result(monkeypatch
     rng = np.random.default_rng(25)
     shapes = [((1, 4, 600, 32), np.float32), ((2, 3, 517, 16), np.float64),
               ((3, 300, 8), np.float32), ((1, 4, 600, 32), np.float32)]
-    inputs = [tuple(rng.standard_normal(shape).astype(dt) for _ in range(3)) for shape, dt in shapes]
+    inputs = [tuple(rng.standard_normal(shape).astype(dt) for _ in range(3))
+              for shape, dt in shapes]
     expected = [formula_sdpa64(*x, causal=True) for x in inputs]
     for keep in (attention_module._SCRATCH_KEEP, 0):
         monkeypatch.setattr(attention_module, "_SCRATCH_KEEP", keep)

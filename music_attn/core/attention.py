@@ -667,11 +667,10 @@ class _Plan:
             w[i0:i1, j0:j1] = p
 
 
-def _sdpa_blocked(q, k, v, spec, bs, return_weights, bq=None):
-    """Exact attention by (head, block of ``bq`` queries) items shared out to the cores;
-    ``bq`` defaults to ``bs`` (at most ``_QUERY_BLOCK``)."""
+def _sdpa_blocked(q, k, v, spec, bs, return_weights):
+    """Exact attention by (head, block of queries) items shared out to the cores."""
     T, S = q.shape[-2], k.shape[-2]
-    bq = min(bs, _QUERY_BLOCK) if bq is None else min(bq, bs)
+    bq = min(bs, _QUERY_BLOCK)
     plan = _Plan(q, k, v, spec, bs)
     out = np.zeros(plan.lead + (T, v.shape[-1]), dtype=q.dtype)       # (..., T, Dv)
     w = np.zeros(plan.lead + (T, S), dtype=q.dtype) if return_weights else None
