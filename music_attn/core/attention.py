@@ -670,8 +670,10 @@ class _Plan:
 def _sdpa_blocked(q, k, v, spec, bs, return_weights):
     """Exact attention by (head, block of queries) items shared out to the cores."""
     T, S = q.shape[-2], k.shape[-2]
-    bq = min(bs, _QUERY_BLOCK)
     plan = _Plan(q, k, v, spec, bs)
+    bq, heads, workers = min(bs, _QUERY_BLOCK), math.prod(plan.lead), cpu_count()
+    while workers > 1 and bq > _STRIP and heads * -(-T // bq) < 4 * workers:
+        bq //= 2                      # few heads: smaller items, shared out evenly
     out = np.zeros(plan.lead + (T, v.shape[-1]), dtype=q.dtype)       # (..., T, Dv)
     w = np.zeros(plan.lead + (T, S), dtype=q.dtype) if return_weights else None
 
