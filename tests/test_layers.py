@@ -341,3 +341,47 @@ def test_model_attention_equals_the_public_sdpa_on_the_same_inputs(positional, a
     expected = y.transpose(0, 2, 1, 3).reshape(B, T, C) @ w_o + b_o
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(cache.probs, w, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- decode step
+
+def test_folded_layer_norm_then_linear_equals_the_two_layers():
+    """layernorm_decode rows @ fold_layernorm(...) is linear(layernorm(x)), also for rows far
+    from zero mean (the fold must centre them, not rely on a small mean)."""
+    from music_attn.core.layers import decode_work, fold_layernorm, layernorm_decode
+    rng = np.random.default_rng(0)
+    B, C, N = 3, 16, 7
+    x = rng.normal(size=(B, C)) * [[1.0], [30.0], [0.01]] + [[0.0], [500.0], [-2.0]]
+    gamma, beta = rng.normal(size=C), rng.normal(size=C)
+    w, b = rng.normal(size=(C, N)), rng.normal(size=N)
+    expected = linear_forward(layernorm_forward(x, gamma, beta)[0], w, b)[0]
+    work = decode_work(x, B, C, 4 * C, 2, 8, 5)
+    got = layernorm_decode(x, work) @ fold_layernorm(gamma, beta, w, b)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_gelu_decode_is_twice_gelu_in_place():
+    from music_attn.core.layers import gelu_decode
+    x = np.linspace(-6, 6, 50).reshape(2, 25)
+    expected = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    f = x.copy()
+    assert gelu_decode(f, np.empty_like(f)) is f
+    np.testing.assert_allclose(f, 2 * expected, rtol=1e-12, atol=1e-15)
+
+
+def test_decode_attention_equals_sdpa_of_the_last_query():
+    """One query against S cached keys with a bias equals the last row of causal SDPA; the
+    output may land in a strided view."""
+    from music_attn.core.attention import decode_attention, scaled_dot_product_attention
+    rng = np.random.default_rng(1)
+    B, H, S, D = 2, 3, 9, 4
+    q, k, v = rng.normal(size=(B, H, 1, D)), rng.normal(size=(B, H, S, D)), rng.normal(size=(B, H, S, D))
+    bias = rng.normal(size=(B, H, 1, S)) * 3
+    expected = scaled_dot_product_attention(q, k, v, bias=bias)       # scale 1/sqrt(D) = 0.5 = 0.25 * 2
+    wide = np.zeros((B, H * D + 1))
+    out = wide[:, :H * D].reshape(B, H, 1, D)
+    got = decode_attention(q * 0.25, k, v, bias=bias, scale=2.0, scores=np.empty((B, H, 1, S)),
+                           stat=np.empty((B, H, 1, 1)), acc=np.empty((B, H, 1, D)), out=out)
+    assert got is out
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    assert np.all(wide[:, -1] == 0)

@@ -176,6 +176,65 @@ def test_logits_equal_a_float64_reference_written_from_the_maths(positional):
                                rtol=1e-9, atol=1e-10)
 
 
+# --------------------------------------------------------------------------- decode step
+
+@pytest.mark.parametrize("positional, attention", CASES)
+def test_float32_decode_steps_equal_forward_across_a_cache_restart(positional, attention):
+    """Model.decode (folded weights, float32) gives forward's logits of each prefix, for a batch,
+    past the local window, and again after the cache restarts on a later window, as
+    generation does when the window is full."""
+    model = make_model(positional, attention, max_len=24)
+    ids = np.random.default_rng(5).integers(0, V, (2, 34))
+    cache = model.new_cache(batch=2)
+    for start, end in ((0, 24), (12, 34)):                      # the second window restarts the cache
+        cache.reset()
+        model.forward(ids[:, start:start + 4], cache=cache)
+        full = model.forward(ids[:, start:end])                 # (B, T, V), no cache
+        for t in range(start + 4, end):
+            step = model.decode(ids[:, t], cache)
+            np.testing.assert_allclose(step, full[:, t - start], rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{positional} {attention} t={t}")
+
+
+def test_decode_of_the_shipped_model_equals_a_float64_reference():
+    """The shipped checkpoint decoding a melody token by token gives the float64 model written
+    from the maths (tests/conftest.py), to float32 tolerance."""
+    from conftest import reference_logits64
+    from music_attn.training.checkpoint import load_model
+    from music_attn.training.data import shipped_melodies
+
+    model = load_model()
+    ids = model.tokenizer.encode(shipped_melodies()[0]).ids[:100]
+    cache = model.new_cache()
+    model.forward(ids[None, :10], cache=cache)
+    steps = np.stack([model.decode(ids[t:t + 1], cache)[0].copy() for t in range(10, 100)])
+    np.testing.assert_allclose(steps, reference_logits64(model, ids)[10:], rtol=1e-4, atol=2e-4)
+
+
+def test_decode_refuses_what_forward_refuses():
+    model = make_model()
+    cache = model.new_cache(batch=2)
+    model.forward(np.zeros((2, 39), int), cache=cache)
+    for tokens, words in (([1, -1], "token ids"), ([1, V], "token ids"), ([1.0, 2.0], "integer"),
+                          ([1], "batch")):
+        with pytest.raises(ValueError, match=words):
+            model.decode(np.array(tokens), cache)
+    model.decode(np.array([1, 2]), cache)                       # position 39: the last one
+    with pytest.raises(ValueError, match="exceed"):
+        model.decode(np.array([1, 2]), cache)
+
+
+def test_a_cache_decodes_with_the_weights_of_the_model_that_uses_it():
+    a, b = make_model(seed=0), make_model(seed=7)
+    ids = np.random.default_rng(0).integers(0, V, (1, 6))
+    cache = a.new_cache()
+    a.forward(ids[:, :5], cache=cache)
+    a.decode(ids[:, 5], cache)                                  # sets up a's decode weights
+    cache.reset()
+    b.forward(ids[:, :5], cache=cache)
+    np.testing.assert_allclose(b.decode(ids[:, 5], cache), b.forward(ids)[:, -1], rtol=2e-4, atol=2e-5)
+
+
 # ----------------------------------------------------------------------------- period embedding
 
 @pytest.mark.parametrize("positional", POSITIONALS)
@@ -213,3 +272,17 @@ def test_period_embedding_gradient_matches_finite_differences():
 def test_bad_periods_are_refused(period):
     with pytest.raises(ValueError, match="period"):
         ModelConfig(vocab_size=V, max_len=40, period=period)
+
+
+def test_a_repeated_cache_continues_every_row_like_the_original():
+    model = make_model("relative", "soft_align")
+    ids = np.random.default_rng(3).integers(0, V, (3, 12))
+    ids[:, :7] = ids[0, :7]                                     # one prompt, three continuations
+    one = model.new_cache()
+    model.forward(ids[:1, :7], cache=one)
+    cache = one.repeat(3)
+    assert len(cache) == 7 and cache.batch == 3
+    steps = np.stack([model.decode(ids[:, t], cache).copy() for t in range(7, 12)], axis=1)
+    np.testing.assert_allclose(steps, model.forward(ids)[:, 7:], rtol=2e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="one sequence"):
+        cache.repeat(2)

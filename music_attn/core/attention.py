@@ -403,21 +403,27 @@ def blocks_weights(blocks, T, S, dtype):
     return w
 
 
-def decode_attention(q, kT, vT, scale, *, bias=None, scores=None, out=None):
+def decode_attention(q, k, v, *, bias=None, scale=None, scores, stat, acc, out):
     """One new query per head against all its keys: the decode step of a KV cache.
 
     The single-query case of :func:`scaled_dot_product_attention` with causal keys
     (a decode step sees every key so far, so there is no mask to build), in
-    preallocated buffers. q (..., 1, D); kT, vT (..., D, S) keys and values stored
-    transposed; bias (..., 1, S) or None; scores (..., 1, S) and out (..., D, 1)
-    buffers. Returns the output transposed, (..., D, 1).
+    preallocated buffers, with the softmax's division moved after the value product
+    (D divisions instead of S). q (..., 1, D); k, v (..., S, D); bias (..., 1, S) or
+    None; ``scale`` None when q is already scaled. Buffers: scores (..., 1, S), stat
+    (..., 1, 1), acc (..., 1, D) and ``out`` (..., 1, D, any strides), which receives
+    the output and is returned.
     """
-    s = np.matmul(q, kT, out=scores)                           # (..., 1, D) @ (..., D, S)
-    s *= scale
+    s = np.matmul(q, k.swapaxes(-1, -2), out=scores)           # (..., 1, D) @ (..., D, S)
+    if scale is not None:
+        s *= scale
     if bias is not None:
         s += bias
-    softmax_(s)
-    return np.matmul(vT, s.swapaxes(-1, -2), out=out)          # (..., D, S) @ (..., S, 1)
+    s -= np.maximum.reduce(s, axis=-1, keepdims=True, out=stat)  # exp(s) <= 1: no overflow
+    np.exp(s, out=s)
+    total = np.add.reduce(s, axis=-1, keepdims=True, out=stat)  # (..., 1, 1), >= 1
+    np.matmul(s, v, out=acc)                                    # (..., 1, S) @ (..., S, D)
+    return np.divide(acc, total, out=out)
 
 
 # ----------------------------------------------------------------------------- threads

@@ -31,7 +31,9 @@ __all__ = [
     "gelu_forward", "gelu_backward",
     "dropout_forward", "dropout_backward",
     "attention_forward", "attention_backward", "AttentionSpec", "LayerKV",
-    "split_heads", "merge_heads", "branch_inputs", "attention_decode",
+    "split_heads", "merge_heads", "branch_inputs",
+    "DecodeBlock", "DecodeWork", "decode_block", "decode_work", "fold_layernorm",
+    "layernorm_decode", "gelu_decode", "feedforward_decode", "attention_decode",
     "cross_entropy_forward", "cross_entropy_backward",
 ]
 
@@ -60,6 +62,9 @@ def embedding_backward(dout, cache):
 
 # --------------------------------------------------------------------------- layer norm
 
+LN_EPS = 1e-5          # added to the variance of every layer norm
+
+
 class LayerNormCache(NamedTuple):
     xhat: np.ndarray         # (..., C) normalised input
     std: np.ndarray          # (..., 1) standard deviation (with eps)
@@ -74,7 +79,7 @@ def _mean_weights(C, dtype):
     return w
 
 
-def layernorm_forward(x, gamma, beta, eps=1e-5):
+def layernorm_forward(x, gamma, beta, eps=LN_EPS):
     """Normalise the last axis to zero mean, unit variance, then scale and shift.
 
     (..., C) -> (..., C); the row means are matrix-vector products (one call each).
@@ -227,10 +232,11 @@ class AttentionSpec(NamedTuple):
 
 
 class LayerKV(NamedTuple):
-    """Preallocated key/value buffers of one layer, each stored transposed: (B, H, D, L).
+    """Preallocated key/value buffers of one layer, each (B, H, L, D).
 
-    Transposed, the keys and values of one head are D rows of L, so that a new
-    query's ``q @ k^T`` and ``p @ v`` stream along rows.  ``k_rot`` holds the
+    The keys and values of one head so far are one contiguous block of S rows, so
+    that a new token's keys and values are one contiguous write per head and a new
+    query's ``q @ k^T`` and ``p @ v`` read one block per head.  ``k_rot`` holds the
     RoPE-rotated keys of soft-align's global branch (else None).
     """
     k: np.ndarray
@@ -282,12 +288,12 @@ def merge_heads(y):
 
 
 def _append(buffer, new, start):
-    """Write ``new`` (B, H, T, D) at ``start`` of a (B, H, D, L) buffer; all so far (B, H, S, D)."""
+    """Write ``new`` (B, H, T, D) at ``start`` of a (B, H, L, D) buffer; all so far (B, H, S, D)."""
     if buffer is None:
         return new
     end = start + new.shape[-2]
-    buffer[..., start:end] = new.swapaxes(-1, -2)
-    return buffer[..., :end].swapaxes(-1, -2)                 # a view, nothing copied
+    buffer[..., start:end, :] = new
+    return buffer[..., :end, :]                               # a view, nothing copied
 
 
 def rope_(spec, a, positions):
@@ -391,55 +397,174 @@ def attention_backward(dout, cache):
     return dx, dw_qkv, db_qkv, dw_o, db_o, drel
 
 
-def attention_decode(x, w_qkv, b_qkv, w_o, b_o, spec, kv, start, work, *, rel=None):
-    """:func:`attention_forward` of one new token per sequence, into the KV cache ``kv``.
+# --------------------------------------------------------------------------- decode step
+#
+# The decode step runs the forward of one new token per sequence as few numpy calls
+# as it can: each layer norm is folded into the linear map after it (so a norm is
+# five calls and its affine part is free), the biases ride in the product as a row of
+# the weight times a constant 1, GELU's one half is folded into the second
+# feed-forward weight, and every result goes into a buffer allocated once per cache.
+# The readable layers above are the reference it is tested against.
 
-    The decode step of generation: x (B, C) at position ``start``; the new key and
-    value are written into ``kv`` and the query attends over keys ``0..start`` by
-    :func:`attention.decode_attention` (no mask, no weights kept). ``work`` is a
-    dict of scratch buffers reused from step to step. Returns (B, C).
+
+class DecodeBlock(NamedTuple):
+    """One block's weights arranged for the decode step (see :func:`fold_layernorm`)."""
+    qkv: np.ndarray              # (C+2, 3C): ln1 folded in, query columns times 1/sqrt(D)
+    o: np.ndarray                # (C+1, C): w_o over b_o
+    rel: Optional[np.ndarray]    # (H, D, L) relative embeddings transposed, or None
+    ff1: np.ndarray              # (C+2, F): ln2 folded in
+    ff2: np.ndarray              # (F+1, C): 0.5 w2 (GELU's half) over b2
+
+
+class DecodeWork(NamedTuple):
+    """Scratch rows of the decode step for a batch of B, allocated once per cache.
+
+    ``norm`` and ``ff`` end in constant columns (sqrt(C eps), 1) and (1,) that carry
+    the folded layer norm's epsilon and the biases through the matrix products.
     """
-    B, C = x.shape
-    H = spec.n_heads
-    D = C // H
-    S = start + 1
-    qkv = np.matmul(x, w_qkv, out=_buffer(work, "qkv", (B, 3 * C), x.dtype))
-    qkv += b_qkv
-    qkv = qkv.reshape(B, 3, H, D, 1)                             # (B, 3C) -> (B, 3, H, D, 1)
-    q, k, v = qkv[:, 0].swapaxes(-1, -2), qkv[:, 1], qkv[:, 2]    # (B, H, 1, D), (B, H, D, 1) x2
-    kv.v[..., start:S] = v
-    scale = x.dtype.type(1.0 / math.sqrt(D))
-    bias = None
-    if rel is not None:     # relative_logits of one query: no skew, distances S-1 .. 0
-        bias = np.matmul(q, rel[:, rel.shape[-2] - S:].swapaxes(-1, -2),
-                         out=_buffer(work, "bias", (B, H, 1, S), x.dtype))
-        bias *= scale
-    position = np.array([start])
-    inputs = branch_inputs(q, k.swapaxes(-1, -2), spec, position)
-    y = None
-    for i, ((weight, _, qb, kb, window), keys) in enumerate(zip(inputs, (kv.k, kv.k_rot))):
-        keys[..., start:S] = kb.swapaxes(-1, -2)
-        lo = 0 if window is None else max(0, S - window)
-        out = decode_attention(qb, keys[..., lo:S], kv.v[..., lo:S], scale,
-                               bias=None if bias is None else bias[..., lo:],
-                               scores=_buffer(work, "scores", (B, H, 1, S - lo), x.dtype),
-                               out=_buffer(work, f"y{i}", (B, H, D, 1), x.dtype))
-        if y is None:
-            y = out if weight == 1.0 else out * x.dtype.type(weight)
-        else:
-            y += out * x.dtype.type(weight)
-    out = np.matmul(y.reshape(B, C), w_o, out=_buffer(work, "proj", (B, C), x.dtype))  # (B, H, D, 1) -> (B, C)
-    out += b_o
+    x: np.ndarray                # (B, C) residual stream
+    norm: np.ndarray             # (B, C+2) [normalised rows, sqrt(C eps), 1]
+    mean: np.ndarray             # (B, 1) row means
+    ss: np.ndarray               # (B, 1, 1) row norms
+    qkv: np.ndarray              # (B, 3C)
+    heads: np.ndarray            # (B, 3, H, D) view of qkv
+    att: np.ndarray              # (B, C+1) [attention output, 1]
+    y: np.ndarray                # (B, H, 1, D) view of att[:, :C]
+    proj: np.ndarray             # (B, C) output of a block's branch
+    ff: np.ndarray               # (B, F+1) [feed-forward hidden, 1]
+    gelu: np.ndarray             # (B, F) GELU's tanh
+    scores: np.ndarray           # (B*H*L,) flat: (B, H, 1, S) logits, viewed per step
+    bias: np.ndarray             # (H*B*L,) flat: (H, B, S) relative logits
+    stat: np.ndarray             # (B, H, 1, 1) row max, then row sum
+    acc: np.ndarray              # (B, H, 1, D) unnormalised attention output
+    mix: np.ndarray              # (B, H, 1, D) soft-align's second branch
+    logits: np.ndarray           # (B, V)
+
+
+def fold_layernorm(gamma, beta, weight, bias):
+    """(C+2, out) weight of ``linear(layernorm(x))`` for rows from :func:`layernorm_decode`.
+
+    With n = (x - mean) / sqrt(sum (x - mean)^2 + C eps) = xhat / sqrt(C), the map is
+    [n, sqrt(C eps), 1] @ [sqrt(C) gamma w; 0; beta @ w + b].
+    """
+    C, N = weight.shape
+    out = np.empty_like(weight, shape=(C + 2, N))
+    np.multiply(weight, (gamma * weight.dtype.type(math.sqrt(C)))[:, None], out=out[:C])
+    out[C] = 0.0
+    np.add(beta @ weight, bias, out=out[C + 1])
     return out
 
 
-def _buffer(work, name, shape, dtype):
-    """A contiguous (shape) view of the scratch buffer ``work[name]``, grown when too small."""
-    size = math.prod(shape)
-    buf = work.get(name)
-    if buf is None or buf.size < size or buf.dtype != dtype:
-        buf = work[name] = np.empty(max(size, 1), dtype)
-    return buf[:size].reshape(shape)
+def _stack_bias(weight, bias, scale=1.0):
+    """(Cin+1, Cout) weight of ``x @ (scale * weight) + bias`` for rows ending in a 1."""
+    out = np.empty_like(weight, shape=(weight.shape[0] + 1, weight.shape[1]))
+    np.multiply(weight, weight.dtype.type(scale), out=out[:-1])
+    out[-1] = bias
+    return out
+
+
+def decode_block(params, pre, spec):
+    """The DecodeBlock of block ``pre`` ("h0.") of a parameter dict."""
+    p = {k[len(pre):]: v for k, v in params.items() if k.startswith(pre)}
+    C = p["ln1.g"].shape[0]
+    qkv = fold_layernorm(p["ln1.g"], p["ln1.b"], p["attn.w_qkv"], p["attn.b_qkv"])
+    qkv[:, :C] *= qkv.dtype.type(1.0 / math.sqrt(C // spec.n_heads))    # the query columns
+    rel = None if "attn.rel" not in p else np.ascontiguousarray(p["attn.rel"].swapaxes(-1, -2))
+    return DecodeBlock(qkv=qkv, o=_stack_bias(p["attn.w_o"], p["attn.b_o"]), rel=rel,
+                       ff1=fold_layernorm(p["ln2.g"], p["ln2.b"], p["ff.w1"], p["ff.b1"]),
+                       ff2=_stack_bias(p["ff.w2"], p["ff.b2"], 0.5))
+
+
+def decode_work(like, B, C, F, H, L, V):
+    """Fresh DecodeWork for a batch of B (arrays of the type and dtype of ``like``)."""
+    def new(*shape):
+        return np.zeros_like(like, shape=shape)
+    D = C // H
+    qkv, att = new(B, 3 * C), new(B, C + 1)
+    work = DecodeWork(x=new(B, C), norm=new(B, C + 2), mean=new(B, 1), ss=new(B, 1, 1),
+                      qkv=qkv, heads=qkv.reshape(B, 3, H, D), att=att,
+                      y=att[:, :C].reshape(B, H, 1, D), proj=new(B, C), ff=new(B, F + 1),
+                      gelu=new(B, F), scores=new(B * H * L), bias=new(H * B * L),
+                      stat=new(B, H, 1, 1), acc=new(B, H, 1, D), mix=new(B, H, 1, D),
+                      logits=new(B, V))
+    work.norm[:, C] = math.sqrt(C * LN_EPS)
+    work.norm[:, C + 1] = work.att[:, C] = work.ff[:, F] = 1.0
+    return work
+
+
+def layernorm_decode(x, work):
+    """Rows of x (B, C) into ``work.norm[:, :C]`` as (x - mean) / sqrt(sum (x - mean)^2 + C eps).
+
+    ``work.norm @ fold_layernorm(gamma, beta, w, b)`` is then
+    ``linear_forward(layernorm_forward(x, gamma, beta), w, b)``; five numpy calls.
+    """
+    C = x.shape[1]
+    n = work.norm[:, :C]
+    np.subtract(x, np.matmul(x, _mean_weights(C, x.dtype), out=work.mean), out=n)
+    sq = work.norm[:, None, :C + 1]                            # (B, 1, C+1): [x - mean, sqrt(C eps)]
+    np.sqrt(np.matmul(sq, sq.swapaxes(-1, -2), out=work.ss), out=work.ss)
+    np.divide(n, work.ss[:, 0], out=n)
+    return work.norm
+
+
+def gelu_decode(f, t):
+    """f (B, F) -> 2 gelu(f) in place, ``t`` (B, F) scratch; the 1/2 is folded into ff2."""
+    np.multiply(f, f, out=t)
+    t *= _GELU_C * 0.044715
+    t += _GELU_C
+    t *= f                             # u = c (f + 0.044715 f^3)
+    np.tanh(t, out=t)
+    t += 1.0
+    f *= t
+    return f
+
+
+def feedforward_decode(h, block, work):
+    """The feed-forward branch of one block: ``work.norm`` (B, C+2) -> (B, C) in ``work.proj``."""
+    F = block.ff1.shape[1]
+    f = np.matmul(h, block.ff1, out=work.ff[:, :F])            # (B, C+2) @ (C+2, F)
+    gelu_decode(f, work.gelu)
+    return np.matmul(work.ff, block.ff2, out=work.proj)        # (B, F+1) @ (F+1, C)
+
+
+def attention_decode(h, block, spec, kv, start, work):
+    """:func:`attention_forward` of one new token per sequence, into the KV cache ``kv``.
+
+    The decode step of generation: h (B, C+2) the normalised rows of
+    :func:`layernorm_decode` at position ``start``; the new key and value are written
+    into ``kv`` and the query attends over keys ``0..start`` by
+    :func:`attention.decode_attention` (no mask, no weights kept). Returns (B, C) in
+    ``work.proj``.
+    """
+    B, _, H, _ = work.heads.shape
+    S = start + 1
+    np.matmul(h, block.qkv, out=work.qkv)                                # q already scaled
+    qkv = work.heads                                                     # (B, 3, H, D)
+    q = qkv[:, 0, :, None, :]                                            # (B, H, 1, D)
+    kv.v[:, :, start] = qkv[:, 2]
+    if spec.rope or spec.alpha is not None:
+        branches = branch_inputs(q, qkv[:, 1, :, None, :], spec, np.array([start]))
+    else:
+        branches = [(1.0, False, q, qkv[:, 1, :, None, :], spec.window)]
+    bias = None
+    if block.rel is not None:          # relative_logits of one query: no skew, distances S-1 .. 0
+        L = block.rel.shape[-1]        # one product per head for the whole batch:
+        bias = np.matmul(qkv[:, 0].swapaxes(0, 1), block.rel[..., L - S:],   # (H, B, D) @ (H, D, S)
+                         out=work.bias[:H * B * S].reshape(H, B, S))
+        bias = bias.swapaxes(0, 1)[:, :, None, :]                          # (H, B, S) -> (B, H, 1, S)
+    y = work.y
+    for i, ((weight, _, qb, kb, window), keys) in enumerate(zip(branches, (kv.k, kv.k_rot))):
+        keys[:, :, start] = kb[..., 0, :]
+        lo = 0 if window is None else max(0, S - window)
+        out = (y, work.mix)[i]
+        decode_attention(qb, keys[:, :, lo:S], kv.v[:, :, lo:S], bias=None if bias is None else bias[..., lo:],
+                         scores=work.scores[:B * H * (S - lo)].reshape(B, H, 1, S - lo),
+                         stat=work.stat, acc=work.acc, out=out)
+        if weight != 1.0:              # soft-align: y = alpha * local + (1 - alpha) * global
+            out *= out.dtype.type(weight)
+    if len(branches) > 1:
+        y += work.mix
+    return np.matmul(work.att, block.o, out=work.proj)                  # (B, C+1) @ (C+1, C)
 
 
 # --------------------------------------------------------------------------- loss

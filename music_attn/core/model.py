@@ -17,6 +17,7 @@ Shape legend: B batch, T time (new tokens), S key length (cached + new),
 C model dim, H heads, D head dim, F feed-forward dim, V vocab, L max length.
 """
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import numpy as np
 
 from music_attn.core.layers import (
     AttentionSpec, LayerKV,
-    attention_backward, attention_decode, attention_forward,
+    attention_backward, attention_decode, attention_forward, decode_block, decode_work,
+    feedforward_decode, fold_layernorm, layernorm_decode,
     cross_entropy_backward, cross_entropy_forward,
     dropout_backward, dropout_forward,
     embedding_backward, embedding_forward,
@@ -178,17 +180,20 @@ class KVCache:
 
     ``model.forward(ids, cache=c)`` writes the new keys/values at positions
     ``len(c) .. len(c)+T-1`` and advances ``len(c)``; nothing is ever concatenated.
+    Like the keys and values it holds, a cache belongs to the weights that filled
+    it: ``Model.decode`` keeps its rearranged copy of them in ``work``, so weights
+    changed in place afterwards need a new cache.
     """
 
     def __init__(self, config, batch, dtype):
-        shape = (batch, config.n_heads, config.head_dim, config.max_len)   # (B, H, D, L)
+        shape = (batch, config.n_heads, config.max_len, config.head_dim)   # (B, H, L, D)
         rot = config.attention == "soft_align"      # soft-align also keeps RoPE-rotated keys
         self.layers = [LayerKV(np.zeros(shape, dtype), np.zeros(shape, dtype),
                                np.zeros(shape, dtype) if rot else None)
                        for _ in range(config.n_layers)]
         self.batch = batch
         self.length = 0
-        self.work = {}             # scratch buffers of Model.decode, reused step to step
+        self.work = {}             # Model.decode's weights and scratch buffers, made at its first step
 
     def __len__(self):
         return self.length
@@ -196,6 +201,23 @@ class KVCache:
     def reset(self):
         """Forget everything (the buffers are reused)."""
         self.length = 0
+
+    def repeat(self, batch):
+        """A new cache of ``batch`` sequences, each a copy of this cache's single sequence."""
+        if self.batch != 1:
+            raise ValueError(f"only a cache of one sequence can be repeated, this one holds {self.batch}")
+        out = copy.copy(self)
+        out.layers = [LayerKV(*(None if a is None else np.repeat(a, batch, axis=0) for a in kv))
+                      for kv in self.layers]                   # (1, H, L, D) -> (batch, H, L, D)
+        out.batch, out.work = batch, {}
+        return out
+
+
+class DecodeWeights(NamedTuple):
+    """The weights as the decode step reads them (:meth:`Model.decode`)."""
+    emb: np.ndarray          # (V, C) token embedding times sqrt(C)
+    blocks: list             # layers.DecodeBlock per block
+    head: np.ndarray         # (C+2, V) ln_f folded into the output head
 
 
 class BlockCache(NamedTuple):
@@ -288,33 +310,48 @@ class Model:
         """Next-token logits (B, V) after one more token per sequence: the decode step.
 
         Equal to ``forward(tokens[:, None], cache=cache)[:, -1]`` (tested), by the
-        single-query path: one row per sequence, scratch buffers reused from step to
-        step, attention by :func:`attention.decode_attention`. The logits are
-        returned in a buffer the next call overwrites.
+        single-query path of :mod:`layers` (``*_decode``): one row per sequence, the
+        weights rearranged once per cache (layer norms folded into the products
+        after them), scratch buffers reused from step to step, attention by
+        :func:`attention.decode_attention`. The logits are returned in a buffer the
+        next call overwrites.
 
         tokens : (B,) int, one token per sequence of ``cache``.
         """
         tokens = np.asarray(tokens).reshape(-1)
-        _, start = self._check_ids(tokens[:, None], cache)
-        p, c, work = self.params, self.config, cache.work
-        x = np.take(p["tok_emb"], tokens, axis=0)                          # (B, C)
-        x *= self.dtype.type(math.sqrt(c.d_model))
+        start = cache.length
+        if (tokens.dtype.kind not in "iu" or start >= self.config.max_len
+                or cache.batch != len(tokens) or not len(tokens) or np.minimum.reduce(tokens) < 0
+                or np.maximum.reduce(tokens) >= self.config.vocab_size):
+            self._check_ids(tokens[:, None], cache)                 # raises the error that applies
+        weights, work = self._decode_state(cache)
+        x = np.take(weights.emb, tokens, axis=0, out=work.x)        # (B, C)
         if self._pe is not None:
             x += self._pe[start]
-        if c.period:
-            x += p["period_emb"][start % c.period]
-        for i in range(c.n_layers):
-            pre = f"h{i}."
-            h = layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])[0]
-            x += attention_decode(h, p[pre + "attn.w_qkv"], p[pre + "attn.b_qkv"],
-                                  p[pre + "attn.w_o"], p[pre + "attn.b_o"], self._spec,
-                                  cache.layers[i], start, work, rel=p.get(pre + "attn.rel"))
-            h = layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])[0]
-            f = gelu_forward(linear_forward(h, p[pre + "ff.w1"], p[pre + "ff.b1"])[0])[0]
-            x += linear_forward(f, p[pre + "ff.w2"], p[pre + "ff.b2"])[0]      # (B, C)
-        h = layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])[0]
+        if self.config.period:
+            x += self.params["period_emb"][start % self.config.period]
+        for block, kv in zip(weights.blocks, cache.layers):
+            h = layernorm_decode(x, work)                           # (B, C+2)
+            x += attention_decode(h, block, self._spec, kv, start, work)
+            h = layernorm_decode(x, work)
+            x += feedforward_decode(h, block, work)                 # (B, C)
+        h = layernorm_decode(x, work)
         cache.length += 1
-        return linear_forward(h, p["head.w"], p["head.b"])[0]               # (B, V)
+        return np.matmul(h, weights.head, out=work.logits)          # (B, C+2) @ (C+2, V)
+
+    def _decode_state(self, cache):
+        """(DecodeWeights, DecodeWork) of this model for ``cache``, made at its first decode step."""
+        state = cache.work.get("decode")
+        if state is None or state[0] is not self.params:
+            c, p = self.config, self.params
+            weights = DecodeWeights(
+                emb=p["tok_emb"] * self.dtype.type(math.sqrt(c.d_model)),     # as forward scales it
+                blocks=[decode_block(p, f"h{i}.", self._spec) for i in range(c.n_layers)],
+                head=fold_layernorm(p["ln_f.g"], p["ln_f.b"], p["head.w"], p["head.b"]))
+            work = decode_work(p["tok_emb"], cache.batch, c.d_model, c.d_ff, c.n_heads, c.max_len,
+                               c.vocab_size)
+            state = cache.work["decode"] = (self.params, weights, work)
+        return state[1], state[2]
 
     def loss_and_grads(self, ids, targets, *, workers=None, rng=None):
         """Mean cross-entropy of ``targets`` given ``ids`` and its gradient.

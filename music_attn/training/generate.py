@@ -39,8 +39,11 @@ def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None, *, 
     logits = np.array(logits, dtype=np.float64)
     rows = logits.reshape(-1, logits.shape[-1])                      # (N, V)
     if allowed is not None:                                          # 1. forbidden tokens
-        rows[~np.broadcast_to(np.asarray(allowed, dtype=bool), logits.shape).reshape(rows.shape)] = -np.inf
-    if not np.isfinite(rows).any(axis=-1).all():
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != logits.shape:
+            allowed = np.broadcast_to(allowed, logits.shape)
+        np.copyto(rows, -np.inf, where=~allowed.reshape(rows.shape))
+    if not np.logical_or.reduce(np.isfinite(rows), axis=-1).all():
         raise ValueError("no token may be sampled: every logit is -inf or masked")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -48,7 +51,8 @@ def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None, *, 
         probs = np.zeros_like(rows)
         probs[np.arange(len(rows)), np.argmax(rows, axis=-1)] = 1.0
         return probs.reshape(logits.shape)
-    rows /= temperature                                              # 3. temperature
+    if temperature != 1:                                             # 3. temperature
+        rows /= temperature
     if top_k is not None:                                            # 4. top-k
         rows = _keep_top_k(rows, int(top_k))
     probs = softmax_(rows)                                           # 5. softmax
@@ -85,8 +89,9 @@ def _keep_top_p(probs, p):
 def _draw(probs, uniforms):
     """Inverse-CDF draw of one token per row: probs (N, V), uniforms (N,) in [0, 1) -> (N,) int."""
     cdf = np.cumsum(probs, axis=-1)                                  # (N, V)
-    tokens = np.sum(cdf <= (uniforms * cdf[:, -1])[:, None], axis=-1)
-    last = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)   # last token with mass
+    total = cdf[:, -1:]                                              # (N, 1)
+    tokens = np.add.reduce(cdf <= uniforms[:, None] * total, axis=-1)
+    last = np.add.reduce(cdf < total, axis=-1)                       # the last token with mass
     return np.minimum(tokens, last)
 
 
@@ -169,10 +174,13 @@ class _Stepper:
 
     def __init__(self, model, context, n, use_cache):
         self.model, self.use_cache, self.n = model, use_cache, n
-        self.cache = model.new_cache(n) if use_cache else None
         self.offset = 0                                    # position of seq[:, 0] in the whole
-        self.seq = np.repeat(np.asarray(context, dtype=np.int64)[None, :], n, axis=0)  # (N, T)
-        self._restart(self.seq)
+        context = np.asarray(context, dtype=np.int64)[None, :]                    # (1, T)
+        self.seq = np.repeat(context, n, axis=0)                                  # (N, T)
+        # the N sequences start as one prompt: run it once and copy its keys and values
+        cache = model.new_cache(1) if use_cache else None
+        self.logits = np.repeat(model.forward(context, cache=cache)[:, -1], n, axis=0)   # (N, V)
+        self.cache = cache if cache is None or n == 1 else cache.repeat(n)
 
     def _restart(self, window):
         self.seq = window
@@ -300,17 +308,25 @@ class _Sample:
 
 def _sample_loop(stepper, samples, max_new_tokens, sampling, rngs):
     """Sample every live sample one token per step until each has stopped."""
-    V = stepper.model.config.vocab_size
+    N, V = len(samples), stepper.model.config.vocab_size
+    masks = np.ones((N, V), dtype=bool)                  # row i: the tokens sample i may take next
+    idle = samples[0].eos_id or 0                        # what a stopped sample feeds the model
+    tokens = np.full(N, idle, dtype=np.int64)
+    live = list(range(N))
     for step in range(max_new_tokens):
-        live = [i for i, s in enumerate(samples) if s.stop is None]
-        if not live:
-            return
-        masks = [samples[i].allowed(V) for i in live]
-        allowed = None if all(m is None for m in masks) else np.stack(
-            [np.ones(V, bool) if m is None else m for m in masks])
-        tokens = np.full(len(samples), samples[live[0]].eos_id or 0, dtype=np.int64)
-        tokens[live] = _sample_rows(stepper.logits[live], sampling, [rngs[i] for i in live], allowed)
+        constrained = False
+        for row, i in enumerate(live):
+            mask = samples[i].allowed(V)
+            constrained |= mask is not None
+            masks[row] = True if mask is None else mask
+        rows = slice(None) if len(live) == N else live
+        tokens[rows] = _sample_rows(stepper.logits[rows], sampling, [rngs[i] for i in live],
+                                    masks[:len(live)] if constrained else None)
         for i in live:
             samples[i].take(int(tokens[i]))
-        if step + 1 < max_new_tokens and any(s.stop is None for s in samples):
+        tokens[[i for i in live if samples[i].stop is not None]] = idle
+        live = [i for i in live if samples[i].stop is None]
+        if not live:
+            return
+        if step + 1 < max_new_tokens:
             stepper.push(tokens)                  # the last token needs no logits after it
