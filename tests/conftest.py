@@ -118,3 +118,30 @@ def reference_logits64(model, ids):
         x = x + f @ p[pre + "ff.w2"] + p[pre + "ff.b2"]
     x = norm(x, p["ln_f.g"], p["ln_f.b"])
     return x @ p["head.w"] + p["head.b"]
+
+
+def formula_sdpa64(q, k, v, *, causal=False, window=None, mask=None, scale=None):
+    """Float64 ``softmax(q k^T * scale, masked) v`` over the last two axes, written from the
+    maths (the per-query loop of test_attention vectorized, for long sequences).
+
+    Query i sits at position i + S - T; ``causal`` (or ``window``) allows keys j <= that
+    position, ``window`` only the ``window`` most recent of them; ``mask`` True = may
+    attend. A query that may attend to nothing gets zeros.
+    """
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    T, S = q.shape[-2], k.shape[-2]
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    pos = np.arange(T)[:, None] + S - T
+    j = np.arange(S)[None, :]
+    allowed = np.ones((T, S), bool)
+    if causal or window:
+        allowed &= j <= pos
+    if window:
+        allowed &= j > pos - window
+    if mask is not None:
+        allowed = allowed & np.asarray(mask, bool)
+    logits = np.where(allowed, q @ np.swapaxes(k, -1, -2) * scale, -np.inf)
+    top = logits.max(-1, keepdims=True)
+    e = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+    total = e.sum(-1, keepdims=True)
+    return np.divide(e, total, out=np.zeros_like(e), where=total > 0) @ v

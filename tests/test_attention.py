@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import music_attn.core.attention as attention_module
+from conftest import formula_sdpa64
 from music_attn.core.attention import (
     attention_mask,
     scaled_dot_product_attention as sdpa,
@@ -348,31 +349,72 @@ def test_blocked_skips_fully_masked_key_blocks_exactly():
     np.testing.assert_allclose(w, ref_w, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_loose_logit_bound_falls_back_to_the_classic_online_softmax(monkeypatch, dtype):
-    # a huge key orthogonal to every query makes the |q| max|k| bound useless: the fast
-    # path's row sums underflow and the block must be redone with running maxima
-    rng = np.random.default_rng(20)
-    q, k, v = rand(rng, 12, 4) * 10, rand(rng, 12, 4), rand(rng, 12, 3)
-    q[:, 1] = 0.0
-    k[0] = [0.0, 1e3, 0.0, 0.0]
+def record_fallbacks(monkeypatch):
+    """List that grows by one per (head, query block) redone by the classic online softmax."""
     calls = []
     online = attention_module._Plan.online
     monkeypatch.setattr(attention_module._Plan, "online",
                         lambda self, *a: calls.append(a) or online(self, *a))
-    out = sdpa(q.astype(dtype), k.astype(dtype), v.astype(dtype), causal=True, block_size=4)
+    return calls
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_huge_key_orthogonal_to_every_query_needs_no_fallback(monkeypatch, causal):
+    # |q| max|k| is useless as a shift here; the logit of each row's last key is not
+    rng = np.random.default_rng(20)
+    q, k, v = rand(rng, 12, 4) * 10, rand(rng, 12, 4), rand(rng, 12, 3)
+    q[:, 1] = 0.0
+    k[0] = [0.0, 1e3, 0.0, 0.0]
+    calls = record_fallbacks(monkeypatch)
+    out = sdpa(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), causal=causal,
+               block_size=4)
+    assert not calls
+    np.testing.assert_allclose(out, loop_sdpa(q, k, v, causal=causal)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("causal", [True, False])
+def test_logit_far_above_the_last_keys_falls_back_exactly(monkeypatch, dtype, causal):
+    # an old key whose logit exceeds that of the queries' last key by more than exp can
+    # bear overflows the fast path's row sums: the block is redone with running maxima
+    rng = np.random.default_rng(26)
+    q, k, v = rand(rng, 12, 4) * 0.1, rand(rng, 12, 4) * 0.1, rand(rng, 12, 3)
+    q[8:, 0] = 60.0
+    k[1, 0] = 60.0                                 # logit 60 * 60 / 2 = 1800 for queries 8..11
+    calls = record_fallbacks(monkeypatch)
+    out = sdpa(q.astype(dtype), k.astype(dtype), v.astype(dtype), causal=causal, block_size=4)
     assert calls
     tol = 1e-5 if dtype == np.float32 else 1e-10
-    np.testing.assert_allclose(out, loop_sdpa(q, k, v, causal=True)[0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(out, loop_sdpa(q, k, v, causal=causal)[0], rtol=tol, atol=tol)
 
 
-def test_fast_path_needs_no_fallback_for_ordinary_inputs(monkeypatch):
+def test_last_key_hidden_by_the_mask_falls_back_exactly(monkeypatch):
+    # the last key of queries 8..11 has a logit far above every key the mask lets them
+    # see: shifted by it, their row sums underflow, and the block is redone
+    rng = np.random.default_rng(27)
+    q, k, v = rand(rng, 12, 4) * 0.1, rand(rng, 12, 4) * 0.1, rand(rng, 12, 3)
+    q[8:, 0] = 30.0
+    k[8:, 0] = 30.0                                # logits 450 among queries and keys 8..11
+    mask = np.tril(np.ones((12, 12), bool))
+    mask[8:, 8:] = False
+    calls = record_fallbacks(monkeypatch)
+    out = sdpa(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), mask=mask,
+               causal=True, block_size=4)
+    assert calls
+    np.testing.assert_allclose(out, loop_sdpa(q, k, v, mask=mask, causal=True)[0], rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("spread", [1.0, 3.0])
+def test_fast_path_needs_no_fallback_for_ordinary_inputs(monkeypatch, spread):
+    # spread 3: logits of standard deviation 9, rows spanning ~60 from least to largest
     rng = np.random.default_rng(21)
-    q, k, v = (rand(rng, 2, 64, 16, dtype=np.float32) for _ in range(3))
+    q, k, v = (rand(rng, 2, 600, 64, dtype=np.float32) for _ in range(3))
+    q, k = q * np.float32(spread), k * np.float32(spread)
     monkeypatch.setattr(attention_module._Plan, "online",
                         lambda *a: pytest.fail("fell back to the classic online softmax"))
-    out = sdpa(q, k, v, causal=True, block_size=16)
-    np.testing.assert_allclose(out, sdpa(q, k, v, causal=True), rtol=1e-5, atol=1e-6)
+    out = sdpa(q, k, v, causal=True)
+    np.testing.assert_allclose(out, formula_sdpa64(q, k, v, causal=True), rtol=1e-4, atol=1e-5)
 
 
 def test_blocked_calls_from_several_threads_at_once_agree():
@@ -413,6 +455,96 @@ def test_blocked_memory_grows_with_block_not_with_score_matrix():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < T * T * 4 / 8           # a tiny fraction of the 64 MiB score matrix
+
+
+PATH_CASES = ([(T, S, dict(causal=True)) for T, S in [(517, 517), (200, 700), (700, 650)]]
+              + [(517, 517, dict(window=40)), (700, 650, dict(causal=True, mask="random"))])
+
+
+@pytest.mark.parametrize("T,S,kw", PATH_CASES,
+                         ids=[f"{T}x{S}-{'+'.join(kw)}" for T, S, kw in PATH_CASES])
+@pytest.mark.parametrize("block_size", [None, 1000, 37])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_path_equals_the_float64_formula(T, S, kw, block_size, dtype):
+    """The default path (blocked from 256 x 256 when causal or local), one block, blocks
+    that do not divide T, batch and heads, float32 and float64: all equal the formula."""
+    rng = np.random.default_rng(T + S + (block_size or 0))
+    q = rng.standard_normal((2, 3, T, 16)).astype(dtype)
+    k, v = (rng.standard_normal((2, 3, S, 16)).astype(dtype) for _ in range(2))
+    kw = dict(kw)
+    if kw.get("mask") == "random":
+        kw["mask"] = rng.random((3, T, S)) < 0.7                  # per head, shared by the batch
+    out = sdpa(q, k, v, block_size=block_size, **kw)
+    expected = formula_sdpa64(q, k, v, **kw)
+    assert out.dtype == dtype
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out, expected, **tol)
+
+
+@pytest.mark.parametrize("T,S,kw,blocked", [
+    (255, 256, dict(causal=True), False),
+    (256, 256, dict(causal=True), True),
+    (64, 1024, dict(causal=True), True),
+    (300, 300, dict(window=16), True),
+    (1024, 1024, dict(), False),
+    (1024, 1024, dict(causal=True, return_weights=True), False),
+])
+def test_default_path_is_chosen_from_the_shapes(monkeypatch, T, S, kw, blocked):
+    """Causal or local attention of at least 256 x 256 runs blocked by default; shorter,
+    non-causal or weight-returning calls take the one-matrix path. Either way the result
+    is the formula's."""
+    calls = []
+    for name in ("_sdpa_full", "_sdpa_blocked"):
+        fn = getattr(attention_module, name)
+        monkeypatch.setattr(attention_module, name,
+                            lambda *a, fn=fn, name=name, **k: calls.append(name) or fn(*a, **k))
+    rng = np.random.default_rng(T * S)
+    q = rng.standard_normal((2, T, 8))
+    k, v = rng.standard_normal((2, 2, S, 8))
+    res = sdpa(q, k, v, **kw)
+    assert calls == ["_sdpa_blocked" if blocked else "_sdpa_full"]
+    out = res[0] if kw.get("return_weights") else res
+    expected = formula_sdpa64(q, k, v, causal=kw.get("causal", False), window=kw.get("window"))
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_blocks_and_tiles_cover_each_visible_pair_exactly_once():
+    """Whatever the lengths, block size, query block and strip height, the tiles of the
+    blocked path hold every (query, key) pair the causal rule allows exactly once, and
+    no key block is wider than the block size."""
+    rng = np.random.default_rng(24)
+    for _ in range(300):
+        T, S, bs = (int(n) for n in rng.integers(1, 150, size=3))
+        bq = min(bs, int(rng.integers(1, 150)))
+        spec = attention_module._Spec(1.0, None, None, True, None, S - T)
+        covered = np.zeros((T, S), int)
+        for i0 in range(0, T, bq):
+            i1 = min(T, i0 + bq)
+            blocks = attention_module._key_blocks(spec, None, i0, i1, S, bs)
+            assert all(0 < j1 - j0 <= bs for j0, j1 in blocks)
+            for j0, j1 in blocks:
+                for r0, r1, hi in attention_module._block_tiles(spec, i0, i1, j0, j1):
+                    assert j0 < hi <= j1
+                    covered[i0 + r0:i0 + r1, j0:hi] += 1
+        allowed = np.array([[allowed_loop(i, j, T, S, True, None, None) for j in range(S)]
+                            for i in range(T)], dtype=bool).reshape(T, S)
+        assert (covered[allowed] == 1).all() and (covered <= 1).all(), (T, S, bs, bq)
+
+
+def test_scratch_kept_between_calls_never_leaks_into_the_next_result(monkeypatch):
+    """The blocked path keeps per-thread scratch between calls: calls of other shapes and
+    dtypes in between, and buffers too large to keep, give the same exact results."""
+    rng = np.random.default_rng(25)
+    shapes = [((1, 4, 600, 32), np.float32), ((2, 3, 517, 16), np.float64),
+              ((3, 300, 8), np.float32), ((1, 4, 600, 32), np.float32)]
+    inputs = [tuple(rng.standard_normal(shape).astype(dt) for _ in range(3))
+              for shape, dt in shapes]
+    expected = [formula_sdpa64(*x, causal=True) for x in inputs]
+    for keep in (attention_module._SCRATCH_KEEP, 0):
+        monkeypatch.setattr(attention_module, "_SCRATCH_KEEP", keep)
+        for x, ref in zip(inputs, expected):
+            tol = 1e-4 if x[0].dtype == np.float32 else 1e-10
+            np.testing.assert_allclose(sdpa(*x, causal=True), ref, rtol=tol, atol=tol / 10)
 
 
 # ----------------------------------------------------------------------------- soft align

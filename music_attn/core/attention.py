@@ -20,6 +20,7 @@ not hidden.
 import functools
 import itertools
 import math
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -192,9 +193,9 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
         Compute exactly by blocks of queries and keys (online softmax), with memory
         O(T x block_size) instead of O(T x S); key blocks a query block cannot see are
         skipped. Returned weights, if asked for, still take (..., T, S). Default: chosen
-        from the shapes -- causal or local attention with T x S >= 512 x 512 runs by
-        blocks of 1024 keys (512 beyond S = 2048), anything smaller (or wanting the
-        weights) as one matrix.
+        from the shapes -- causal or local attention with T x S >= 256 x 256 runs by
+        blocks of 512 queries and 512 keys spread over the cores, anything smaller (or
+        wanting the weights, or neither causal nor local) as one matrix.
 
     Returns
     -------
@@ -222,24 +223,27 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
     return _sdpa_blocked(q, k, v, spec, int(block_size), return_weights)
 
 
-_BLOCKED_FROM = 512 * 512    # T x S from which causal attention runs blocked by default
+_BLOCKED_FROM = 256 * 256    # T x S from which causal attention runs blocked by default
+_DEFAULT_BLOCK = 512         # keys per block (and queries per work item) by default
 
 
 def _default_block_size(T, S, banded, return_weights):
     """The exact path the shapes call for when the caller names none: None (the whole
     (T, S) matrix at once) for short sequences, for non-causal attention and when the
-    weights are wanted anyway; blocks for long causal or local attention, which then
-    skips the hidden key blocks, keeps its scratch in cache and uses every core."""
+    weights are wanted anyway; blocks of 512 for causal or local attention from 256 x 256
+    on, which then skips the hidden keys, keeps its scratch in cache and uses every core.
+    (A (512, 512) float32 tile is the size of a core's L2 cache; smaller and larger blocks
+    measure alike, and below 256 x 256 the thread pool costs more than it saves.)"""
     if return_weights or not banded or T * S < _BLOCKED_FROM:
         return None
-    return 1024 if S <= 2048 else 512
+    return _DEFAULT_BLOCK
 
 
 class _Spec:
     """What decides the logits of a block: scale, explicit mask, bias, causal/window rule."""
 
-    def __init__(self, scale, mask, bias, causal, window, offset, bias_scale=1.0):
-        self.scale, self.mask, self.bias, self.bias_scale = scale, mask, bias, bias_scale
+    def __init__(self, scale, mask, bias, causal, window, offset):
+        self.scale, self.mask, self.bias = scale, mask, bias
         self.causal, self.window, self.offset = causal, window, offset
 
     def key_range(self, i0, i1, S):
@@ -264,10 +268,8 @@ class _Spec:
         """Turn raw scores ``q k^T`` of block [i0:i1, j0:j1] into masked logits, in place."""
         if self.scale != 1.0:
             s *= self.scale
-        if self.bias is not None and self.bias_scale == 1.0:
+        if self.bias is not None:
             s += self.bias[..., i0:i1, j0:j1]
-        elif self.bias is not None:
-            s += self.bias[..., i0:i1, j0:j1] * self.bias_scale
         if self.cuts(i0, i1, j0, j1):      # only the columns some row may not see
             c0 = 0 if self.window is not None else max(0, i0 + self.offset + 1 - j0)
             t, w, delta = i1 - i0, j1 - j0 - c0, i0 + self.offset - j0 - c0
@@ -457,49 +459,55 @@ def _run_parallel(fn, items):
 # l = sum_j exp(s_j - m) and an accumulator acc = sum_j exp(s_j - m) v_j; at the end
 # out = acc / l. The classic version (``_Plan.online``) takes m as the running maximum
 # and rescales l and acc whenever a key block raises it. The fast version
-# (``_Plan.bounded``) starts m at an upper bound of every logit the row can see,
-# |q_i| * max_j |k_j| * scale + max_j bias_ij (Cauchy-Schwarz), so no block can raise
-# it: no max pass, no rescaling, and one matrix product of [q, -m] with [k, 1] gives the
-# shifted logits directly. exp(s - m) cannot overflow; the result is exact unless the
-# bound is so loose that the largest terms come near underflow, which shows up as a tiny
-# row sum l -- such a query block is recomputed with the classic version.
+# (``_Plan.shifted``) fixes m in advance at the logit of the row's last visible key (its
+# own, in self-attention): no max pass, no rescaling, and one matrix product of [q, -m]
+# with [k, 1] gives the shifted logits directly. Any m works as long as exp(s - m) stays
+# within float range: since m is one of the row's logits, the row sum is at least 1, and
+# the largest term overflows only if some logit exceeds m by ~88 (float32), far beyond
+# the spread of attention logits. Such a row (an infinite row sum), or one whose last key
+# a mask or bias hides (a row sum that underflows), has its query block recomputed with
+# the classic version.
 #
-# Work items are (head, query block) pairs: the (t, s) scratch block of one head stays
-# in the core's cache, and the items are shared out to one thread per core.
+# Work items are (head, query block) pairs, head by head, shared out to one thread per
+# core. Each thread keeps its scratch (the (t, s) tile, [q, -m] of its item, [k, 1] and
+# [v, 1] of its key block) from item to item and from call to call: on a virtual machine
+# a fresh page costs more than the arithmetic done on it.
 
-_LOOSE = 1e-16        # row sum below this: the bound shift was too loose, redo exactly
+_LOOSE = 1e-16        # row sum below this (or infinite): the shift was off, redo exactly
 _QUERY_BLOCK = 512    # at most this many query rows per work item
 _STRIP = 64           # rows per strip where the causal diagonal cuts a block
-_LOG2E = 1.4426950408889634
 
 
 def _key_blocks(spec, mask, i0, i1, S, bs):
-    """Key blocks [j0, j1) that queries [i0, i1) may see, ending at the last visible key
-    (so only one block crosses the causal diagonal); blocks the mask hides are skipped."""
+    """Key blocks [j0, j1) of at most ``bs`` keys that queries [i0, i1) may see, the
+    first one ending at the last visible key; under a plain causal rule it starts where
+    the diagonal does, so that only it crosses the diagonal. Blocks the mask hides are
+    skipped."""
     lo, hi = spec.key_range(i0, i1, S)
-    blocks = [(max(lo, j1 - bs), j1) for j1 in range(hi, lo, -bs)]
+    cut = hi
+    if spec.causal and spec.window is None:        # keys > cut: not seen by every row
+        cut = min(hi, max(lo, i0 + spec.offset, hi - bs))
+    blocks = [(cut, hi)] if cut < hi else []
+    blocks += [(max(lo, j1 - bs), j1) for j1 in range(cut, lo, -bs)]
     if mask is not None:
         blocks = [(j0, j1) for j0, j1 in blocks if mask[i0:i1, j0:j1].any()]
     return blocks
 
 
-def _tiles(spec, i0, i1, blocks):
-    """Cut key blocks into tiles (r0, r1, j0, j1), rows relative to i0. A block the causal
-    diagonal runs through is cut into strips of rows, each stopping at its own last key,
-    so that little of the masked triangle is computed at all."""
-    t, tiles = i1 - i0, []
-    for j0, j1 in blocks:
-        if not spec.causal or spec.window is not None or not spec.cuts(i0, i1, j0, j1):
-            tiles.append((0, t, j0, j1))
-            continue
-        jc = min(j1, max(j0, i0 + spec.offset + 1))          # keys < jc: seen by every row
-        if jc > j0:
-            tiles.append((0, t, j0, jc))
-        for r0 in range(0, t, _STRIP):
-            r1 = min(r0 + _STRIP, t)
-            hi = min(j1, i0 + r1 + spec.offset)              # past the last key of row r1-1
-            if hi > jc:
-                tiles.append((r0, r1, jc, hi))
+def _block_tiles(spec, i0, i1, j0, j1):
+    """Tiles (r0, r1, hi) of key block [j0, j1) for queries [i0, i1): rows [r0, r1)
+    (relative to i0) against keys [j0, hi). A block the causal diagonal runs through is
+    cut into strips of rows, each stopping at its own last key, so that little of the
+    masked triangle is computed at all."""
+    t = i1 - i0
+    if not spec.causal or spec.window is not None or not spec.cuts(i0, i1, j0, j1):
+        return [(0, t, j1)]
+    tiles = []
+    for r0 in range(0, t, _STRIP):
+        r1 = min(r0 + _STRIP, t)
+        hi = min(j1, i0 + r1 + spec.offset)                  # past the last key of row r1-1
+        if hi > j0:
+            tiles.append((r0, r1, hi))
     return tiles
 
 
@@ -523,21 +531,37 @@ def _online_update(s, vb, state):
     return m, l, acc
 
 
-def _append_column(x, last=None):
+def _append_column(x, last=None, out=None):
     """[x, last] along the feature axis (``last`` defaults to ones): (..., n, D+1)."""
-    out = np.empty(x.shape[:-1] + (x.shape[-1] + 1,), dtype=x.dtype)
+    out = np.empty(x.shape[:-1] + (x.shape[-1] + 1,), dtype=x.dtype) if out is None else out
     out[..., :-1] = x
     out[..., -1] = 1 if last is None else last
     return out
 
 
+_SCRATCH = threading.local()     # per-thread buffers of the blocked path, kept between calls
+_SCRATCH_KEEP = 8 << 20          # bytes: larger buffers are not kept
+
+
+def _scratch(name, shape, dtype):
+    """A buffer of ``shape`` for this thread, reused from call to call (on a machine where
+    fresh pages cost more than the arithmetic done on them); its contents are undefined."""
+    n = math.prod(shape)
+    buf = _SCRATCH.__dict__.get((name, dtype))
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype)
+        if buf.nbytes <= _SCRATCH_KEEP:
+            _SCRATCH.__dict__[(name, dtype)] = buf
+    return buf[:n].reshape(shape)
+
+
 class _Plan:
     """Blocked attention of one call, as views broadcast to the common leading shape.
 
-    ``kaT`` = [k, 1]^T and ``va`` = [v, 1] carry one extra feature, so that one product
-    of [q, -m] with ``kaT`` gives the shifted logits and one product with ``va`` gives the
-    accumulator and the row sum together. The fast path works in base 2 (``exp2`` is
-    twice as fast as ``exp``): q, m and the bias are multiplied by log2(e).
+    The fast path multiplies ``qa`` = [q * scale, -m] by ``kb`` = [k, 1] (one extra
+    feature), which gives the logits shifted by m in one product, then the probabilities
+    by ``vb`` = [v, 1], which gives the accumulator and the row sum together. ``qa`` is
+    built per work item, ``kb`` and ``vb`` per key block, in the thread's scratch.
     """
 
     def __init__(self, q, k, v, spec, bs):
@@ -545,55 +569,71 @@ class _Plan:
         self.lead = spec.lead(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
                               + (T, S))[:-2]
         self.spec, self.bs, self.dtype, self.S = spec, bs, q.dtype, S
-        knorm = np.sqrt(np.einsum("...sd,...sd->...s", k, k))               # (..., S)
-        kmax = np.fmax.accumulate(knorm, axis=-1)            # (..., S) max |k_j'| over j' <= j
-        kaT = _append_column(k)                                        # (..., S, D+1)
-        kaT = np.ascontiguousarray(np.swapaxes(kaT, -1, -2))            # (..., D+1, S)
-        self.q, self.kT, self.v, self.kaT, self.va, self.mask, self.bias = (
+        self.q, self.k, self.kT, self.v, self.mask, self.bias = (
             self._broadcast(a, 2)
-            for a in (q, np.swapaxes(k, -1, -2), v, kaT, _append_column(v), spec.mask, spec.bias))
-        self.kmax = self._broadcast(kmax, 1)
+            for a in (q, k, np.swapaxes(k, -1, -2), v, spec.mask, spec.bias))
+        self.shift = self._last_logits(q, k)                                # (..., T)
 
     def _broadcast(self, a, tail):
         """View of ``a`` with the common leading shape and its own last ``tail`` dims."""
         return None if a is None else np.broadcast_to(a, self.lead + a.shape[a.ndim - tail:])
 
-    def head_spec(self, idx, scale, bias_scale=1.0):
-        """The 2-D spec of head ``idx`` (mask and bias sliced), with the given scales."""
+    def _last_logits(self, q, k):
+        """(..., T) logit of each query's last visible key (its own, in self-attention), 0
+        where that is not finite: the shift of the fast path."""
+        sp, T, S = self.spec, q.shape[-2], k.shape[-2]
+        last = np.arange(T) + sp.offset
+        last = np.clip(last, 0, S - 1) if sp.causal or sp.window is not None else np.full(T, S - 1)
+        if last[0] + T - 1 == last[-1]:                  # a run of keys: a view, no copy
+            k_last = k[..., last[0]:last[0] + T, :]
+        elif last[0] == last[-1]:
+            k_last = k[..., last[0]:last[0] + 1, :]
+        else:
+            k_last = np.take(k, last, axis=-2)
+        m = np.einsum("...td,...td->...t", q, k_last) * self.dtype.type(sp.scale)
+        m = self._broadcast(m, 1)
+        if self.bias is not None:
+            m = m + self.bias[..., np.arange(T), last]
+        return np.where(np.isfinite(m), m, 0.0).astype(self.dtype, copy=False)
+
+    def head_queries(self, idx, i0, i1):
+        """qa = [q * scale, -m] (t, D+1) of queries [i0, i1) of head ``idx`` in scratch."""
+        q = self.q[idx][i0:i1]                                             # (t, D)
+        qa = _scratch("qa", (i1 - i0, q.shape[-1] + 1), self.dtype)
+        np.multiply(q, self.dtype.type(self.spec.scale), out=qa[:, :-1])
+        np.negative(self.shift[idx][i0:i1], out=qa[:, -1])
+        return qa
+
+    def head_spec(self, idx, scale):
+        """The 2-D spec of head ``idx`` (mask and bias sliced), with the given scale."""
         sp = self.spec
         return _Spec(scale, None if self.mask is None else self.mask[idx],
                      None if self.bias is None else self.bias[idx],
-                     sp.causal, sp.window, sp.offset, bias_scale)
+                     sp.causal, sp.window, sp.offset)
 
-    def row_shift(self, idx, i0, i1, hi):
-        """Upper bound (t,) of the logits of queries [i0, i1) of head ``idx`` against the
-        keys < hi they may see: |q_i| |scale| max_j |k_j| + max_j bias_ij."""
-        sp, q = self.spec, self.q[idx][i0:i1]
-        last = np.full(i1 - i0, hi - 1)                                # last key of each row
-        if sp.causal or sp.window is not None:
-            last = np.clip(np.arange(i0, i1) + sp.offset, 0, hi - 1)
-        c = np.sqrt(np.einsum("td,td->t", q, q)) * abs(sp.scale) * self.kmax[idx][last]
-        if self.bias is not None:
-            c = c + np.fmax.reduce(self.bias[idx][i0:i1, :hi], axis=-1)
-        c[np.isinf(c)] = 0.0               # rows all -inf (fully masked): any finite shift
-        return c.astype(self.dtype, copy=False)                        # (t,)
-
-    def bounded(self, idx, i0, i1, blocks):
-        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, shift fixed at the bound."""
-        spec2 = self.head_spec(idx, 1.0, _LOG2E)
-        c = self.row_shift(idx, i0, i1, blocks[0][1])                  # (t,)
-        qa = _append_column(self.q[idx][i0:i1] * self.dtype.type(self.spec.scale * _LOG2E),
-                            -c * self.dtype.type(_LOG2E))              # (t, D+1)
-        kaT, va = self.kaT[idx], self.va[idx]                          # (D+1, S), (S, Dv+1)
-        buf = np.empty((i1 - i0) * self.bs, self.dtype)                # scratch for (t, s)
-        acc = np.zeros((i1 - i0, va.shape[-1]), self.dtype)           # (t, Dv+1)
-        tmp = np.empty_like(acc)
-        for r0, r1, j0, j1 in _tiles(self.spec, i0, i1, blocks):
-            p = buf[:(r1 - r0) * (j1 - j0)].reshape(r1 - r0, j1 - j0)
-            p = _scores(qa[r0:r1], kaT, spec2, i0 + r0, i0 + r1, j0, j1, p)  # (q.k - c) log2 e
-            np.exp2(p, out=p)
-            acc[r0:r1] += np.matmul(p, va[j0:j1], out=tmp[r0:r1])      # (t, s) @ (s, Dv+1)
-        return acc[:, :-1], c, acc[:, -1]
+    def shifted(self, idx, i0, i1, blocks):
+        """(acc, shift, sum) of queries [i0, i1) of head ``idx``, the shift of each row fixed
+        in advance at the logit of its last visible key; views of the thread's scratch,
+        valid until its next item."""
+        spec2 = self.head_spec(idx, 1.0)
+        qa = self.head_queries(idx, i0, i1)                            # (t, D+1)
+        k, v = self.k[idx], self.v[idx]                                # (S, D), (S, Dv)
+        acc = _scratch("acc", (i1 - i0, v.shape[-1] + 1), self.dtype)  # (t, Dv+1)
+        acc[:] = 0
+        tmp = _scratch("tmp", acc.shape, self.dtype)
+        buf = _scratch("tile", (min(self.bs, self.S) * (i1 - i0),), self.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):    # overflow: redone by the caller
+            for j0, j1 in blocks:
+                kb, vb = (_append_column(x[j0:j1], out=_scratch(name, (j1 - j0, x.shape[-1] + 1),
+                                                                self.dtype))
+                          for name, x in (("kb", k), ("vb", v)))  # [k, 1], [v, 1] (s, D+1)
+                for r0, r1, hi in _block_tiles(self.spec, i0, i1, j0, j1):
+                    p = buf[:(r1 - r0) * (hi - j0)].reshape(r1 - r0, hi - j0)
+                    np.matmul(qa[r0:r1], kb[:hi - j0].T, out=p)                # q.k scale - m
+                    spec2.logits_(p, i0 + r0, i0 + r1, j0, hi)
+                    np.exp(p, out=p)
+                    acc[r0:r1] += np.matmul(p, vb[:hi - j0], out=tmp[r0:r1])  # (t, s) @ (s, Dv+1)
+        return acc[:, :-1], -qa[:, -1], acc[:, -1]
 
     def online(self, idx, i0, i1, blocks):
         """(acc, shift, sum) of queries [i0, i1) of head ``idx`` by the classic version."""
@@ -614,8 +654,8 @@ class _Plan:
         blocks = self.blocks(idx, i0, i1)
         if not blocks:
             return None
-        res = self.bounded(idx, i0, i1, blocks)
-        loose = res[2] < _LOOSE                        # bound too loose, or a masked row
+        res = self.shifted(idx, i0, i1, blocks)
+        loose = ~(res[2] >= _LOOSE) | np.isinf(res[2])   # shift off, a masked row, or NaN
         if self.spec.causal or self.spec.window is not None:
             loose &= np.arange(i0, i1) + self.spec.offset >= 0    # rows before any key
         if loose.any():
@@ -634,9 +674,12 @@ class _Plan:
 
 
 def _sdpa_blocked(q, k, v, spec, bs, return_weights):
-    """Exact attention by (head, query block) items shared out to the cores."""
+    """Exact attention by (head, block of queries) items shared out to the cores."""
     T, S = q.shape[-2], k.shape[-2]
     plan = _Plan(q, k, v, spec, bs)
+    bq, heads, workers = min(bs, _QUERY_BLOCK), math.prod(plan.lead), cpu_count()
+    while workers > 1 and bq > _STRIP and heads * -(-T // bq) < 4 * workers:
+        bq //= 2                      # few heads: smaller items, shared out evenly
     out = np.zeros(plan.lead + (T, v.shape[-1]), dtype=q.dtype)       # (..., T, Dv)
     w = np.zeros(plan.lead + (T, S), dtype=q.dtype) if return_weights else None
 
@@ -646,13 +689,15 @@ def _sdpa_blocked(q, k, v, spec, bs, return_weights):
         if res is None:                                               # no key visible at all
             return
         acc, shift, l = res
-        np.divide(acc, l[:, None], out=out[idx][i0:i1], where=l[:, None] != 0)  # l == 0: none
+        if l.all():
+            np.divide(acc, l[:, None], out=out[idx][i0:i1])
+        else:                                                         # l == 0: no key seen
+            np.divide(acc, l[:, None], out=out[idx][i0:i1], where=l[:, None] != 0)
         if return_weights:
             plan.weights(idx, i0, i1, shift, l, w[idx])
 
-    bq = min(bs, _QUERY_BLOCK)
-    items = [(idx, i0, min(i0 + bq, T)) for i0 in range(0, T, bq)[::-1]   # causal: big first
-             for idx in np.ndindex(plan.lead)]
+    items = [(idx, i0, min(i0 + bq, T)) for idx in np.ndindex(plan.lead)  # head by head,
+             for i0 in range(0, T, bq)[::-1]]                              # causal: big first
     _run_parallel(work, items)
     return (out, w) if return_weights else out
 
