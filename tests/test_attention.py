@@ -466,7 +466,7 @@ PATH_CASES = ([(T, S, dict(causal=True)) for T, S in [(517, 517), (200, 700), (7
 @pytest.mark.parametrize("block_size", [None, 1000, 37])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_path_equals_the_float64_formula(T, S, kw, block_size, dtype):
-    """The default path (blocked from 256 x 256 when causal or local), one block, blocks
+    """The default path (blocked beyond 256 x 256 when causal or local), one block, blocks
     that do not divide T, batch and heads, float32 and float64: all equal the formula."""
     rng = np.random.default_rng(T + S + (block_size or 0))
     q = rng.standard_normal((2, 3, T, 16)).astype(dtype)
@@ -482,15 +482,15 @@ def test_every_path_equals_the_float64_formula(T, S, kw, block_size, dtype):
 
 
 @pytest.mark.parametrize("T,S,kw,blocked", [
-    (255, 256, dict(causal=True), False),
-    (256, 256, dict(causal=True), True),
+    (256, 256, dict(causal=True), False),
+    (257, 256, dict(causal=True), True),
     (64, 1024, dict(causal=True), True),
     (300, 300, dict(window=16), True),
     (1024, 1024, dict(), False),
     (1024, 1024, dict(causal=True, return_weights=True), False),
 ])
 def test_default_path_is_chosen_from_the_shapes(monkeypatch, T, S, kw, blocked):
-    """Causal or local attention of at least 256 x 256 runs blocked by default; shorter,
+    """Causal or local attention beyond 256 x 256 runs blocked by default; shorter,
     non-causal or weight-returning calls take the one-matrix path. Either way the result
     is the formula's."""
     calls = []

@@ -193,7 +193,7 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
         Compute exactly by blocks of queries and keys (online softmax), with memory
         O(T x block_size) instead of O(T x S); key blocks a query block cannot see are
         skipped. Returned weights, if asked for, still take (..., T, S). Default: chosen
-        from the shapes -- causal or local attention with T x S >= 256 x 256 runs by
+        from the shapes -- causal or local attention with T x S > 256 x 256 runs by
         blocks of 512 queries and 512 keys spread over the cores, anything smaller (or
         wanting the weights, or neither causal nor local) as one matrix.
 
@@ -223,18 +223,19 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, causal=False, window=Non
     return _sdpa_blocked(q, k, v, spec, int(block_size), return_weights)
 
 
-_BLOCKED_FROM = 256 * 256    # T x S from which causal attention runs blocked by default
+_BLOCKED_ABOVE = 256 * 256   # T x S beyond which causal attention runs blocked by default
 _DEFAULT_BLOCK = 512         # keys per block (and queries per work item) by default
 
 
 def _default_block_size(T, S, banded, return_weights):
     """The exact path the shapes call for when the caller names none: None (the whole
     (T, S) matrix at once) for short sequences, for non-causal attention and when the
-    weights are wanted anyway; blocks of 512 for causal or local attention from 256 x 256
-    on, which then skips the hidden keys, keeps its scratch in cache and uses every core.
+    weights are wanted anyway; blocks of 512 for causal or local attention beyond 256 x 256,
+    which then skips the hidden keys, keeps its scratch in cache and uses every core.
     (A (512, 512) float32 tile is the size of a core's L2 cache; smaller and larger blocks
-    measure alike, and below 256 x 256 the thread pool costs more than it saves.)"""
-    if return_weights or not banded or T * S < _BLOCKED_FROM:
+    measure alike, and at 256 x 256 one matrix took 4.3 ms against 5.7 ms by blocks on
+    the quiet machine, ``music-attn bench attention``.)"""
+    if return_weights or not banded or T * S <= _BLOCKED_ABOVE:
         return None
     return _DEFAULT_BLOCK
 
