@@ -141,7 +141,7 @@ def _print_melody(echo, title, path, maps):
 
 
 def _print_summary(echo, maps, files, continuation, seconds):
-    from music_attn.inspect.inspector import note_name
+    from music_attn.training.stats import spelled_names
 
     labels = ("interactive page", "heatmap grid (PNG)", "maps (JSON)", "melody + continuation (MIDI)")
     echo("Wrote:")
@@ -149,7 +149,8 @@ def _print_summary(echo, maps, files, continuation, seconds):
         if path is not None:
             echo(f"  {label:<30} {path}")
     echo(_cadence_line(maps))
-    names = " ".join(note_name(p) for p in continuation["pitch"][:32].tolist()) + (" ..." if len(continuation) > 32 else "")
+    names = " ".join(spelled_names(np.concatenate([maps.pitch, continuation["pitch"]]))[maps.n_notes:][:32])
+    names += " ..." if len(continuation) > 32 else ""
     echo(f"Continuation ({N_BARS} bars, {len(continuation)} notes): {names or '(silence)'}")
     echo(f"Done in {seconds:.1f} s. Open the page in a browser: click a note to see what it attends to.")
 

@@ -86,6 +86,28 @@ def test_surprise_is_the_sum_of_the_token_nll_of_each_note():
     np.testing.assert_allclose(maps.surprise, [3.0, 3.0, 4.0])
 
 
+def _pitch_of_name(name):
+    """"Bb4" -> 70, "C#-1" -> 1: scientific pitch notation read back, written from the rule."""
+    letter, rest = name[0], name[1:]
+    alter = {"#": 1, "b": -1}.get(rest[:1], 0)
+    octave = int(rest[1:] if alter else rest)
+    return "C D EF G A B".index(letter) + alter + 12 * (octave + 1)
+
+
+@pytest.mark.parametrize("melody, flat_key", [
+    ([65, 67, 69, 70, 72, 70, 69, 67, 65], True),        # F major: B flat
+    ([62, 64, 66, 67, 69, 71, 73, 74, 69, 66, 62], False),  # D major: F sharp, C sharp
+    ([62, 65, 69, 70, 69, 65, 62], True),                # D minor: B flat
+])
+def test_note_names_are_spelled_in_the_key_of_the_piece(tiny_model, melody, flat_key):
+    seq = _sequence(np.random.default_rng(1), len(melody))
+    seq.notes["pitch"] = np.array(melody)
+    maps = attention_maps(tiny_model, seq)
+    assert [_pitch_of_name(n) for n in maps.note_names] == melody
+    black = [n for n in maps.note_names if len(n) > 2 and n[1] in "#b"]
+    assert black and all(n[1] == ("b" if flat_key else "#") for n in black)
+
+
 def test_note_names_use_scientific_pitch_notation():
     assert [note_name(p) for p in (60, 61, 21, 127, 0)] == ["C4", "C#4", "A0", "G9", "C-1"]
 
@@ -127,7 +149,7 @@ def test_token_attention_rows_are_causal_distributions(tiny_model):
     assert maps.token_attention.shape == (2, 2, seq.ids.size, seq.ids.size)
     np.testing.assert_allclose(maps.token_attention.sum(-1), 1.0, atol=1e-5)
     assert not np.triu(maps.token_attention, 1).any()
-    assert maps.n_notes == 5 and maps.note_names == [note_name(p) for p in seq.notes["pitch"]]
+    assert maps.n_notes == 5 and [_pitch_of_name(n) for n in maps.note_names] == seq.notes["pitch"].tolist()
     assert maps.notice == "" and maps.window == 24
 
 

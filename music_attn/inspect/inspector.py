@@ -49,6 +49,7 @@ from typing import NamedTuple
 import numpy as np
 
 from music_attn.errors import MidiError, MusicAttnError
+from music_attn.training.stats import note_name, spelled_names
 from music_attn.training.windows import alignment, spans, token_nll
 
 __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "note_name"]
@@ -66,8 +67,6 @@ FIT_RATIO = 2.0
 # JSON: key notes listed per query note and head (the rest is summed).
 JSON_TOP_K = 8
 
-_PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-
 # Field names that different note containers use for the same column.
 _NOTE_FIELDS = {
     "pitch": ("pitch",),
@@ -75,12 +74,6 @@ _NOTE_FIELDS = {
     "end": ("end", "end_sec", "end_time", "offset"),
     "velocity": ("velocity",),
 }
-
-
-def note_name(pitch):
-    """Scientific pitch name of a MIDI pitch: 60 -> ``"C4"``, 61 -> ``"C#4"``, 21 -> ``"A0"``."""
-    pitch = int(pitch)
-    return f"{_PITCH_CLASSES[pitch % 12]}{pitch // 12 - 1}"
 
 
 class NoteRows(NamedTuple):
@@ -587,7 +580,8 @@ def _assemble(band, back, rollout_band, labels, key_labels, cols, *, progress=No
         token_band=band, band_back=int(back),
         rollout_band=None if rollout_band is None else np.asarray(rollout_band, np.float32).reshape(T, -1),
         heads=heads, rollout=rollout, token_nll=nll, surprise=surprise,
-        note_names=[note_name(p) for p in cols["pitch"]], name=name, texts=dict(texts or {}),
+        note_names=spelled_names(cols["pitch"], np.asarray(cols["end"]) - np.asarray(cols["start"])),
+        name=name, texts=dict(texts or {}),
         window=window, n_tokens_in_file=int(n_tokens_in_file or T), notice=notice,
         model_fit=dict(model_fit or {}), selection=dict(selection or {}), **cols)
 

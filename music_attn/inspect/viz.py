@@ -28,7 +28,7 @@ from music_attn._io import atomic_write
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
-from music_attn.training.stats import estimate_key, key_name
+from music_attn.training.stats import estimate_key, key_name, uses_flats
 
 __all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "music_context", "spell"]
 
@@ -38,8 +38,6 @@ _TOKEN_MAP_BUDGET = 480_000
 _BYTES_PER_ENTRY = 3          # uint16 key index + uint8 weight
 _MAX_HEATMAP_TOKENS = 2560    # longer pieces have no token heatmap (its rows would be sub-pixel)
 _PATTERN_BINS = 33            # half-beat bins of the head-pattern strips: 0 .. 16 beats back
-_SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-_FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 
 
 # ------------------------------------------------------------------ HTML
@@ -142,14 +140,14 @@ def music_context(maps, score=None):
     notes = note_context(maps, score)
     with np.errstate(invalid="ignore", divide="ignore"):      # all twelve pitch classes alike: no key
         key = estimate_key(maps.pitch, np.asarray(maps.end) - np.asarray(maps.start)) if maps.n_notes else (0, "major")
-    flats = _uses_flats(key)
+    flats = uses_flats(key)
     page = {"key": key_name(key), "flats": flats, "trackNames": _track_names(maps, score, notes["track"]),
             "marker": _continuation_ms(score), **_grid(score, maps)}
     beat = (score.time_to_tick(notes["start"]) / score.ticks_per_beat if score is not None
             else notes["start"] * 2.0)                                  # no score: 120 bpm
     bar, beat_in_bar = _bars_for_page(maps, score, notes)
     return {"bar": bar, "position": notes["position"], "beat": beat, "beat_in_bar": beat_in_bar,
-            "track": _dense_ids(notes["track"]), "names": [spell(p, flats) for p in maps.pitch], "page": page}
+            "track": _dense_ids(notes["track"]), "names": list(maps.note_names), "page": page}
 
 
 def _bars_for_page(maps, score, notes):
@@ -171,19 +169,6 @@ def _beat_in_bar(score, bar, position):
     b = np.clip(np.asarray(bar), 0, len(num) - 1)
     unit = np.array([_beat_ticks(score, n, d) for n, d in zip(num, den)]) / score.ticks_per_beat
     return 1 + position / unit[b]
-
-
-def spell(pitch, flats=False):
-    """Pitch name in scientific notation, with flats when ``flats``: 70 -> ``"A#4"`` or ``"Bb4"``."""
-    pitch = int(pitch)
-    return f"{(_FLAT_NAMES if flats else _SHARP_NAMES)[pitch % 12]}{pitch // 12 - 1}"
-
-
-def _uses_flats(key):
-    """Whether ``key`` (tonic pitch class, mode) is written with flats (F, Bb, Eb, Ab, Db and minors)."""
-    tonic, mode = key
-    major = tonic if mode == "major" else (tonic + 3) % 12
-    return major in (5, 10, 3, 8, 1)
 
 
 def _grid(score, maps):

@@ -101,6 +101,7 @@ def load_prompt(path, *, sustain=False):
     skipped, each track up to its end_of_track); texts are latin-1, so every
     byte is written back as it was.  MidiError names the file.
     """
+    score = read_midi(path, include_drums=True, sustain=sustain)   # first: it refuses bad files in linear time
     data, name = source_bytes(path)
     fmt, tpb, chunks = split_chunks(data, name)
     header = struct.pack(">4sLHHh", b"MThd", 6, fmt, len(chunks), tpb)
@@ -112,7 +113,7 @@ def load_prompt(path, *, sustain=False):
     for i, track in enumerate(mid.tracks):
         ends = [k for k, msg in enumerate(track) if msg.type == "end_of_track"]
         mid.tracks[i] = mido.MidiTrack(track[: ends[0] + 1] if ends else track)
-    return mid, read_midi(path, include_drums=True, sustain=sustain)
+    return mid, score
 
 
 # --------------------------------------------------------------------------- tracks

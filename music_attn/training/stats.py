@@ -10,7 +10,8 @@ with the 24 rotated major and minor profiles and the best one wins.
 
 import numpy as np
 
-__all__ = ["estimate_key", "key_name", "in_key_share", "pitch_range", "repetition"]
+__all__ = ["estimate_key", "key_name", "uses_flats", "note_name", "spelled_names",
+           "in_key_share", "pitch_range", "repetition"]
 
 # Krumhansl & Kessler (1982) probe-tone ratings, tonic first.
 _MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -41,6 +42,34 @@ def estimate_key(pitches, durations=None):
 def key_name(key):
     """``(2, "minor")`` -> ``"D minor"``."""
     return f"{_NAMES[key[0]]} {key[1]}"
+
+
+_SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+
+
+def uses_flats(key):
+    """Whether ``key`` (tonic pitch class, mode) is written with flats (F, Bb, Eb, Ab, Db and their minors)."""
+    tonic, mode = key
+    major = tonic if mode == "major" else (tonic + 3) % 12
+    return major in (5, 10, 3, 8, 1)
+
+
+def note_name(pitch, flats=False):
+    """Scientific pitch name: 60 -> ``"C4"``, 70 -> ``"A#4"``, or ``"Bb4"`` with ``flats``."""
+    pitch = int(pitch)
+    return f"{(_FLAT_NAMES if flats else _SHARP_NAMES)[pitch % 12]}{pitch // 12 - 1}"
+
+
+def spelled_names(pitches, durations=None):
+    """Names of ``pitches`` spelled in their estimated key (flats in flat keys); sharps when
+    there are no notes or no key stands out."""
+    pitches = np.asarray(pitches, dtype=np.int64)
+    flats = False
+    if pitches.size:
+        with np.errstate(invalid="ignore", divide="ignore"):      # all twelve pitch classes alike
+            flats = uses_flats(estimate_key(pitches, durations))
+    return [note_name(p, flats) for p in pitches.tolist()]
 
 
 def in_key_share(pitches, key):
