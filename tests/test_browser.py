@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from music_attn.inspect.viz import write_html
+from music_attn.training.stats import note_name
 from test_viz import synthetic_maps
 
 CHROMIUM = "/usr/bin/chromium"
@@ -322,6 +323,7 @@ class LongPiece:
         self.pitch = 60 + np.cumsum(rng.integers(-3, 4, n)).clip(-20, 20)
         self.start = np.arange(n) * 0.25
         self.end, self.velocity = self.start + 0.22, np.full(n, 80)
+        self.note_names = [note_name(p) for p in self.pitch]
         self.surprise = rng.exponential(2.0, n)
         self.note_of_token = np.repeat(np.arange(n), 3)
         self.structure_share = rng.random((L, H, n)) * 0.2
