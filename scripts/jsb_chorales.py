@@ -2,9 +2,13 @@
 
 Run from the repository root (the data folder holds train.json and valid.json):
 
-    python scripts/jsb_chorales.py --data ../shared/data/jsb --train            # ~60 min on 2 cores
-    python scripts/jsb_chorales.py --data ../shared/data/jsb --train --resume   # continue the run
-    python scripts/jsb_chorales.py --data ../shared/data/jsb --eval             # the table
+    # the committed checkpoint: a 512-token model, then widened to 1,024 tokens (see the README)
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_512.npz \
+        --window 512 --period 0 --batch-size 4 --steps 2521 --seed 0
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train --init benchmarks/jsb_chorales_512.npz \
+        --steps 7000 --lr 6e-4 --warmup 100 --seed 0
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train --resume   # continue a run
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --eval --transpositions 2   # the table
 
 Each chorale is the grid of sixteenth-note steps, serialized soprano, alto,
 tenor, bass at each step (:class:`music_attn.GridTokenizer`): ``[BOS]`` then
@@ -73,7 +77,9 @@ def _parse(argv):
     mode.add_argument("--eval", action="store_true", help="print the validation table of --output")
     p.add_argument("-o", "--output", default=str(OUTPUT), help="best checkpoint (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run saved next to --output")
-    p.add_argument("--minutes", type=float, default=60.0, help="training time budget (default 60)")
+    p.add_argument("--minutes", type=float,
+                   help="training time budget: sets the number of steps of a new run (default 60) and "
+                        "stops any run past 1.1x of it (default: no limit with --steps or --resume)")
     p.add_argument("--steps", type=int, help="fix the number of steps (default: fit the budget)")
     p.add_argument("--stop-after", type=int, metavar="STEP",
                    help="stop at this step without changing the schedule (reproduces a run cut short)")
@@ -174,7 +180,8 @@ def _fresh(args, tokenizer, train_seqs, log):
                                 lr=args.lr, warmup=args.warmup)
     steps = args.steps or _calibrated_steps(model, train_seqs, args.minutes, tconf)
     tconf = dataclasses.replace(tconf, steps=steps)
-    log(f"# budget {args.minutes:.1f} min of training: {steps} steps; started "
+    budget = f"budget {args.minutes:.1f} min of training" if np.isfinite(args.minutes) else "no time budget"
+    log(f"# {budget}: {steps} steps; started "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     if args.init:
         log(f"# weights from {args.init}")
@@ -236,6 +243,8 @@ def run_training(args):
             f.write(line + "\n")
 
     deadline = _deadline(args.until)
+    if args.minutes is None:
+        args.minutes = np.inf if (args.steps or args.resume) else 60.0
     args.minutes = min(args.minutes, 0.85 * (deadline - time.time()) / 60)
     tokenizer = GridTokenizer()
     train_seqs = [np.append(ids, tokenizer.eos_id) for ids in load_split(args.data, "train", tokenizer)[0]]
