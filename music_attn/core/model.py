@@ -319,11 +319,7 @@ class Model:
         tokens : (B,) int, one token per sequence of ``cache``.
         """
         tokens = np.asarray(tokens).reshape(-1)
-        start = cache.length
-        if (tokens.dtype.kind not in "iu" or start >= self.config.max_len
-                or cache.batch != len(tokens) or not len(tokens) or np.minimum.reduce(tokens) < 0
-                or np.maximum.reduce(tokens) >= self.config.vocab_size):
-            self._check_ids(tokens[:, None], cache)                 # raises the error that applies
+        _, start = self._check_ids(tokens[:, None], cache)
         weights, work = self._decode_state(cache)
         x = np.take(weights.emb, tokens, axis=0, out=work.x)        # (B, C)
         if self._pe is not None:
