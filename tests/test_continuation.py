@@ -266,3 +266,25 @@ def test_a_new_instrument_stays_on_the_continued_track_when_no_channel_is_free(t
     path = save(mid, tmp_path / "full.mid")
     result = build(path, [6 * TPB, 6 * TPB], [7 * TPB, 7 * TPB], [76, 70], programs=[73, 56])
     assert len(result.tracks) == 1 and result.n_notes == 2
+
+
+def test_a_four_voice_grid_continues_each_voice_on_its_own_track(tmp_path):
+    """Grid tokens continue all four voices: each new note goes to a copy of the track that
+    was read as its voice (tracks stored bass first, here), never all onto one track."""
+    from music_attn.music.grid import GridTokenizer
+
+    tok = GridTokenizer()
+    voice = lambda name, ch, pitch: track([(0, mido.MetaMessage("track_name", name=name))]
+                                          + note_events([(pitch, 0, 4 * TPB, 80)], ch))
+    path = save(midi_file(track([(0, tempo(100))]), voice("Bass", 0, 48), voice("Soprano", 1, 72),
+                          voice("Tenor", 2, 55), voice("Alto", 3, 64), ticks_per_beat=TPB),
+                tmp_path / "choral.mid")
+    new = {"Soprano": 74, "Alto": 65, "Tenor": 57, "Bass": 43}       # one new step, S A T B order
+    ids, n = with_tokens(tok, path, [f"Pitch_{new[v]}" for v in ("Soprano", "Alto", "Tenor", "Bass")])
+    mid, score = C.load_prompt(path)
+    tracks = C.prompt_tracks(mid, score)
+    result = C.continue_prompt(mid, score, score, tracks, tracks[0], tok, ids, n)
+    written = read_midi(save(result.midi, tmp_path / "out.mid")).notes
+    names = {i: [m.name for m in result.midi.tracks[i] if m.type == "track_name"][0] for i in result.tracks}
+    got = {names[t]: p for t, p in zip(written["track"].tolist(), written["pitch"].tolist()) if t in names}
+    assert got == {f"{v} (continued)": p for v, p in new.items()}

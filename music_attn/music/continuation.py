@@ -51,6 +51,7 @@ __all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tr
 MARKER_TEXT = "music-attn: continuation"
 
 _NEW_DTYPE = np.dtype([("pitch", np.int16), ("velocity", np.int16), ("program", np.int16),
+                       ("track", np.int16),                            # the decoded track (grid: voice)
                        ("start", np.float64), ("end", np.float64)])   # tokenizer time: beats or seconds
 
 
@@ -163,7 +164,7 @@ def _decoded_table(decoded):
     midi = decoded[0]
     notes = read_midi(midi, include_drums=True).notes
     table = np.zeros(len(notes), dtype=_NEW_DTYPE)
-    for field in ("pitch", "velocity", "program"):
+    for field in ("pitch", "velocity", "program", "track"):
         table[field] = notes[field]
     table["program"][notes["channel"] == DRUM_CHANNEL] = -1
     beats, seconds = table.copy(), table
@@ -175,7 +176,7 @@ def _decoded_table(decoded):
 def _minus(full, part):
     """Rows of ``full`` not in ``part``, as multisets (times compared to 1e-9)."""
     def key(row):
-        return (int(row["pitch"]), int(row["velocity"]), int(row["program"]),
+        return (int(row["pitch"]), int(row["velocity"]), int(row["program"]), int(row["track"]),
                 round(float(row["start"]) * 1e9), round(float(row["end"]) * 1e9))
     left = Counter(key(r) for r in part)
     keep = np.zeros(len(full), dtype=bool)
@@ -296,9 +297,13 @@ def continue_prompt(mid, score, read, tracks, target, tokenizer, ids, prompt_len
         low, high = tokenizer.pitch_range
         raise ValueError(f"the model reads none of the prompt's notes (its pitches lie outside {low}..{high})")
     start, end = place_notes(notes, anchor, tokenizer, read)
-    own = -1 if target.is_drums else target.program
-    programs = notes["program"] if getattr(tokenizer, "programs", False) else np.full(len(notes), own)
-    targets, which = route(mid, tracks, target, programs)
+    voices = tokenizer.voice_tracks(read) if hasattr(tokenizer, "voice_tracks") else {}
+    if voices:                                   # four voices: each continues its own track
+        targets, which = route_voices(tracks, target, notes["track"], voices)
+    else:
+        own = -1 if target.is_drums else target.program
+        programs = notes["program"] if getattr(tokenizer, "programs", False) else np.full(len(notes), own)
+        targets, which = route(mid, tracks, target, programs)
     velocity = notes["velocity"] if tokenizer.velocity_bins else np.array([t.velocity for t in targets])[which]
     return continuation_file(mid, score, read, targets, which, start, end, notes["pitch"], velocity)
 
@@ -322,6 +327,22 @@ def route(mid, tracks, target, programs):
         if dest is not target:
             targets.append(dest)
             which[programs == program] = len(targets) - 1
+    return targets, which
+
+
+def route_voices(tracks, target, voice, voice_tracks):
+    """The track each new note goes to by its voice (a four-voice grid): the prompt track
+    read as that voice (``voice_tracks``: {voice: file track}); the target first.
+
+    Returns (targets: list of TrackInfo, which: int (M,) into it), as :func:`route`.
+    """
+    by_index = {t.index: t for t in tracks}
+    targets, which = [target], np.zeros(len(voice), dtype=np.int64)
+    for v in sorted(set(voice.tolist())):
+        dest = by_index.get(voice_tracks.get(v), target)
+        if dest not in targets:
+            targets.append(dest)
+        which[voice == v] = targets.index(dest)
     return targets, which
 
 

@@ -90,6 +90,8 @@ class GridTokenizer(Tokenizer):
 
     kind = "grid"
     include_drums = False
+    velocity_bins = 0              # no Velocity tokens: notes keep their track's velocity
+    programs = False               # no Program tokens: notes keep their track's instrument
     _note_kinds = (PITCH,)
     _pitch_kinds = (PITCH,)
 
@@ -167,6 +169,16 @@ class GridTokenizer(Tokenizer):
         if len(np.unique(score.notes["track"])) != 4:      # voices inferred: they become the tracks
             notes["track"] = self._voices(score.notes)[order]
         return TokenSequence(ids, labels, notes, self.vocab, score.name, score)
+
+    def voice_tracks(self, score):
+        """{voice: file track} of a four-track file as :meth:`encode` reads it (0 = soprano);
+        empty when the voices are inferred from the notes instead."""
+        notes = score.notes
+        tracks = np.unique(notes["track"])
+        if len(tracks) != 4:
+            return {}
+        voices = self._voices(notes)
+        return {int(voices[notes["track"] == t][0]): int(t) for t in tracks.tolist()}
 
     def _voices(self, notes):
         """Voice 0..3 of every note (see :meth:`encode`)."""
