@@ -81,6 +81,9 @@ def _parse(argv):
                    help="training time budget: sets the number of steps of a new run (default 60) and "
                         "stops any run past 1.1x of it (default: no limit with --steps or --resume)")
     p.add_argument("--steps", type=int, help="fix the number of steps (default: fit the budget)")
+    p.add_argument("--patience", type=int, default=PATIENCE, metavar="N",
+                   help="stop after N validations (every %d steps) without a new best; 0 = never "
+                        "(a warm restart from --init first rises; default %%(default)s)" % EVAL_EVERY)
     p.add_argument("--stop-after", type=int, metavar="STEP",
                    help="stop at this step without changing the schedule (reproduces a run cut short)")
     p.add_argument("--until", metavar="HH:MM", help="also stop by this clock time (UTC): the budget "
@@ -258,7 +261,8 @@ def run_training(args):
     minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
     chunk = 0.0        # wall seconds of the last train + validate round
     end = min(state.config.steps, args.stop_after or state.config.steps)
-    while (state.step < end and stale < PATIENCE and minutes < 1.1 * args.minutes
+    patience = args.patience or np.inf
+    while (state.step < end and stale < patience and minutes < 1.1 * args.minutes
            and time.time() + chunk < deadline):
         t0 = time.perf_counter()
         state = train(model, train_seqs, state.config, state=state, tokenizer=tokenizer,
@@ -278,7 +282,7 @@ def run_training(args):
         chunk = time.perf_counter() - t0
         if state.interrupted:
             return 130
-    why = " (stopped early)" if stale >= PATIENCE else "" if state.step == state.config.steps else " (budget)"
+    why = " (stopped early)" if stale >= patience else "" if state.step == state.config.steps else " (budget)"
     log(f"# stopped at step {state.step}{why}: best validation NLL {best:.4f} nats/token "
         f"(stride {SELECTION_STRIDE or model.config.max_len}); --resume continues")
     return 0

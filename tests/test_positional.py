@@ -8,7 +8,11 @@ import pytest
 
 from music_attn.core.positional import (
     apply_rope,
+    relative_block,
+    relative_block_backward,
     relative_logits,
+    relative_rows,
+    relative_table,
     relative_logits_backward,
     rope_angles,
     sinusoidal,
@@ -216,3 +220,46 @@ def test_unmasked_relative_logits_agree_with_the_masked_ones_on_the_causal_regio
     causal = np.arange(8)[None, :] <= np.arange(5)[:, None] + 3
     np.testing.assert_array_equal(view[..., causal], masked[..., causal])
     assert np.all(masked[..., ~causal] == 0)
+
+
+# (start, i0, i1, lo, hi) of causal blocks: the first block, a middle one, a cached start, a window
+BLOCKS = [(0, 0, 4, 0, 4), (0, 4, 7, 0, 7), (5, 2, 6, 0, 11), (3, 4, 8, 2, 11), (0, 0, 1, 0, 1)]
+
+
+@pytest.mark.parametrize("start,i0,i1,lo,hi", BLOCKS)
+def test_relative_block_equals_the_explicit_gather_on_its_causal_entries(start, i0, i1, lo, hi):
+    """Block [i0, i1) x [lo, hi) of queries at positions start + i: q[i] . rel[L-1-d] with
+    d = start + i - j, wherever d >= 0 (the rest is masked by causal attention)."""
+    rng = np.random.default_rng(start + 10 * i0 + hi)
+    L, D, t = 12, 3, i1 - i0
+    q, rel = rand(rng, 2, t, D), rand(rng, 2, L, D)           # two heads
+    table = relative_table(rel, 4)
+    out = relative_block(q, table, relative_rows(L, start, i0, i1, lo, hi), hi - lo)
+    assert out.shape == (2, t, hi - lo)
+    for h in range(2):
+        for r in range(t):
+            for j in range(hi - lo):
+                d = start + i0 + r - (lo + j)
+                if d >= 0:
+                    assert out[h, r, j] == pytest.approx(sum(q[h, r, c] * rel[h, L - 1 - d, c] for c in range(D)),
+                                                         rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("start,i0,i1,lo,hi", BLOCKS)
+def test_relative_block_backward_is_the_adjoint_in_q_and_in_the_table(start, i0, i1, lo, hi):
+    """<relative_block(q), g> = <q, dq> = <table[rows], dtable_rows>: the block is linear
+    in q and in the table, so its adjoint pairs exactly with a random g."""
+    rng = np.random.default_rng(hi - lo + start)
+    L, D, t = 12, 3, i1 - i0
+    q, table = rand(rng, 3, 2, t, D), relative_table(rand(rng, 2, L, D), 4)
+    rows = relative_rows(L, start, i0, i1, lo, hi)
+    g = rand(rng, 3, 2, t, hi - lo)
+    dq, drows = relative_block_backward(g, q, table, rows)
+    forward = np.sum(relative_block(q, table, rows, hi - lo) * g)
+    assert np.sum(q * dq) == pytest.approx(forward, rel=1e-12)
+    assert np.sum(table[:, rows, :] * drows) == pytest.approx(forward, rel=1e-12)
+
+
+def test_relative_rows_refuse_distances_beyond_the_table():
+    with pytest.raises(ValueError, match="L=4"):
+        relative_rows(4, 3, 0, 2, 0, 5)

@@ -365,13 +365,15 @@ def causal_attention_blocks(q, k, v, *, start=0, window=None, bias=None, scale=N
     """Causal attention by blocks of queries, keeping the weights (for a backward pass).
 
     q (..., T, D) at positions ``start .. start+T-1``; k, v (..., S, D), S = start + T;
-    bias broadcastable to (..., T, S). Each block is :func:`scaled_dot_product_attention`
-    of its queries against the keys they may see. Returns a tuple of :class:`Block`.
+    bias broadcastable to (..., T, S), or a function of (i0, i1, lo, hi) giving the
+    bias of queries [i0, i1) against keys [lo, hi) (computed block by block, never
+    whole). Each block is :func:`scaled_dot_product_attention` of its queries against
+    the keys they may see. Returns a tuple of :class:`Block`.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     blocks = []
     for i0, i1, lo, hi in _query_blocks(q.shape[-2], start, window, size):
-        bi = None if bias is None else bias[..., i0:i1, lo:hi]
+        bi = None if bias is None else bias(i0, i1, lo, hi) if callable(bias) else bias[..., i0:i1, lo:hi]
         out, w = scaled_dot_product_attention(q[..., i0:i1, :], k[..., lo:hi, :], v[..., lo:hi, :],
                                               causal=True, window=window, bias=bi, scale=scale,
                                               return_weights=True)
@@ -380,7 +382,12 @@ def causal_attention_blocks(q, k, v, *, start=0, window=None, bias=None, scale=N
 
 
 def causal_attention_blocks_backward(dout, q, k, v, blocks, scale=None, dbias=None):
-    """Backward of :func:`causal_attention_blocks` (start 0): (dq, dk, dv); adds into ``dbias``."""
+    """Backward of :func:`causal_attention_blocks` (start 0): (dq, dk, dv).
+
+    The gradient of the bias (the logits' gradient, zero where a query may not look)
+    is added into ``dbias`` (..., T, S), or handed block by block to ``dbias(block,
+    dlogits)`` when it is a function.
+    """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     for b in blocks:
@@ -390,7 +397,9 @@ def causal_attention_blocks_backward(dout, q, k, v, blocks, scale=None, dbias=No
         dq[..., b.i0:b.i1, :] += dqb
         dk[..., b.lo:b.hi, :] += dkb
         dv[..., b.lo:b.hi, :] += dvb
-        if dbias is not None:
+        if callable(dbias):
+            dbias(b, dw)
+        elif dbias is not None:
             dbias[..., b.i0:b.i1, b.lo:b.hi] += dw
     return dq, dk, dv
 

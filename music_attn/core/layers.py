@@ -22,7 +22,8 @@ from music_attn.core.attention import (
     soft_align_branches,
 )
 from music_attn.core.ops import log_softmax
-from music_attn.core.positional import apply_rope, relative_logits, relative_logits_backward
+from music_attn.core.positional import (apply_rope, relative_block, relative_block_backward, relative_rows,
+                                        relative_table)
 
 __all__ = [
     "embedding_forward", "embedding_backward",
@@ -313,6 +314,40 @@ def branch_inputs(q, k, spec, positions):
     return [(wl, spec.rope, ql, kl, win), (wg, True, qg, kg, None)]
 
 
+class _RelativeBias:
+    """Music Transformer relative logits of scaled queries ``qs`` (B, H, T, D), block by block.
+
+    Called with a block (i0, i1, lo, hi) it gives that block's logits
+    (:func:`positional.relative_block`); its ``backward(block, dlogits)`` accumulates
+    the gradients of ``qs`` and of ``rel`` (H, L, D), which ``gradients()`` returns.
+    """
+
+    def __init__(self, qs, rel, start, block):
+        self.qs, self.rel, self.start = qs, rel, start
+        self.table = relative_table(rel, block)
+        self.dq = self.dtable = None
+
+    def _rows(self, i0, i1, lo, hi):
+        return relative_rows(self.rel.shape[-2], self.start, i0, i1, lo, hi)
+
+    def __call__(self, i0, i1, lo, hi):
+        return relative_block(self.qs[..., i0:i1, :], self.table, self._rows(i0, i1, lo, hi), hi - lo)
+
+    def backward(self, block, dlogits):
+        if self.dq is None:
+            self.dq, self.dtable = np.zeros_like(self.qs), np.zeros(self.table.shape, self.qs.dtype)
+        rows = self._rows(block.i0, block.i1, block.lo, block.hi)
+        dq, drows = relative_block_backward(dlogits, self.qs[..., block.i0:block.i1, :], self.table, rows)
+        self.dq[..., block.i0:block.i1, :] += dq
+        self.dtable[..., rows, :] += drows.sum(axis=tuple(range(drows.ndim - self.table.ndim)))
+
+    def gradients(self):
+        """(d qs, d rel) summed over every block handed to ``backward``."""
+        if self.dq is None:
+            return np.zeros_like(self.qs), np.zeros_like(self.rel)
+        return self.dq, self.dtable[..., :self.rel.shape[-2], :]
+
+
 def attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, *, rel=None, kv=None, start=0):
     """Causal multi-head self-attention with an output projection.
 
@@ -342,8 +377,7 @@ def attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, *, rel=None, kv=None, sta
     positions = np.arange(start, start + T)
     v = _append(None if kv is None else kv.v, v, start)       # (B, H, S, D)
     scale = 1.0 / math.sqrt(D)
-    bias = None if rel is None else relative_logits(q * q.dtype.type(scale), rel, key_len=start + T,
-                                                    masked=False)     # causal attention masks it
+    bias = None if rel is None else _RelativeBias(q * q.dtype.type(scale), rel, start, spec.query_block)
     buffers = (None, None) if kv is None else (kv.k, kv.k_rot)
     branches, y = [], None
     for (weight, rotated, qb, kb, window), buffer in zip(branch_inputs(q, k, spec, positions), buffers):
@@ -372,12 +406,13 @@ def attention_backward(dout, cache):
     dy, dw_o, db_o = linear_backward(dout, cache.proj)
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)             # (B, T, C) -> (B, H, T, D)
     dqkv = np.zeros((3, B, H, T, D), dtype=dout.dtype)            # dq, dk, dv
-    dbias = None if cache.rel is None else np.zeros((B, H, T, T), dtype=dout.dtype)
+    relative = None if cache.rel is None else _RelativeBias(q * q.dtype.type(scale), cache.rel, 0,
+                                                            spec.query_block)
     for branch in cache.branches:
         # forward was: y += weight * attention(q_b, k_b, v)
         dyb = dy if branch.weight == 1.0 else dy * dy.dtype.type(branch.weight)
         dq, dk, dv = causal_attention_blocks_backward(dyb, branch.q, branch.k, v, branch.blocks,
-                                                      scale, dbias)
+                                                      scale, None if relative is None else relative.backward)
         if branch.rotated:
             # forward was: q = apply_rope(q, positions); its adjoint is the inverse rotation
             dq = apply_rope(dq, cache.positions, base=spec.rope_base, inverse=True)
@@ -387,8 +422,8 @@ def attention_backward(dout, cache):
         dqkv[2] += dv
     drel = None
     if cache.rel is not None:
-        # forward was: bias = relative_logits(q * scale, rel)
-        dq_rel, drel = relative_logits_backward(dbias, q * q.dtype.type(scale), cache.rel)
+        # forward was: bias = relative logits of (q * scale, rel), block by block
+        dq_rel, drel = relative.gradients()
         dq_rel *= scale
         dqkv[0] += dq_rel
     dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)  # (3, B, H, T, D) -> (B, T, 3C)

@@ -15,6 +15,12 @@ D head dim, L number of relative embeddings (distances 0 .. L-1).
   ``relative_logits`` and the model use, tested equal to ``skew`` on the causal region --
   with ``skew_view_backward`` its adjoint; ``relative_logits_backward`` is the backward
   pass of the whole thing.
+* ``relative_block(q, table, ...)`` -- the same logits for one block of queries and the
+  keys it may see, as the model's causal attention computes them block by block: one
+  ``(t, s + t - 1)`` product against the rows of the table the block's distances use,
+  read through a skewed view (``skew_block``) that stays inside each row.  No
+  ``(T, S)`` array at all; about half the work of the whole square for causal
+  attention.  ``relative_block_backward`` is its adjoint.
 """
 
 import numpy as np
@@ -31,6 +37,11 @@ __all__ = [
     "skew_view_backward",
     "relative_logits",
     "relative_logits_backward",
+    "skew_block",
+    "relative_table",
+    "relative_rows",
+    "relative_block",
+    "relative_block_backward",
 ]
 
 
@@ -295,3 +306,74 @@ def _sum_to_shape(g, shape):
     g = g.sum(axis=tuple(range(extra))) if extra > 0 else g
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
     return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+# --------------------------------------------------------------------------- by blocks
+
+def skew_block(x, s):
+    """The skew of one block of queries as a strided view: (..., t, s + t - 1) -> (..., t, s).
+
+    ``out[..., r, j] = x[..., r, j + t-1-r]``: row r starts t-1-r columns in and every
+    read stays inside row r, so distinct entries of ``out`` are distinct entries of
+    ``x`` (the adjoint is a plain assignment, :func:`relative_block_backward`).
+    """
+    t, w = x.shape[-2:]
+    if w != s + t - 1:
+        raise ValueError(f"skew_block needs x of shape (..., t, s + t - 1), got {x.shape} for s={s}")
+    rows, cols = x.strides[-2:]
+    return np.lib.stride_tricks.as_strided(x[..., t - 1:], shape=x.shape[:-1] + (s,), writeable=False,
+                                           strides=x.strides[:-2] + (rows - cols, cols))
+
+
+def relative_table(rel, extra):
+    """``rel`` (..., L, D) with ``extra`` zero rows below it, for negative distances.
+
+    Row ``L-1-d`` holds distance ``d``; the added rows stand for distances -1 .. -extra,
+    which a block of up to ``extra + 1`` queries reads above its diagonal (masked there).
+    """
+    rel = np.asarray(rel)
+    pad = np.zeros(rel.shape[:-2] + (extra, rel.shape[-1]), dtype=rel.dtype)
+    return np.concatenate([rel, pad], axis=-2)
+
+
+def relative_rows(L, start, i0, i1, lo, hi):
+    """The rows of :func:`relative_table` that block [i0, i1) x [lo, hi) reads.
+
+    Queries at positions ``start + i`` (i in [i0, i1)), keys at ``j`` in [lo, hi), L
+    relative embeddings: column c of the block's product is distance
+    ``start + i1 - 1 - lo - c``, row ``L - start - i1 + lo + c`` of the table.
+    """
+    r0 = L - start - i1 + lo
+    if r0 < 0:
+        raise ValueError(f"distances up to {start + i1 - 1 - lo} need more than L={L} relative embeddings")
+    return slice(r0, r0 + (hi - lo) + (i1 - i0) - 1)
+
+
+def relative_block(q, table, rows, s):
+    """Relative logits of a block: q (..., t, D) -> (..., t, s), read-only view.
+
+    ``out[..., r, j] = q[r] . rel[L-1-d]`` with ``d`` the distance from query r to key j
+    (``rows`` from :func:`relative_rows`, ``table`` from :func:`relative_table`);
+    entries above the causal diagonal read the zero rows or other distances: mask them.
+    """
+    x = q @ np.swapaxes(table[..., rows, :], -1, -2)     # (..., t, D) @ (..., D, s+t-1)
+    return skew_block(x, s)
+
+
+def relative_block_backward(dout, q, table, rows):
+    """Adjoint of :func:`relative_block`: (dq (..., t, D), dtable_rows (..., s+t-1, D)).
+
+    ``dout`` (..., t, s); the gradient of the rows ``table[..., rows, :]`` comes back with
+    q's leading dims (sum it over those ``table`` broadcast); that of the zero rows is
+    to be dropped.
+    """
+    t, s = dout.shape[-2:]
+    dx = np.zeros(dout.shape[:-1] + (s + t - 1,), dtype=dout.dtype)
+    rows_, cols = dx.strides[-2:]
+    view = np.lib.stride_tricks.as_strided(dx[..., t - 1:], shape=dout.shape,
+                                           strides=dx.strides[:-2] + (rows_ - cols, cols))
+    view[...] = dout                             # forward was: out = skew_block(x): distinct entries
+    used = table[..., rows, :]
+    dq = dx @ used                               # forward was: x = q @ used.T
+    dused = np.swapaxes(dx, -1, -2) @ q
+    return dq, dused
