@@ -7,6 +7,8 @@ For the shipped model's config and for a larger reference config (d_model 256,
   cache, the decode step ``Model.decode`` that ``generate`` uses);
 - per-token latency with the cache at position 10 and at position 1000, and the number
   of numpy calls one decode step makes (counted by weights that count their uses);
+- two floors of that step on one core: its weight products alone (the same weights
+  and shapes, nothing else) and as many numpy calls on 8-element arrays;
 - ``generate`` tokens/s for one sample and for 16 samples at once (``num_samples``);
 - training tokens/s (sequence 256, batch 16: forward, backward, AdamW step), and the
   FLOP/s it reaches as a share of a large matrix product's FLOP/s measured in the run;
@@ -61,11 +63,13 @@ def _np_latency(model, position, repeats):
 
 
 class _Counted(np.ndarray):
-    """An array that counts the numpy calls (ufuncs, reductions, array functions) made on it."""
+    """An array that counts the numpy calls (ufuncs, reductions, array functions) made on it:
+    each call the caller makes once, not the calls a numpy function makes inside it."""
     calls = 0
+    _inside = 0                        # > 0 while a numpy function runs: its inner calls are its own
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        _Counted.calls += 1
+        _Counted.calls += _Counted._inside == 0
         inputs = tuple(x.view(np.ndarray) if isinstance(x, _Counted) else x for x in inputs)
         kwargs = {k: v.view(np.ndarray) if isinstance(v, _Counted) else v for k, v in kwargs.items()}
         if out is not None:
@@ -76,8 +80,37 @@ class _Counted(np.ndarray):
         return result.view(_Counted) if isinstance(result, np.ndarray) else result
 
     def __array_function__(self, func, types, args, kwargs):
-        _Counted.calls += 1
-        return super().__array_function__(func, types, args, kwargs)
+        _Counted.calls += _Counted._inside == 0
+        _Counted._inside += 1
+        try:
+            return super().__array_function__(func, types, args, kwargs)
+        finally:
+            _Counted._inside -= 1
+
+
+def _decode_floors(model, calls, repeats=200):
+    """What one decode step at position 10 cannot go below, on one core, in seconds:
+    (its weight products alone, with the decode step's own weights and buffers; as many
+    numpy calls as it makes, on 8-element arrays), and the MiB of weights it reads."""
+    cache = model.new_cache()
+    model.forward(np.ones((1, 10), dtype=np.int64), cache=cache)
+    model.decode(np.ones(1, dtype=np.int64), cache)           # makes the step's weights
+    weights, work = cache.work["decode"][1:]
+    mats = [w for b in weights.blocks for w in (b.qkv, b.o, b.ff1, b.ff2)] + [weights.head]
+    rows = [(np.ones((1, w.shape[0]), w.dtype), np.empty((1, w.shape[1]), w.dtype), w) for w in mats]
+    tiny, out = np.ones(8, np.float32), np.empty(8, np.float32)
+
+    def products():
+        for x, o, w in rows:
+            np.matmul(x, w, out=o)
+
+    def numpy_calls():
+        for _ in range(int(round(calls))):
+            np.multiply(tiny, tiny, out=out)
+    with single_threaded_blas():
+        products()
+        return (best_of(products, repeats), best_of(numpy_calls, repeats),
+                len(mats), sum(w.nbytes for w in mats) / 2 ** 20)
 
 
 def _numpy_calls_per_token(model, n=16):
@@ -221,6 +254,7 @@ def _measure(name, model, quick):
     row["np_lat10"] = _np_latency(model, 10, 50)
     row["np_latfar"] = _np_latency(model, far, 50)
     row["calls"] = _numpy_calls_per_token(model)
+    row["floors"] = _decode_floors(model, row["calls"])
     n_batch = 32 if quick else 64
     row["batch1"] = _np_batch_generate(model, 1, n_batch)
     row["batch16"] = _np_batch_generate(model, 16, n_batch)
@@ -266,6 +300,10 @@ def _print_rows(rows):
         print(f"{'':<22} {'':>10} numpy calls per decoded token: {row['calls']:.0f}; "
               f"generate() tokens/s: 1 sample {row['batch1']:.0f}, 16 samples {row['batch16']:.0f} "
               f"({row['batch16'] / row['batch1']:.1f}x)")
+        prod, calls, n_mats, mib = row["floors"]
+        print(f"{'':<22} {'':>10} decode step floors, one core: its {n_mats} weight products alone "
+              f"{prod * 1e3:.3f} ms ({mib:.1f} MiB), {row['calls']:.0f} numpy calls on tiny arrays alone "
+              f"{calls * 1e3:.3f} ms")
         print(f"{'':<22} {'':>10} training: {row['train_flops'] / 1e9:.1f} GFLOP/s = "
               f"{row['train_flops'] / row['peak']:.0%} of the 1024^3 float32 matmul peak "
               f"measured now ({row['peak'] / 1e9:.1f} GFLOP/s)")
