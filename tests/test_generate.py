@@ -240,28 +240,6 @@ def test_batched_samples_equal_single_runs_with_their_seeds(model, tokenizer):
     assert len({len(b.ids) for b in batch}) > 1                        # and stop at different times
 
 
-def test_samples_decoded_in_groups_side_by_side_equal_single_runs(model, tokenizer, monkeypatch):
-    """From SPLIT_FROM samples on, the decode step runs one group of rows per core, each
-    with its own cache; every sample is still what a single run with its seed gives,
-    across the window's slides too (max_len 96, 150 new tokens)."""
-    import music_attn.training.generate as gen
-
-    monkeypatch.setattr(gen, "cpu_count", lambda: 2)
-    assert [(g.start, g.stop) for g in gen._row_groups(gen.SPLIT_FROM + 1, True)] == [(0, 4), (4, 9)]
-    assert len(gen._row_groups(gen.SPLIT_FROM - 1, True)) == 1
-    assert len(gen._row_groups(gen.SPLIT_FROM + 1, False)) == 1       # no cache, nothing to split
-    m64 = model.astype(np.float64)
-    seeds = list(range(30, 30 + gen.SPLIT_FROM + 1))
-    batch = generate(m64, None, max_new_tokens=150, no_end=True, num_samples=len(seeds),
-                     rng=[np.random.default_rng(s) for s in seeds])
-    singles = [generate(m64, None, max_new_tokens=150, no_end=True, rng=np.random.default_rng(s))
-               for s in seeds]
-    for b, s in zip(batch, singles):
-        np.testing.assert_array_equal(b.ids, s.ids)
-    assert min(len(b.ids) for b in batch) > m64.config.max_len          # the window slid
-    assert len({tuple(b.ids) for b in batch}) == len(seeds)
-
-
 def test_no_end_forbids_eos_until_the_bars_are_written(model, tokenizer):
     eager = model.astype(np.float32)
     eager.params["head.b"][tokenizer.eos_id] = 8.0                    # a model that wants to stop

@@ -14,8 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from music_attn._threads import cpu_count, single_threaded_blas
-from music_attn.core.model import parallel_map
+from music_attn._threads import single_threaded_blas
 from music_attn.core.ops import softmax_
 from music_attn.training.windows import alignment, window_start
 
@@ -164,27 +163,13 @@ def _primed_grammar(tokenizer, prompt):
     return grammar
 
 
-# From this many sequences on, a decode step is split into one group of rows per core,
-# each group with its own KV cache, decoded side by side (one wait per step).
-SPLIT_FROM = 8
-
-
-def _row_groups(n, use_cache):
-    """Row slices of N sequences decoded side by side: one per core from SPLIT_FROM rows."""
-    k = min(cpu_count(), n // (SPLIT_FROM // 2)) if use_cache and n >= SPLIT_FROM else 1
-    bounds = np.linspace(0, n, max(k, 1) + 1).astype(int)
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 class _Stepper:
     """Next-token logits (N, V) of N sequences growing in step, with or without the KV cache.
 
     When the window the model can see (``max_len``) is full, it slides to the next
     start of :func:`windows.window_start` (stride ``max_len // 2``): the tokens from
     there are fed again from an empty cache, so generation can go on for as long as
-    asked, each token seeing at least half a window of context.  Many sequences are
-    decoded in groups of rows side by side (:func:`_row_groups`); each row's logits
-    are those of the whole batch, row by row.
+    asked, each token seeing at least half a window of context.
     """
 
     def __init__(self, model, context, n, use_cache):
@@ -195,23 +180,13 @@ class _Stepper:
         # the N sequences start as one prompt: run it once and copy its keys and values
         cache = model.new_cache(1) if use_cache else None
         self.logits = np.repeat(model.forward(context, cache=cache)[:, -1], n, axis=0)   # (N, V)
-        self.groups = _row_groups(n, use_cache)
-        self.caches = [cache if cache is None or n == 1 else cache.repeat(g.stop - g.start)
-                       for g in self.groups]
+        self.cache = cache if cache is None or n == 1 else cache.repeat(n)
 
     def _restart(self, window):
         self.seq = window
-        for cache in self.caches:
-            if cache is not None:
-                cache.reset()
-        self.logits = np.concatenate([self.model.forward(self.seq[g], cache=c)[:, -1]
-                                      for g, c in zip(self.groups, self.caches)])   # (N, V)
-
-    def _decode(self, tokens):
-        if len(self.groups) == 1:
-            return self.model.decode(tokens, self.caches[0])
-        return np.concatenate(parallel_map(lambda k: self.model.decode(tokens[self.groups[k]], self.caches[k]),
-                                           range(len(self.groups)), len(self.groups)))
+        if self.cache is not None:
+            self.cache.reset()
+        self.logits = self.model.forward(self.seq, cache=self.cache)[:, -1]      # (N, V)
 
     def push(self, tokens):
         """Append ``tokens`` (N,) and compute the logits after them."""
@@ -223,7 +198,7 @@ class _Stepper:
             self.seq, self.offset = self.seq[:, start - self.offset:], start
             self._restart(self.seq)
         elif self.use_cache:
-            self.logits = self._decode(self.seq[:, -1])                                # (N, V)
+            self.logits = self.model.decode(self.seq[:, -1], self.cache)               # (N, V)
         else:
             self.logits = self.model.forward(self.seq)[:, -1]
 
