@@ -12,7 +12,7 @@ D head dim, L number of relative embeddings (distances 0 .. L-1).
   reshape and drop, instead of gathering a ``(T, S, D)`` tensor of embeddings.
   ``skew_backward`` is the exact adjoint of ``skew`` (the backward pass of the trick).
   ``skew_view`` is the same skew as a strided view (no padding, no copy) -- the form
-  ``relative_logits`` and the model use, tested equal to ``skew`` on the causal region --
+  ``relative_logits`` uses, tested equal to ``skew`` on the causal region --
   with ``skew_view_backward`` its adjoint; ``relative_logits_backward`` is the backward
   pass of the whole thing.
 * ``relative_block(q, table, ...)`` -- the same logits for one block of queries and the
