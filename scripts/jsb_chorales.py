@@ -2,11 +2,16 @@
 
 Run from the repository root (the data folder holds train.json and valid.json):
 
-    # the committed checkpoint: a 512-token model, then widened to 1,024 tokens (see the README)
+    # the committed checkpoint: a 512-token model, widened to 1,024 tokens, then two more
+    # schedules from the last weights (see the README)
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_512.npz \
         --window 512 --period 0 --batch-size 4 --steps 2521 --seed 0
-    python scripts/jsb_chorales.py --data ../shared/data/jsb --train --init benchmarks/jsb_chorales_512.npz \
-        --steps 7000 --lr 6e-4 --warmup 100 --seed 0
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_stage2.npz \
+        --init benchmarks/jsb_chorales_512.npz --steps 7000 --lr 6e-4 --warmup 100 --seed 0
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_stage3.npz \
+        --init benchmarks/jsb_chorales_stage2.npz --steps 10000 --lr 4e-4 --warmup 200 --seed 1 --patience 0
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train \
+        --init benchmarks/jsb_chorales_stage3.npz --steps 6000 --lr 2e-4 --warmup 100 --seed 2 --patience 0
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train --resume   # continue a run
     python scripts/jsb_chorales.py --data ../shared/data/jsb --eval --transpositions 2   # the table
 
