@@ -201,10 +201,7 @@ def skew_view(x):
     T, S = x.shape[-2:]
     if T > S:
         raise ValueError(f"skew_view needs T <= S, got x of shape {x.shape}")
-    x = np.ascontiguousarray(x)
-    rows, cols = x.strides[-2:]
-    return np.lib.stride_tricks.as_strided(x[..., T - 1:], shape=x.shape, writeable=False,
-                                           strides=x.strides[:-2] + (rows - cols, cols))
+    return _skewed(np.ascontiguousarray(x), S)
 
 
 def skew_view_backward(dout):
@@ -216,11 +213,19 @@ def skew_view_backward(dout):
     """
     T, S = dout.shape[-2:]
     dx = np.zeros(dout.shape, dtype=dout.dtype)
-    rows, cols = dx.strides[-2:]
-    view = np.lib.stride_tricks.as_strided(dx[..., T - 1:], shape=dx.shape,
-                                           strides=dx.strides[:-2] + (rows - cols, cols))
-    np.copyto(view, dout, where=_causal_rel(T, S))   # causal entries land on distinct elements
+    # causal entries land on distinct elements of dx
+    np.copyto(_skewed(dx, S, writeable=True), dout, where=_causal_rel(T, S))
     return dx
+
+
+def _skewed(x, n, writeable=False):
+    """(..., t, n) view of x (..., t, w) whose row r starts t-1-r columns into row r of x
+    and steps on by one column: ``out[..., r, j] = x[..., r, j + t-1-r]`` (the skew read
+    in place; :func:`skew_view` and :func:`skew_block`, and their adjoints writing through it)."""
+    t = x.shape[-2]
+    rows, cols = x.strides[-2:]
+    return np.lib.stride_tricks.as_strided(x[..., t - 1:], shape=x.shape[:-1] + (n,), writeable=writeable,
+                                           strides=x.strides[:-2] + (rows - cols, cols))
 
 
 def _causal_rel(T, S):
@@ -320,9 +325,7 @@ def skew_block(x, s):
     t, w = x.shape[-2:]
     if w != s + t - 1:
         raise ValueError(f"skew_block needs x of shape (..., t, s + t - 1), got {x.shape} for s={s}")
-    rows, cols = x.strides[-2:]
-    return np.lib.stride_tricks.as_strided(x[..., t - 1:], shape=x.shape[:-1] + (s,), writeable=False,
-                                           strides=x.strides[:-2] + (rows - cols, cols))
+    return _skewed(x, s)
 
 
 def relative_table(rel, extra):
@@ -369,10 +372,7 @@ def relative_block_backward(dout, q, table, rows):
     """
     t, s = dout.shape[-2:]
     dx = np.zeros(dout.shape[:-1] + (s + t - 1,), dtype=dout.dtype)
-    rows_, cols = dx.strides[-2:]
-    view = np.lib.stride_tricks.as_strided(dx[..., t - 1:], shape=dout.shape,
-                                           strides=dx.strides[:-2] + (rows_ - cols, cols))
-    view[...] = dout                             # forward was: out = skew_block(x): distinct entries
+    _skewed(dx, s, writeable=True)[...] = dout   # forward was: out = skew_block(x): distinct entries
     used = table[..., rows, :]
     dq = dx @ used                               # forward was: x = q @ used.T
     dused = np.swapaxes(dx, -1, -2) @ q
