@@ -260,7 +260,7 @@ class AttentionCache(NamedTuple):
     q: np.ndarray            # (B, H, T, D) un-rotated queries
     v: np.ndarray            # (B, H, S, D)
     branches: tuple          # Branch per softmax
-    rel: Optional[np.ndarray]  # (H, L, D) relative embeddings or None
+    relative: Optional["_RelativeBias"]  # the forward's relative logits (rel (H, L, D)) or None
     positions: np.ndarray    # (T,) absolute positions of the queries
     spec: AttentionSpec
 
@@ -319,7 +319,8 @@ class _RelativeBias:
 
     Called with a block (i0, i1, lo, hi) it gives that block's logits
     (:func:`positional.relative_block`); its ``backward(block, dlogits)`` accumulates
-    the gradients of ``qs`` and of ``rel`` (H, L, D), which ``gradients()`` returns.
+    the gradients of ``qs`` and of ``rel`` (H, L, D), which ``gradients()`` returns
+    (and forgets, so that another backward pass starts from zero).
     """
 
     def __init__(self, qs, rel, start, block):
@@ -345,7 +346,9 @@ class _RelativeBias:
         """(d qs, d rel) summed over every block handed to ``backward``."""
         if self.dq is None:
             return np.zeros_like(self.qs), np.zeros_like(self.rel)
-        return self.dq, self.dtable[..., :self.rel.shape[-2], :]
+        dq, drel = self.dq, self.dtable[..., :self.rel.shape[-2], :]
+        self.dq = self.dtable = None
+        return dq, drel
 
 
 def attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, *, rel=None, kv=None, start=0):
@@ -391,7 +394,7 @@ def attention_forward(x, w_qkv, b_qkv, w_o, b_o, spec, *, rel=None, kv=None, sta
         else:
             y += out * q.dtype.type(weight)
     out, proj_cache = linear_forward(merge_heads(y), w_o, b_o)  # (B, H, T, D) -> (B, T, C)
-    return out, AttentionCache(qkv_cache, proj_cache, q, v, tuple(branches), rel, positions, spec)
+    return out, AttentionCache(qkv_cache, proj_cache, q, v, tuple(branches), bias, positions, spec)
 
 
 def attention_backward(dout, cache):
@@ -406,8 +409,7 @@ def attention_backward(dout, cache):
     dy, dw_o, db_o = linear_backward(dout, cache.proj)
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)             # (B, T, C) -> (B, H, T, D)
     dqkv = np.zeros((3, B, H, T, D), dtype=dout.dtype)            # dq, dk, dv
-    relative = None if cache.rel is None else _RelativeBias(q * q.dtype.type(scale), cache.rel, 0,
-                                                            spec.query_block)
+    relative = cache.relative
     for branch in cache.branches:
         # forward was: y += weight * attention(q_b, k_b, v)
         dyb = dy if branch.weight == 1.0 else dy * dy.dtype.type(branch.weight)
@@ -421,7 +423,7 @@ def attention_backward(dout, cache):
         dqkv[1] += dk
         dqkv[2] += dv
     drel = None
-    if cache.rel is not None:
+    if relative is not None:
         # forward was: bias = relative logits of (q * scale, rel), block by block
         dq_rel, drel = relative.gradients()
         dq_rel *= scale
