@@ -30,8 +30,9 @@ longer one with at least ``max_len - stride`` tokens of context.
 
 Files: ``--output`` (default benchmarks/jsb_chorales.npz) is the best model,
 weights only in float32; ``<output>.state.npz`` the last full training state
-(exact resume, not committed); ``<output minus .npz>.log`` validation NLL
-against training time.
+(exact resume, not committed); ``<output>.average.npz`` the running mean of the
+weights with ``--average-from`` (float64, not committed); ``<output minus .npz>.log``
+validation NLL against training time.
 """
 
 import argparse
@@ -102,6 +103,11 @@ def _parse(argv):
     p.add_argument("--batch-size", type=int, default=TRAIN.batch_size, help="default %(default)s")
     p.add_argument("--lr", type=float, default=TRAIN.lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--warmup", type=int, default=TRAIN.warmup, help="default %(default)s")
+    p.add_argument("--min-lr", type=float, default=TRAIN.min_lr,
+                   help="learning rate at the end of the cosine (= --lr: constant; default %(default)s)")
+    p.add_argument("--average-from", type=int, metavar="STEP",
+                   help="stochastic weight averaging: from this step on, fold the weights into their "
+                        "running mean after every %d steps, and validate and keep that mean" % EVAL_EVERY)
     p.add_argument("--init", metavar="NPZ", help="start from this JSB checkpoint's weights instead of "
                    "random ones: a longer window extends its relative tables (the new, longer "
                    "distances start at 0) and a new period table starts at 0")
@@ -185,7 +191,7 @@ def _fresh(args, tokenizer, train_seqs, log):
     if args.init:
         _load_weights(model, args.init)
     tconf = dataclasses.replace(TRAIN, seed=args.seed, batch_size=args.batch_size, seq_len=args.window,
-                                lr=args.lr, warmup=args.warmup)
+                                lr=args.lr, min_lr=args.min_lr, warmup=args.warmup)
     steps = args.steps or _calibrated_steps(model, train_seqs, args.minutes, tconf)
     tconf = dataclasses.replace(tconf, steps=steps)
     budget = f"budget {args.minutes:.1f} min of training" if np.isfinite(args.minutes) else "no time budget"
@@ -194,7 +200,6 @@ def _fresh(args, tokenizer, train_seqs, log):
     if args.init:
         log(f"# weights from {args.init}")
     log(f"# {model!r}\n# {json.dumps(config.to_dict())}\n# {json.dumps(tconf.to_dict())}")
-    log("# minutes  step  tokens_seen  train_loss  val_nll  best_val_nll")
     return model, TrainState(model, tconf, rng)
 
 
@@ -214,6 +219,26 @@ def _load_weights(model, path):
             value[:, mine.max_len - theirs.max_len:] = source.params[name]
         else:
             value[...] = source.params[name]
+
+
+def _average_path(output):
+    return Path(output).with_suffix(".average.npz")
+
+
+def _averaged(path):
+    """The running mean of the weights (float64) and its metrics, or (None, {})."""
+    if not path.is_file():
+        return None, {}
+    model = load_checkpoint(path).model
+    return model, dict(model.metrics)
+
+
+def fold(mean, model, count):
+    """Fold ``model``'s weights into ``mean``, the mean of ``count`` earlier snapshots
+    (in place); returns the new count."""
+    for name, value in mean.params.items():
+        value += (model.params[name] - value) / (count + 1)
+    return count + 1
 
 
 def _calibrated_steps(model, train_seqs, minutes, tconf):
@@ -257,11 +282,22 @@ def run_training(args):
     tokenizer = GridTokenizer()
     train_seqs = [np.append(ids, tokenizer.eos_id) for ids in load_split(args.data, "train", tokenizer)[0]]
     val_seqs, _ = load_split(args.data, "valid", tokenizer)
+    average_path = _average_path(output)
     if args.resume:
         model, state = _resumed(state_path)
         log(f"# resumed at step {state.step}")
+        mean, info = _averaged(average_path)
     else:
         model, state = _fresh(args, tokenizer, train_seqs, log)
+        mean, info = None, {}
+        average_path.unlink(missing_ok=True)            # a new run: no mean from an older one
+        if args.average_from is not None:
+            mean, info = model.astype(np.float64), {"averaged_from": args.average_from, "snapshots": 0}
+            save_checkpoint(average_path, mean, metrics=info)
+            log(f"# stochastic weight averaging: the weights after every {EVAL_EVERY} steps from step "
+                f"{args.average_from} on are averaged; val_nll is the mean's, raw_val_nll the last weights'")
+        log("# minutes  step  tokens_seen  train_loss  val_nll  best_val_nll"
+            + ("  raw_val_nll" if mean is not None else ""))
     best, stale = _best_so_far(state.history)
     minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
     chunk = 0.0        # wall seconds of the last train + validate round
@@ -273,17 +309,24 @@ def run_training(args):
         state = train(model, train_seqs, state.config, state=state, tokenizer=tokenizer,
                       stop_after=min(state.step + EVAL_EVERY, end), progress=False)
         minutes += (time.perf_counter() - t0) / 60
-        total, count = validation_nll(model, val_seqs, SELECTION_STRIDE)
+        candidate, raw = model, ""
+        if mean is not None and state.step >= info["averaged_from"]:
+            info["snapshots"] = fold(mean, model, info["snapshots"])
+            save_checkpoint(average_path, mean, metrics=info)
+            candidate = mean.astype(model.dtype)
+            total, count = validation_nll(model, val_seqs, SELECTION_STRIDE)
+            raw = f" {total / count:8.4f}"
+        total, count = validation_nll(candidate, val_seqs, SELECTION_STRIDE)
         val = total / count
         stale = 0 if val < best else stale + 1
         if val < best:
             best = val
-            save_checkpoint(output, model)
+            save_checkpoint(output, candidate)
         record = state.history[-1]
         record.update(val_nll=val, minutes=minutes)
         save_checkpoint(state_path, model, train_state=state.to_checkpoint())
         seen = state.step * state.config.batch_size * state.config.seq_len
-        log(f"{minutes:8.2f} {state.step:5d} {seen:12,d} {record['loss']:10.4f} {val:8.4f} {best:8.4f}")
+        log(f"{minutes:8.2f} {state.step:5d} {seen:12,d} {record['loss']:10.4f} {val:8.4f} {best:8.4f}{raw}")
         chunk = time.perf_counter() - t0
         if state.interrupted:
             return 130
