@@ -38,9 +38,9 @@ def test_decode_floors_read_every_weight_of_the_step_once():
     C, F, V, layers = 16, 40, 30, 3
     config = ModelConfig(vocab_size=V, d_model=C, n_layers=layers, n_heads=2, d_ff=F, max_len=32)
     model = init_model(config, np.random.default_rng(1), dtype=np.float32)
-    products, calls, n_mats, mib = _decode_floors(model, 20, repeats=3)
+    products, calls, n_mats, mib, products16 = _decode_floors(model, 20, repeats=3)
     assert n_mats == 4 * layers + 1
     # rows: C+2 for a folded layer norm (its shift and the bias), C+1 / F+1 for a bias alone
     floats = layers * ((C + 2) * 3 * C + (C + 1) * C + (C + 2) * F + (F + 1) * C) + (C + 2) * V
     assert mib == floats * 4 / 2 ** 20
-    assert products > 0 and calls > 0
+    assert products > 0 and calls > 0 and products16 > 0

@@ -88,29 +88,43 @@ class _Counted(np.ndarray):
             _Counted._inside -= 1
 
 
-def _decode_floors(model, calls, repeats=200):
-    """What one decode step at position 10 cannot go below, on one core, in seconds:
-    (its weight products alone, with the decode step's own weights and buffers; as many
-    numpy calls as it makes, on 8-element arrays), and the MiB of weights it reads."""
+def _step_weights(model):
+    """The weight matrices one decode step multiplies by, as the step itself holds them."""
     cache = model.new_cache()
     model.forward(np.ones((1, 10), dtype=np.int64), cache=cache)
     model.decode(np.ones(1, dtype=np.int64), cache)           # makes the step's weights
-    weights, work = cache.work["decode"][1:]
-    mats = [w for b in weights.blocks for w in (b.qkv, b.o, b.ff1, b.ff2)] + [weights.head]
-    rows = [(np.ones((1, w.shape[0]), w.dtype), np.empty((1, w.shape[1]), w.dtype), w) for w in mats]
-    tiny, out = np.ones(8, np.float32), np.empty(8, np.float32)
+    weights = cache.work["decode"][1]
+    return [w for b in weights.blocks for w in (b.qkv, b.o, b.ff1, b.ff2)] + [weights.head]
+
+
+def _weight_products(mats, rows, repeats):
+    """Seconds, on one core, of the products of ``rows`` rows by each matrix of ``mats``."""
+    operands = [(np.ones((rows, w.shape[0]), w.dtype), np.empty((rows, w.shape[1]), w.dtype), w)
+                for w in mats]
 
     def products():
-        for x, o, w in rows:
+        for x, o, w in operands:
             np.matmul(x, w, out=o)
+    with single_threaded_blas():
+        products()
+        return best_of(products, repeats)
+
+
+def _decode_floors(model, calls, repeats=200, rows=16):
+    """What one decode step at position 10 cannot go below, on one core, in seconds:
+    (its weight products alone, with the decode step's own weights; as many numpy
+    calls as it makes, on 8-element arrays), the number and MiB of its weights, and
+    the weight products alone of a step of ``rows`` sequences at once."""
+    mats = _step_weights(model)
+    tiny, out = np.ones(8, np.float32), np.empty(8, np.float32)
 
     def numpy_calls():
         for _ in range(int(round(calls))):
             np.multiply(tiny, tiny, out=out)
     with single_threaded_blas():
-        products()
-        return (best_of(products, repeats), best_of(numpy_calls, repeats),
-                len(mats), sum(w.nbytes for w in mats) / 2 ** 20)
+        numpy_calls()
+        return (_weight_products(mats, 1, repeats), best_of(numpy_calls, repeats),
+                len(mats), sum(w.nbytes for w in mats) / 2 ** 20, _weight_products(mats, rows, repeats))
 
 
 def _numpy_calls_per_token(model, n=16):
@@ -300,10 +314,12 @@ def _print_rows(rows):
         print(f"{'':<22} {'':>10} numpy calls per decoded token: {row['calls']:.0f}; "
               f"generate() tokens/s: 1 sample {row['batch1']:.0f}, 16 samples {row['batch16']:.0f} "
               f"({row['batch16'] / row['batch1']:.1f}x)")
-        prod, calls, n_mats, mib = row["floors"]
+        prod, calls, n_mats, mib, prod16 = row["floors"]
         print(f"{'':<22} {'':>10} decode step floors, one core: its {n_mats} weight products alone "
               f"{prod * 1e3:.3f} ms ({mib:.1f} MiB), {row['calls']:.0f} numpy calls on tiny arrays alone "
               f"{calls * 1e3:.3f} ms")
+        print(f"{'':<22} {'':>10} a step of 16 samples: its weight products alone {prod16 * 1e3:.3f} ms, "
+              f"so at most {16 / prod16:.0f} tokens/s = {16 / prod16 / row['batch1']:.1f}x one sample")
         print(f"{'':<22} {'':>10} training: {row['train_flops'] / 1e9:.1f} GFLOP/s = "
               f"{row['train_flops'] / row['peak']:.0%} of the 1024^3 float32 matmul peak "
               f"measured now ({row['peak'] / 1e9:.1f} GFLOP/s)")

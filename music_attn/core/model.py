@@ -207,9 +207,16 @@ class KVCache:
         if self.batch != 1:
             raise ValueError(f"only a cache of one sequence can be repeated, this one holds {self.batch}")
         out = copy.copy(self)
-        out.layers = [LayerKV(*(None if a is None else np.repeat(a, batch, axis=0) for a in kv))
+        out.layers = [LayerKV(*(None if a is None else self._repeated(a, batch) for a in kv))
                       for kv in self.layers]                   # (1, H, L, D) -> (batch, H, L, D)
         out.batch, out.work = batch, {}
+        return out
+
+    def _repeated(self, a, batch):
+        """(1, H, L, D) -> (batch, H, L, D): only the filled positions are copied; the rest
+        are fresh zero pages, never touched until written."""
+        out = np.zeros((batch,) + a.shape[1:], a.dtype)
+        out[:, :, :self.length] = a[:, :, :self.length]
         return out
 
 
