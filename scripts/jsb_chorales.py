@@ -86,7 +86,8 @@ def _parse(argv):
     p.add_argument("--minutes", type=float,
                    help="training time budget: sets the number of steps of a new run (default 60) and "
                         "stops any run past 1.1x of it (default: no limit with --steps or --resume)")
-    p.add_argument("--steps", type=int, help="fix the number of steps (default: fit the budget)")
+    p.add_argument("--steps", type=int, help="fix the number of steps (default: fit the budget); with "
+                   "--resume, lengthen a run of constant learning rate")
     p.add_argument("--patience", type=int, default=PATIENCE, metavar="N",
                    help="stop after N validations (every %d steps) without a new best; 0 = never "
                         "(a warm restart from --init first rises; default %%(default)s)" % EVAL_EVERY)
@@ -255,9 +256,16 @@ def _calibrated_steps(model, train_seqs, minutes, tconf):
     return steps
 
 
-def _resumed(state_path):
+def _resumed(state_path, steps=None):
+    """The saved model and TrainState; ``steps`` lengthens a run of constant learning rate."""
     ckpt = load_checkpoint(state_path)
-    return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state)
+    config = TrainConfig.from_dict(ckpt.train_state["meta"]["config"])
+    if steps is not None and steps != config.steps:
+        if config.lr != config.min_lr:
+            raise SystemExit("error: --steps with --resume changes a cosine schedule; only a run at a "
+                             "constant learning rate (--min-lr equal to --lr) can be lengthened")
+        config = dataclasses.replace(config, steps=steps)
+    return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
 
 
 def _best_so_far(history):
@@ -284,7 +292,7 @@ def run_training(args):
     val_seqs, _ = load_split(args.data, "valid", tokenizer)
     average_path = _average_path(output)
     if args.resume:
-        model, state = _resumed(state_path)
+        model, state = _resumed(state_path, args.steps)
         log(f"# resumed at step {state.step}")
         mean, info = _averaged(average_path)
     else:
