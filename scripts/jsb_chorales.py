@@ -2,16 +2,18 @@
 
 Run from the repository root (the data folder holds train.json and valid.json):
 
-    # the committed checkpoint: a 512-token model, widened to 1,024 tokens, then two more
-    # schedules from the last weights (see the README)
+    # the committed checkpoint: a 512-token model, widened to 1,024 tokens, two more cosine
+    # schedules from the last weights, then the weights averaged at a constant rate (see the README)
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_512.npz \
         --window 512 --period 0 --batch-size 4 --steps 2521 --seed 0
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_stage2.npz \
         --init benchmarks/jsb_chorales_512.npz --steps 7000 --lr 6e-4 --warmup 100 --seed 0
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_stage3.npz \
         --init benchmarks/jsb_chorales_stage2.npz --steps 10000 --lr 4e-4 --warmup 200 --seed 1 --patience 0
-    python scripts/jsb_chorales.py --data ../shared/data/jsb --train \
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_stage4.npz \
         --init benchmarks/jsb_chorales_stage3.npz --steps 6000 --lr 2e-4 --warmup 100 --seed 2 --patience 0
+    python scripts/jsb_chorales.py --data ../shared/data/jsb --train --init benchmarks/jsb_chorales_stage4.npz \
+        --steps 4500 --lr 1.5e-4 --min-lr 1.5e-4 --warmup 100 --seed 3 --patience 0 --average-from 500
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train --resume   # continue a run
     python scripts/jsb_chorales.py --data ../shared/data/jsb --eval --transpositions 2   # the table
 
@@ -23,7 +25,7 @@ the figure Huang et al. (ICLR 2019) report (best: 0.335 nats per token).
 Training: the train split only, with transposition augmentation (-5..+5
 semitones, within the pitch range of the data) and dropout; the validation split
 is used for early stopping only (the best checkpoint by validation NLL is
-kept).  Validation reads each chorale with :func:`music_attn.training.windows.sequence_nll`:
+kept; with ``--average-from``, the best running mean of the weights).  Validation reads each chorale with :func:`music_attn.training.windows.sequence_nll`:
 windows of the model's ``max_len`` tokens moving by ``--stride``, so a chorale
 that fits the window is predicted with all of itself before each token, and a
 longer one with at least ``max_len - stride`` tokens of context.
