@@ -121,10 +121,9 @@ def _decode_floors(model, calls, repeats=200, rows=16):
     def numpy_calls():
         for _ in range(int(round(calls))):
             np.multiply(tiny, tiny, out=out)
-    with single_threaded_blas():
-        numpy_calls()
-        return (_weight_products(mats, 1, repeats), best_of(numpy_calls, repeats),
-                len(mats), sum(w.nbytes for w in mats) / 2 ** 20, _weight_products(mats, rows, repeats))
+    numpy_calls()
+    return (_weight_products(mats, 1, repeats), best_of(numpy_calls, repeats),
+            len(mats), sum(w.nbytes for w in mats) / 2 ** 20, _weight_products(mats, rows, repeats))
 
 
 def _numpy_calls_per_token(model, n=16):
