@@ -48,6 +48,9 @@ class TrainConfig:
     seed : seed of the run's np.random.Generator.
     workers : threads sharing each batch (see ``Model.loss_and_grads``); part of
         the config because the summation order of the gradients depends on it.
+    skip_targets : None, or (k, r): targets at sequence positions p with p % k == r
+        are not counted (the harmonizer's given soprano: (4, 1)).  Windows must
+        start at multiples of k (the model's period is a multiple of k).
     """
     steps: int = 2000
     batch_size: int = 16
@@ -65,6 +68,7 @@ class TrainConfig:
     transpose: Optional[tuple] = TRANSPOSE_RANGE
     seed: int = 0
     workers: int = 2
+    skip_targets: Optional[tuple] = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
@@ -80,7 +84,7 @@ class TrainConfig:
     def from_dict(cls, d):
         d = dict(d)
         d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        for key in ("betas", "transpose"):
+        for key in ("betas", "transpose", "skip_targets"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -210,6 +214,12 @@ def train_batch(sequences, config, rng, tokenizer, pad_id, align=1):
         windows = np.stack([augment_transpose(w, tokenizer, rng, low, high) for w in windows])
     ids, targets = windows[:, :-1], windows[:, 1:].astype(np.int64)   # (B, T+1) -> (B, T)
     targets[targets == pad_id] = -1
+    if config.skip_targets is not None:
+        k, r = config.skip_targets
+        if align % k:
+            raise ValueError(f"skip_targets needs windows aligned to multiples of {k}, got {align}")
+        position = np.arange(1, targets.shape[1] + 1)          # target j is token start + j + 1
+        targets[:, position % k == r] = -1
     return ids, targets
 
 
