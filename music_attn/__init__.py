@@ -31,6 +31,8 @@ from music_attn.music.tokenizer import (
     load_tokenizer,
 )
 from music_attn.training.train import TrainConfig, train
+from music_attn.music.voice_leading import voice_leading
+from music_attn.runtime.harmonize import harmonization_nll, harmonize
 
 __all__ = [
     # the interview API
@@ -44,6 +46,8 @@ __all__ = [
     # the model
     "ModelConfig", "Model", "init_model", "load_model", "save_checkpoint", "load_checkpoint",
     "TrainConfig", "train", "generate", "sample_next",
+    # harmonizing
+    "harmonize", "harmonization_nll", "voice_leading",
     # looking inside
     "attention_maps", "AttentionMaps",
     # errors

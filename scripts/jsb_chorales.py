@@ -114,9 +114,6 @@ def _parse(argv):
     p.add_argument("--init", metavar="NPZ", help="start from this JSB checkpoint's weights instead of "
                    "random ones: a longer window extends its relative tables (the new, longer "
                    "distances start at 0) and a new period table starts at 0")
-    p.add_argument("--lookahead", type=int, default=0, metavar="L",
-                   help="train the harmonizer: the soprano leads the lower voices by L sixteenths, "
-                        "and only alto, tenor and bass are scored (default 0: the paper's benchmark)")
     p.add_argument("--stride", type=int, default=STRIDE, help="evaluation stride in tokens")
     p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--no-ngram", action="store_true", help="--eval without the n-gram baselines")
@@ -130,47 +127,18 @@ def _parse(argv):
 
 # --------------------------------------------------------------------------- data
 
-def load_split(folder, split, tokenizer, lookahead=0):
-    """(token id arrays ``[BOS] + 4 S``, grids) of ``train`` or ``valid``.
-
-    With ``lookahead`` L > 0 the soprano leads the lower voices by L steps
-    (:func:`lead_soprano`): the harmonizer's serialization.
-    """
+def load_split(folder, split, tokenizer):
+    """(token id arrays ``[BOS] + 4 S``, grids) of ``train`` or ``valid``."""
     path = Path(folder) / f"{split}.json"
     grids = [np.asarray(c, dtype=np.int64).reshape(-1, 4) for c in json.loads(path.read_text())]
-    return [tokenizer.encode_grid(lead_soprano(g, lookahead)).ids for g in grids], grids
+    return [tokenizer.encode_grid(g).ids for g in grids], grids
 
 
-def lead_soprano(grid, lookahead):
-    """The grid (S, 4) with the soprano moved ``lookahead`` steps earlier -> (S + L, 4).
-
-    Row u holds the soprano of step u and the alto, tenor and bass of step u - L
-    (rests where either is outside the chorale), so each lower-voice cell is read
-    after the melody's next L steps.
-    """
-    if not lookahead:
-        return grid
-    out = np.full((len(grid) + lookahead, 4), -1, dtype=np.int64)
-    out[:len(grid), 0] = grid[:, 0]
-    out[lookahead:, 1:] = grid[:, 1:]
-    return out
-
-
-def counted(ids, lookahead):
-    """bool (T-1,): which targets ``ids[1:]`` are scored: every grid token, or with a
-    lookahead only the alto, tenor and bass cells of the chorale's own steps."""
-    cell = np.arange(len(ids) - 1)                       # target i is token i + 1 = cell i
-    if not lookahead:
-        return np.ones(cell.size, bool)
-    row, voice = np.divmod(cell, 4)
-    return (voice > 0) & (row >= lookahead)
-
-
-def validation_nll(model, sequences, stride, lookahead=0):
-    """Summed NLL (nats) of every counted grid token (:func:`counted`) and their count."""
+def validation_nll(model, sequences, stride):
+    """Summed NLL (nats) of every grid token and their count."""
     window = model.config.max_len
     stride = window if stride is None else min(stride, window)
-    nll = parallel_map(lambda ids: sequence_nll(model, ids, window=window, stride=stride)[counted(ids, lookahead)],
+    nll = parallel_map(lambda ids: sequence_nll(model, ids, window=window, stride=stride),
                        sequences)                      # chorales in parallel, BLAS single-threaded
     return float(sum(x.sum() for x in nll)), int(sum(x.size for x in nll))
 
@@ -226,10 +194,7 @@ def _fresh(args, tokenizer, train_seqs, log):
     if args.init:
         _load_weights(model, args.init)
     tconf = dataclasses.replace(TRAIN, seed=args.seed, batch_size=args.batch_size, seq_len=args.window,
-                                lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
-                                skip_targets=(4, 1) if args.lookahead else None)
-    if args.lookahead:
-        model.metrics = {"harmonizer_lookahead": args.lookahead}
+                                lr=args.lr, min_lr=args.min_lr, warmup=args.warmup)
     steps = args.steps or _calibrated_steps(model, train_seqs, args.minutes, tconf)
     tconf = dataclasses.replace(tconf, steps=steps)
     budget = f"budget {args.minutes:.1f} min of training" if np.isfinite(args.minutes) else "no time budget"
@@ -305,11 +270,6 @@ def _resumed(state_path, steps=None):
     return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
 
 
-def _lookahead(model):
-    """The harmonizer's soprano lead in steps (0 for the benchmark's model)."""
-    return int((getattr(model, "metrics", None) or {}).get("harmonizer_lookahead", 0))
-
-
 def _best_so_far(history):
     vals = [r["val_nll"] for r in history if "val_nll" in r]
     return min(vals) if vals else np.inf, len(vals) - 1 - int(np.argmin(vals)) if vals else 0
@@ -330,11 +290,8 @@ def run_training(args):
         args.minutes = np.inf if (args.steps or args.resume) else 60.0
     args.minutes = min(args.minutes, 0.85 * (deadline - time.time()) / 60)
     tokenizer = GridTokenizer()
-    if args.resume:
-        args.lookahead = _lookahead(load_checkpoint(state_path).model)
-    L = args.lookahead
-    train_seqs = [np.append(ids, tokenizer.eos_id) for ids in load_split(args.data, "train", tokenizer, L)[0]]
-    val_seqs, _ = load_split(args.data, "valid", tokenizer, L)
+    train_seqs = [np.append(ids, tokenizer.eos_id) for ids in load_split(args.data, "train", tokenizer)[0]]
+    val_seqs, _ = load_split(args.data, "valid", tokenizer)
     average_path = _average_path(output)
     if args.resume:
         model, state = _resumed(state_path, args.steps)
@@ -367,9 +324,9 @@ def run_training(args):
             info["snapshots"] = fold(mean, model, info["snapshots"])
             save_checkpoint(average_path, mean, metrics=info)
             candidate = mean.astype(model.dtype)
-            total, count = validation_nll(model, val_seqs, SELECTION_STRIDE, L)
+            total, count = validation_nll(model, val_seqs, SELECTION_STRIDE)
             raw = f" {total / count:8.4f}"
-        total, count = validation_nll(candidate, val_seqs, SELECTION_STRIDE, L)
+        total, count = validation_nll(candidate, val_seqs, SELECTION_STRIDE)
         val = total / count
         stale = 0 if val < best else stale + 1
         if val < best:
@@ -395,18 +352,13 @@ def run_eval(args):
     """The validation table: the model, n-grams on the same tokens, the paper."""
     model = load_model(args.output)
     tokenizer = model.tokenizer
-    L = _lookahead(model)
-    train_seqs, _ = load_split(args.data, "train", tokenizer, L)
-    val_seqs, val_grids = load_split(args.data, "valid", tokenizer, L)
+    train_seqs, _ = load_split(args.data, "train", tokenizer)
+    val_seqs, val_grids = load_split(args.data, "valid", tokenizer)
     notes = sum(len(grid_notes(g)[0]) for g in val_grids)
     seconds = sum(len(g) for g in val_grids) * SECONDS_PER_STEP
     stride = min(args.stride, model.config.max_len)
     t0 = time.perf_counter()
-    total, count = validation_nll(model, val_seqs, stride, L)
-    if L:
-        print(f"harmonizer (soprano {L} steps ahead): {total / count:.4f} nats per alto, tenor or "
-              f"bass cell given the soprano, over {count:,} cells")
-        return 0
+    total, count = validation_nll(model, val_seqs, stride)
     print(f"{len(val_seqs)} validation chorales, {count:,} grid tokens, {notes:,} notes "
           f"(a note = a run of one pitch in one voice), {seconds:,.0f} s of music at "
           f"{K.DECODE_TEMPO_BPM:g} bpm (a sixteenth = {SECONDS_PER_STEP} s)")

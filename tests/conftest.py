@@ -58,11 +58,12 @@ def loop_note_attention(att, labels, n_notes):
     return notes, structure
 
 
-def reference_logits64(model, ids):
+def reference_logits64(model, ids, condition=None):
     """Float64 logits (T, V) of a full-attention model on one sequence, written from the maths.
 
     Every step is a plain formula: embedding * sqrt(C) (+ the sinusoid table) (+ the
-    period table's row ``t mod P`` at position t), pre-norm
+    period table's row ``t mod P`` at position t) (+ ``cond_emb[k, condition[t, k]]``
+    summed over k, for a model that reads a condition), pre-norm
     blocks, per-head attention whose logits are ``q_i . k_j / sqrt(D)`` plus, for relative
     positions, ``q_i . E[L-1-(i-j)] / sqrt(D)`` gathered per pair (no skew); RoPE rotates
     pairs ``(2m, 2m+1)`` by ``pos * base**(-2m/D)``; tanh GELU; layer norm eps 1e-5.
@@ -79,6 +80,9 @@ def reference_logits64(model, ids):
         x = x + np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
     for t in range(T * bool(c.period)):                   # the learned row of position t mod P
         x[t] += p["period_emb"][t % c.period]
+    for t in range(T * bool(c.condition)):                # one learned row per offset and token
+        for k in range(c.condition):
+            x[t] += p["cond_emb"][k, condition[t, k]]
 
     def norm(h, g, b):
         mu = h.mean(-1, keepdims=True)

@@ -24,7 +24,7 @@ from music_attn.errors import MusicAttnError, shorten
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 
 # Subcommand modules, in the order `music-attn --help` lists them.
-_COMMANDS = ("examples", "tokens", "train", "generate", "inspect", "demo", "bench")
+_COMMANDS = ("examples", "tokens", "train", "generate", "harmonize", "inspect", "demo", "bench")
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 70
 _MAX_MESSAGE = 400

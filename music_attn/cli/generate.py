@@ -5,7 +5,7 @@ message, copied) plus a track holding the continuation; see
 :mod:`music_attn.music.continuation`.
 """
 
-from music_attn.cli._options import default_of, integer, note_dropped_drums, real
+from music_attn.cli._options import default_of, integer, note_dropped_drums, numbered_outputs, real
 
 BARS = 8          # what the command generates when neither --bars nor --tokens is given
 MAX_BARS, MAX_TOKENS = 10_000, 1_000_000      # a bound on the time one command may take
@@ -81,13 +81,7 @@ def _run(args):
 
 def _outputs(args):
     """The output paths: ``-o`` itself, or with --num-samples N its ``{i}`` filled with 0..N-1."""
-    n, template = args.num_samples, args.output
-    if n == 1:
-        return [template]
-    if template.count("{i}") != 1 or template.replace("{i}", "").count("{") + template.count("}") > 1:
-        raise ValueError(f"--num-samples {n} writes several files: -o needs one '{{i}}' in its name "
-                         f"(e.g. out_{{i}}.mid), got {template!r}")
-    return [template.replace("{i}", str(i)) for i in range(n)]
+    return numbered_outputs(args.output, args.num_samples)
 
 
 def _budget(args, tokenizer):

@@ -61,6 +61,34 @@ def embedding_backward(dout, cache):
     return dweight
 
 
+class ConditionCache(NamedTuple):
+    ids: np.ndarray          # (B, T, K) int condition tokens
+    vocab_size: int
+
+
+def condition_forward(ids, table):
+    """Sum over offsets k of ``table[k, ids[..., k]]``: (B, T, K) int, (K, V, C) -> (B, T, C).
+
+    A learned embedding per offset of the condition tokens at each position (the
+    harmonizer's: the soprano of the next K sixteenths), added to the input.
+    """
+    K, V, C = table.shape
+    rows = table.reshape(K * V, C)[ids + np.arange(K) * V]          # (B, T, K, C)
+    return rows.sum(axis=-2), ConditionCache(ids, V)
+
+
+def condition_backward(dout, cache):
+    """Gradient of the (K, V, C) table given d out (B, T, C)."""
+    # forward was: out = sum_k table[k, ids[..., k]]
+    K, V, C = cache.ids.shape[-1], cache.vocab_size, dout.shape[-1]
+    dflat, ids = dout.reshape(-1, C), cache.ids.reshape(-1, K)       # (N, C), (N, K)
+    dtable = np.empty((K, V, C), dtype=dout.dtype)
+    for k in range(K):
+        onehot = (ids[:, k, None] == np.arange(V)).astype(dout.dtype)   # (N, V)
+        dtable[k] = onehot.T @ dflat                                     # (V, N) @ (N, C)
+    return dtable
+
+
 # --------------------------------------------------------------------------- layer norm
 
 LN_EPS = 1e-5          # added to the variance of every layer norm

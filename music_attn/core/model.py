@@ -28,6 +28,7 @@ import numpy as np
 from music_attn.core.layers import (
     AttentionSpec, LayerKV,
     attention_backward, attention_decode, attention_forward, decode_block, decode_work,
+    condition_backward, condition_forward,
     feedforward_decode, fold_layernorm, layernorm_decode,
     cross_entropy_backward, cross_entropy_forward,
     dropout_backward, dropout_forward,
@@ -67,6 +68,11 @@ class ModelConfig:
         four-voice grid, for P = 16).  The position is counted from the start
         of the model's input, so windows of a longer sequence must start at
         multiples of P (:mod:`music_attn.training.windows` does so).
+    condition : 0 (off), or K: the model also reads K condition tokens at each
+        position (the harmonizer: the soprano of the next K sixteenths), each added
+        to the input through a learned embedding per offset (``cond_emb``, (K, V, C));
+        ``forward``, ``loss``, ``loss_and_grads`` and ``decode`` then need
+        ``condition``, int token ids (B, T, K) ((B, K) for ``decode``).
     """
     vocab_size: int
     d_model: int = 128
@@ -81,6 +87,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     dropout: float = 0.0
     period: int = 0
+    condition: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "window"):
@@ -98,6 +105,9 @@ class ModelConfig:
         if isinstance(self.period, bool) or not isinstance(self.period, (int, np.integer)) \
                 or not 0 <= self.period <= self.max_len:
             raise ValueError(f"ModelConfig.period must be an integer in [0, max_len], got {self.period!r}")
+        if isinstance(self.condition, bool) or not isinstance(self.condition, (int, np.integer)) \
+                or not 0 <= self.condition <= 4096:
+            raise ValueError(f"ModelConfig.condition must be an integer in [0, 4096], got {self.condition!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -127,6 +137,8 @@ def param_shapes(config):
     shapes = {"tok_emb": (V, C)}
     if config.period:
         shapes["period_emb"] = (config.period, C)
+    if config.condition:
+        shapes["cond_emb"] = (config.condition, V, C)
     for i in range(config.n_layers):
         p = f"h{i}."
         shapes.update({
@@ -167,7 +179,7 @@ def init_model(config, rng, *, dtype=np.float32, tokenizer=None):
             value = np.ones(shape)
         elif name.endswith(("attn.w_o", "ff.w2")):
             value = rng.normal(0.0, residual_std, shape)
-        elif name.endswith((".w_qkv", ".w1", ".w", ".rel", "period_emb")):
+        elif name.endswith((".w_qkv", ".w1", ".w", ".rel", "period_emb", "cond_emb")):
             value = rng.normal(0.0, 0.02, shape)
         else:
             value = np.zeros(shape)
@@ -241,6 +253,7 @@ class BlockCache(NamedTuple):
 class ForwardCache(NamedTuple):
     emb: tuple
     period: tuple            # EmbeddingCache of the position-modulo-period lookup, or None
+    condition: tuple         # ConditionCache of the condition tokens, or None
     blocks: list
     ln_f: tuple
     head: tuple
@@ -291,12 +304,13 @@ class Model:
         """An empty KVCache for ``batch`` sequences."""
         return KVCache(self.config, batch, self.dtype)
 
-    def forward(self, ids, *, cache=None, return_attention=False):
+    def forward(self, ids, *, cache=None, return_attention=False, condition=None):
         """Next-token logits for every position.
 
         Parameters
         ----------
         ids : (B, T) int token ids.
+        condition : (B, T, K) int condition tokens, for a model with ``config.condition``.
         cache : KVCache or None.  With a cache, ``ids`` continue the sequences
             already in it (positions ``len(cache)..``) and are appended to it.
         return_attention : also return the attention probabilities.
@@ -307,13 +321,13 @@ class Model:
         attention : (L, B, H, T, S) float32, only with ``return_attention``:
             the softmax probabilities each layer used (S = cached + T).
         """
-        logits, fwd = self._forward(ids, cache)
+        logits, fwd = self._forward(ids, cache, condition=condition)
         if not return_attention:
             return logits
         attention = np.stack([b.attn.probs for b in fwd.blocks]).astype(np.float32, copy=False)
         return logits, attention
 
-    def decode(self, tokens, cache):
+    def decode(self, tokens, cache, condition=None):
         """Next-token logits (B, V) after one more token per sequence: the decode step.
 
         Equal to ``forward(tokens[:, None], cache=cache)[:, -1]`` (tested), by the
@@ -324,11 +338,15 @@ class Model:
         next call overwrites.
 
         tokens : (B,) int, one token per sequence of ``cache``.
+        condition : (B, K) int condition tokens, for a model with ``config.condition``.
         """
         tokens = np.asarray(tokens).reshape(-1)
         _, start = self._check_ids(tokens[:, None], cache)
         weights, work = self._decode_state(cache)
         x = np.take(weights.emb, tokens, axis=0, out=work.x)        # (B, C)
+        if self.config.condition:
+            x += self._condition(None if condition is None else np.asarray(condition)[:, None],
+                                 tokens[:, None].shape)[0][:, 0]
         if self._pe is not None:
             x += self._pe[start]
         if self.config.period:
@@ -356,7 +374,7 @@ class Model:
             state = cache.work["decode"] = (self.params, weights, work)
         return state[1], state[2]
 
-    def loss_and_grads(self, ids, targets, *, workers=None, rng=None):
+    def loss_and_grads(self, ids, targets, *, workers=None, rng=None, condition=None):
         """Mean cross-entropy of ``targets`` given ``ids`` and its gradient.
 
         Parameters
@@ -368,6 +386,7 @@ class Model:
             ``workers`` always gives the same bits.  Default: one per CPU core.
         rng : np.random.Generator drawing the dropout masks (one seed per
             batch part); None, or ``config.dropout == 0``, trains without dropout.
+        condition : (B, T, K) int condition tokens, for a model with ``config.condition``.
 
         Returns
         -------
@@ -378,7 +397,9 @@ class Model:
         count = max(int(np.sum(targets >= 0)), 1)
         parts = _row_parts(len(ids), workers)
         rngs = _part_rngs(rng if self.config.dropout else None, len(parts))
-        results = parallel_map(lambda k: self._loss_and_grads(ids[parts[k]], targets[parts[k]], count, rngs[k]),
+        cond = _rows_of(condition)
+        results = parallel_map(lambda k: self._loss_and_grads(ids[parts[k]], targets[parts[k]], count, rngs[k],
+                                                               cond(parts[k])),
                                range(len(parts)), workers)
         loss, grads = results[0]
         for part_loss, part_grads in results[1:]:
@@ -387,20 +408,22 @@ class Model:
                 grads[name] += g
         return loss, grads
 
-    def _loss_and_grads(self, ids, targets, count, rng=None):
+    def _loss_and_grads(self, ids, targets, count, rng=None, condition=None):
         """Summed cross-entropy / ``count`` of these rows and its gradient (dropout drawn from ``rng``)."""
-        logits, fwd = self._forward(ids, None, rng)
+        logits, fwd = self._forward(ids, None, rng, condition)
         loss, ce = cross_entropy_forward(logits, targets, count)
         dlogits = cross_entropy_backward(1.0, ce, logits.shape)
         return loss, self._backward(dlogits, fwd)
 
-    def loss(self, ids, targets, *, workers=None):
+    def loss(self, ids, targets, *, workers=None, condition=None):
         """Mean cross-entropy (nats per counted token) without gradients."""
         ids, targets = np.asarray(ids), np.asarray(targets)
         count = max(int(np.sum(targets >= 0)), 1)
+        cond = _rows_of(condition)
 
         def part(rows):
-            return cross_entropy_forward(self._forward(ids[rows], None)[0], targets[rows], count)[0]
+            return cross_entropy_forward(self._forward(ids[rows], None, condition=cond(rows))[0],
+                                         targets[rows], count)[0]
         return float(sum(parallel_map(part, _row_parts(len(ids), workers), workers)))
 
     # ------------------------------------------------------------------ forward
@@ -420,7 +443,20 @@ class Model:
                              f"got {ids.min()}..{ids.max()}")
         return ids, start
 
-    def _forward(self, ids, cache, rng=None):
+    def _condition(self, condition, shape):
+        """(x (B, T, C), ConditionCache) of the condition tokens (B, T, K); ValueError if unfit."""
+        K, V = self.config.condition, self.config.vocab_size
+        if condition is None:
+            raise ValueError(f"this model reads {K} condition tokens at each position: pass condition=")
+        condition = np.asarray(condition)
+        if condition.shape != (*shape, K) or not np.issubdtype(condition.dtype, np.integer):
+            raise ValueError(f"condition must be integer ids of shape {(*shape, K)}, got "
+                             f"{condition.dtype} {condition.shape}")
+        if condition.size and (condition.min() < 0 or condition.max() >= V):
+            raise ValueError(f"condition ids must lie in [0, {V})")
+        return condition_forward(condition, self.params["cond_emb"])
+
+    def _forward(self, ids, cache, rng=None, condition=None):
         """Logits (B, T, V) and the ForwardCache the backward needs (dropout only with ``rng``)."""
         ids, start = self._check_ids(ids, cache)
         p, T = self.params, ids.shape[1]
@@ -433,6 +469,10 @@ class Model:
             phase = np.broadcast_to((start + np.arange(T)) % self.config.period, ids.shape)   # (B, T)
             step, period = embedding_forward(phase, p["period_emb"])
             x += step
+        cond = None
+        if self.config.condition:                                  # x += sum_k cond_emb[k, condition[..., k]]
+            extra, cond = self._condition(condition, ids.shape)
+            x += extra
         blocks = []
         for i in range(self.config.n_layers):
             kv = None if cache is None else cache.layers[i]
@@ -442,7 +482,7 @@ class Model:
         logits, head = linear_forward(h, p["head.w"], p["head.b"])  # (B, T, V)
         if cache is not None:
             cache.length += T
-        return logits, ForwardCache(emb, period, blocks, ln_f, head)
+        return logits, ForwardCache(emb, period, cond, blocks, ln_f, head)
 
     def _block_forward(self, x, pre, kv, start, rng=None):
         """One pre-norm block: x += drop(attn(ln1(x))); x += drop(ff(ln2(x)))."""
@@ -474,6 +514,8 @@ class Model:
         # forward was: x = tok_emb[ids] * sqrt(C) (+ pe) (+ period_emb[position % P])
         if fwd.period is not None:
             grads["period_emb"] = embedding_backward(dx, fwd.period)
+        if fwd.condition is not None:
+            grads["cond_emb"] = condition_backward(dx, fwd.condition)
         dx *= math.sqrt(self.config.d_model)
         grads["tok_emb"] = embedding_backward(dx, fwd.emb)
         return {name: grads[name] for name in self.params}
@@ -496,6 +538,14 @@ class Model:
         dln, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = layernorm_backward(dh, block.ln1)
         dx += dln
         return dx
+
+
+def _rows_of(condition):
+    """rows -> the condition of those batch rows (None stays None)."""
+    if condition is None:
+        return lambda rows: None
+    condition = np.asarray(condition)
+    return lambda rows: condition[rows]
 
 
 def _n_workers(workers, batch):

@@ -1,0 +1,1 @@
+"""Runtime: loading models, windows, sampling, continuation and harmonization."""

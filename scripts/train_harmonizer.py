@@ -1,0 +1,230 @@
+"""Train the harmonizer: the JSB Chorales grid model, reading the melody ahead of each step.
+
+Run from the repository root (the data folder holds train.json and valid.json):
+
+    python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz \\
+        --init benchmarks/jsb_chorales.npz --steps 6000
+    python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz --resume
+    python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz --eval
+
+The model is the four-voice grid model of the JSB benchmark (soprano, alto, tenor,
+bass at each sixteenth, :class:`music_attn.GridTokenizer`) with one more input: at
+every position it reads the soprano of the next ``K`` sixteenths as condition tokens
+(``ModelConfig.condition``; :func:`music_attn.runtime.harmonize.melody_condition`),
+so that the alto, tenor and bass of a step are chosen knowing where the melody goes
+for the next ``K / 16`` bars of 4/4, as well as all the music before them.
+
+It starts from the JSB benchmark's weights (``--init``; the condition table starts at
+zero, so step 0 is that model exactly) and is trained on the train split only, with
+transposition augmentation (-5..+5 semitones) and dropout; only the alto, tenor and
+bass cells are scored (the soprano is given).  The validation split chooses the
+checkpoint kept: the NLL of alto, tenor and bass per cell given the soprano
+(:func:`music_attn.runtime.harmonize.harmonization_nll`).
+
+Files: ``-o`` the best model (float32 weights, shipped as music_attn/assets/harmonizer.npz);
+``<output>.state.npz`` the last training state (exact resume; saved every
+``--eval-every`` steps, at SIGINT and SIGTERM); ``<output minus .npz>.log`` the curve.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from music_attn.core.model import ModelConfig, Model, parallel_map
+from music_attn.music.grid import GridTokenizer
+from music_attn.runtime.harmonize import condition_of, harmonization_nll
+from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.training.data import pitch_table
+from music_attn.training.train import TrainConfig, TrainState, clip_grads, lr_at, train_state_from_checkpoint
+
+K_AHEAD = 32               # sixteenths of melody read ahead: two bars of 4/4
+TRAIN = TrainConfig(steps=6000, batch_size=2, seq_len=1024, lr=3e-4, min_lr=3e-5, warmup=100,
+                    weight_decay=0.05, grad_clip=1.0, eval_every=100, checkpoint_every=100,
+                    transpose=(-5, 6), seed=0, workers=2, skip_targets=(4, 1))
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="folder with train.json and valid.json")
+    p.add_argument("-o", "--output", default="benchmarks/harmonizer.npz")
+    p.add_argument("--init", help="JSB grid checkpoint to start from")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval", action="store_true", help="print the validation NLL of --output")
+    p.add_argument("--steps", type=int, default=TRAIN.steps)
+    p.add_argument("--lr", type=float, default=TRAIN.lr)
+    p.add_argument("--ahead", type=int, default=K_AHEAD, help="sixteenths of melody read ahead")
+    p.add_argument("--until", metavar="HH:MM", help="stop by this UTC clock time (resumable)")
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
+    return p.parse_args(argv)
+
+
+def load_grids(folder, split):
+    path = Path(folder) / f"{split}.json"
+    return [np.asarray(c, dtype=np.int64).reshape(-1, 4) for c in json.loads(path.read_text())]
+
+
+def encoded(tokenizer, grids, K, eos=False):
+    """(ids, condition (n, K)) of each chorale: ``[BOS] + 4 S cells (+ EOS)``."""
+    out = []
+    for grid in grids:
+        ids = tokenizer.encode_grid(grid).ids
+        if eos:
+            ids = np.append(ids, tokenizer.eos_id)
+        out.append((ids.astype(np.int64), condition_of(tokenizer, grid[:, 0], len(ids), K)))
+    return out
+
+
+def _transposed(ids, cond, pitches, low, high, rng, shifts):
+    """ids and condition moved by one random shift that keeps every pitch in range."""
+    p = pitches[ids]
+    q = pitches[cond]
+    used = np.concatenate([p[p >= 0], q[q >= 0]])
+    ok = [s for s in range(*shifts) if used.min() + s >= low and used.max() + s <= high]
+    s = ok[rng.integers(len(ok))]
+    return np.where(p >= 0, ids + s, ids), np.where(q >= 0, cond + s, cond)
+
+
+def batch(data, config, rng, tokenizer, K):
+    """Inputs, targets (B, T) and condition (B, T, K) of one random batch."""
+    T, B = config.seq_len, config.batch_size
+    lengths = np.array([len(ids) for ids, _ in data])
+    picks = rng.choice(len(data), size=B, p=lengths / lengths.sum())
+    pitches, (low, high) = pitch_table(tokenizer), tokenizer.pitch_range
+    ids = np.full((B, T + 1), tokenizer.pad_id, np.int64)
+    cond = np.full((B, T, K), tokenizer.pad_id, np.int64)
+    for row, i in enumerate(picks):
+        seq, c = data[i]
+        start = rng.integers(0, max(len(seq) - T - 1, 0) // 16 + 1) * 16
+        seq, c = _transposed(seq[start:start + T + 1], c[start:start + T], pitches, low, high, rng,
+                             config.transpose)
+        ids[row, :len(seq)], cond[row, :len(c)] = seq, c
+    inputs, targets = ids[:, :-1], ids[:, 1:].copy()
+    targets[targets == tokenizer.pad_id] = -1
+    k, r = config.skip_targets
+    targets[:, np.arange(1, T + 1) % k == r] = -1           # the soprano is given, not scored
+    return inputs, targets, cond
+
+
+def validate(model, grids):
+    """Mean NLL per alto, tenor or bass cell over the chorales, and the count of cells."""
+    def one(grid):
+        return harmonization_nll(grid, model=model, total=True)
+    parts = parallel_map(one, grids)
+    total, count = (sum(x) for x in zip(*parts))
+    return total / count, count
+
+
+def _fresh(args, tokenizer):
+    source = load_model(args.init)
+    config = ModelConfig(**{**source.config.to_dict(), "condition": args.ahead, "dropout": 0.1})
+    params = dict(source.params)
+    params["cond_emb"] = np.zeros((args.ahead, config.vocab_size, config.d_model), np.float32)
+    model = Model(config, {k: v.copy() for k, v in params.items()}, tokenizer=tokenizer)
+    tconf = dataclasses.replace(TRAIN, steps=args.steps, lr=args.lr, seed=args.seed)
+    return model, TrainState(model, tconf, np.random.default_rng(args.seed))
+
+
+class _Stop:
+    """SIGINT and SIGTERM ask the loop to stop after the current step (a second SIGINT: at once)."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def run_training(args):
+    output = Path(args.output)
+    state_path, log_path = output.with_suffix(".state.npz"), output.with_suffix(".log")
+    tokenizer = GridTokenizer()
+
+    def log(line):
+        print(line, flush=True)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    if args.resume:
+        ckpt = load_checkpoint(state_path)
+        model, state = ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state)
+        log(f"# resumed at step {state.step}")
+    else:
+        model, state = _fresh(args, tokenizer)
+        log(f"# started {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC from {args.init}")
+        log(f"# {model!r}\n# {json.dumps(model.config.to_dict())}\n# {json.dumps(state.config.to_dict())}")
+        log("# minutes  step  train_loss  val_nll_per_cell  best")
+    K = model.config.condition
+    data = encoded(tokenizer, load_grids(args.data, "train"), K, eos=True)
+    val = load_grids(args.data, "valid")
+    vals = [r["val_nll"] for r in state.history if "val_nll" in r]
+    best = min(vals) if vals else np.inf
+    minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
+    deadline = _deadline(args.until)
+    stop, config, losses = _Stop(), state.config, []
+    if not args.resume:
+        v, _ = validate(model, val)
+        log(f"{0.0:8.2f} {0:5d} {'':>10} {v:10.4f} {v:8.4f}   (the JSB model, no condition read yet)")
+    t0 = time.perf_counter()
+    while state.step < config.steps and not stop.requested and time.time() < deadline:
+        inputs, targets, cond = batch(data, config, state.rng, tokenizer, K)
+        loss, grads = model.loss_and_grads(inputs, targets, workers=config.workers, rng=state.rng, condition=cond)
+        if not np.isfinite(loss):
+            log(f"# step {state.step + 1}: loss {loss}; stopped, the last good state is kept")
+            return 1
+        clip_grads(grads, config.grad_clip)
+        state.optimizer.step(model.params, grads, lr_at(state.step, config))
+        state.step += 1
+        losses.append(float(loss))
+        if state.step % config.eval_every == 0 or state.step == config.steps:
+            minutes += (time.perf_counter() - t0) / 60
+            v, _ = validate(model, val)
+            record = {"step": state.step, "loss": float(np.mean(losses)), "val_nll": v, "minutes": minutes}
+            state.history.append(record)
+            if v < best:
+                best = v
+                model.metrics = {"harmonizer_ahead": K, "validation_nats_per_cell": round(v, 6)}
+                save_checkpoint(output, model.astype(np.float32))
+            save_checkpoint(state_path, model, train_state=state.to_checkpoint())
+            log(f"{minutes:8.2f} {state.step:5d} {record['loss']:10.4f} {v:10.4f} {best:8.4f}")
+            losses, t0 = [], time.perf_counter()
+    save_checkpoint(state_path, model, train_state=state.to_checkpoint())
+    log(f"# stopped at step {state.step}: best validation NLL {best:.4f} nats per lower-voice cell; "
+        "--resume continues")
+    return 0
+
+
+def _deadline(until):
+    if not until:
+        return np.inf
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hour, minute = (int(x) for x in until.split(":"))
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return (at if at > now else at + datetime.timedelta(days=1)).timestamp()
+
+
+def run_eval(args):
+    model = load_model(args.output)
+    v, n = validate(model, load_grids(args.data, "valid"))
+    print(f"{args.output}: {v:.4f} nats per alto, tenor or bass cell given the soprano ({n:,} cells, "
+          f"76 validation chorales)")
+    return 0
+
+
+def main(argv=None):
+    args = _parse(argv)
+    return run_eval(args) if args.eval else run_training(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
