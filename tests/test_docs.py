@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
-DOCS = ["attention.md", "one_head.md", "positions.md", "block.md", "cross_attention.md"]
+DOCS = ["attention.md", "one_head.md", "positions.md", "block.md", "cross_attention.md", "music.md"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 
 
