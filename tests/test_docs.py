@@ -1,5 +1,5 @@
-"""The walkthrough docs/attention.md runs: its python blocks execute in order, their asserts
-hold and what they print is what the ```text block under them shows."""
+"""The teaching docs run: each doc's python blocks execute in order, their asserts hold and
+what they print is what the ```text block under them shows."""
 
 import contextlib
 import io
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "attention.md"
+DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
+DOCS = ["attention.md", "one_head.md", "positions.md", "block.md", "cross_attention.md", "music.md"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 
 
@@ -30,31 +31,34 @@ def normalise(out):
     return "\n".join(line.rstrip() for line in out.strip().splitlines())
 
 
-def test_walkthrough_has_runnable_examples():
-    blocks = doc_blocks(DOC.read_text(encoding="utf-8"))
-    assert len(blocks) >= 8
-    assert sum(expected is not None for _, _, expected in blocks) >= 6
+@pytest.mark.parametrize("name", DOCS)
+def test_doc_has_runnable_examples(name):
+    blocks = doc_blocks((DOCS_DIR / name).read_text(encoding="utf-8"))
+    assert len(blocks) >= 5
+    assert sum(expected is not None for _, _, expected in blocks) >= 4
 
 
-def test_every_text_block_follows_a_python_block():
-    text = DOC.read_text(encoding="utf-8")
+@pytest.mark.parametrize("name", DOCS)
+def test_every_text_block_follows_a_python_block(name):
+    text = (DOCS_DIR / name).read_text(encoding="utf-8")
     n_text = sum(lang == "text" for lang, _ in FENCE.findall(text))
     assert n_text == sum(expected is not None for _, _, expected in doc_blocks(text))
 
 
-def test_walkthrough_blocks_run_and_print_what_the_doc_shows():
-    with np.printoptions():     # the walkthrough sets print options; keep them from leaking
-        _run_walkthrough()
+@pytest.mark.parametrize("name", DOCS)
+def test_doc_blocks_run_and_print_what_the_doc_shows(name):
+    with np.printoptions():     # the docs set print options; keep them from leaking
+        _run_doc(DOCS_DIR / name)
 
 
-def _run_walkthrough():
-    namespace = {"__name__": "docs_attention"}
-    for line, code, expected in doc_blocks(DOC.read_text(encoding="utf-8")):
+def _run_doc(path):
+    namespace = {"__name__": "docs_" + path.stem}
+    for line, code, expected in doc_blocks(path.read_text(encoding="utf-8")):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             try:
-                exec(compile(code, f"{DOC.name}:{line}", "exec"), namespace)
+                exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
             except Exception as e:                       # name the block that failed
-                pytest.fail(f"block at {DOC.name}:{line} raised {e!r}")
+                pytest.fail(f"block at {path.name}:{line} raised {e!r}")
         if expected is not None:
-            assert normalise(buf.getvalue()) == normalise(expected), f"output of block at line {line}"
+            assert normalise(buf.getvalue()) == normalise(expected), f"output of block at {path.name}:{line}"
