@@ -234,3 +234,19 @@ def test_analyze_prints_the_faults_of_each_bar(tmp_path):
     import json
     bars = json.loads((tmp_path / "a.json").read_text())["bars"]
     assert bars[0]["bar"] == 1 and bars[0]["parallels"] == 3
+
+
+def test_harmonization_i_of_several_is_the_single_run_with_seed_plus_i(tmp_path, model):
+    path = _melody_file(tmp_path, [(72, 0, 96, 80), (71, 96, 192, 80), (69, 192, 288, 80), (67, 288, 576, 80)])
+    many = harmonize(path, model=model, seed=10, num_samples=3)
+    np.testing.assert_array_equal(many[2].grid, harmonize(path, model=model, seed=12).grid)
+
+
+def test_the_kept_voicing_has_the_fewest_faults_then_the_most_complete_chords():
+    from music_attn.runtime.harmonize import best_voicing
+    clean = np.array([[72, 67, 64, 48], [74, 67, 65, 47]])            # C major, then G7 (B D F G)
+    thin = np.array([[72, 67, 60, 48], [74, 67, 62, 43]])             # one parallel octave, incomplete
+    parallel = np.array([[72, 64, 55, 48], [74, 65, 57, 50]])          # complete, but two parallels
+    grids = np.stack([parallel, thin, clean])
+    assert best_voicing(grids, np.zeros(3)) == 2
+    assert best_voicing(grids[:2], np.array([0.0, -50.0])) == 1        # fewer faults beats likelihood

@@ -52,6 +52,9 @@ MAX_STEPS = 4096
 SOPRANO_RANGE = (60, 81)
 # Sampling settings of `harmonize` (chosen on the validation chorales: docs/harmonize.md).
 TEMPERATURE = 0.9
+# With the rules, each harmonization is the best of this many drawn side by side: fewest
+# faults, then the most complete chords, then the most likely (docs/harmonize.md).
+CANDIDATES = 4
 
 
 def harmonizer_path():
@@ -285,14 +288,15 @@ def sample_voices(model, soprano, *, num_samples=1, rng=None, temperature=TEMPER
                   rules=True):
     """Alto, tenor and bass under ``soprano`` (int (S,), model pitches, -1 silent).
 
-    ``rng``: an int seed (sample i draws with seed + i) or a Generator.
+    ``rng``: an int seed (sample i draws with seed + i), a Generator, or a list of
+    Generators, one per sample (then ``num_samples`` is its length).
     Returns (grids int (N, S, 4) in model pitches, log-probabilities (N,) of the drawn cells).
     With ``rules``, cells that break the rules of :func:`rule_mask` (and rests under a
     sounding soprano) get probability zero; a cell with no legal pitch is drawn freely.
     """
     tok = model.tokenizer
-    S, N = len(soprano), int(num_samples)
-    rngs = _rngs(rng, N)
+    rngs = list(rng) if isinstance(rng, (list, tuple)) else _rngs(rng, int(num_samples))
+    S, N = len(soprano), len(rngs)
     n_tokens = 1 + 4 * S
     cond = condition_of(tok, soprano, n_tokens, ahead(model)) if ahead(model) else None
     sop_ids = tok.grid_ids(np.column_stack([soprano, np.full((S, 3), -1)]))[:, 0]
@@ -453,7 +457,7 @@ def _voice_track(melody, column, name, channel):
 # --------------------------------------------------------------------------- the job
 
 def harmonize(melody, *, model=None, seed=None, num_samples=1, track=None, bars=None, rules=True,
-              temperature=TEMPERATURE):
+              temperature=TEMPERATURE, candidates=None):
     """Add alto, tenor and bass under a melody, in the style of Bach's chorales.
 
     Parameters
@@ -468,6 +472,9 @@ def harmonize(melody, *, model=None, seed=None, num_samples=1, track=None, bars=
     rules : forbid parallel fifths and octaves, hidden octaves to the bass, crossing, wide
         spacing and notes out of range while sampling (``False``: the model alone).
     temperature : sampling temperature.
+    candidates : voicings drawn per harmonization, the best kept (fewest faults, then most
+        complete triads and sevenths, then most likely); default :data:`CANDIDATES` with the
+        rules, 1 without (the model alone).
 
     Returns
     -------
@@ -479,12 +486,38 @@ def harmonize(melody, *, model=None, seed=None, num_samples=1, track=None, bars=
         raise ValueError(f"num_samples must be an integer in 1..64, got {num_samples!r}")
     if not (isinstance(temperature, (int, float)) and 0 < temperature <= 10):
         raise ValueError(f"temperature must be a number in (0, 10], got {temperature!r}")
+    k = (CANDIDATES if rules else 1) if candidates is None else candidates
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 16:
+        raise ValueError(f"candidates must be an integer in 1..16, got {k!r}")
     model = load_harmonizer(model) if model is None or not hasattr(model, "forward") else model
     read = read_melody(melody, track=track, bars=bars, model_range=model.tokenizer.pitch_range)
-    grids, _ = sample_voices(model, read.soprano, num_samples=num_samples, rng=seed,
-                             temperature=temperature, rules=rules)
-    out = [_harmonization(read, g) for g in grids]
+    rngs = [g for i in range(num_samples) for g in _candidate_rngs(seed, i, k)]
+    grids, logp = sample_voices(model, read.soprano, rng=rngs, temperature=temperature, rules=rules)
+    out = [_harmonization(read, _best(grids[i * k:(i + 1) * k], logp[i * k:(i + 1) * k]))
+           for i in range(num_samples)]
     return out[0] if num_samples == 1 else out
+
+
+def _candidate_rngs(seed, i, k):
+    """The generators of sample i's k candidates: from seed + i alone (one candidate: that seed)."""
+    if isinstance(seed, np.random.Generator):
+        return [seed] if k == 1 and i == 0 else [np.random.default_rng(s) for s in seed.integers(0, 2 ** 63, k)]
+    base = (0 if seed is None else int(seed)) + i
+    return [np.random.default_rng(base)] if k == 1 else [np.random.default_rng([base, c]) for c in range(k)]
+
+
+def best_voicing(grids, logp):
+    """Index of the grid (N, S, 4) a chorale teacher would keep: fewest faults (parallels,
+    hidden octaves, crossing, spacing, range), then most complete chords, then most likely."""
+    def key(i):
+        c = voice_leading(grids[i]).counts
+        faults = c["parallels"] + c["hidden_octaves"] + c["crossing"] + c["spacing"] + c["out_of_range"]
+        return faults, c["incomplete"] / max(c["chord_steps"], 1), -logp[i]
+    return min(range(len(grids)), key=key)
+
+
+def _best(grids, logp):
+    return grids[best_voicing(grids, logp)]
 
 
 def _harmonization(melody, grid):
