@@ -250,3 +250,11 @@ def test_the_kept_voicing_has_the_fewest_faults_then_the_most_complete_chords():
     grids = np.stack([parallel, thin, clean])
     assert best_voicing(grids, np.zeros(3)) == 2
     assert best_voicing(grids[:2], np.array([0.0, -50.0])) == 1        # fewer faults beats likelihood
+
+
+def test_the_condition_read_from_a_token_sequence_is_the_condition_of_its_soprano(model):
+    from music_attn.runtime.harmonize import condition_for_ids
+    grid = np.array([[72, 67, 64, 48], [74, 67, 65, 47], [-1, 60, 55, 48], [76, 67, 60, 48]])
+    ids = np.append(model.tokenizer.encode_grid(grid).ids, model.tokenizer.eos_id)
+    np.testing.assert_array_equal(condition_for_ids(model, ids),
+                                  condition_of(model.tokenizer, grid[:, 0], len(ids), 8))

@@ -187,3 +187,20 @@ def test_heads_that_store_different_keys_share_one_visible_set():
     roles = head_roles(rows, 1, 2, CDCD, np.zeros((1, 2, 4)), np.zeros(4))
     assert roles["share"][0, 0] == pytest.approx(roles["share"][0, 1])
     assert roles["uniform"][R["previous"]] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def test_melody_relations_point_lower_voices_at_the_melody_note_above_them():
+    from music_attn.inspect.roles import melody_above, melody_track_notes, relation_masks
+    # melody (track 0): C5 at 0 s, D5 at 1 s; bass (track 1): C3 at 0 s, B2 at 0.5 s, G2 at 1 s
+    notes = {"pitch": np.array([72, 48, 47, 74, 43]), "start": np.array([0.0, 0.0, 0.5, 1.0, 1.0]),
+             "track": np.array([0, 1, 1, 0, 1]), "bar": np.zeros(5, int), "position": np.zeros(5)}
+    notes["melody"] = melody_track_notes(notes["pitch"], notes["track"])
+    assert notes["melody"].tolist() == [True, False, False, True, False]
+    assert melody_above(notes["start"], notes["melody"]).tolist() == [0, 0, 0, 3, 3]
+    qi, kj = np.tril_indices(5)
+    masks = relation_masks(qi, kj, notes, np.full(5, -1))
+    now = {(int(i), int(j)) for i, j in zip(qi[masks["melody_now"]], kj[masks["melody_now"]])}
+    assert now == {(1, 0), (2, 0), (4, 3)}
+    to_melody = {(int(i), int(j)) for i, j in zip(qi[masks["melody"]], kj[masks["melody"]])}
+    assert to_melody == {(1, 0), (2, 0), (4, 0), (4, 3)}
+    assert not melody_track_notes(notes["pitch"], np.zeros(5, int)).any()      # one track: no melody

@@ -51,6 +51,7 @@ import numpy as np
 from music_attn.errors import MidiError, MusicAttnError
 from music_attn.training.stats import note_name, spelled_names
 from music_attn.training.windows import alignment, spans, token_nll
+from music_attn.runtime.harmonize import condition_for_ids
 
 __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "note_name"]
 
@@ -799,8 +800,10 @@ def _run_windows(model, ids, window, a, b, bar):
     """Band (L, H, T, W), rollout band (T, W) and token NLL (T,) of tokens a..b-1, window by window."""
     T, W = b - a, window
     band, roll, nll = None, np.zeros((T, W), np.float32), np.full(T, np.nan)
+    cond = condition_for_ids(model, ids)           # the harmonizer reads the melody ahead; else None
     for s in _plan(ids.size, window, a, b, alignment(model)):
-        logits, att = _forward(model, ids[s.start:s.stop])                # (n, V), (L, H, n, n)
+        logits, att = _forward(model, ids[s.start:s.stop],
+                               None if cond is None else cond[s.start:s.stop])   # (n, V), (L, H, n, n)
         if band is None:
             band = np.zeros(att.shape[:2] + (T, W), np.float32)
         q = np.arange(max(s.keep, a), min(s.stop, b)) - s.start            # rows this window owns
@@ -814,8 +817,9 @@ def _run_windows(model, ids, window, a, b, bar):
     return band, roll, nll
 
 
-def _forward(model, ids):
-    logits, att = model.forward(ids[None, :], return_attention=True)     # (1, n, V), (L, 1, H, n, n)
+def _forward(model, ids, condition=None):
+    logits, att = model.forward(ids[None, :], return_attention=True,
+                                condition=None if condition is None else condition[None])   # (1, n, V), (L, 1, H, n, n)
     return np.asarray(logits[0], dtype=np.float64), np.asarray(att[:, 0], dtype=np.float32)
 
 

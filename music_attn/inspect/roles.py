@@ -19,6 +19,13 @@ musical relation between a query note ``i`` and a key note ``j``:
 ``position``
     ``j`` starts at the same position in the bar, in any earlier bar
     (contains ``bar_back``).
+``melody``
+    ``i`` is not a melody note and ``j`` is one (the melody: the track of the
+    highest mean pitch, in a piece of two tracks or more): an accompanying or
+    lower voice listening to the tune (the harmonizer's alto, tenor and bass).
+``melody_now``
+    ``j`` is the melody note sounding where ``i`` starts (the latest melody onset
+    at or before ``i``'s), for ``i`` not in the melody: the note it harmonizes.
 ``structure``
     structure tokens (bar lines, positions, metre, BOS: tokens of no note).
 
@@ -47,13 +54,16 @@ Shape legend: L layers, H heads, N notes, R relations, E stored entries.
 import numpy as np
 
 __all__ = ["RELATIONS", "RELATION_NAMES", "head_roles", "maps_roles", "strongest", "format_roles", "previous_in_voice", "relation_masks",
-           "dense_rows", "bar_lines", "bar_and_position", "note_context", "structure_baseline"]
+           "dense_rows", "bar_lines", "bar_and_position", "note_context", "structure_baseline", "melody_above",
+           "melody_track_notes"]
 
-RELATIONS = ("previous", "onset", "pitch", "pitch_class", "bar_back", "position", "structure")
+RELATIONS = ("previous", "onset", "pitch", "pitch_class", "bar_back", "position", "melody", "melody_now",
+             "structure")
 NOTE_RELATIONS = RELATIONS[:-1]
 RELATION_NAMES = {"previous": "previous note", "onset": "same onset", "pitch": "same pitch",
                   "pitch_class": "same pitch class", "bar_back": "one bar back",
-                  "position": "same place in bar", "structure": "structure tokens"}
+                  "position": "same place in bar", "melody": "to the melody",
+                  "melody_now": "melody note above", "structure": "structure tokens"}
 MIN_SHARE = 0.1            # a relation must take this share of a head's attention to be its role
 _TICKS = 480               # positions in the bar are compared on a grid of 1/480 beat
 _ONSET_TOLERANCE = 1e-6    # seconds
@@ -110,6 +120,8 @@ def relation_masks(qi, kj, notes, prev):
     pos = np.rint(np.asarray(notes["position"], dtype=np.float64) * _TICKS).astype(np.int64)
     earlier = start[kj] < start[qi] - _ONSET_TOLERANCE
     same_pos = pos[kj] == pos[qi]
+    melody = np.asarray(notes.get("melody", np.zeros(len(start), bool)), dtype=bool)
+    listening = ~melody[qi] & melody[kj]
     return {
         "previous": kj == prev[qi],
         "onset": (kj != qi) & (np.abs(start[kj] - start[qi]) <= _ONSET_TOLERANCE),
@@ -117,7 +129,21 @@ def relation_masks(qi, kj, notes, prev):
         "pitch_class": earlier & (pitch[kj] % 12 == pitch[qi] % 12),
         "bar_back": same_pos & (bar[kj] == bar[qi] - 1),
         "position": same_pos & (bar[kj] < bar[qi]),
+        "melody": listening,
+        "melody_now": listening & (kj == melody_above(start, melody)[qi]),
     }
+
+
+def melody_above(start, melody):
+    """Index of the melody note sounding at each note's onset (the latest melody onset at or
+    before it; among equal onsets the last in order), -1 for none: (N,) int."""
+    start = np.asarray(start, dtype=np.float64)
+    idx = np.flatnonzero(melody)
+    if not idx.size:
+        return np.full(len(start), -1)
+    idx = idx[np.argsort(start[idx], kind="stable")]
+    at = np.searchsorted(start[idx], start + _ONSET_TOLERANCE, side="right") - 1
+    return np.where(at >= 0, idx[np.maximum(at, 0)], -1)
 
 
 def head_roles(rows, n_layers, n_heads, notes, structure_share, structure_uniform):
@@ -246,7 +272,18 @@ def note_context(maps, score=None):
     else:
         out["bar"], out["position"] = np.full(N, -1), np.zeros(N)
     out["track"] = _tracks(maps, score)
+    out["melody"] = melody_track_notes(out["pitch"], out["track"])
     return out
+
+
+def melody_track_notes(pitch, track):
+    """bool (N,): the notes of the track of the highest mean pitch, when there are two tracks or more."""
+    track = np.asarray(track)
+    tracks = np.unique(track)
+    if len(tracks) < 2:
+        return np.zeros(len(track), bool)
+    means = [np.mean(np.asarray(pitch)[track == t]) for t in tracks]
+    return track == tracks[int(np.argmax(means))]
 
 
 def _tracks(maps, score):

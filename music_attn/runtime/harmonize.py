@@ -81,9 +81,27 @@ def condition_of(tokenizer, soprano, n_tokens, ahead):
     knowing the melody's next K sixteenths.  soprano : int (S,) pitches, -1 silent.
     """
     sop = tokenizer.grid_ids(np.column_stack([soprano, np.full((len(soprano), 3), -1)]))[:, 0]
-    ahead_ids = np.concatenate([sop, np.full(ahead + n_tokens // 4 + 2, tokenizer.pad_id)])
-    step = (np.arange(n_tokens) - 1) // 4                                   # (n,) BOS: -1
-    return ahead_ids[(step + 1)[:, None] + np.arange(ahead)].astype(np.int64)
+    return _ahead(sop, n_tokens, ahead, tokenizer.pad_id)
+
+
+def condition_for_ids(model, ids):
+    """The condition tokens (n, K) of a grid token sequence ``ids`` (n,) that starts with BOS:
+    its soprano is read from the sequence itself (one cell in four), or None for a model
+    without a condition."""
+    if not ahead(model):
+        return None
+    ids = np.asarray(ids, dtype=np.int64)
+    cells = ids[1:]
+    tok = model.tokenizer
+    steps = np.flatnonzero(np.isin(cells, [tok.eos_id, tok.pad_id, tok.bos_id]))   # EOS / PAD end the grid
+    cells = cells[:steps[0] if steps.size else len(cells)]
+    return _ahead(cells[0::4], len(ids), ahead(model), model.tokenizer.pad_id)
+
+
+def _ahead(soprano_ids, n_tokens, K, pad):
+    padded = np.concatenate([soprano_ids, np.full(K + n_tokens // 4 + 2, pad)])
+    step = (np.arange(n_tokens) - 1) // 4                                      # (n,) BOS: -1
+    return padded[(step + 1)[:, None] + np.arange(K)].astype(np.int64)
 
 
 def ahead(model):
