@@ -5,7 +5,8 @@ Run from the repository root:
     python scripts/harmonize_eval.py --data ../shared/data/jsb              # validation chorales
     python scripts/harmonize_eval.py --data ../shared/data/jsb --folk 12    # and folk tunes
 
-For every validation chorale, Bach's soprano is given and the harmonizer samples
+For every held-out validation chorale (the second half: the harmonizer trained on the
+first 38, see scripts/train_harmonizer.py), Bach's soprano is given and the harmonizer samples
 alto, tenor and bass (one sample, seed = the chorale's index), with the voice-leading
 rules (the default of ``harmonize``) and without them (``--free``).  The table gives,
 for both and for Bach's own voices, the figures of :mod:`music_attn.music.voice_leading`:
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from music_attn.music.voice_leading import COUNTS, VoiceLeading, voice_leading
-from music_attn.runtime.harmonize import (TEMPERATURE, harmonization_nll, harmonize, load_harmonizer,
-                                          sample_voices)
+from music_attn.runtime.harmonize import (CANDIDATES, TEMPERATURE, best_voicing, harmonization_nll, harmonize,
+                                          load_harmonizer, sample_voices)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,23 +47,26 @@ def _row(name, report, nll=""):
             f"{100 * report.complete_share:.1f}% | {nll} |")
 
 
-def chorales(model, folder, temperature, limit=None):
+def chorales(model, folder, temperature, first=38, limit=None, candidates=None):
     grids = [np.asarray(c, dtype=np.int64).reshape(-1, 4) for c in json.loads((Path(folder) / "valid.json").read_text())]
-    grids = grids[:limit]
+    grids = grids[first:][:limit]
     bach, ruled, free = [], [], []
     t0 = time.perf_counter()
     for i, g in enumerate(grids):
         bach.append(voice_leading(g))
         for rules, out in ((True, ruled), (False, free)):
-            sampled, _ = sample_voices(model, g[:, 0], rng=i, temperature=temperature, rules=rules)
-            out.append(voice_leading(sampled[0]))
+            k = (candidates or CANDIDATES) if rules else 1
+            rngs = [np.random.default_rng([i, c]) for c in range(k)]
+            sampled, logp = sample_voices(model, g[:, 0], rng=rngs, temperature=temperature, rules=rules)
+            out.append(voice_leading(sampled[best_voicing(sampled, logp)]))
     seconds = time.perf_counter() - t0
     total, cells = 0.0, 0
     for g in grids:
         s, n = harmonization_nll(g, model=model, total=True)
         total, cells = total + s, cells + n
-    print(f"{len(grids)} validation chorales, Bach's soprano given; {seconds:.0f} s for {2 * len(grids)} "
-          f"harmonizations; temperature {temperature}\n")
+    print(f"{len(grids)} held-out validation chorales (valid[{first}:]), Bach's soprano given; {seconds:.0f} s "
+          f"for {2 * len(grids)} harmonizations; temperature {temperature}, best of "
+          f"{candidates or CANDIDATES} with the rules\n")
     print("| voices | parallel 5ths+8ves per 100 pair moves | hidden 8ves per 100 | crossing (steps) | "
           "spacing > 8ve (steps) | complete triads or 7ths | NLL of Bach's A, T, B (nats/cell) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -95,11 +99,14 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="folder with valid.json")
     p.add_argument("-m", "--model", help="harmonizer checkpoint (default: the shipped one)")
     p.add_argument("--temperature", type=float, default=TEMPERATURE)
-    p.add_argument("--limit", type=int, help="only the first N chorales")
+    p.add_argument("--first", type=int, default=38, help="the first validation chorale scored (default: "
+                   "38, the held-out half)")
+    p.add_argument("--limit", type=int, help="only N chorales")
+    p.add_argument("--candidates", type=int, help=f"voicings per harmonization with the rules (default {CANDIDATES})")
     p.add_argument("--folk", type=int, default=0, metavar="N", help="also N folk tunes")
     args = p.parse_args(argv)
     model = load_harmonizer(args.model)
-    chorales(model, args.data, args.temperature, args.limit)
+    chorales(model, args.data, args.temperature, args.first, args.limit, args.candidates)
     if args.folk:
         folk(model, args.folk, args.temperature)
     return 0
