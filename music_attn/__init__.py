@@ -15,10 +15,10 @@ from music_attn.core.attention import (
     soft_align_attention,
     softmax,
 )
-from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import load_corpus, shipped_melodies, tokenize_folder
 from music_attn.errors import CheckpointError, MidiError, MusicAttnError, OutputError, TokenizerError
-from music_attn.training.generate import generate, sample_next
+from music_attn.runtime.generate import generate, sample_next
 from music_attn.inspect.inspector import AttentionMaps, attention_maps
 from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.core.model import Model, ModelConfig, init_model

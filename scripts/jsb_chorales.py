@@ -25,7 +25,7 @@ the figure Huang et al. (ICLR 2019) report (best: 0.335 nats per token).
 Training: the train split only, with transposition augmentation (-5..+5
 semitones, within the pitch range of the data) and dropout; the validation split
 is used for early stopping only (the best checkpoint by validation NLL is
-kept; with ``--average-from``, the best running mean of the weights).  Validation reads each chorale with :func:`music_attn.training.windows.sequence_nll`:
+kept; with ``--average-from``, the best running mean of the weights).  Validation reads each chorale with :func:`music_attn.runtime.windows.sequence_nll`:
 windows of the model's ``max_len`` tokens moving by ``--stride``, so a chorale
 that fits the window is predicted with all of itself before each token, and a
 longer one with at least ``max_len - stride`` tokens of context.
@@ -50,11 +50,11 @@ import numpy as np
 from music_attn.core.model import POSITIONALS, ModelConfig, init_model, parallel_map
 from music_attn.music.grid import STEPS_PER_BEAT, GridTokenizer, grid_notes
 from music_attn.music import constants as K
-from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table
 from music_attn.training.ngram import KneserNeyLM
 from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
-from music_attn.training.windows import sequence_nll
+from music_attn.runtime.windows import sequence_nll
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "benchmarks" / "jsb_chorales.npz"

@@ -26,7 +26,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 
 
 def _model(random_model, path=None):
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.core.model import ModelConfig, init_model
 
     if not random_model:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from music_attn._io import atomic_write
-from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 from music_attn.training.data import load_corpus
 from music_attn.training.evaluate import model_nll
 from music_attn.core.model import ModelConfig, init_model

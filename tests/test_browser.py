@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from music_attn.inspect.viz import write_html
-from music_attn.training.stats import note_name
+from music_attn.music.theory import note_name
 from test_viz import synthetic_maps
 
 CHROMIUM = "/usr/bin/chromium"

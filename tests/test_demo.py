@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from music_attn.training.checkpoint import save_checkpoint, shipped_model_path
+from music_attn.runtime.checkpoint import save_checkpoint, shipped_model_path
 from music_attn.demo import N_BARS, run_demo
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.music.tokenizer import RemiTokenizer

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from music_attn.training.evaluate import model_nll
-from music_attn.training.windows import sequence_nll, spans, window_start
+from music_attn.runtime.windows import sequence_nll, spans, window_start
 from music_attn.core.model import ModelConfig, init_model
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from music_attn.training.checkpoint import save_checkpoint
+from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.cli import main
-from music_attn.training.generate import generate, next_token_distribution, sample_next
+from music_attn.runtime.generate import generate, next_token_distribution, sample_next
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.music.tokenizer import RemiTokenizer
 

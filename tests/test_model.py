@@ -158,7 +158,7 @@ def test_shipped_model_logits_on_a_melody_equal_a_float64_reference():
     """The shipped checkpoint loads and gives, on a packaged melody, the logits of the model
     written from the maths in float64 (tests/conftest.py), to float32 tolerance."""
     from conftest import reference_logits64
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.training.data import shipped_melodies
 
     model = load_model()
@@ -200,7 +200,7 @@ def test_decode_of_the_shipped_model_equals_a_float64_reference():
     """The shipped checkpoint decoding a melody token by token gives the float64 model written
     from the maths (tests/conftest.py), to float32 tolerance."""
     from conftest import reference_logits64
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.training.data import shipped_melodies
 
     model = load_model()

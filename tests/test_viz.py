@@ -11,7 +11,7 @@ import pytest
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.inspector import AttentionMaps
 from music_attn.inspect.viz import encode_sparse, note_image, page_data, render_html, render_png, write_html, write_json
-from music_attn.training.stats import note_name as spell
+from music_attn.music.theory import note_name as spell
 
 
 def synthetic_maps(n_notes, L=2, H=3, seed=0, name="tune.mid", texts=None):

@@ -13,7 +13,7 @@ MAX_SAMPLES = 256                             # a bound on the files one command
 
 
 def register(sub):
-    from music_attn.training.generate import generate
+    from music_attn.runtime.generate import generate
     p = sub.add_parser("generate",
                        help="sample a continuation of --prompt FILE.mid (or from nothing) to MIDI",
                        description="Continue a MIDI prompt with the model (the shipped one by default), "
@@ -55,7 +55,7 @@ def _run(args):
     import numpy as np
     from music_attn._io import check_input, check_output
     from music_attn.errors import MidiError, MusicAttnError
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     if not args.prompt and (args.track is not None or args.melody or args.drums):
         raise ValueError("--track, --melody and --drums choose what to read from --prompt: give a prompt")
     inputs = [p for p in (args.prompt, args.model) if p]
@@ -101,7 +101,7 @@ def _budget(args, tokenizer):
 
 def _generate(args, model, prompt_ids, budget, rngs):
     """One Generated per generator in ``rngs``, sampled as one batch."""
-    from music_attn.training.generate import generate
+    from music_attn.runtime.generate import generate
     max_new_tokens, n_bars = budget
     batched = len(rngs) > 1
     outs = generate(model, prompt_ids, max_new_tokens=max_new_tokens, n_bars=n_bars, no_end=args.no_end,

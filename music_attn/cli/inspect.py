@@ -38,7 +38,7 @@ def _run(args):
     from music_attn.errors import MidiError
     from music_attn.inspect.inspector import attention_maps
     from music_attn.music.select import parse_bars
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
 
     source = Path(args.file)
     check_input(source, what="MIDI file", error=MidiError)

@@ -127,7 +127,7 @@ def _model_settings(args):
 def _resumed(args):
     """Model and TrainState from the checkpoint at -o (``--steps`` may extend the run)."""
     import dataclasses
-    from music_attn.training.checkpoint import load_checkpoint
+    from music_attn.runtime.checkpoint import load_checkpoint
     from music_attn.errors import CheckpointError
     from music_attn.training.train import train_state_from_checkpoint
     ckpt = load_checkpoint(args.output)

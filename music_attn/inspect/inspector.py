@@ -4,7 +4,7 @@
 top voice of it, see :mod:`music_attn.music.select`) and keeps what it saw:
 
 * **Token attention as a band.**  A piece longer than the model's window is
-  read with THE windowing rule of :func:`music_attn.training.windows.spans`
+  read with THE windowing rule of :func:`music_attn.runtime.windows.spans`
   (windows of ``W`` tokens moved by ``W // 2``; every position's attention row
   and next-token logits come from exactly one window, the first that holds
   it).  So query ``t`` only ever sees keys ``t - W + 1 .. t``, and the band
@@ -31,7 +31,7 @@ top voice of it, see :mod:`music_attn.music.select`) and keeps what it saw:
   before it (up to a window) is their context; attention to the notes of that
   music is ``context_share`` (to its Bar and Position tokens, ``structure_share``).
 * **Surprise** of a note: the sum of the NLL (nats) of its tokens, each from the
-  logits of the position before it (:func:`~music_attn.training.windows.token_nll`).
+  logits of the position before it (:func:`~music_attn.runtime.windows.token_nll`).
   ``model_fit`` compares the mean NLL per token of what is shown with the
   model's NLL per token on its own validation set (stored in the checkpoint).
 
@@ -49,8 +49,8 @@ from typing import NamedTuple
 import numpy as np
 
 from music_attn.errors import MidiError, MusicAttnError
-from music_attn.training.stats import note_name, spelled_names
-from music_attn.training.windows import alignment, spans, token_nll
+from music_attn.music.theory import note_name, spelled_names
+from music_attn.runtime.windows import alignment, spans, token_nll
 
 __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "note_name"]
 

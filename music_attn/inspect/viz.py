@@ -28,7 +28,7 @@ from music_attn._io import atomic_write
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
-from music_attn.training.stats import estimate_key, key_name, uses_flats
+from music_attn.music.theory import estimate_key, key_name, uses_flats
 
 __all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "music_context", "spell"]
 

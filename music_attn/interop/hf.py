@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from music_attn.inspect.inspector import AttentionMaps
-from music_attn.training.windows import token_nll
+from music_attn.runtime.windows import token_nll
 
 __all__ = ["attention_maps_from", "stack_attentions"]
 

@@ -20,10 +20,10 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from music_attn.training.checkpoint import save_checkpoint
+from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.training.data import TRANSPOSE_RANGE, augment_transpose, sample_windows
 from music_attn.core.model import parallel_map
-from music_attn.training.windows import alignment, corpus_nll
+from music_attn.runtime.windows import alignment, corpus_nll
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train",
            "train_state_from_checkpoint"]

@@ -1,0 +1,1 @@
+"""Running a trained model: checkpoint loading, windows and NLL, sampling, continuing a MIDI file."""
