@@ -23,8 +23,8 @@ from music_attn.inspect.inspector import AttentionMaps, attention_maps
 from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.core.model import Model, ModelConfig, init_model
 from music_attn.core.positional import apply_rope, relative_logits, sinusoidal, skew
-from music_attn.music.grid import GridTokenizer
-from music_attn.music.tokenizer import (
+from music_attn.music.tokenizers import GridTokenizer
+from music_attn.music.tokenizers import (
     PerformanceTokenizer,
     RemiTokenizer,
     TokenSequence,

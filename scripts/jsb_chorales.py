@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from music_attn.core.model import POSITIONALS, ModelConfig, init_model, parallel_map
-from music_attn.music.grid import STEPS_PER_BEAT, GridTokenizer, grid_notes
+from music_attn.music.tokenizers import STEPS_PER_BEAT, GridTokenizer, grid_notes
 from music_attn.music import constants as K
 from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table

@@ -31,7 +31,7 @@ def _model(random_model, path=None):
 
     if not random_model:
         return load_model(path)
-    from music_attn.music.tokenizer import RemiTokenizer
+    from music_attn.music.tokenizers import RemiTokenizer
 
     tokenizer = RemiTokenizer()
     config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4, d_ff=128,

@@ -31,7 +31,7 @@ from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 from music_attn.training.data import load_corpus
 from music_attn.training.evaluate import model_nll
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

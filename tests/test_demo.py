@@ -8,7 +8,7 @@ import pytest
 from music_attn.runtime.checkpoint import save_checkpoint, shipped_model_path
 from music_attn.demo import N_BARS, run_demo
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 
 needs_shipped_model = pytest.mark.skipif(not shipped_model_path().is_file(),
                                          reason="the shipped model (music_attn/assets/model.npz) is absent")

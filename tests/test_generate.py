@@ -9,7 +9,7 @@ from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.cli import main
 from music_attn.runtime.generate import generate, next_token_distribution, sample_next
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 
 
 def softmax64(x):

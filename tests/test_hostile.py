@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.training.data import shipped_melodies
 

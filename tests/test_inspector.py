@@ -354,7 +354,7 @@ Q = 480
 @pytest.fixture(scope="module")
 def remi_model():
     from music_attn.core.model import ModelConfig, init_model
-    from music_attn.music.tokenizer import RemiTokenizer
+    from music_attn.music.tokenizers import RemiTokenizer
 
     tok = RemiTokenizer(velocity_bins=0)
     config = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32)
@@ -451,7 +451,7 @@ limit = int(sys.argv[3]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.inspect.inspector import attention_maps
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 tok = RemiTokenizer(velocity_bins=0)
 config = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=int(sys.argv[2]))
 model = init_model(config, np.random.default_rng(0))

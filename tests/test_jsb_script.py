@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.grid import GridTokenizer
+from music_attn.music.tokenizers import GridTokenizer
 from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.runtime.windows import sequence_nll
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from midi_factory import ensemble_tune, mido_reference, random_tune, save
-from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
+from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "data").rglob("*.mid"))

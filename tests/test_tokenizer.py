@@ -10,7 +10,7 @@ import pytest
 
 from midi_factory import midi_file, mido_reference, note_events, off, on, random_tune, tempo, time_signature, track
 from music_attn.errors import TokenizerError
-from music_attn.music.tokenizer import (
+from music_attn.music.tokenizers import (
     PerformanceTokenizer,
     RemiTokenizer,
     Tokenizer,

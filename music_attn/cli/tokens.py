@@ -65,7 +65,7 @@ def _bpm(text):
 
 def _tokenize(args):
     from music_attn.errors import MidiError
-    from music_attn.music.tokenizer import Tokenizer
+    from music_attn.music.tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_dict({"type": args.tokenizer, "tempo": args.tempo, "programs": args.programs,
                                      "include_drums": args.drums})
@@ -187,7 +187,7 @@ def _read_tokens(path, item=None, bare_kind="remi"):
     (read with the ``bare_kind`` tokenizer).
     """
     from music_attn.errors import TokenizerError
-    from music_attn.music.tokenizer import Tokenizer
+    from music_attn.music.tokenizers import Tokenizer
 
     doc = _load_json(path)
     if _is_bare(doc):

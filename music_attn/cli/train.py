@@ -61,7 +61,7 @@ def _train_options(g):
 
 
 def _tokenizer(name):
-    from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
+    from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
     return RemiTokenizer() if name == "remi" else PerformanceTokenizer()
 
 

@@ -170,7 +170,7 @@ _WORKER_TOKENIZER = None
 def _init_worker(config):
     """Process-pool initializer: rebuild the tokenizer once per worker from its config."""
     global _WORKER_TOKENIZER
-    from music_attn.music.tokenizer import Tokenizer
+    from music_attn.music.tokenizers import Tokenizer
 
     _WORKER_TOKENIZER = Tokenizer.from_dict(config)
 
@@ -233,7 +233,7 @@ def tokenize_files(paths, tokenizer, *, jobs=1, cache_dir=None, cache=True, prog
     ----------
     paths : iterable of path-like
     tokenizer : Tokenizer
-        Anything with ``encode``, ``to_dict`` and ``vocab`` (see ``music_attn.music.tokenizer``).
+        Anything with ``encode``, ``to_dict`` and ``vocab`` (see ``music_attn.music.tokenizers``).
     jobs : int
         Worker processes; ``1`` tokenizes in this process.  Results do not
         depend on ``jobs``.  Workers rebuild the tokenizer from its

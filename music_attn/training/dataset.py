@@ -62,7 +62,7 @@ class TokenDataset:
     @property
     def tokenizer(self):
         """The tokenizer the dataset was written with."""
-        from music_attn.music.tokenizer import Tokenizer
+        from music_attn.music.tokenizers import Tokenizer
         return Tokenizer.from_dict(self.tokenizer_config)
 
     def sequences(self, split="train"):

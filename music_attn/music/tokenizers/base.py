@@ -1253,4 +1253,3 @@ def _steps_to_ticks(steps, tempo_steps, tempo_us, time_step, tpb):
 
 TOKENIZER_TYPES.update(remi=RemiTokenizer, performance=PerformanceTokenizer)
 
-import music_attn.music.grid  # noqa: E402,F401  (registers the four-voice GridTokenizer)

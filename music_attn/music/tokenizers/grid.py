@@ -21,7 +21,7 @@ from music_attn.errors import TokenizerError
 from music_attn.music import constants as K
 from music_attn.music.midi import NOTE_DTYPE, Score, read_midi
 from music_attn.music.settings import check_pitch_range
-from music_attn.music.tokenizer import (
+from music_attn.music.tokenizers.base import (
     BOS_ID, EOS_ID, PITCH, SPECIAL, TOKENIZER_TYPES, GrammarState, Tokenizer, TokenSequence,
     _id_list, _state_masks,
 )
