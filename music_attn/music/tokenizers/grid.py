@@ -22,14 +22,14 @@ from music_attn.music import constants as K
 from music_attn.music.midi import NOTE_DTYPE, Score, read_midi
 from music_attn.music.settings import check_pitch_range
 from music_attn.music.tokenizers.base import (
-    BOS_ID, EOS_ID, PITCH, SPECIAL, TOKENIZER_TYPES, GrammarState, Tokenizer, TokenSequence,
-    _id_list, _state_masks,
+    BOS_ID, EOS_ID, PITCH, SPECIAL, GrammarState, Tokenizer, TokenSequence, _id_list, _state_masks,
 )
+from music_attn.music.tokenizers.registry import register
 
 __all__ = ["GridTokenizer", "VOICES", "grid_notes"]
 
 VOICES = ("Soprano", "Alto", "Tenor", "Bass")
-REST = 10                       # token kind of ``Rest`` (after the kinds of tokenizer.py)
+REST = 10                       # token kind of ``Rest`` (after the kinds of base.py)
 # Every pitch of the JSB Chorales (train and validation): 36 (C2, bass) .. 81 (A5, soprano).
 GRID_PITCH_RANGE = (36, 81)
 # A sixteenth note is a quarter of a beat.
@@ -78,6 +78,7 @@ def _note_array(starts, ends, voices, pitches, ticks_per_step, seconds_per_tick)
     return notes
 
 
+@register
 class GridTokenizer(Tokenizer):
     """Four voices on a sixteenth-note grid, one token per voice per step.
 
@@ -276,5 +277,3 @@ class _GridGrammar(GrammarState):
         return grid_score(self.grid(), bpm), (f"tempo {bpm:g} bpm (a grid carries no tempo)",
                                               f"velocity {K.DEFAULT_VELOCITY}")
 
-
-TOKENIZER_TYPES[GridTokenizer.kind] = GridTokenizer
