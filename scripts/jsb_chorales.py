@@ -3,7 +3,9 @@
 Run from the repository root (the data folder holds train.json and valid.json):
 
     # the committed checkpoint: a 512-token model, widened to 1,024 tokens, two more cosine
-    # schedules from the last weights, then the weights averaged at a constant rate (see the README)
+    # schedules from the last weights, then the weights averaged at a constant rate (see
+    # docs/jsb_training.md); the four intermediate checkpoints these commands write are not
+    # tracked in git (only their .log files are), the last command writes benchmarks/jsb_chorales.npz
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_512.npz \
         --window 512 --period 0 --batch-size 4 --steps 2521 --seed 0
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_stage2.npz \
