@@ -18,6 +18,7 @@ from music_attn.core.attention import (
 from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import load_corpus, shipped_melodies, tokenize_folder
 from music_attn.errors import CheckpointError, MidiError, MusicAttnError, OutputError, TokenizerError
+from music_attn.runtime.continue_midi import Continued, continue_midi
 from music_attn.runtime.generate import generate, sample_next
 from music_attn.inspect.inspector import AttentionMaps, attention_maps
 from music_attn.music.midi import Score, read_midi, write_midi
@@ -43,7 +44,7 @@ __all__ = [
     "load_tokenizer", "tokenize_folder", "load_corpus", "shipped_melodies",
     # the model
     "ModelConfig", "Model", "init_model", "load_model", "save_checkpoint", "load_checkpoint",
-    "TrainConfig", "train", "generate", "sample_next",
+    "TrainConfig", "train", "generate", "sample_next", "continue_midi", "Continued",
     # looking inside
     "attention_maps", "AttentionMaps",
     # errors
