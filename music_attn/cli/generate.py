@@ -141,24 +141,6 @@ def _write_fresh(args, tokenizer, outs, budget, inputs, outputs):
     return 0
 
 
-def _tempo_and_metre(score, tick):
-    """'96 bpm in 3/4': the tempo and metre in force at ``tick``."""
-    tempo = score.tempos[score.tempos["tick"] <= tick][-1]["tempo"]
-    sig = score.time_signatures[score.time_signatures["tick"] <= tick][-1]
-    return f"{60e6 / tempo:.4g} bpm in {sig['numerator']}/{sig['denominator']}"
-
-
-def _tracks(result):
-    """'track 5 'Violin I (continued)' (program 40)' for each new track, joined."""
-    described = []
-    for index in result.tracks:
-        track = result.midi.tracks[index]
-        name = next(m.name for m in track if m.type == "track_name")
-        programs = [m.program for m in track if m.type == "program_change"]
-        described.append(f"track {index} {name!r}" + (f" (program {programs[0]})" if programs else ""))
-    return ", ".join(described)
-
-
 def _bars(tokenizer, out):
     return "" if tokenizer.bar_id is None else f" ({out.bars} bar{'s' * (out.bars != 1)})"
 
@@ -185,26 +167,10 @@ def _continue(args, model, budget, outputs):
         for tmp, result in zip(temps, results):
             result.write(tmp)
     for path, result in zip(outputs, results):
-        _report(args, path, result, model.tokenizer)
+        print(f"wrote {path}: {result.describe()}")
+        print(result.reading())
         if result.added.doubled:
             print(f"left out {result.added.doubled} new note(s) that doubled a note still sounding on the same channel")
         _say_if_ended_early(result.generated, budget)
     note_dropped_drums(args.prompt, results[0].drums_left_out, kept="the output keeps them")
     return 0
-
-
-def _report(args, path, result, tokenizer):
-    import numpy as np
-    from music_attn.music.continuation import MARKER_TEXT
-    from music_attn.music.select import bars_and_beats
-    score, out, added = result.prompt, result.generated, result.added
-    n_tempos = int(np.count_nonzero(np.diff(score.tempos["tempo"])))
-    at = added.start_tick
-    bar = int(bars_and_beats({"start_tick": np.array([at])}, score.time_signatures, score.ticks_per_beat)[0][0])
-    print(f"wrote {path}: the prompt as it was ({len(added.midi.tracks) - len(added.tracks)} tracks, "
-          f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
-          f"{added.n_notes} new notes on {_tracks(added)} from bar {bar} "
-          f"({score.tick_to_time(at):.1f} s) at {_tempo_and_metre(score, at)}, after the marker {MARKER_TEXT!r}")
-    which = f"the top voice of track {result.target.index}" if args.melody else "every track"
-    print(f"the model read {len(result.read.notes)} notes ({which}): {len(out.ids) - out.prompt_length} new tokens"
-          f"{_bars(tokenizer, out)} after a {out.prompt_length}-token prompt, stopped at {out.stop}")

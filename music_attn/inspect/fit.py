@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-__all__ = ["FIT_RATIO", "model_fit"]
+__all__ = ["FIT_RATIO", "model_fit", "fit_line"]
 
 # A piece is "far outside what the model knows" above this multiple of its validation NLL.
 FIT_RATIO = 2.0
@@ -46,3 +46,12 @@ def _polyphonic(maps):
         return False
     same = np.isclose(np.diff(np.sort(maps.start)), 0)
     return bool(same.sum() >= 0.2 * maps.n_notes)
+
+
+def fit_line(fit):
+    """'model fit: 1.014 nats per token (the model's validation music: 0.607; 1.7x)'."""
+    line = f"model fit: {fit['nats_per_token']:.3f} nats per token"
+    if fit.get("validation_nats_per_token"):
+        line += (f" (the model's validation music: {fit['validation_nats_per_token']:.3f}; "
+                 f"{fit['ratio']:.1f}x)")
+    return line

@@ -56,6 +56,8 @@ class Continued(Score):
     added: C.Continuation = None
     generated: Generated = None
     drums_left_out: int = 0
+    melody: bool = False
+    tokenizer_bars: int = None     # the tokenizer's Bar token id (None: its tokens have no bars)
 
     @property
     def new_notes(self):
@@ -64,6 +66,27 @@ class Continued(Score):
 
     def to_mido(self):
         return self.midi
+
+    def describe(self):
+        """What the file holds, in words: the prompt as it was, then what was added where."""
+        score, added = self.prompt, self.added
+        n_tempos = int(np.count_nonzero(np.diff(score.tempos["tempo"])))
+        at = added.start_tick
+        bar = int(select.bars_and_beats({"start_tick": np.array([at])}, score.time_signatures,
+                                        score.ticks_per_beat)[0][0])
+        return (f"the prompt as it was ({len(added.midi.tracks) - len(added.tracks)} tracks, "
+                f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
+                f"{added.n_notes} new notes on {_new_tracks(added)} from bar {bar} "
+                f"({score.tick_to_time(at):.1f} s) at {_tempo_and_metre(score, at)}, "
+                f"after the marker {C.MARKER_TEXT!r}")
+
+    def reading(self):
+        """What the model read and wrote, in words."""
+        out = self.generated
+        which = f"the top voice of track {self.target.index}" if self.melody else "every track"
+        bars = "" if self.tokenizer_bars is None else f" ({out.bars} bar{'s' * (out.bars != 1)})"
+        return (f"the model read {len(self.read.notes)} notes ({which}): {len(out.ids) - out.prompt_length} "
+                f"new tokens{bars} after a {out.prompt_length}-token prompt, stopped at {out.stop}")
 
     def write(self, path):
         """Write the continuation file to ``path`` atomically (the prompt's tracks as they were)."""
@@ -107,7 +130,7 @@ def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_
     outs = generate(model, ids, max_new_tokens=tokens, n_bars=_bars(tokenizer, bars, tokens),  # 4. sample
                     no_end=no_end, temperature=temperature, top_k=top_k, top_p=top_p,
                     rng=rngs if num_samples else rngs[0], constrained=constrained, num_samples=num_samples)
-    results = [_continued(mid, score, read, tracks, target, tokenizer, out, dropped)   # 5. decode
+    results = [_continued(mid, score, read, tracks, target, tokenizer, out, dropped, melody)   # 5. decode
                for out in (outs if num_samples else [outs])]
     return results if num_samples else results[0]
 
@@ -135,7 +158,7 @@ def _in_bars(read, prompt_bars):
     return Score(**{**{f.name: getattr(read, f.name) for f in fields(Score)}, "notes": read.notes[keep]})
 
 
-def _continued(mid, score, read, tracks, target, tokenizer, out, dropped):
+def _continued(mid, score, read, tracks, target, tokenizer, out, dropped, melody):
     """The Continued of one sample: the file, and the prompt's notes then the new ones."""
     added = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
     whole = read_midi(added.midi, include_drums=True, sustain=tokenizer.sustain)
@@ -143,4 +166,22 @@ def _continued(mid, score, read, tracks, target, tokenizer, out, dropped):
     base = {f.name: getattr(whole, f.name) for f in fields(Score)}
     base.update(notes=np.concatenate([score.notes, new]), name=score.name)
     return Continued(**base, midi=added.midi, prompt=score, read=read, target=target, added=added,
-                     generated=out, drums_left_out=dropped)
+                     generated=out, drums_left_out=dropped, melody=melody, tokenizer_bars=tokenizer.bar_id)
+
+
+def _tempo_and_metre(score, tick):
+    """'96 bpm in 3/4': the tempo and metre in force at ``tick``."""
+    tempo = score.tempos[score.tempos["tick"] <= tick][-1]["tempo"]
+    sig = score.time_signatures[score.time_signatures["tick"] <= tick][-1]
+    return f"{60e6 / tempo:.4g} bpm in {sig['numerator']}/{sig['denominator']}"
+
+
+def _new_tracks(added):
+    """'track 5 'Violin I (continued)' (program 40)' for each new track, joined."""
+    described = []
+    for index in added.tracks:
+        track = added.midi.tracks[index]
+        name = next(m.name for m in track if m.type == "track_name")
+        programs = [m.program for m in track if m.type == "program_change"]
+        described.append(f"track {index} {name!r}" + (f" (program {programs[0]})" if programs else ""))
+    return ", ".join(described)
