@@ -1,4 +1,4 @@
-"""What each head of a model does, pooled over many pieces: the README's head-role table.
+"""What each head of a model does, pooled over many pieces: the head-role table of docs/guide.md.
 
 Run from the repository root:
 
