@@ -462,6 +462,7 @@ PATH_CASES = ([(T, S, dict(causal=True)) for T, S in [(517, 517), (200, 700), (7
               + [(517, 517, dict(window=40)), (700, 650, dict(causal=True, mask="random"))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,S,kw", PATH_CASES,
                          ids=[f"{T}x{S}-{'+'.join(kw)}" for T, S, kw in PATH_CASES])
 @pytest.mark.parametrize("block_size", [None, 1000, 37])
@@ -532,6 +533,7 @@ def test_blocks_and_tiles_cover_each_visible_pair_exactly_once():
         assert (covered[allowed] == 1).all() and (covered <= 1).all(), (T, S, bs, bq)
 
 
+@pytest.mark.slow
 def test_scratch_kept_between_calls_never_leaks_into_the_next_result(monkeypatch):
     """The blocked path keeps per-thread scratch between calls: calls of other shapes and
     dtypes in between, and buffers too large to keep, give the same exact results."""
@@ -611,6 +613,7 @@ def test_soft_align_non_causal_local_branch_is_a_symmetric_band():
                                loop_sdpa(q, k, v, mask=band)[0], rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T, window", [(600, None), (700, 50), (2100, None)])
 def test_default_call_on_long_sequences_equals_the_formula(T, window):
     """Long causal/local attention takes the blocked path by default; it must equal the

@@ -408,6 +408,7 @@ def _child(argv, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     melodies = [str(p) for p in shipped_melodies()] * 20          # ~200 kB of tokens: more than a pipe holds
     child = _child(["tokenize", *melodies], cwd=tmp_path)

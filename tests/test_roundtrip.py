@@ -228,6 +228,7 @@ def test_ensemble_decodes_with_its_instruments_and_tempo_changes(ensembles):
     assert {round(60e6 / t, 3) for _, t in mido_reference(score.to_mido())["tempos"]} >= {72, 96, 131, 60, 150, 84, 110}
 
 
+@pytest.mark.slow
 @needs_corpus
 def test_corpus_sample_round_trips():
     bad = failures(SAMPLE, *CORPUS_CHECKS)

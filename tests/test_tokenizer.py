@@ -294,6 +294,7 @@ def _walk(tok, rng, max_len=400):
     return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_sequences_sampled_under_the_grammar_decode_without_skips(name):
     tok = TOKENIZERS[name]()
@@ -306,6 +307,7 @@ def test_sequences_sampled_under_the_grammar_decode_without_skips(name):
     assert notes > 100  # the walks did make music
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_allowed_mask_matches_what_the_state_accepts(name):
     tok = TOKENIZERS[name]()
