@@ -15,16 +15,17 @@ from music_attn.core.attention import (
     soft_align_attention,
     softmax,
 )
-from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import load_corpus, shipped_melodies, tokenize_folder
 from music_attn.errors import CheckpointError, MidiError, MusicAttnError, OutputError, TokenizerError
-from music_attn.training.generate import generate, sample_next
+from music_attn.runtime.continue_midi import Continued, continue_midi
+from music_attn.runtime.generate import generate, sample_next
 from music_attn.inspect.inspector import AttentionMaps, attention_maps
 from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.core.model import Model, ModelConfig, init_model
 from music_attn.core.positional import apply_rope, relative_logits, sinusoidal, skew
-from music_attn.music.grid import GridTokenizer
-from music_attn.music.tokenizer import (
+from music_attn.music.tokenizers import GridTokenizer
+from music_attn.music.tokenizers import (
     PerformanceTokenizer,
     RemiTokenizer,
     TokenSequence,
@@ -45,7 +46,7 @@ __all__ = [
     "load_tokenizer", "tokenize_folder", "load_corpus", "shipped_melodies",
     # the model
     "ModelConfig", "Model", "init_model", "load_model", "save_checkpoint", "load_checkpoint",
-    "TrainConfig", "train", "generate", "sample_next",
+    "TrainConfig", "train", "generate", "sample_next", "continue_midi", "Continued",
     # harmonizing
     "harmonize", "harmonization_nll", "voice_leading",
     # looking inside

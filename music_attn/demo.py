@@ -52,7 +52,7 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
         Where the printed lines go.
     """
     from music_attn.inspect.inspector import attention_maps
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -118,7 +118,7 @@ def _write_all(maps, decoded, out, melody, echo):
 
 def _continue(model, maps, rng):
     """Sample ``N_BARS`` bars after the melody; (decoded melody + continuation, new notes)."""
-    from music_attn.training.generate import generate
+    from music_attn.runtime.generate import generate
 
     tokenizer = model.tokenizer
     gen = generate(model, maps.ids, n_bars=N_BARS, max_new_tokens=model.config.max_len // 2,
@@ -141,7 +141,7 @@ def _print_melody(echo, title, path, maps):
 
 
 def _print_summary(echo, maps, files, continuation, seconds):
-    from music_attn.training.stats import spelled_names
+    from music_attn.music.theory import spelled_names
 
     labels = ("interactive page", "heatmap grid (PNG)", "maps (JSON)", "melody + continuation (MIDI)")
     echo("Wrote:")

@@ -1,4 +1,4 @@
-"""What each head of a model does, pooled over many pieces: the README's head-role table.
+"""What each head of a model does, pooled over many pieces: the head-role table of docs/guide.md.
 
 Run from the repository root:
 
@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--top", type=int, default=8, help="rows of the table")
     args = parser.parse_args()
     from music_attn.inspect.roles import RELATIONS, RELATION_NAMES, strongest
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.training.data import load_split
 
     paths = args.files or load_split(args.data, args.split)

@@ -3,7 +3,9 @@
 Run from the repository root (the data folder holds train.json and valid.json):
 
     # the committed checkpoint: a 512-token model, widened to 1,024 tokens, two more cosine
-    # schedules from the last weights, then the weights averaged at a constant rate (see the README)
+    # schedules from the last weights, then the weights averaged at a constant rate (see
+    # docs/jsb_training.md); the four intermediate checkpoints these commands write are not
+    # tracked in git (only their .log files are), the last command writes benchmarks/jsb_chorales.npz
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_512.npz \
         --window 512 --period 0 --batch-size 4 --steps 2521 --seed 0
     python scripts/jsb_chorales.py --data ../shared/data/jsb --train -o benchmarks/jsb_chorales_stage2.npz \
@@ -25,7 +27,7 @@ the figure Huang et al. (ICLR 2019) report (best: 0.335 nats per token).
 Training: the train split only, with transposition augmentation (-5..+5
 semitones, within the pitch range of the data) and dropout; the validation split
 is used for early stopping only (the best checkpoint by validation NLL is
-kept; with ``--average-from``, the best running mean of the weights).  Validation reads each chorale with :func:`music_attn.training.windows.sequence_nll`:
+kept; with ``--average-from``, the best running mean of the weights).  Validation reads each chorale with :func:`music_attn.runtime.windows.sequence_nll`:
 windows of the model's ``max_len`` tokens moving by ``--stride``, so a chorale
 that fits the window is predicted with all of itself before each token, and a
 longer one with at least ``max_len - stride`` tokens of context.
@@ -48,13 +50,13 @@ from pathlib import Path
 import numpy as np
 
 from music_attn.core.model import POSITIONALS, ModelConfig, init_model, parallel_map
-from music_attn.music.grid import STEPS_PER_BEAT, GridTokenizer, grid_notes
+from music_attn.music.tokenizers import STEPS_PER_BEAT, GridTokenizer, grid_notes
 from music_attn.music import constants as K
-from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table
 from music_attn.training.ngram import KneserNeyLM
 from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
-from music_attn.training.windows import sequence_nll
+from music_attn.runtime.windows import sequence_nll
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "benchmarks" / "jsb_chorales.npz"

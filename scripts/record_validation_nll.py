@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from music_attn.training.checkpoint import load_checkpoint, save_checkpoint, shipped_model_path
+from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint, shipped_model_path
 from music_attn.training.data import load_corpus
 from music_attn.training.evaluate import find_data_dir, model_nll
 

@@ -26,12 +26,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 
 
 def _model(random_model, path=None):
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.core.model import ModelConfig, init_model
 
     if not random_model:
         return load_model(path)
-    from music_attn.music.tokenizer import RemiTokenizer
+    from music_attn.music.tokenizers import RemiTokenizer
 
     tokenizer = RemiTokenizer()
     config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4, d_ff=128,

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from music_attn._io import atomic_write
-from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 from music_attn.training.data import load_corpus
 from music_attn.training.evaluate import model_nll
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

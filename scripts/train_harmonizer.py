@@ -49,9 +49,9 @@ from pathlib import Path
 import numpy as np
 
 from music_attn.core.model import ModelConfig, Model, parallel_map
-from music_attn.music.grid import GridTokenizer
+from music_attn.music.tokenizers.grid import GridTokenizer
 from music_attn.runtime.harmonize import condition_of, harmonization_nll
-from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table
 from music_attn.training.train import TrainConfig, TrainState, clip_grads, lr_at, train_state_from_checkpoint
 

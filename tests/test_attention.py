@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import music_attn.core.attention as attention_module
+import music_attn.core.attention_blocked as blocked_module
 from conftest import formula_sdpa64
 from music_attn.core.attention import (
     attention_mask,
@@ -352,8 +353,8 @@ def test_blocked_skips_fully_masked_key_blocks_exactly():
 def record_fallbacks(monkeypatch):
     """List that grows by one per (head, query block) redone by the classic online softmax."""
     calls = []
-    online = attention_module._Plan.online
-    monkeypatch.setattr(attention_module._Plan, "online",
+    online = blocked_module._Plan.online
+    monkeypatch.setattr(blocked_module._Plan, "online",
                         lambda self, *a: calls.append(a) or online(self, *a))
     return calls
 
@@ -411,7 +412,7 @@ def test_fast_path_needs_no_fallback_for_ordinary_inputs(monkeypatch, spread):
     rng = np.random.default_rng(21)
     q, k, v = (rand(rng, 2, 600, 64, dtype=np.float32) for _ in range(3))
     q, k = q * np.float32(spread), k * np.float32(spread)
-    monkeypatch.setattr(attention_module._Plan, "online",
+    monkeypatch.setattr(blocked_module._Plan, "online",
                         lambda *a: pytest.fail("fell back to the classic online softmax"))
     out = sdpa(q, k, v, causal=True)
     np.testing.assert_allclose(out, formula_sdpa64(q, k, v, causal=True), rtol=1e-4, atol=1e-5)
@@ -461,6 +462,7 @@ PATH_CASES = ([(T, S, dict(causal=True)) for T, S in [(517, 517), (200, 700), (7
               + [(517, 517, dict(window=40)), (700, 650, dict(causal=True, mask="random"))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,S,kw", PATH_CASES,
                          ids=[f"{T}x{S}-{'+'.join(kw)}" for T, S, kw in PATH_CASES])
 @pytest.mark.parametrize("block_size", [None, 1000, 37])
@@ -520,10 +522,10 @@ def test_blocks_and_tiles_cover_each_visible_pair_exactly_once():
         covered = np.zeros((T, S), int)
         for i0 in range(0, T, bq):
             i1 = min(T, i0 + bq)
-            blocks = attention_module._key_blocks(spec, None, i0, i1, S, bs)
+            blocks = blocked_module._key_blocks(spec, None, i0, i1, S, bs)
             assert all(0 < j1 - j0 <= bs for j0, j1 in blocks)
             for j0, j1 in blocks:
-                for r0, r1, hi in attention_module._block_tiles(spec, i0, i1, j0, j1):
+                for r0, r1, hi in blocked_module._block_tiles(spec, i0, i1, j0, j1):
                     assert j0 < hi <= j1
                     covered[i0 + r0:i0 + r1, j0:hi] += 1
         allowed = np.array([[allowed_loop(i, j, T, S, True, None, None) for j in range(S)]
@@ -531,6 +533,7 @@ def test_blocks_and_tiles_cover_each_visible_pair_exactly_once():
         assert (covered[allowed] == 1).all() and (covered <= 1).all(), (T, S, bs, bq)
 
 
+@pytest.mark.slow
 def test_scratch_kept_between_calls_never_leaks_into_the_next_result(monkeypatch):
     """The blocked path keeps per-thread scratch between calls: calls of other shapes and
     dtypes in between, and buffers too large to keep, give the same exact results."""
@@ -540,8 +543,8 @@ def test_scratch_kept_between_calls_never_leaks_into_the_next_result(monkeypatch
     inputs = [tuple(rng.standard_normal(shape).astype(dt) for _ in range(3))
               for shape, dt in shapes]
     expected = [formula_sdpa64(*x, causal=True) for x in inputs]
-    for keep in (attention_module._SCRATCH_KEEP, 0):
-        monkeypatch.setattr(attention_module, "_SCRATCH_KEEP", keep)
+    for keep in (blocked_module._SCRATCH_KEEP, 0):
+        monkeypatch.setattr(blocked_module, "_SCRATCH_KEEP", keep)
         for x, ref in zip(inputs, expected):
             tol = 1e-4 if x[0].dtype == np.float32 else 1e-10
             np.testing.assert_allclose(sdpa(*x, causal=True), ref, rtol=tol, atol=tol / 10)
@@ -610,6 +613,7 @@ def test_soft_align_non_causal_local_branch_is_a_symmetric_band():
                                loop_sdpa(q, k, v, mask=band)[0], rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T, window", [(600, None), (700, 50), (2100, None)])
 def test_default_call_on_long_sequences_equals_the_formula(T, window):
     """Long causal/local attention takes the blocked path by default; it must equal the

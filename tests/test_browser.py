@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from music_attn.inspect.viz import write_html
-from music_attn.training.stats import note_name
+from music_attn.music.theory import note_name
 from test_viz import synthetic_maps
 
 CHROMIUM = "/usr/bin/chromium"
@@ -163,7 +163,7 @@ def _evil_midi(path, track_name, lyric):
 
 
 def test_markup_in_midi_texts_is_shown_as_text_and_never_runs(browser, tmp_path):
-    tok = pytest.importorskip("music_attn.music.tokenizer")
+    tok = pytest.importorskip("music_attn.music.tokenizers")
     model = pytest.importorskip("music_attn.core.model")
     from music_attn.inspect.inspector import attention_maps
 

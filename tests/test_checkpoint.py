@@ -6,11 +6,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from music_attn.training import checkpoint
-from music_attn.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from music_attn.runtime import checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.errors import CheckpointError
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from midi_factory import midi_file, note_events, save, track
 import prompt_factory as mf
 from music_attn.cli import main
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
-from music_attn.training.checkpoint import save_checkpoint
+from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
+from music_attn.runtime.checkpoint import save_checkpoint
 
 MARKER = "music-attn: continuation"
 END_TICK = mf.beat_ticks(mf.PROMPT_END_BEAT)

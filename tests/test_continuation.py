@@ -11,7 +11,7 @@ from music_attn.errors import MidiError, MusicAttnError
 from music_attn.music import continuation as C
 from music_attn.music import select
 from music_attn.music.midi import read_midi
-from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
+from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
 
 TPB = 96
 
@@ -271,7 +271,7 @@ def test_a_new_instrument_stays_on_the_continued_track_when_no_channel_is_free(t
 def test_a_four_voice_grid_continues_each_voice_on_its_own_track(tmp_path):
     """Grid tokens continue all four voices: each new note goes to a copy of the track that
     was read as its voice (tracks stored bass first, here), never all onto one track."""
-    from music_attn.music.grid import GridTokenizer
+    from music_attn.music.tokenizers import GridTokenizer
 
     tok = GridTokenizer()
     voice = lambda name, ch, pitch: track([(0, mido.MetaMessage("track_name", name=name))]

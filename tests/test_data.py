@@ -13,7 +13,7 @@ import pytest
 
 from music_attn.training import data
 from music_attn.errors import MidiError
-from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer, Tokenizer
+from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer, Tokenizer
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 needs_corpus = pytest.mark.skipif(not (DATA / "MANIFEST.csv").is_file(), reason="no data/ corpus")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from music_attn.cli import main
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 from music_attn.training.data import sample_windows
 from music_attn.training.dataset import TOKENS, open_dataset, write_dataset
 

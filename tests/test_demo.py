@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from music_attn.training.checkpoint import save_checkpoint, shipped_model_path
+from music_attn.runtime.checkpoint import save_checkpoint, shipped_model_path
 from music_attn.demo import N_BARS, run_demo
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 
 needs_shipped_model = pytest.mark.skipif(not shipped_model_path().is_file(),
                                          reason="the shipped model (music_attn/assets/model.npz) is absent")
@@ -52,6 +52,7 @@ def _check_outputs(result, lines, n_melody_notes):
     assert json.loads(result.json.read_text(encoding="utf-8"))["notes"][0]["name"] == result.maps.note_names[0]
 
 
+@pytest.mark.slow
 def test_demo_runs_on_a_given_model_and_melody(tmp_path, tiny_model):
     lines = []
     melody = _melody(tmp_path / "scale.mid")
@@ -60,6 +61,7 @@ def test_demo_runs_on_a_given_model_and_melody(tmp_path, tiny_model):
     assert result.maps.n_notes == 24 and result.maps.texts["tracks"] == ["Fiddle"]
 
 
+@pytest.mark.slow
 def test_the_final_cadence_line_names_the_most_focused_heads_top_earlier_notes(tmp_path, tiny_model):
     lines = []
     result = run_demo(tmp_path, model=tiny_model, melody=_melody(tmp_path / "m.mid"), echo=lines.append)
@@ -73,6 +75,7 @@ def test_the_final_cadence_line_names_the_most_focused_heads_top_earlier_notes(t
     assert f"{maps.note_names[best]} (note {best + 1}," in line
 
 
+@pytest.mark.slow
 @needs_shipped_model
 def test_demo_on_the_shipped_model_writes_page_png_and_midi(tmp_path):
     pytest.importorskip("matplotlib")
@@ -83,6 +86,7 @@ def test_demo_on_the_shipped_model_writes_page_png_and_midi(tmp_path):
     assert f"({N_BARS} bars" in "\n".join(lines)
 
 
+@pytest.mark.slow
 @needs_shipped_model
 def test_demo_subcommand_writes_into_the_given_folder(tmp_path, capsys):
     from music_attn.cli import main

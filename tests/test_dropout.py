@@ -48,6 +48,7 @@ def _model(dropout, positional="relative"):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positional", ["sinusoidal", "relative"])
 def test_model_gradients_with_dropout_match_finite_differences(positional):
     model = _model(0.3, positional)

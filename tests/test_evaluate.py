@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from music_attn.training.evaluate import model_nll
-from music_attn.training.windows import sequence_nll, spans, window_start
+from music_attn.runtime.windows import sequence_nll, spans, window_start
 from music_attn.core.model import ModelConfig, init_model
 
 
@@ -82,7 +82,7 @@ def test_model_nll_equals_direct_log_softmax_on_short_sequences():
 @pytest.fixture(scope="module")
 def melodies_and_model():
     from music_attn.training.data import shipped_melodies
-    from music_attn.music.tokenizer import RemiTokenizer
+    from music_attn.music.tokenizers import RemiTokenizer
 
     tok = RemiTokenizer(velocity_bins=0)
     seqs = [tok.encode(p).ids for p in shipped_melodies()]   # 2/2 ... 9/8, 3/8: several metres

@@ -5,11 +5,11 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from music_attn.training.checkpoint import save_checkpoint
+from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.cli import main
-from music_attn.training.generate import generate, next_token_distribution, sample_next
+from music_attn.runtime.generate import generate, next_token_distribution, sample_next
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 
 
 def softmax64(x):
@@ -73,6 +73,7 @@ def test_forbidden_tokens_are_never_sampled(logits):
     assert draws == {3, 7, 11}
 
 
+@pytest.mark.slow
 def test_samples_follow_the_distribution(logits):
     rng = np.random.default_rng(2)
     probs = next_token_distribution(logits, 1.0, top_k=5)
@@ -115,6 +116,7 @@ def model(tokenizer):
     return m
 
 
+@pytest.mark.slow
 def test_constrained_generation_always_decodes_without_skipped_tokens(model, tokenizer):
     for seed in range(100):
         out = generate(model, None, max_new_tokens=70, temperature=1.0, rng=np.random.default_rng(seed))
@@ -128,6 +130,7 @@ def test_unconstrained_generation_from_a_random_model_does_skip_tokens(model, to
     assert sum(skipped) > 0                    # so the test above is not vacuous
 
 
+@pytest.mark.slow
 def test_generation_stops_after_the_requested_bars(model, tokenizer):
     for seed in range(10):
         out = generate(model, None, n_bars=2, rng=np.random.default_rng(seed))
@@ -223,6 +226,7 @@ def test_decode_step_equals_the_forward_of_one_token(model):
                                            atol=1e-12, err_msg=f"{positional} {attention} t={t}")
 
 
+@pytest.mark.slow
 def test_batched_samples_equal_single_runs_with_their_seeds(model, tokenizer):
     """Sample i of a batch is what a single run with sample i's generator gives: its own
     grammar, its own stop (some stop early at EOS), its own seed stream."""

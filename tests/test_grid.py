@@ -6,7 +6,7 @@ import pytest
 
 from music_attn import GridTokenizer, TokenizerError, init_model, load_model, load_tokenizer, save_checkpoint
 from music_attn.core.model import ModelConfig
-from music_attn.music.tokenizer import Tokenizer
+from music_attn.music.tokenizers import Tokenizer
 
 # Two beats of a cadence: soprano holds 72 then steps to 71 (repeated), alto rests once.
 GRID = np.array([

@@ -10,7 +10,7 @@ import pytest
 from midi_factory import midi_file, note_events, save, tempo, time_signature, track
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.errors import MusicAttnError
-from music_attn.music.grid import GridTokenizer
+from music_attn.music.tokenizers.grid import GridTokenizer
 from music_attn.music.voice_leading import PAIRS, chord_is_complete, motion_flags, voice_leading
 from music_attn.runtime.harmonize import (condition_of, harmonization_nll, harmonize, read_melody,
                                           rule_mask, sample_voices)

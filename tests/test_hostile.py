@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.tokenizer import RemiTokenizer
-from music_attn.training.checkpoint import save_checkpoint
+from music_attn.music.tokenizers import RemiTokenizer
+from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.training.data import shipped_melodies
 
 MEMORY_LIMIT = 1536 * 2**20        # bytes of address space per command
@@ -188,7 +188,7 @@ def _devnull_kept(folder):
 
 
 def _resume_with_bad_rng(folder):
-    import music_attn.training.checkpoint as ck
+    import music_attn.runtime.checkpoint as ck
     model = ck.load_checkpoint(folder.parent.parent / "shared" / "tiny.npz").model
     meta = {"step": 1, "optimizer_t": 1, "rng": {"bit_generator": "seed", "state": {}}, "config": {}, "history": []}
     arrays = {f"{m}/{k}": np.zeros_like(v) for m in "mv" for k, v in model.params.items()}
@@ -408,6 +408,7 @@ def _child(argv, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     melodies = [str(p) for p in shipped_melodies()] * 20          # ~200 kB of tokens: more than a pipe holds
     child = _child(["tokenize", *melodies], cwd=tmp_path)

@@ -230,7 +230,7 @@ def test_head_entropy_is_the_mean_entropy_over_earlier_notes():
 # ------------------------------------------------------- band storage, any length
 from conftest import loop_note_attention                                       # noqa: E402
 from midi_factory import midi_file, note_events, track                         # noqa: E402
-from music_attn.training.windows import spans                                  # noqa: E402
+from music_attn.runtime.windows import spans                                  # noqa: E402
 
 
 def _dense_from_windows(model, ids, window):
@@ -334,7 +334,7 @@ def test_model_fit_is_the_mean_token_nll_next_to_the_validation_nll(tiny_model):
 
 def test_checkpoint_metrics_load_as_model_metrics_and_a_malformed_entry_is_refused(remi_model, tmp_path):
     from music_attn.errors import CheckpointError
-    from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+    from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "a.npz", remi_model, metrics={"validation_nats_per_token": 0.75})
     assert load_checkpoint(tmp_path / "a.npz").model.metrics == {"validation_nats_per_token": 0.75}
@@ -354,7 +354,7 @@ Q = 480
 @pytest.fixture(scope="module")
 def remi_model():
     from music_attn.core.model import ModelConfig, init_model
-    from music_attn.music.tokenizer import RemiTokenizer
+    from music_attn.music.tokenizers import RemiTokenizer
 
     tok = RemiTokenizer(velocity_bins=0)
     config = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32)
@@ -451,7 +451,7 @@ limit = int(sys.argv[3]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.inspect.inspector import attention_maps
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 tok = RemiTokenizer(velocity_bins=0)
 config = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=int(sys.argv[2]))
 model = init_model(config, np.random.default_rng(0))
@@ -491,7 +491,7 @@ def _cli(args, capsys):
 
 
 def test_cli_inspects_a_passage_of_some_tracks_and_prints_the_model_fit(remi_model, tmp_path, capsys):
-    from music_attn.training.checkpoint import save_checkpoint
+    from music_attn.runtime.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "m.npz"
     save_checkpoint(ckpt, remi_model, metrics={"validation_nats_per_token": 0.5})
@@ -510,7 +510,7 @@ def test_cli_inspects_a_passage_of_some_tracks_and_prints_the_model_fit(remi_mod
 @pytest.mark.parametrize("extra, message", [(["--bars", "4:2"], "bars"), (["--track", "viola"], "viola"),
                                             (["--bars", "40:41"], "no notes"), (["--start", "nan"], "finite")])
 def test_cli_refuses_a_bad_choice_in_one_line_and_writes_nothing(remi_model, tmp_path, capsys, extra, message):
-    from music_attn.training.checkpoint import save_checkpoint
+    from music_attn.runtime.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "m.npz"
     save_checkpoint(ckpt, remi_model)

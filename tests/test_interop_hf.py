@@ -110,9 +110,10 @@ def test_tiny_gpt2_over_miditok_remi_tokens_gives_maps_whose_rows_sum_to_one():
     assert np.all(np.isfinite(maps.surprise)) and maps.surprise.min() > 0
 
 
+@pytest.mark.slow
 def test_our_models_attention_through_the_hf_path_gives_the_maps_of_attention_maps():
     from music_attn.inspect.inspector import attention_maps
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.training.data import shipped_melodies
     model = load_model()
     seqs = [model.tokenizer.encode(p) for p in shipped_melodies()]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from music_attn.core.model import ModelConfig, init_model
-from music_attn.music.grid import GridTokenizer
-from music_attn.training.checkpoint import save_checkpoint
-from music_attn.training.windows import sequence_nll
+from music_attn.music.tokenizers import GridTokenizer
+from music_attn.runtime.checkpoint import save_checkpoint
+from music_attn.runtime.windows import sequence_nll
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import jsb_chorales as jsb  # noqa: E402

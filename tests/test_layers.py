@@ -258,6 +258,7 @@ def test_attention_backward_matches_finite_differences(rng, case):
 
 # --------------------------------------------------------------------------- whole model
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positional", ["sinusoidal", "rope", "relative"])
 @pytest.mark.parametrize("attention", ["full", "local", "soft_align"])
 def test_model_gradients_match_finite_differences(positional, attention):

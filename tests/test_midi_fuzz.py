@@ -13,7 +13,7 @@ import pytest
 
 from midi_factory import midi_file, note_events, random_tune, track
 from music_attn.errors import MidiError
-from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
+from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
 
 TOKENIZERS = (RemiTokenizer(), PerformanceTokenizer())
 

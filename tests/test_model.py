@@ -154,11 +154,12 @@ def test_same_seed_same_weights_and_different_seed_different_weights():
     assert not np.array_equal(a.params["tok_emb"], c.params["tok_emb"])
 
 
+@pytest.mark.slow
 def test_shipped_model_logits_on_a_melody_equal_a_float64_reference():
     """The shipped checkpoint loads and gives, on a packaged melody, the logits of the model
     written from the maths in float64 (tests/conftest.py), to float32 tolerance."""
     from conftest import reference_logits64
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.training.data import shipped_melodies
 
     model = load_model()
@@ -196,11 +197,12 @@ def test_float32_decode_steps_equal_forward_across_a_cache_restart(positional, a
                                        err_msg=f"{positional} {attention} t={t}")
 
 
+@pytest.mark.slow
 def test_decode_of_the_shipped_model_equals_a_float64_reference():
     """The shipped checkpoint decoding a melody token by token gives the float64 model written
     from the maths (tests/conftest.py), to float32 tolerance."""
     from conftest import reference_logits64
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.training.data import shipped_melodies
 
     model = load_model()

@@ -77,3 +77,54 @@ def test_every_tour_command_runs_as_written_from_an_empty_folder(tmp_path):
         else:
             assert _same_output(got, expected), f"{command}\nREADME shows:\n" + "\n".join(expected) + \
                 "\nthe command printed:\n" + "\n".join(got)
+
+
+# ------------------------------------------------------------------ the guide, not a lab notebook
+def test_the_readme_reads_in_five_minutes():
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 400
+
+
+def test_the_set_up_block_holds_the_demo_and_the_test_commands():
+    text = README.read_text(encoding="utf-8")
+    setup = text[text.index("## Set-up"):].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in setup.splitlines() if line.strip()]
+    assert commands == ['pip install ".[plot]" && music-attn demo', 'pip install -e ".[test]" && python -m pytest -q']
+
+
+def test_every_module_of_the_package_is_named_in_the_module_list():
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Modules"):].split("\n## ", 1)[0]
+    package = README.parent / "music_attn"
+    for path in package.rglob("*.py"):
+        if path.name in ("__init__.py", "__main__.py") or path.parent.name == "cli":
+            continue
+        named = (f"`{path.stem}`", f"`{path.parent.name}/{path.stem}`", f"`{path.parent.name}/`, `demo`")
+        assert any(n in section for n in named), \
+            f"{path.relative_to(package)} is not in the README's module list"
+
+
+def test_linked_docs_and_source_checkout_paths_exist():
+    text = README.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(((?:docs|data)/[^)#]+)\)", text):
+        assert (README.parent / target).exists(), target
+    for path in re.findall(r"(?<![\w/])((?:data|benchmarks|scripts)/[\w./-]+\.(?:mid|npz|py))", text):
+        assert (README.parent / path).exists(), path
+
+
+@pytest.mark.slow
+def test_the_source_checkout_commands_run_from_the_repository_root(tmp_path):
+    """The JSB lines outside the tour, as written, from the root (outputs redirected to tmp_path)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## The JSB Chorales model"):].split("\n## ", 1)[0]
+    commands = [line[2:] for line in section.splitlines() if line.startswith("$ music-attn ")]
+    assert len(commands) == 2
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    for command in commands:
+        argv = [sys.executable, "-m", "music_attn"] + shlex.split(command)[1:]
+        if "generate" in argv:
+            argv[argv.index("-o") + 1] = str(tmp_path / "continued.mid")
+        else:
+            argv += ["-o", str(tmp_path / "page.html")]
+        run = subprocess.run(argv, cwd=README.parent, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, f"{command}: {run.stderr}"
+        assert run.stdout.startswith(("AttentionMaps(", "wrote ")), run.stdout

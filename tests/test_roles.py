@@ -156,7 +156,7 @@ def test_inspect_heads_prints_one_line_per_head_sorted_by_lift(tmp_path, capsys,
     from importlib import resources
 
     from music_attn.cli import main
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
 
     melody = sorted(resources.files("music_attn").joinpath("assets", "melodies").iterdir(), key=str)[0]
     if not str(melody).endswith(".mid"):

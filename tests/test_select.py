@@ -9,7 +9,7 @@ from midi_factory import midi_file, note_events, time_signature, track
 from music_attn.errors import MusicAttnError, TokenizerError
 from music_attn.music import select
 from music_attn.music.midi import read_midi
-from music_attn.music.tokenizer import RemiTokenizer
+from music_attn.music.tokenizers import RemiTokenizer
 
 Q = 480          # ticks per quarter note
 

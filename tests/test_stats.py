@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from music_attn.training.stats import estimate_key, in_key_share, key_name, pitch_range, repetition
+from music_attn.music.theory import estimate_key, in_key_share, key_name, pitch_range, repetition
 
 C_MAJOR_TUNE = [60, 62, 64, 65, 67, 65, 64, 62, 60, 64, 67, 72, 67, 64, 60]
 

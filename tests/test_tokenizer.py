@@ -10,7 +10,7 @@ import pytest
 
 from midi_factory import midi_file, mido_reference, note_events, off, on, random_tune, tempo, time_signature, track
 from music_attn.errors import TokenizerError
-from music_attn.music.tokenizer import (
+from music_attn.music.tokenizers import (
     PerformanceTokenizer,
     RemiTokenizer,
     Tokenizer,
@@ -294,6 +294,7 @@ def _walk(tok, rng, max_len=400):
     return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_sequences_sampled_under_the_grammar_decode_without_skips(name):
     tok = TOKENIZERS[name]()
@@ -306,6 +307,7 @@ def test_sequences_sampled_under_the_grammar_decode_without_skips(name):
     assert notes > 100  # the walks did make music
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_allowed_mask_matches_what_the_state_accepts(name):
     tok = TOKENIZERS[name]()

@@ -13,7 +13,7 @@ mp = pytest.importorskip("torch.multiprocessing")
 
 from music_attn.core.model import ModelConfig, init_model  # noqa: E402
 from music_attn.interop.torch_bridge import from_torch, to_torch, train_torch  # noqa: E402
-from music_attn.training.checkpoint import load_checkpoint  # noqa: E402
+from music_attn.runtime.checkpoint import load_checkpoint  # noqa: E402
 from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint  # noqa: E402
 
 OPTIONS = list(itertools.product(("sinusoidal", "rope", "relative"), ("full", "local", "soft_align")))

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 from music_attn.cli import main
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.training.train import (
@@ -180,7 +180,7 @@ def test_a_kill_in_the_middle_of_a_save_leaves_the_last_checkpoint_intact(tmp_pa
     script = textwrap.dedent("""
         import os, signal, sys
         import numpy.lib.format as fmt
-        from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+        from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
         model = load_checkpoint(sys.argv[1]).model
         for p in model.params.values():
             p += 1.0

@@ -11,7 +11,7 @@ import pytest
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.inspector import AttentionMaps
 from music_attn.inspect.viz import encode_sparse, note_image, page_data, render_html, render_png, write_html, write_json
-from music_attn.training.stats import note_name as spell
+from music_attn.music.theory import note_name as spell
 
 
 def synthetic_maps(n_notes, L=2, H=3, seed=0, name="tune.mid", texts=None):
@@ -54,6 +54,7 @@ def big_maps():
     return synthetic_maps(300, L=4, H=4)
 
 
+@pytest.mark.slow
 def test_page_for_300_notes_is_self_contained_and_under_2_mb(big_maps, tmp_path):
     size = write_html(big_maps, tmp_path / "page.html")
     page = (tmp_path / "page.html").read_text(encoding="utf-8")
@@ -75,6 +76,7 @@ def test_midi_text_cannot_break_out_of_the_data_element():
     assert data["lyrics"] == "a & b <i>c</i>"
 
 
+@pytest.mark.slow
 def test_page_maps_decode_to_each_rows_strongest_weights(big_maps):
     data = page_json(render_html(big_maps))
     L, H, N = big_maps.n_layers, big_maps.n_heads, big_maps.n_notes
@@ -111,6 +113,7 @@ def test_notes_and_tokens_are_embedded_for_the_piano_roll_and_tooltips():
     assert (data["layers"], data["heads"], data["window"]) == (2, 3, 256)
 
 
+@pytest.mark.slow
 def test_png_is_a_grid_image(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread

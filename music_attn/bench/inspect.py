@@ -33,7 +33,7 @@ _INTERVALS = (0, -4, -9, -19)        # semitones below the tune of each voice
 
 _CHILD = r"""
 import json, sys, time
-from music_attn.training.checkpoint import load_model
+from music_attn.runtime.checkpoint import load_model
 from music_attn.inspect.inspector import attention_maps
 from music_attn.inspect.viz import write_html, write_json
 from music_attn.errors import MusicAttnError

@@ -143,7 +143,7 @@ def _numpy_calls_per_token(model, n=16):
 
 def _np_batch_generate(model, n_samples, n_tokens):
     """Tokens/s of ``generate`` sampling ``n_samples`` continuations at once (EOS forbidden)."""
-    from music_attn.training.generate import generate
+    from music_attn.runtime.generate import generate
 
     def run():
         generate(model, [1], max_new_tokens=n_tokens, num_samples=n_samples, no_end=True,
@@ -328,7 +328,7 @@ def _print_rows(rows):
 
 def run(quick=False):
     """Print the throughput table, then the evaluation when the shipped model and data/ exist."""
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
     from music_attn.errors import CheckpointError
 
     configs = []

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from music_attn.music.midi import read_midi
-from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
+from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
 
 __all__ = ["run", "find_files"]
 

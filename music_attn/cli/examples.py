@@ -6,7 +6,6 @@ command of the README's tour runs as written.  Existing files are never
 replaced without ``--force``; the copies are made all or none.
 """
 
-from pathlib import Path
 
 __all__ = ["register"]
 
@@ -23,15 +22,14 @@ def register(sub):
 
 
 def _run(args):
-    rows = _chosen(args.names)
+    from music_attn.training.data import choose_melodies, copy_melodies
+    rows = choose_melodies(args.names)
     if not args.copy:
         _print_table(rows)
         return 0
     from music_attn._io import output_folder
     folder = output_folder(args.output)
-    copies = _copies(rows, folder, args.force)
-    output_folder(folder, create=True)
-    _write(copies)
+    copies = copy_melodies(rows, folder, force=args.force)
     for row, target in copies:
         print(f"copied {target}  ({row['title']})")
     unchanged = len(rows) - len(copies)
@@ -40,46 +38,9 @@ def _run(args):
     return 0
 
 
-def _chosen(names):
-    """The catalogue rows of ``names`` (all when empty); MusicAttnError names an unknown one."""
-    from music_attn.errors import MusicAttnError
-    from music_attn.training.data import melody_catalogue
-
-    rows = melody_catalogue()
-    by_stem = {Path(r["file"]).stem: r for r in rows}
-    unknown = [n for n in names if Path(n).stem not in by_stem or Path(n).suffix not in ("", ".mid")]
-    if unknown:
-        raise MusicAttnError(f"no shipped melody named {unknown[0]!r} (choose from: {', '.join(sorted(by_stem))})")
-    return [by_stem[Path(n).stem] for n in dict.fromkeys(names)] if names else rows
-
-
 def _print_table(rows):
     width, keys = max(len(r["file"]) for r in rows), max(len(r["key"]) for r in rows)
     print(f"{'file':<{width}}  {'metre':<5}  {'key':<{keys}}  title")
     for r in rows:
         print(f"{r['file']:<{width}}  {r['metre']:<5}  {r['key']:<{keys}}  {r['title']}")
     print("copy them here with: music-attn examples --copy")
-
-
-def _copies(rows, folder, force):
-    """(row, target) of the melodies to write: an identical file is skipped, a different one refused."""
-    from music_attn.errors import OutputError
-
-    copies = []
-    for row in rows:
-        target = folder / row["file"]
-        if target.exists() and target.is_file() and target.read_bytes() == row["path"].read_bytes():
-            continue
-        if target.exists() and not force:
-            raise OutputError(f"{target}: already exists and differs from the shipped melody "
-                              "(nothing copied; --force replaces it)")
-        copies.append((row, target))
-    return copies
-
-
-def _write(copies):
-    from music_attn._io import atomic_outputs
-
-    with atomic_outputs([target for _, target in copies]) as temps:
-        for (row, _), tmp in zip(copies, temps):
-            tmp.write_bytes(row["path"].read_bytes())

@@ -13,7 +13,7 @@ MAX_SAMPLES = 256                             # a bound on the files one command
 
 
 def register(sub):
-    from music_attn.training.generate import generate
+    from music_attn.runtime.generate import generate
     p = sub.add_parser("generate",
                        help="sample a continuation of --prompt FILE.mid (or from nothing) to MIDI",
                        description="Continue a MIDI prompt with the model (the shipped one by default), "
@@ -28,6 +28,9 @@ def register(sub):
     p.add_argument("--melody", action="store_true",
                    help="for a melody model: it reads only the top voice (highest sounding note at each "
                         "onset) of the continued track (default: it reads every track)")
+    p.add_argument("--prompt-bars", type=_bar_range, metavar="FIRST:LAST",
+                   help="the model reads only the prompt's notes starting in these bars (from 1) and "
+                        "continues after them (default: the whole prompt)")
     p.add_argument("--drums", action="store_true",
                    help="let the model read the drum notes (channel 10) too (the output keeps them either way)")
     budget = p.add_mutually_exclusive_group()
@@ -51,13 +54,23 @@ def register(sub):
     p.set_defaults(func=_run)
 
 
+def _bar_range(text):
+    import argparse
+    from music_attn.music.select import parse_bars
+    try:
+        return parse_bars(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run(args):
     import numpy as np
     from music_attn._io import check_input, check_output
     from music_attn.errors import MidiError, MusicAttnError
-    from music_attn.training.checkpoint import load_model
-    if not args.prompt and (args.track is not None or args.melody or args.drums):
-        raise ValueError("--track, --melody and --drums choose what to read from --prompt: give a prompt")
+    from music_attn.runtime.checkpoint import load_model
+    if not args.prompt and (args.track is not None or args.melody or args.drums or args.prompt_bars):
+        raise ValueError("--track, --melody, --drums and --prompt-bars choose what to read from --prompt: "
+                         "give a prompt")
     inputs = [p for p in (args.prompt, args.model) if p]
     outputs = _outputs(args)
     for path in outputs:
@@ -72,9 +85,9 @@ def _run(args):
         raise ValueError(f"--bars needs a tokenizer with Bar tokens (REMI); this model's is "
                          f"{tokenizer.kind}: use --tokens")
     budget = _budget(args, tokenizer)
-    rngs = [np.random.default_rng(args.seed + i) for i in range(args.num_samples)]
     if args.prompt:
-        return _continue(args, model, budget, rngs, inputs, outputs)
+        return _continue(args, model, budget, outputs)
+    rngs = [np.random.default_rng(args.seed + i) for i in range(args.num_samples)]
     outs = _generate(args, model, None, budget, rngs)
     return _write_fresh(args, tokenizer, outs, budget, inputs, outputs)
 
@@ -95,7 +108,7 @@ def _budget(args, tokenizer):
 
 def _generate(args, model, prompt_ids, budget, rngs):
     """One Generated per generator in ``rngs``, sampled as one batch."""
-    from music_attn.training.generate import generate
+    from music_attn.runtime.generate import generate
     max_new_tokens, n_bars = budget
     batched = len(rngs) > 1
     outs = generate(model, prompt_ids, max_new_tokens=max_new_tokens, n_bars=n_bars, no_end=args.no_end,
@@ -122,24 +135,6 @@ def _write_fresh(args, tokenizer, outs, budget, inputs, outputs):
     return 0
 
 
-def _tempo_and_metre(score, tick):
-    """'96 bpm in 3/4': the tempo and metre in force at ``tick``."""
-    tempo = score.tempos[score.tempos["tick"] <= tick][-1]["tempo"]
-    sig = score.time_signatures[score.time_signatures["tick"] <= tick][-1]
-    return f"{60e6 / tempo:.4g} bpm in {sig['numerator']}/{sig['denominator']}"
-
-
-def _tracks(result):
-    """'track 5 'Violin I (continued)' (program 40)' for each new track, joined."""
-    described = []
-    for index in result.tracks:
-        track = result.midi.tracks[index]
-        name = next(m.name for m in track if m.type == "track_name")
-        programs = [m.program for m in track if m.type == "program_change"]
-        described.append(f"track {index} {name!r}" + (f" (program {programs[0]})" if programs else ""))
-    return ", ".join(described)
-
-
 def _bars(tokenizer, out):
     return "" if tokenizer.bar_id is None else f" ({out.bars} bar{'s' * (out.bars != 1)})"
 
@@ -151,51 +146,25 @@ def _say_if_ended_early(out, budget):
               f"(--no-end forbids ending before {n_bars} bars)")
 
 
-def _continue(args, model, budget, rngs, inputs, outputs):
-    """The prompt file as it was, plus the continuation on a new track."""
+def _continue(args, model, budget, outputs):
+    """The prompt file as it was, plus the continuation on a new track: one library call."""
     from music_attn._io import atomic_outputs
-    from music_attn.music import continuation as C
-    from music_attn.music import select
-    from music_attn.music.midi import write_midi
-    tokenizer = model.tokenizer
-    mid, score = C.load_prompt(args.prompt, sustain=tokenizer.sustain)
-    tracks = C.prompt_tracks(mid, score)
-    target = C.choose_track(tracks, score, select.track_names(score), args.track)
-    drums = args.drums or tokenizer.include_drums
-    read, dropped = C.prompt_reading(score, target, melody=args.melody, drums=drums)
-    if not len(read):
-        raise ValueError(f"{args.prompt}: the model would read no notes of it"
-                         + ("" if drums else " (it holds only drums: --drums reads them)"))
-    encoder = tokenizer      # a tokenizer that names drum notes keeps them (the vocabulary is the same)
-    if drums and not tokenizer.include_drums:
-        encoder = tokenizer.with_options(include_drums=True)
-    sequence = encoder.encode(read)
-    outs = _generate(args, model, sequence.ids, budget, rngs)
-    results = [C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
-               for out in outs]
-    with atomic_outputs(outputs, inputs=inputs) as temps:
+    from music_attn.runtime.continue_midi import continue_midi
+    n = args.num_samples
+    results = continue_midi(args.prompt, model=model, bars=budget[1], tokens=budget[0],
+                            prompt_bars=args.prompt_bars, track=args.track, melody=args.melody,
+                            drums=args.drums, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, no_end=args.no_end, constrained=not args.unconstrained,
+                            num_samples=n if n > 1 else None)
+    results = results if n > 1 else [results]
+    with atomic_outputs(outputs, inputs=[p for p in (args.prompt, args.model) if p]) as temps:
         for tmp, result in zip(temps, results):
-            write_midi(tmp, result.midi)
-    for path, out, result in zip(outputs, outs, results):
-        _report(args, path, tokenizer, score, read, target, result, out)
-        if result.doubled:
-            print(f"left out {result.doubled} new note(s) that doubled a note still sounding on the same channel")
-        _say_if_ended_early(out, budget)
-    note_dropped_drums(args.prompt, dropped, kept="the output keeps them")
+            result.write(tmp)
+    for path, result in zip(outputs, results):
+        print(f"wrote {path}: {result.describe()}")
+        print(result.reading())
+        if result.added.doubled:
+            print(f"left out {result.added.doubled} new note(s) that doubled a note still sounding on the same channel")
+        _say_if_ended_early(result.generated, budget)
+    note_dropped_drums(args.prompt, results[0].drums_left_out, kept="the output keeps them")
     return 0
-
-
-def _report(args, path, tokenizer, score, read, target, result, out):
-    import numpy as np
-    from music_attn.music.continuation import MARKER_TEXT
-    from music_attn.music.select import bars_and_beats
-    n_tempos = int(np.count_nonzero(np.diff(score.tempos["tempo"])))
-    at = result.start_tick
-    bar = int(bars_and_beats({"start_tick": np.array([at])}, score.time_signatures, score.ticks_per_beat)[0][0])
-    print(f"wrote {path}: the prompt as it was ({len(result.midi.tracks) - len(result.tracks)} tracks, "
-          f"{len(score.notes)} notes, {n_tempos} tempo change{'s' * (n_tempos != 1)}), then "
-          f"{result.n_notes} new notes on {_tracks(result)} from bar {bar} "
-          f"({score.tick_to_time(at):.1f} s) at {_tempo_and_metre(score, at)}, after the marker {MARKER_TEXT!r}")
-    which = f"the top voice of track {target.index}" if args.melody else "every track"
-    print(f"the model read {len(read.notes)} notes ({which}): {len(out.ids) - out.prompt_length} new tokens"
-          f"{_bars(tokenizer, out)} after a {out.prompt_length}-token prompt, stopped at {out.stop}")

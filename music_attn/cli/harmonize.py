@@ -1,8 +1,8 @@
 """``music-attn harmonize MELODY.mid -o OUT.mid`` and ``music-attn analyze FILE.mid``.
 
-harmonize: alto, tenor and bass under a melody by the shipped harmonizer (the melody
-and the file's tempo map, metres and key signatures kept exactly), with the voice
-leading of what it wrote.  analyze: the voice leading of a four-voice file, per bar.
+harmonize: alto, tenor and bass under a melody by the shipped harmonizer (the melody and
+the file's tempo map, metres and key signatures kept), with the voice leading of what it
+wrote.  analyze: the voice leading of a four-voice file, per bar.
 """
 
 from pathlib import Path
@@ -12,7 +12,6 @@ from music_attn.cli._options import default_of, integer, numbered_outputs, real
 
 def register(sub):
     from music_attn.runtime.harmonize import harmonize
-
     p = sub.add_parser("harmonize", help="add alto, tenor and bass under a melody (Bach chorale style)")
     p.add_argument("file", metavar="MELODY.mid", help="the melody: a one-track file, or --track of a larger one")
     p.add_argument("-o", "--output", metavar="OUT.mid", required=True,
@@ -20,13 +19,11 @@ def register(sub):
     p.add_argument("-m", "--model", metavar="MODEL.npz", help="harmonizer checkpoint (default: the shipped one)")
     p.add_argument("--track", metavar="N|NAME", help="the melody's track (number from 0, or name)")
     p.add_argument("--bars", metavar="A:B", help="harmonize bars A..B (counted from 1) only")
-    p.add_argument("--seed", type=integer(0), default=0, help="sampling seed")
-    p.add_argument("--num-samples", type=integer(1, 64), default=1, metavar="N", help="harmonizations to write (sample i with seed SEED+i)")
+    p.add_argument("--seed", type=integer(0), default=0, help="sampling seed (sample i uses SEED+i)")
+    p.add_argument("--num-samples", type=integer(1, 64), default=1, metavar="N", help="harmonizations to write")
     p.add_argument("--temperature", type=real(0, 10, low_open=True), default=default_of(harmonize, "temperature"))
-    p.add_argument("--free", action="store_true",
-                   help="sample from the model alone (no voice-leading rules while sampling)")
+    p.add_argument("--free", action="store_true", help="the model alone: no voice-leading rules while sampling")
     p.set_defaults(func=_harmonize)
-
     a = sub.add_parser("analyze", help="voice leading of a four-voice file, per bar: parallels, crossing, spacing")
     a.add_argument("file", metavar="FILE.mid", help="four voices: four tracks of notes, or chords of four notes")
     a.add_argument("--json", metavar="OUT.json", help="also write the counts per bar as JSON")
@@ -44,26 +41,20 @@ def _harmonize(args):
     outputs, inputs = numbered_outputs(args.output, args.num_samples), [p for p in (source, args.model) if p]
     for path in outputs:
         check_output(path, inputs=inputs)
-    bars = parse_bars(args.bars) if args.bars else None
-    model = load_harmonizer(args.model)
-    results = harmonize(source, model=model, seed=args.seed, num_samples=args.num_samples, track=args.track,
-                        bars=bars, rules=not args.free, temperature=args.temperature)
+    results = harmonize(source, model=load_harmonizer(args.model), seed=args.seed, num_samples=args.num_samples,
+                        track=args.track, bars=parse_bars(args.bars) if args.bars else None,
+                        rules=not args.free, temperature=args.temperature)
     results = results if isinstance(results, list) else [results]
-    for line in results[0].messages:
-        print(f"note: {line}")
     with atomic_outputs(outputs, inputs=inputs) as temps:
         for result, tmp in zip(results, temps):
             result.write(tmp)
+    for line in results[0].messages:
+        print(f"note: {line}")
     for result, path in zip(results, outputs):
-        steps = len(result.grid)
-        print(f"wrote {path}: alto, tenor and bass under {steps / 16:g} bars of 4/4 "
-              f"({'model alone' if args.free else 'with voice-leading rules'})")
-        print(f"  {result.voice_leading.summary()}")
+        print(f"wrote {path}: {result.describe()}{' (model alone)' if args.free else ''}")
 
 
 def _analyze(args):
-    import json
-
     from music_attn._io import atomic_write, check_input, check_output
     from music_attn.errors import MidiError
     from music_attn.runtime.harmonize import analyze_file
@@ -73,17 +64,10 @@ def _analyze(args):
     if args.json:
         check_output(args.json, inputs=[source])
     report, how = analyze_file(source)
-    print(f"{source}: four voices {how}; {len(report.bars)} bars")
-    print(report.summary())
-    names = ("parallels", "hidden_octaves", "crossing", "spacing", "out_of_range", "incomplete")
-    flagged = [(bar, c) for bar, c in report.bars if any(c[n] for n in names)]
-    if flagged:
-        print(f"\n{'bar':>5}  {'parallel':>8} {'hidden 8':>8} {'crossing':>8} {'spacing':>8} "
-              f"{'range':>6} {'incomplete':>10}   (steps: sixteenths)")
-        for bar, c in flagged:
-            print(f"{bar:>5}  {c['parallels']:>8} {c['hidden_octaves']:>8} {c['crossing']:>8} "
-                  f"{c['spacing']:>8} {c['out_of_range']:>6} {c['incomplete']:>10}")
+    print(f"{source}: four voices {how}; {len(report.bars)} bars\n{report.summary()}")
+    if report.table():
+        print(f"\n{report.table()}")
     if args.json:
         with atomic_write(args.json, "w", inputs=[source]) as f:
-            json.dump(report.to_dict(), f, indent=1)
+            f.write(report.to_json())
         print(f"wrote {args.json}")

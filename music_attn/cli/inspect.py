@@ -37,8 +37,9 @@ def _run(args):
     from music_attn._io import atomic_outputs, check_input, check_output
     from music_attn.errors import MidiError
     from music_attn.inspect.inspector import attention_maps
+    from music_attn.inspect.viz import write_outputs
     from music_attn.music.select import parse_bars
-    from music_attn.training.checkpoint import load_model
+    from music_attn.runtime.checkpoint import load_model
 
     source = Path(args.file)
     check_input(source, what="MIDI file", error=MidiError)
@@ -53,7 +54,7 @@ def _run(args):
                           tracks=args.track, melody=args.melody, tokenizer=tokenizer)
     note_dropped_drums(source, maps.score.dropped_drums if maps.score is not None else 0)
     with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
-        size = _write(maps, dict(zip(outputs, temps)))
+        size = write_outputs(maps, dict(zip(outputs, temps)))
     _print_summary(maps, outputs, size)
     if args.heads:
         from music_attn.inspect.roles import format_roles
@@ -77,34 +78,15 @@ def _need_matplotlib(png):
         raise MusicAttnError("--png needs matplotlib: pip install 'music_attn[plot]'")
 
 
-def _write(maps, temps):
-    """Write each output into its temporary path; returns the page's size in bytes."""
-    from music_attn.inspect.viz import render_png, write_html, write_json
-
-    size = write_html(maps, temps["html"])
-    if "png" in temps:
-        render_png(maps, temps["png"])
-    if "json" in temps:
-        write_json(maps, temps["json"])
-    return size
-
-
 def _print_summary(maps, outputs, size):
+    from music_attn.inspect.fit import fit_line
     print(f"{maps!r}")
     if maps.notice:
         print(maps.notice)
-    print(_fit_line(maps.model_fit))
+    print(fit_line(maps.model_fit))
     if maps.model_fit.get("reading"):
         print(maps.model_fit["reading"])
     print(f"wrote {outputs['html']} ({size / 1e6:.2f} MB)")
     for kind in ("png", "json"):
         if kind in outputs:
             print(f"wrote {outputs[kind]}")
-
-
-def _fit_line(fit):
-    line = f"model fit: {fit['nats_per_token']:.3f} nats per token"
-    if fit.get("validation_nats_per_token"):
-        line += (f" (the model's validation music: {fit['validation_nats_per_token']:.3f}; "
-                 f"{fit['ratio']:.1f}x)")
-    return line

@@ -19,12 +19,10 @@ import sys
 from pathlib import Path
 
 from music_attn.cli._options import integer, note_dropped_drums
-from music_attn.errors import shorten
 
 __all__ = ["register"]
 
 _TOKENIZERS = ("remi", "performance")
-MAX_TOKEN_FILE = 64 * 2**20          # bytes of token JSON `decode` reads at most
 
 
 def register(sub):
@@ -65,7 +63,8 @@ def _bpm(text):
 
 def _tokenize(args):
     from music_attn.errors import MidiError
-    from music_attn.music.tokenizer import Tokenizer
+    from music_attn.music.tokenizers import Tokenizer
+    from music_attn.music.tokenizers.token_file import token_document
 
     tokenizer = Tokenizer.from_dict({"type": args.tokenizer, "tempo": args.tempo, "programs": args.programs,
                                      "include_drums": args.drums})
@@ -74,7 +73,7 @@ def _tokenize(args):
     results = [_encode(tokenizer, path, MidiError) for path in args.files]
     good = [(path, seq) for path, seq in zip(args.files, results) if not isinstance(seq, Exception)]
     if args.json:
-        docs = [_document(path, seq, tokenizer, args.stats) if not isinstance(seq, Exception)
+        docs = [token_document(path, seq, tokenizer, args.stats) if not isinstance(seq, Exception)
                 else {"file": str(path), "error": _message(seq)} for path, seq in zip(args.files, results)]
         json.dump(docs[0] if len(docs) == 1 else docs, sys.stdout)
         sys.stdout.write("\n")
@@ -133,28 +132,9 @@ def _write_dataset(args, tokenizer):
     return 0
 
 
-def _stats(seq):
-    n_notes, n_tokens = len(seq.notes), len(seq)
-    seconds = float(seq.notes["end"].max()) if n_notes else 0.0
-    return {"notes": n_notes, "tokens": n_tokens, "tokens_per_note": n_tokens / max(n_notes, 1), "seconds": seconds,
-            "drum_notes_left_out": seq.dropped_drums}
-
-
-def _document(path, seq, tokenizer, with_stats):
-    doc = {
-        "file": str(path),
-        "tokenizer": tokenizer.to_dict(),
-        "tokens": seq.tokens,
-        "ids": seq.ids.tolist(),
-        "note_of_token": seq.note_of_token.tolist(),
-    }
-    if with_stats:
-        doc["stats"] = _stats(seq)
-    return doc
-
-
 def _print_stats(paths, sequences):
-    rows = [(str(p), _stats(s)) for p, s in zip(paths, sequences)]
+    from music_attn.music.tokenizers.token_file import token_stats
+    rows = [(str(p), token_stats(s)) for p, s in zip(paths, sequences)]
     width = max(len("file"), *(len(name) for name, _ in rows))
     print(f"{'file':<{width}}  {'notes':>7}  {'tokens':>7}  {'tok/note':>8}  {'seconds':>8}")
     for name, st in rows:
@@ -167,10 +147,11 @@ def _print_stats(paths, sequences):
 def _decode(args):
     from music_attn._io import atomic_outputs, check_output
     from music_attn.music.midi import write_midi
+    from music_attn.music.tokenizers.token_file import read_token_file
 
     path = Path(args.tokens)
     check_output(args.output, inputs=[path])
-    tokenizer, ids = _read_tokens(path, args.item, args.tokenizer)
+    tokenizer, ids = read_token_file(path, args.item, args.tokenizer)
     result = tokenizer.decode(ids, bpm=args.bpm)
     with atomic_outputs([args.output], inputs=[path]) as (tmp,):
         write_midi(tmp, result.score)
@@ -179,83 +160,3 @@ def _decode(args):
     return 0
 
 
-def _read_tokens(path, item=None, bare_kind="remi"):
-    """The tokenizer and ids of a token file; TokenizerError if unusable.
-
-    The file holds what `tokenize --json` writes (one object, or a list of them
-    from which ``item`` picks one, 1-based) or a bare list of ids or token strings
-    (read with the ``bare_kind`` tokenizer).
-    """
-    from music_attn.errors import TokenizerError
-    from music_attn.music.tokenizer import Tokenizer
-
-    doc = _load_json(path)
-    if _is_bare(doc):
-        doc = {"tokenizer": {"type": bare_kind}, ("tokens" if _all(doc, str) else "ids"): doc}
-    else:
-        doc = _pick(doc, item, path)
-    tokens = doc.get("tokens", doc.get("ids"))
-    if not isinstance(tokens, list):
-        raise TokenizerError(f"{path}: expected 'tokens' or 'ids' (a list), as `tokenize --json` writes")
-    try:
-        tokenizer = Tokenizer.from_dict(doc.get("tokenizer", {"type": bare_kind}))
-        if "tokens" in doc:
-            return tokenizer, tokenizer.ids_from_tokens([str(t) for t in tokens])
-        return tokenizer, _ids(tokens, tokenizer)
-    except (TokenizerError, TypeError, ValueError, OverflowError) as exc:
-        raise TokenizerError(f"{path}: {exc}") from None
-
-
-def _load_json(path):
-    from music_attn._io import read_input
-    from music_attn.errors import TokenizerError
-
-    data = read_input(path, limit=MAX_TOKEN_FILE, what="token file", error=TokenizerError)
-    try:
-        return json.loads(data.decode("utf-8"))
-    except ValueError as exc:            # bad UTF-8, bad JSON, a number of thousands of digits
-        raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise TokenizerError(f"{path}: JSON nested too deeply") from None
-
-
-def _all(values, kind):
-    return all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
-
-
-def _is_bare(doc):
-    return isinstance(doc, list) and (_all(doc, int) or _all(doc, str))
-
-
-def _pick(doc, item, path):
-    """The one sequence object of ``doc`` (``item``, 1-based, of a list)."""
-    from music_attn.errors import TokenizerError
-
-    docs = doc if isinstance(doc, list) else [doc]
-    if not docs or not all(isinstance(d, dict) for d in docs):
-        raise TokenizerError(f"{path}: expected the JSON of `tokenize --json` or a list of token ids")
-    if item is None and len(docs) > 1:
-        raise TokenizerError(f"{path}: holds {len(docs)} token sequences; pick one with --item 1..{len(docs)}")
-    if item is not None and item > len(docs):
-        raise TokenizerError(f"{path}: --item {item} is past its {len(docs)} sequence(s)")
-    chosen = docs[(item or 1) - 1]
-    if "error" in chosen and "tokens" not in chosen and "ids" not in chosen:
-        raise TokenizerError(f"{path}: the sequence of {chosen.get('file')} holds no tokens "
-                             f"({_short(chosen['error'])})")
-    return chosen
-
-
-def _short(value):
-    return shorten(value, 200)
-
-
-def _ids(values, tokenizer):
-    """Integer ids, each checked against the vocabulary."""
-    from music_attn.errors import TokenizerError
-
-    if not _all(values, int):
-        raise TokenizerError("'ids' must be a list of integers")
-    bad = next((v for v in values if not 0 <= v < tokenizer.vocab_size), None)
-    if bad is not None:
-        raise TokenizerError(f"token id {_short(bad)} outside the vocabulary (0..{tokenizer.vocab_size - 1})")
-    return values

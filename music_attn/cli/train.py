@@ -61,34 +61,8 @@ def _train_options(g):
 
 
 def _tokenizer(name):
-    from music_attn.music.tokenizer import PerformanceTokenizer, RemiTokenizer
+    from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
     return RemiTokenizer() if name == "remi" else PerformanceTokenizer()
-
-
-def _corpus(folder, tokenizer, jobs, progress):
-    """(train, validation) token sequences of a folder: its manifest split, else by title hash.
-
-    A token dataset gives memory-mapped sequences (its tokenizer must be the model's).
-    """
-    from music_attn.training import data, dataset
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
-    if dataset.is_dataset(folder):
-        ds = dataset.open_dataset(folder)
-        if ds.tokenizer_config != tokenizer.to_dict():
-            raise ValueError(f"{folder}: tokenized with {ds.tokenizer_config}, not the model's tokenizer")
-        return ds.sequences("train") or ds.sequences("all"), ds.sequences("validation")
-    options = dict(jobs=jobs, progress=progress)
-    if (folder / data.MANIFEST).is_file():
-        return (data.load_corpus(folder, tokenizer, "train", **options),
-                data.load_corpus(folder, tokenizer, "validation", **options))
-    seqs, paths = data.tokenize_folder(folder, tokenizer, return_paths=True, **options)
-    if not seqs:
-        raise ValueError(f"{folder}: no readable MIDI files")
-    split = [data.split_for_title(Path(p).stem) for p in paths]
-    train = [s for s, k in zip(seqs, split) if k == "train"] or seqs
-    return train, [s for s, k in zip(seqs, split) if k == "validation"]
 
 
 def _fresh(args, tokenizer):
@@ -124,38 +98,6 @@ def _model_settings(args):
                 attention=args.attention, window=args.window, alpha=args.alpha)
 
 
-def _resumed(args):
-    """Model and TrainState from the checkpoint at -o (``--steps`` may extend the run)."""
-    import dataclasses
-    from music_attn.training.checkpoint import load_checkpoint
-    from music_attn.errors import CheckpointError
-    from music_attn.training.train import train_state_from_checkpoint
-    ckpt = load_checkpoint(args.output)
-    if ckpt.train_state is None:
-        raise CheckpointError(f"{args.output}: holds no training state to resume from")
-    try:
-        config = TrainConfig.from_dict(ckpt.train_state["meta"]["config"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{args.output}: unusable training state ({exc})") from None
-    if args.steps is not None:
-        config = dataclasses.replace(config, steps=args.steps)
-    _check_rng(ckpt.train_state["meta"], args.output)
-    try:
-        return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise CheckpointError(f"{args.output}: unusable training state ({type(exc).__name__}: {exc})") from None
-
-
-def _check_rng(meta, path):
-    """The saved generator must name one of numpy's bit generators (nothing else is called)."""
-    import numpy as np
-    from music_attn.errors import CheckpointError
-    name = meta.get("rng", {}).get("bit_generator") if isinstance(meta.get("rng"), dict) else None
-    kind = getattr(np.random, name, None) if isinstance(name, str) else None
-    if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
-        raise CheckpointError(f"{path}: unusable training state (random generator {str(name)[:40]!r})")
-
-
 def _dataset_tokenizer(folder, name):
     """The tokenizer of a token dataset at ``folder``, else the one named by --tokenizer."""
     from music_attn.training import dataset
@@ -178,13 +120,15 @@ def _backend(name):
 
 def _run(args):
     from music_attn._io import check_output
+    from music_attn.training.dataset import corpus_splits
+    from music_attn.training.train import resume_training
     check_output(args.output)                    # before minutes of tokenizing, not after
     train, main = _backend(args.backend)
     if args.resume:
-        model, state = _resumed(args)
+        model, state = resume_training(args.output, steps=args.steps)
     else:
         model, state = _fresh(args, _dataset_tokenizer(args.dir, args.tokenizer))
-    train_seqs, val_seqs = _corpus(args.dir, model.tokenizer, args.jobs, not args.quiet and main)
+    train_seqs, val_seqs = corpus_splits(args.dir, model.tokenizer, jobs=args.jobs, progress=not args.quiet and main)
     if not main:
         train(model, train_seqs, state.config, state=state, val_sequences=val_seqs,
               checkpoint=args.output, progress=False)

@@ -67,7 +67,7 @@ class ModelConfig:
         added to the input (the 4 voices x 4 sixteenths of a beat of the
         four-voice grid, for P = 16).  The position is counted from the start
         of the model's input, so windows of a longer sequence must start at
-        multiples of P (:mod:`music_attn.training.windows` does so).
+        multiples of P (:mod:`music_attn.runtime.windows` does so).
     condition : 0 (off), or K: the model also reads K condition tokens at each
         position (the harmonizer: the soprano of the next K sixteenths), each added
         to the input through a learned embedding per offset (``cond_emb``, (K, V, C));

@@ -4,7 +4,7 @@
 top voice of it, see :mod:`music_attn.music.select`) and keeps what it saw:
 
 * **Token attention as a band.**  A piece longer than the model's window is
-  read with THE windowing rule of :func:`music_attn.training.windows.spans`
+  read with THE windowing rule of :func:`music_attn.runtime.windows.spans`
   (windows of ``W`` tokens moved by ``W // 2``; every position's attention row
   and next-token logits come from exactly one window, the first that holds
   it).  So query ``t`` only ever sees keys ``t - W + 1 .. t``, and the band
@@ -31,7 +31,7 @@ top voice of it, see :mod:`music_attn.music.select`) and keeps what it saw:
   before it (up to a window) is their context; attention to the notes of that
   music is ``context_share`` (to its Bar and Position tokens, ``structure_share``).
 * **Surprise** of a note: the sum of the NLL (nats) of its tokens, each from the
-  logits of the position before it (:func:`~music_attn.training.windows.token_nll`).
+  logits of the position before it (:func:`~music_attn.runtime.windows.token_nll`).
   ``model_fit`` compares the mean NLL per token of what is shown with the
   model's NLL per token on its own validation set (stored in the checkpoint).
 
@@ -44,27 +44,21 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from music_attn.errors import MidiError, MusicAttnError
-from music_attn.training.stats import note_name, spelled_names
-from music_attn.training.windows import alignment, spans, token_nll
+from music_attn.music.theory import note_name, spelled_names
+from music_attn.inspect.bands import (
+    _CONTEXT, _STRUCTURE, NoteRows, _band_keys, _check_dense, _earlier_entropy, _Head, _row_ids, _split, attention_rollout, band_to_notes,
+    dense_to_band,
+)
+from music_attn.inspect.fit import FIT_RATIO, _polyphonic, model_fit  # noqa: F401 (FIT_RATIO re-exported)
+from music_attn.runtime.windows import alignment, spans, token_nll
 from music_attn.runtime.harmonize import condition_for_ids
 
 __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "note_name"]
 
-# The dense views (`note_attention`, `token_attention`) refuse to allocate more than this.
-_MAX_DENSE_BYTES = 256 * 2**20
-# Query tokens aggregated at once when a band is summed up to notes (bounds the temporaries).
-_CHUNK_TOKENS = 2048
-# Largest (rows x key notes) block a chunk sums densely before falling back to sorting.
-_DENSE_BLOCK = 4_000_000
-# Internal key labels: -1 structure token, -2 a note that is not shown (the context of a passage).
-_STRUCTURE, _CONTEXT = -1, -2
-# A piece is "far outside what the model knows" above this multiple of its validation NLL.
-FIT_RATIO = 2.0
 # JSON: key notes listed per query note and head (the rest is summed).
 JSON_TOP_K = 8
 
@@ -75,24 +69,6 @@ _NOTE_FIELDS = {
     "end": ("end", "end_sec", "end_time", "offset"),
     "velocity": ("velocity",),
 }
-
-
-class NoteRows(NamedTuple):
-    """Note attention of one head in CSR form: query note ``i`` -> key notes.
-
-    ``keys[indptr[i]:indptr[i + 1]]`` are the key notes of row ``i`` (increasing)
-    and ``weights[...]`` their attention; a row sums to
-    ``1 - structure_share[i] - context_share[i]``.
-    """
-    indptr: np.ndarray      # (N + 1,) int64
-    keys: np.ndarray        # (nnz,) int32
-    weights: np.ndarray     # (nnz,) float32
-
-
-class _Head(NamedTuple):
-    rows: NoteRows
-    structure: np.ndarray   # (N,) float64
-    context: np.ndarray     # (N,) float64
 
 
 @dataclass(eq=False)
@@ -390,164 +366,6 @@ class AttentionMaps:
     def __repr__(self):
         return (f"AttentionMaps({self.name or 'melody'!r}: {self.n_notes} notes, {self.n_tokens} tokens, "
                 f"{self.n_layers} layers x {self.n_heads} heads)")
-
-
-def _check_dense(nbytes, what, instead):
-    if nbytes > _MAX_DENSE_BYTES:
-        raise MusicAttnError(f"{what} would take {nbytes / 2**20:.0f} MB dense; use {instead} for long pieces")
-
-
-def _row_ids(indptr):
-    """Row index of every CSR entry: (nnz,)."""
-    return np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-
-
-def _split(values, indptr):
-    return [values[a:b] for a, b in zip(indptr[:-1].tolist(), indptr[1:].tolist())]
-
-
-def _earlier_entropy(rows, n_notes):
-    """Mean over notes of the entropy of their renormalised attention to earlier notes."""
-    r = _row_ids(rows.indptr)
-    earlier = rows.keys < r
-    r, w = r[earlier], rows.weights[earlier].astype(np.float64)
-    mass = np.bincount(r, w, n_notes)                                  # (N,)
-    p = w / np.maximum(mass[r], 1e-12)
-    ent = np.bincount(r, -p * np.log(np.where(p > 0, p, 1.0)), n_notes)
-    valid = mass > 1e-9
-    return float((ent * valid).sum() / max(valid.sum(), 1))
-
-
-# ------------------------------------------------------------ band -> notes
-def _band_keys(T, W, back, before):
-    """Query (T, 1), key (T, W) indices of a band, and which keys exist: keys may go ``before`` back."""
-    t = np.arange(T)[:, None]
-    s = t - back + np.arange(W)                                        # (T, W)
-    return t, s, (s >= -before) & (s < T)
-
-
-def dense_to_band(att):
-    """Dense attention (L, H, T, T) -> ``(band, band_back)``: (L, H, T, W) with W = T, or 2T - 1 when
-    any query attends to a later key (a bidirectional model)."""
-    if att.ndim != 4 or att.shape[-1] != att.shape[-2]:
-        raise ValueError(f"token_attention must have shape (L, H, T, T), got {att.shape}")
-    T = att.shape[-1]
-    future = bool(np.triu(att.any(axis=(0, 1)), 1).any())
-    back, W = T - 1, (2 * T - 1 if future else T)
-    t, s, valid = _band_keys(T, max(W, 1), back, 0)
-    band = np.where(valid, att[:, :, np.broadcast_to(t, s.shape), np.clip(s, 0, max(T - 1, 0))], 0)
-    return band.astype(np.float32), back
-
-
-def band_to_notes(band, back, key_labels, n_notes):
-    """Bands (G, T, W) of G heads -> one `_Head` each (CSR rows, structure and context shares).
-
-    The rule is in the module docstring.  ``key_labels`` (P + T,) labels the P
-    context tokens before the first query and the T queries: note index, -1
-    structure, -2 a note not shown.  Query tokens are summed note by note, in
-    chunks of whole notes; the index work of a chunk is shared by the G heads,
-    and temporaries stay O(chunk * W).
-    """
-    G, T, W = band.shape
-    P = key_labels.size - T
-    qlab = key_labels[P:]
-    counts = np.bincount(qlab[qlab >= 0], minlength=n_notes).astype(np.float64)
-    order = np.flatnonzero(qlab >= 0)
-    order = order[np.argsort(qlab[order], kind="stable")]              # query tokens, note by note
-    structure, context = np.zeros((G, n_notes)), np.zeros((G, n_notes))
-    parts = [[] for _ in range(G)]
-    for a, b in _note_chunks(qlab[order]):
-        q = order[a:b]
-        s = q[:, None] + P - back + np.arange(W)                        # (n, W) into key_labels
-        kl = np.where((s >= 0) & (s < key_labels.size), key_labels[np.clip(s, 0, key_labels.size - 1)], -3)
-        r = np.broadcast_to(qlab[q][:, None], kl.shape)                 # (n, W) query note
-        pairs = _Pairs(r[kl >= 0], kl[kl >= 0], n_notes)
-        code = pairs.bins(r, kl, n_notes).ravel()                        # (n * W,)
-        for g in range(G):
-            acc = np.bincount(code, band[g, q].ravel(), pairs.size + 2 * n_notes + 1)
-            structure[g] += acc[pairs.size:pairs.size + n_notes]
-            context[g] += acc[pairs.size + n_notes:-1]
-            parts[g].append(pairs.pick(acc[:pairs.size], counts))
-    structure /= np.maximum(counts, 1)                                   # mean over the note's tokens
-    context /= np.maximum(counts, 1)
-    return [_Head(_csr(parts[g], n_notes), structure[g], context[g]) for g in range(G)]
-
-
-def _note_chunks(sorted_labels):
-    """[a, b) cuts of a sorted label array into chunks of about _CHUNK_TOKENS, never inside a note."""
-    a, n = 0, sorted_labels.size
-    while a < n:
-        b = min(a + _CHUNK_TOKENS, n)
-        b = int(np.searchsorted(sorted_labels, sorted_labels[b - 1], side="right"))
-        yield a, b
-        a = b
-
-
-class _Pairs:
-    """The distinct (query note, key note) pairs of a chunk, as bins of a `np.bincount`.
-
-    Pairs are numbered over a dense block of the chunk's rows and key notes when it
-    is small (the usual case: key notes lie within a window of the rows), else by
-    sorting.  After the pairs come one bin per note for structure, one per note for
-    context, and one for keys outside the sequence.
-    """
-
-    def __init__(self, rows, keys, n_notes):
-        if rows.size == 0:
-            self.size, self.dense, self.code = 0, True, rows
-            self.K = self.r0 = self.k0 = 0
-            return
-        r0, k0 = int(rows.min()), int(keys.min())
-        R, K = int(rows.max()) - r0 + 1, int(keys.max()) - k0 + 1
-        self.dense = R * K <= _DENSE_BLOCK
-        if self.dense:
-            self.code, self.size, self.K, self.r0, self.k0 = (rows - r0) * K + (keys - k0), R * K, K, r0, k0
-        else:
-            uniq, self.code = np.unique(rows * n_notes + keys, return_inverse=True)   # by row, then key
-            self.size, self.rows, self.keys = uniq.size, uniq // n_notes, (uniq % n_notes).astype(np.int32)
-
-    def bins(self, r, kl, n_notes):
-        """Bin of every (query token, key) entry: (n, W) int64."""
-        out = np.full(kl.shape, self.size + 2 * n_notes, dtype=np.int64)
-        out[kl >= 0] = self.code
-        out[kl == _STRUCTURE] = self.size + r[kl == _STRUCTURE]
-        out[kl == _CONTEXT] = self.size + n_notes + r[kl == _CONTEXT]
-        return out
-
-    def pick(self, acc, counts):
-        """(rows, keys, weights / token count of the row) of the pairs with a nonzero sum, by row then key."""
-        idx = np.flatnonzero(acc)
-        if self.dense:
-            rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
-        else:
-            rows, keys = self.rows[idx], self.keys[idx]
-        return rows, keys, (acc[idx] / counts[rows]).astype(np.float32)
-
-
-def _csr(parts, n_notes):
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    keys = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
-    weights = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
-    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_notes)))).astype(np.int64)
-    return NoteRows(indptr, keys, weights)
-
-
-def attention_rollout(att, rows=None):
-    """Attention rollout (Abnar & Zuidema 2020) of one window: (L, H, T, T) -> (T, T) float64.
-
-    Per layer ``A_l = 0.5 * mean over heads + 0.5 * I``, rows renormalised to sum
-    to one; ``R = A_L @ ... @ A_2 @ A_1``: row t is how much each token flows into
-    token t's output through the layers.  ``rows`` (index array) computes only
-    those rows of R, ``(len(rows), T)``, from the left: ``A_L[rows] @ A_(L-1) @ ...``.
-    """
-    att = np.asarray(att, dtype=np.float64)
-    T = att.shape[-1]
-    out = None
-    for layer in att[::-1]:                                              # A_L first
-        a = 0.5 * layer.mean(0) + 0.5 * np.eye(T)                         # (T, T)
-        a /= np.maximum(a.sum(-1, keepdims=True), 1e-30)
-        out = (a if rows is None else a[rows]) if out is None else out @ a
-    return np.eye(T) if out is None else out
 
 
 def _check_shapes(band, labels, n_notes):
@@ -865,45 +683,6 @@ def _notice(n_total, a, b, window, selection):
     if selection["melody"]:
         parts.append("Top voice only (the highest sounding note at each onset).")
     return " ".join(parts)
-
-
-# --------------------------------------------------------------- model fit
-def model_fit(model, nll, *, polyphonic=False, melody=False, tracks=None):
-    """How well the model fits what it read: mean NLL per token against its validation NLL.
-
-    Returns a dict ``nats_per_token``, ``validation_nats_per_token`` (from the
-    checkpoint's ``metrics``; None when not recorded), ``ratio`` and ``reading``:
-    plain words when the piece is more than `FIT_RATIO` times the validation NLL,
-    with a hint to keep one voice when the model meets several at once.
-    """
-    finite = np.asarray(nll, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    mean = float(finite.mean()) if finite.size else float("nan")
-    val = (getattr(model, "metrics", None) or {}).get("validation_nats_per_token")
-    val = float(val) if isinstance(val, (int, float)) and math.isfinite(val) and val > 0 else None
-    ratio = mean / val if val else None
-    return {"nats_per_token": mean, "validation_nats_per_token": val, "ratio": ratio,
-            "reading": _reading(mean, val, ratio, polyphonic and not melody and not tracks)}
-
-
-def _reading(mean, val, ratio, hint_voices):
-    if ratio is None or not ratio > FIT_RATIO:
-        return ""
-    text = (f"This music is far outside what the model knows: {mean:.2f} nats per token against "
-            f"{val:.2f} on its own validation music ({ratio:.1f}x), so its attention here says more "
-            f"about its confusion than about the music.")
-    if hint_voices:
-        text += (" The model meets several voices at once: keep one with --melody (the top voice) or "
-                 "--track N (melody=True or tracks=[...] in Python).")
-    return text
-
-
-def _polyphonic(maps):
-    """True when a fifth or more of the notes start together with another note."""
-    if maps.n_notes < 2:
-        return False
-    same = np.isclose(np.diff(np.sort(maps.start)), 0)
-    return bool(same.sum() >= 0.2 * maps.n_notes)
 
 
 def _fit_dict(fit, decimals):

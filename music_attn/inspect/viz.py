@@ -28,9 +28,9 @@ from music_attn._io import atomic_write
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
-from music_attn.training.stats import estimate_key, key_name, uses_flats
+from music_attn.music.theory import estimate_key, key_name, uses_flats
 
-__all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "music_context", "spell"]
+__all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "write_outputs", "music_context", "spell"]
 
 # Raw bytes (before base64) allowed for the sparse note and token maps of one page.
 _NOTE_MAP_BUDGET = 420_000
@@ -468,3 +468,14 @@ def write_json(maps, path, *, top_k=8, token_band=False, decimals=3):
     text = maps.to_json(top_k=top_k, token_band=token_band, decimals=decimals)
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def write_outputs(maps, paths):
+    """Write the page (``paths["html"]``) and, when given, the PNG and the JSON; returns the
+    page's size in bytes."""
+    size = write_html(maps, paths["html"])
+    if "png" in paths:
+        render_png(maps, paths["png"])
+    if "json" in paths:
+        write_json(maps, paths["json"])
+    return size

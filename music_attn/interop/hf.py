@@ -7,7 +7,7 @@ computed on, and gives the same :class:`~music_attn.inspect.inspector.AttentionM
 as our own model (note maps, structure share, head roles, page, PNG, JSON).
 The tokens say which note each token belongs to: a MidiTok ``TokSequence``
 (with its tokenizer; aligned by :mod:`music_attn.interop.miditok`), one of our
-:class:`~music_attn.music.tokenizer.TokenSequence`, or a ready
+:class:`~music_attn.music.tokenizers.TokenSequence`, or a ready
 :class:`~music_attn.interop.miditok.MidiTokAlignment`.
 
 Shape legend: L layers, B batch, H heads, T tokens, V vocab, N notes.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from music_attn.inspect.inspector import AttentionMaps
-from music_attn.training.windows import token_nll
+from music_attn.runtime.windows import token_nll
 
 __all__ = ["attention_maps_from", "stack_attentions"]
 

@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 
 from music_attn.core.model import Model
 from music_attn.interop.torch_model import TorchTransformer, our_name
-from music_attn.training.checkpoint import save_checkpoint
+from music_attn.runtime.checkpoint import save_checkpoint
 from music_attn.training.train import (
     TrainState, train_batch, is_due, StopOnInterrupt, lr_at,
 )
-from music_attn.training.windows import alignment, span_batches
+from music_attn.runtime.windows import alignment, span_batches
 
 __all__ = ["to_torch", "from_torch", "train_torch", "TorchTransformer", "init_distributed"]
 

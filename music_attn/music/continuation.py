@@ -41,7 +41,7 @@ import pretty_midi
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.errors import MidiError
 from music_attn.music import select
-from music_attn.music.midi import source_bytes, split_chunks, read_midi
+from music_attn.music.midi import read_chunks, read_midi, source_bytes, split_chunks
 
 __all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track",
            "prompt_reading", "in_beats", "new_notes", "place_notes", "continue_prompt", "route",
@@ -98,13 +98,15 @@ class Continuation:
 def load_prompt(path, *, sustain=False):
     """The prompt file as mido tracks and as a Score with drums: ``(mido.MidiFile, Score)``.
 
-    The tracks are its MTrk chunks as the reader sees them (other chunks
-    skipped, each track up to its end_of_track); texts are latin-1, so every
-    byte is written back as it was.  MidiError names the file.
+    The file is read once: its bytes are split into chunks, the Score is read
+    from them (first: it refuses bad files in linear time) and the mido tracks
+    are built from the same chunks (other chunks skipped, each track up to its
+    end_of_track); texts are latin-1, so every byte is written back as it was.
+    MidiError names the file.
     """
-    score = read_midi(path, include_drums=True, sustain=sustain)   # first: it refuses bad files in linear time
     data, name = source_bytes(path)
     fmt, tpb, chunks = split_chunks(data, name)
+    score = read_chunks(fmt, tpb, chunks, name, include_drums=True, sustain=sustain)
     header = struct.pack(">4sLHHh", b"MThd", 6, fmt, len(chunks), tpb)
     body = b"".join(b"MTrk" + struct.pack(">L", len(c)) + c for c in chunks)
     try:

@@ -90,6 +90,20 @@ class VoiceLeading:
                 f"{100 * self.share('out_of_range'):.1f}%, complete triads or sevenths "
                 f"{100 * self.complete_share:.0f}% of four-voice steps")
 
+    def table(self):
+        """The bars with a fault, one line each under a header (empty when no bar has one)."""
+        names = ("parallels", "hidden_octaves", "crossing", "spacing", "out_of_range", "incomplete")
+        rows = [f"{bar:>5}  " + " ".join(f"{c[n]:>{w}}" for n, w in zip(names, (8, 8, 8, 8, 6, 10)))
+                for bar, c in self.bars if any(c[n] for n in names)]
+        head = (f"{'bar':>5}  {'parallel':>8} {'hidden 8':>8} {'crossing':>8} {'spacing':>8} {'range':>6} "
+                f"{'incomplete':>10}   (crossing, spacing, range, incomplete: sixteenth steps)")
+        return "\n".join([head] + rows) if rows else ""
+
+    def to_json(self):
+        """:meth:`to_dict` as JSON text."""
+        import json
+        return json.dumps(self.to_dict(), indent=1)
+
     def to_dict(self):
         return {"counts": dict(self.counts), "parallels_per_100": self.parallels_per_100,
                 "hidden_octaves_per_100": self.hidden_per_100,

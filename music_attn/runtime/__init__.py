@@ -1,1 +1,1 @@
-"""Runtime: loading models, windows, sampling, continuation and harmonization."""
+"""Running a trained model: checkpoint loading, windows and NLL, sampling, continuing a MIDI file, harmonizing a melody."""

@@ -33,12 +33,12 @@ from music_attn.errors import MusicAttnError
 from music_attn.music import select
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.music.continuation import load_prompt, prompt_tracks
-from music_attn.music.grid import GridTokenizer, STEPS_PER_BEAT
+from music_attn.music.tokenizers.grid import STEPS_PER_BEAT, GridTokenizer
 from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.music.voice_leading import PAIRS, RANGES, VOICE_NAMES, voice_leading
-from music_attn.training.checkpoint import load_model, shipped_model_path
-from music_attn.training.generate import next_token_distribution
-from music_attn.training.windows import alignment, spans, token_nll, window_start
+from music_attn.runtime.checkpoint import load_model, shipped_model_path
+from music_attn.runtime.generate import next_token_distribution
+from music_attn.runtime.windows import alignment, spans, token_nll, window_start
 
 __all__ = ["harmonize", "harmonization_nll", "Harmonization", "Melody", "read_melody",
            "sample_voices", "condition_of", "harmony_file", "load_harmonizer",
@@ -423,6 +423,12 @@ class Harmonization(Score):
     def write(self, path):
         """Write the harmonization to ``path`` atomically (the input file's messages, unchanged)."""
         write_midi(path, self.midi)
+
+    def describe(self):
+        """One line: what was harmonized, then the voice leading of it."""
+        bars = len(self.voice_leading.bars)
+        return (f"alto, tenor and bass under {bars} bar{'s' * (bars != 1)} of melody\n"
+                f"  {self.voice_leading.summary()}")
 
 
 def harmony_file(melody, grid):

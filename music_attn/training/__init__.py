@@ -1,1 +1,1 @@
-"""Data, checkpoints, training, sampling and evaluation of the model."""
+"""Training: corpora and token datasets, the training loop, evaluation and the n-gram baseline."""

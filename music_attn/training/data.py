@@ -29,6 +29,8 @@ from music_attn._io import atomic_write
 from music_attn.errors import MidiError
 
 __all__ = [
+    "choose_melodies",
+    "copy_melodies",
     "VALIDATION_FRACTION",
     "augment_transpose",
     "default_cache_dir",
@@ -170,7 +172,7 @@ _WORKER_TOKENIZER = None
 def _init_worker(config):
     """Process-pool initializer: rebuild the tokenizer once per worker from its config."""
     global _WORKER_TOKENIZER
-    from music_attn.music.tokenizer import Tokenizer
+    from music_attn.music.tokenizers import Tokenizer
 
     _WORKER_TOKENIZER = Tokenizer.from_dict(config)
 
@@ -233,7 +235,7 @@ def tokenize_files(paths, tokenizer, *, jobs=1, cache_dir=None, cache=True, prog
     ----------
     paths : iterable of path-like
     tokenizer : Tokenizer
-        Anything with ``encode``, ``to_dict`` and ``vocab`` (see ``music_attn.music.tokenizer``).
+        Anything with ``encode``, ``to_dict`` and ``vocab`` (see ``music_attn.music.tokenizers``).
     jobs : int
         Worker processes; ``1`` tokenizes in this process.  Results do not
         depend on ``jobs``.  Workers rebuild the tokenizer from its
@@ -407,3 +409,38 @@ def melody_catalogue():
     folder = _melody_folder()
     with open(folder / "melodies.csv", newline="", encoding="utf-8") as f:
         return [{**row, "path": folder / row["file"]} for row in csv.DictReader(f)]
+
+
+def choose_melodies(names=()):
+    """The catalogue rows of ``names`` (all when empty); MusicAttnError names an unknown one."""
+    from music_attn.errors import MusicAttnError
+
+    rows = melody_catalogue()
+    by_stem = {Path(r["file"]).stem: r for r in rows}
+    unknown = [n for n in names if Path(n).stem not in by_stem or Path(n).suffix not in ("", ".mid")]
+    if unknown:
+        raise MusicAttnError(f"no shipped melody named {unknown[0]!r} (choose from: {', '.join(sorted(by_stem))})")
+    return [by_stem[Path(n).stem] for n in dict.fromkeys(names)] if names else rows
+
+
+def copy_melodies(rows, folder, *, force=False):
+    """Copy the shipped melodies of catalogue ``rows`` into ``folder`` (created if new, its parent
+    must exist), all or none; returns the (row, target) pairs written.  An identical file is
+    left as it is; a different one is refused (OutputError) unless ``force``."""
+    from music_attn._io import atomic_outputs, output_folder
+    from music_attn.errors import OutputError
+
+    copies = []
+    for row in rows:
+        target = folder / row["file"]
+        if target.exists() and target.is_file() and target.read_bytes() == row["path"].read_bytes():
+            continue
+        if target.exists() and not force:
+            raise OutputError(f"{target}: already exists and differs from the shipped melody "
+                              "(nothing copied; --force replaces it)")
+        copies.append((row, target))
+    output_folder(folder, create=True)
+    with atomic_outputs([target for _, target in copies]) as temps:
+        for (row, _), tmp in zip(copies, temps):
+            tmp.write_bytes(row["path"].read_bytes())
+    return copies

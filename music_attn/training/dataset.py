@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from music_attn._io import atomic_write
 from music_attn.training import data
 
-__all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "FORMAT", "VERSION"]
+__all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "corpus_splits", "FORMAT", "VERSION"]
 
 FORMAT = "music_attn.token_dataset"
 VERSION = 1
@@ -62,7 +62,7 @@ class TokenDataset:
     @property
     def tokenizer(self):
         """The tokenizer the dataset was written with."""
-        from music_attn.music.tokenizer import Tokenizer
+        from music_attn.music.tokenizers import Tokenizer
         return Tokenizer.from_dict(self.tokenizer_config)
 
     def sequences(self, split="train"):
@@ -205,3 +205,28 @@ def _replace(tmp, out):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def corpus_splits(folder, tokenizer, *, jobs=1, progress=True):
+    """(train, validation) token sequences of a folder: its manifest split, else by title hash.
+
+    A token dataset gives memory-mapped sequences (its tokenizer must be the model's).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if is_dataset(folder):
+        ds = open_dataset(folder)
+        if ds.tokenizer_config != tokenizer.to_dict():
+            raise ValueError(f"{folder}: tokenized with {ds.tokenizer_config}, not the model's tokenizer")
+        return ds.sequences("train") or ds.sequences("all"), ds.sequences("validation")
+    options = dict(jobs=jobs, progress=progress)
+    if (folder / data.MANIFEST).is_file():
+        return (data.load_corpus(folder, tokenizer, "train", **options),
+                data.load_corpus(folder, tokenizer, "validation", **options))
+    seqs, paths = data.tokenize_folder(folder, tokenizer, return_paths=True, **options)
+    if not seqs:
+        raise ValueError(f"{folder}: no readable MIDI files")
+    split = [data.split_for_title(Path(p).stem) for p in paths]
+    train = [s for s, k in zip(seqs, split) if k == "train"] or seqs
+    return train, [s for s, k in zip(seqs, split) if k == "validation"]

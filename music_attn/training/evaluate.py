@@ -1,7 +1,7 @@
 """Evaluation of a model on the corpus: validation NLL against n-gram baselines, and melody statistics.
 
 - :func:`model_nll`: nats per token on whole sequences.  A sequence longer than
-  the model's window is scored by the windows of :mod:`music_attn.training.windows`
+  the model's window is scored by the windows of :mod:`music_attn.runtime.windows`
   (``max_len`` tokens moved by half a window), each token scored once, with at least
   half a window of context, so long tunes are not cut into contextless pieces.
 - :func:`ngram_nll`: interpolated Kneser-Ney baselines (:mod:`music_attn.training.ngram`)
@@ -9,7 +9,7 @@
 - :func:`generation_stats` / :func:`reference_stats`: for continuations of the
   first bars of validation melodies and for the real continuations, the share
   decoded without skipped tokens, the share of notes in the key of the prompt,
-  pitch range and repetition (:mod:`music_attn.training.stats`).
+  pitch range and repetition (:mod:`music_attn.music.theory`).
 """
 
 import json
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from music_attn.training.generate import generate
+from music_attn.runtime.generate import generate
 from music_attn.training.ngram import KneserNeyLM
-from music_attn.training.stats import estimate_key, in_key_share, pitch_range, repetition
-from music_attn.training.windows import corpus_nll
+from music_attn.music.theory import estimate_key, in_key_share, pitch_range, repetition
+from music_attn.runtime.windows import corpus_nll
 
 __all__ = ["model_nll", "ngram_nll", "generation_stats", "reference_stats", "find_data_dir",
            "evaluate_shipped", "ABLATION_FILE"]

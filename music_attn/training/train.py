@@ -20,13 +20,13 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from music_attn.training.checkpoint import save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 from music_attn.training.data import TRANSPOSE_RANGE, augment_transpose, sample_windows
 from music_attn.core.model import parallel_map
-from music_attn.training.windows import alignment, corpus_nll
+from music_attn.runtime.windows import alignment, corpus_nll
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train",
-           "train_state_from_checkpoint"]
+           "train_state_from_checkpoint", "resume_training"]
 
 
 @dataclass(frozen=True)
@@ -327,3 +327,33 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
         if checkpoint is not None and saved != state.step:
             save_checkpoint(checkpoint, model, train_state=state.to_checkpoint())
     return state
+
+
+def resume_training(path, *, steps=None):
+    """(Model, TrainState) from the checkpoint at ``path`` that holds a training state; ``steps``
+    lengthens the run.  CheckpointError when the state is missing or unusable."""
+    from music_attn.errors import CheckpointError
+    ckpt = load_checkpoint(path)
+    if ckpt.train_state is None:
+        raise CheckpointError(f"{path}: holds no training state to resume from")
+    try:
+        config = TrainConfig.from_dict(ckpt.train_state["meta"]["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unusable training state ({exc})") from None
+    if steps is not None:
+        config = dataclasses.replace(config, steps=steps)
+    _check_rng(ckpt.train_state["meta"], path)
+    try:
+        return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{path}: unusable training state ({type(exc).__name__}: {exc})") from None
+
+
+def _check_rng(meta, path):
+    """The saved generator must name one of numpy's bit generators (nothing else is called)."""
+    import numpy as np
+    from music_attn.errors import CheckpointError
+    name = meta.get("rng", {}).get("bit_generator") if isinstance(meta.get("rng"), dict) else None
+    kind = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
+        raise CheckpointError(f"{path}: unusable training state (random generator {str(name)[:40]!r})")

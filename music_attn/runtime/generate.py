@@ -16,7 +16,7 @@ import numpy as np
 
 from music_attn._threads import single_threaded_blas
 from music_attn.core.ops import softmax_
-from music_attn.training.windows import alignment, window_start
+from music_attn.runtime.windows import alignment, window_start
 
 __all__ = ["next_token_distribution", "sample_next", "generate", "Generated"]
 

@@ -273,7 +273,7 @@ def _tokenizer(archive, entries, config, path):
     """The saved tokenizer, checked against the saved vocabulary and the model config."""
     if "tokenizer" not in entries:
         return None
-    from music_attn.music.tokenizer import Tokenizer    # the music side, only needed here
+    from music_attn.music.tokenizers import Tokenizer    # the music side, only needed here
     vocab = _read_json(archive, entries, "vocab", path) if "vocab" in entries else None
     if vocab is not None and (not isinstance(vocab, list) or len(vocab) != config.vocab_size):
         raise CheckpointError(f"{path}: the saved vocabulary is not a list of {config.vocab_size} tokens "
