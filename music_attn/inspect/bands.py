@@ -186,18 +186,21 @@ def _csr(parts, n_notes):
 
 
 def attention_rollout(att, rows=None):
-    """Attention rollout (Abnar & Zuidema 2020) of one window: (L, H, T, T) -> (T, T) float64.
+    """Attention rollout (Abnar & Zuidema 2020) of one window: (L, ..., H, T, T) -> (..., T, T) float64.
 
     Per layer ``A_l = 0.5 * mean over heads + 0.5 * I``, rows renormalised to sum
     to one; ``R = A_L @ ... @ A_2 @ A_1``: row t is how much each token flows into
     token t's output through the layers.  ``rows`` (index array) computes only
-    those rows of R, ``(len(rows), T)``, from the left: ``A_L[rows] @ A_(L-1) @ ...``.
+    those rows of R, ``(..., len(rows), T)``, from the left: ``A_L[rows] @ A_(L-1) @ ...``.
+    Dims between L and H (a batch of windows) are carried through.
     """
-    att = np.asarray(att, dtype=np.float64)
+    att = np.asarray(att)
     T = att.shape[-1]
     out = None
     for layer in att[::-1]:                                              # A_L first
-        a = 0.5 * layer.mean(0) + 0.5 * np.eye(T)                         # (T, T)
+        a = layer.mean(-3, dtype=np.float64)                              # (..., T, T)
+        a *= 0.5
+        a[..., np.arange(T), np.arange(T)] += 0.5
         a /= np.maximum(a.sum(-1, keepdims=True), 1e-30)
-        out = (a if rows is None else a[rows]) if out is None else out @ a
-    return np.eye(T) if out is None else out
+        out = (a if rows is None else a[..., rows, :]) if out is None else out @ a
+    return np.broadcast_to(np.eye(T), att.shape[1:-3] + (T, T)).copy() if out is None else out
