@@ -115,12 +115,15 @@ def band_to_notes(band, back, key_labels, n_notes):
         kl = np.where((s >= 0) & (s < key_labels.size), key_labels[np.clip(s, 0, key_labels.size - 1)], -3)
         r = np.broadcast_to(qlab[q][:, None], kl.shape)                 # (n, W) query note
         pairs = _Pairs(r[kl >= 0], kl[kl >= 0], n_notes)
-        code = pairs.bins(r, kl, n_notes).ravel()                        # (n * W,)
+        used, code = _compact(pairs.bins(r, kl, n_notes).ravel(), pairs.size + 2 * n_notes + 1)
+        is_pair = used < pairs.size                                      # the rest: structure, context, outside
+        shares = used[~is_pair] - pairs.size
         for g in range(G):
-            acc = np.bincount(code, band[g, q].ravel(), pairs.size + 2 * n_notes + 1)
-            structure[g] += acc[pairs.size:pairs.size + n_notes]
-            context[g] += acc[pairs.size + n_notes:-1]
-            parts[g].append(pairs.pick(acc[:pairs.size], counts))
+            acc = np.bincount(code, band[g, q].ravel(), used.size)       # (U,) one sum per bin in use
+            extra = np.bincount(shares, acc[~is_pair], 2 * n_notes + 1)
+            structure[g] += extra[:n_notes]
+            context[g] += extra[n_notes:-1]
+            parts[g].append(pairs.pick(acc[is_pair], counts, used[is_pair]))
     structure /= np.maximum(counts, 1)                                   # mean over the note's tokens
     context /= np.maximum(counts, 1)
     return [_Head(_csr(parts[g], n_notes), structure[g], context[g]) for g in range(G)]
@@ -167,14 +170,29 @@ class _Pairs:
         out[kl == _CONTEXT] = self.size + n_notes + r[kl == _CONTEXT]
         return out
 
-    def pick(self, acc, counts):
-        """(rows, keys, weights / token count of the row) of the pairs with a nonzero sum, by row then key."""
-        idx = np.flatnonzero(acc)
+    def pick(self, acc, counts, bins):
+        """(rows, keys, weights / token count of the row) of the pairs with a nonzero sum, by row then key.
+
+        ``acc`` holds the sums of the pair ``bins`` (increasing) that occur in the chunk.
+        """
+        nonzero = acc != 0
+        idx, acc = bins[nonzero], acc[nonzero]
         if self.dense:
             rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
         else:
             rows, keys = self.rows[idx], self.keys[idx]
-        return rows, keys, (acc[idx] / counts[rows]).astype(np.float32)
+        return rows, keys, (acc / counts[rows]).astype(np.float32)
+
+
+def _compact(code, size):
+    """The bins of ``code`` (values in [0, size)) that occur, increasing, and ``code`` renumbered
+    0.. over them: ``(used (U,), code (n,))``, so that sums over them need U bins, not ``size``."""
+    seen = np.zeros(size, bool)
+    seen[code] = True
+    used = np.flatnonzero(seen)
+    number = np.empty(size, np.int64)
+    number[used] = np.arange(used.size)
+    return used, number[code]
 
 
 def _csr(parts, n_notes):
