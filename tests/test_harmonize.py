@@ -258,3 +258,17 @@ def test_the_condition_read_from_a_token_sequence_is_the_condition_of_its_sopran
     ids = np.append(model.tokenizer.encode_grid(grid).ids, model.tokenizer.eos_id)
     np.testing.assert_array_equal(condition_for_ids(model, ids),
                                   condition_of(model.tokenizer, grid[:, 0], len(ids), 8))
+
+
+def test_inspect_reads_the_harmonizer_window_by_window_as_the_one_window_reference():
+    from music_attn.inspect.inspector import _run_windows, _run_windows_one_by_one
+    from music_attn.runtime.harmonize import load_harmonizer
+    harmonizer = load_harmonizer()
+    rng = np.random.default_rng(2)
+    grid = np.column_stack([rng.integers(62, 78, 300), rng.integers(55, 70, 300), rng.integers(48, 62, 300),
+                            rng.integers(40, 55, 300)])
+    ids = harmonizer.tokenizer.encode_grid(np.repeat(grid, 2, axis=0)).ids.astype(np.int64)   # 2,401 tokens
+    fast = _run_windows(harmonizer, ids, 1024, 0, len(ids), None)
+    slow = _run_windows_one_by_one(harmonizer, ids, 1024, 0, len(ids))
+    for f, s in zip(fast, slow):
+        np.testing.assert_allclose(f, s, atol=1e-6, rtol=0)

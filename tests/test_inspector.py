@@ -519,3 +519,37 @@ def test_cli_refuses_a_bad_choice_in_one_line_and_writes_nothing(remi_model, tmp
                           capsys)
     assert code == 2 and err.startswith("error:") and message in err and err.count("\n") == 1
     assert not html.exists()
+
+
+# ----------------------------------------------------- fast path == reference
+def _numbers(x):
+    """Every number of a JSON-like value, in order (None as NaN)."""
+    if isinstance(x, dict):
+        return [n for key in sorted(x) for n in _numbers(x[key])]
+    if isinstance(x, list):
+        return [n for item in x for n in _numbers(item)]
+    if x is None or isinstance(x, (int, float)) and not isinstance(x, bool):
+        return [math.nan if x is None else float(x)]
+    return []
+
+
+def test_batched_windows_give_the_json_of_the_one_window_reference(tmp_path, monkeypatch):
+    """The shipped model on a four-voice piece of 12 windows (two model calls, of 8 and 4):
+    the batched, threaded reader equals `_run_windows_one_by_one` to 1e-6, band, rollout,
+    NLL and every number of the JSON, for the whole piece and for a passage."""
+    from music_attn.bench.inspect import make_piece
+    from music_attn.runtime.checkpoint import load_model
+
+    model, path = load_model(), tmp_path / "quartet.mid"
+    make_piece(path, 700)
+    fast = [attention_maps(model, path), attention_maps(model, path, bars=(20, 30))]
+    monkeypatch.setattr(inspector, "_run_windows", inspector._run_windows_one_by_one)
+    slow = [attention_maps(model, path), attention_maps(model, path, bars=(20, 30))]
+    assert fast[0].n_tokens > 8 * 128 + 256 and fast[1].n_tokens < fast[0].n_tokens
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a.token_band, b.token_band, atol=1e-6)
+        np.testing.assert_allclose(a.rollout_band, b.rollout_band, atol=1e-6)
+        np.testing.assert_allclose(a.token_nll, b.token_nll, atol=1e-6)
+        x, y = _numbers(a.to_dict(decimals=9)), _numbers(b.to_dict(decimals=9))
+        assert len(x) == len(y) and len(x) > 50_000
+        np.testing.assert_allclose(x, y, atol=1e-6)

@@ -7,8 +7,11 @@ the way a quartet's do.  Every piece is inspected whole, in a child process
 that loads the shipped model, runs `attention_maps` and writes the page and the
 JSON; the table gives notes, tokens, seconds (wall time of the inspection and
 the writes, not the model load), the child's CPU seconds (user + system, all
-of it), its peak resident memory (``ru_maxrss``) and the output sizes, so the growth with length is visible.  The target: the
-6,398-note size in under 60 s and 1 GB, page under 15 MB, JSON under 25 MB.
+of it), the forward pass's FLOP count beside this machine's matmul rate measured
+in the same child (the forward at that rate is the limit, on screen beside the
+time), its peak resident memory (``ru_maxrss``) and the output sizes, so the
+growth with length is visible.  The target: the 6,398-note size in under 3 s on a
+quiet machine and 1 GB, page under 15 MB, JSON under 25 MB.
 
 Run: ``music-attn bench inspect [--quick]``.
 """
@@ -45,7 +48,13 @@ try:
     write_html(maps, sys.argv[2])
 except MusicAttnError as exc:          # a page that cannot draw this length yet
     print(exc, file=sys.stderr)
-print(json.dumps({"notes": maps.n_notes, "tokens": maps.n_tokens, "seconds": time.perf_counter() - t0}))
+seconds = time.perf_counter() - t0
+from music_attn.bench.model import _matmul_peak
+from music_attn.runtime.windows import spans
+windows = spans(maps.n_tokens, maps.window)
+flops = sum(model.forward_flops(1, s.stop - s.start) for s in windows)
+print(json.dumps({"notes": maps.n_notes, "tokens": maps.n_tokens, "seconds": seconds,
+                  "gflop": flops / 1e9, "rate": _matmul_peak() / 1e9}))
 """
 
 
@@ -114,9 +123,11 @@ def run(quick=False):
     """Print the table (see the module docstring)."""
     sizes = QUICK_SIZES if quick else SIZES
     print(f"inspect, whole pieces ({VOICES} voices, shipped model); target at 6,398 notes: "
-          f"< 60 s, < 1 GB, page < 15 MB, JSON < 25 MB")
-    print(f"  {'notes':>6} {'tokens':>7} {'seconds':>8} {'CPU s':>6} {'peak MB':>8} {'page MB':>8} {'JSON MB':>8} "
-          f"{'s/1k notes':>10} {'JSON MB/1k':>10}")
+          f"< 3 s (quiet machine), < 1 GB, page < 15 MB, JSON < 25 MB")
+    print("  GFLOP: the forward pass over every window; GFLOP/s: this machine's float32 matmul rate, "
+          "measured in the same child; limit: GFLOP / rate, the forward at that rate")
+    print(f"  {'notes':>6} {'tokens':>7} {'seconds':>8} {'CPU s':>6} {'GFLOP':>6} {'GFLOP/s':>7} {'limit s':>7} "
+          f"{'peak MB':>8} {'page MB':>8} {'JSON MB':>8} {'s/1k notes':>10} {'JSON MB/1k':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             path = Path(tmp) / f"piece_{n}.mid"
@@ -128,6 +139,7 @@ def run(quick=False):
                 print(f"  {n:>6}  failed: {row['error']} (peak {row['peak_mb']:.0f} MB)")
                 continue
             k = row["notes"] / 1000
-            print(f"  {row['notes']:>6} {row['tokens']:>7} {row['seconds']:>8.1f} {row['cpu']:>6.1f} {row['peak_mb']:>8.0f} "
+            print(f"  {row['notes']:>6} {row['tokens']:>7} {row['seconds']:>8.1f} {row['cpu']:>6.1f} {row['gflop']:>6.1f} "
+                  f"{row['rate']:>7.1f} {row['gflop'] / row['rate']:>7.2f} {row['peak_mb']:>8.0f} "
                   f"{row['html_mb']:>8.2f} {row['json_mb']:>8.2f} {row['seconds'] / k:>10.2f} "
                   f"{row['json_mb'] / k:>10.2f}")

@@ -317,10 +317,15 @@ def causal_attention_blocks_backward(dout, q, k, v, blocks, scale=None, dbias=No
     return dq, dk, dv
 
 
-def blocks_weights(blocks, T, S, dtype):
-    """The (..., T, S) weight matrix the blocks stand for (zero where a query may not look)."""
+def blocks_weights(blocks, T, S, dtype, out=None):
+    """The (..., T, S) weight matrix the blocks stand for (zero where a query may not look),
+    written into ``out`` when given."""
     lead = blocks[0].weights.shape[:-2]
-    w = np.zeros(lead + (T, S), dtype=dtype)
+    if out is None:
+        w = np.zeros(lead + (T, S), dtype=dtype)
+    else:
+        w = out
+        w[...] = 0
     for b in blocks:
         w[..., b.i0:b.i1, b.lo:b.hi] = b.weights
     return w

@@ -301,6 +301,14 @@ class AttentionCache(NamedTuple):
             return probs[0]
         return sum(b.weight * p for b, p in zip(self.branches, probs))
 
+    def write_probs(self, out):
+        """`probs` written into ``out`` (B, H, T, S) (no temporary for a single softmax)."""
+        if len(self.branches) == 1:
+            blocks_weights(self.branches[0].blocks, *out.shape[-2:], out.dtype, out=out)
+        else:
+            out[...] = self.probs
+        return out
+
 
 def split_heads(qkv, n_heads):
     """(B, T, 3C) -> three arrays (B, H, T, D)."""

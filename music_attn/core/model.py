@@ -37,7 +37,7 @@ from music_attn.core.layers import (
     layernorm_backward, layernorm_forward,
     linear_backward, linear_forward,
 )
-from music_attn._threads import cpu_count, single_threaded_blas, thread_pool
+from music_attn._threads import cpu_count, single_threaded_blas, sized_blas, thread_pool
 from music_attn.core.positional import sinusoidal
 
 __all__ = ["ModelConfig", "Model", "KVCache", "init_model", "POSITIONALS", "ATTENTIONS"]
@@ -300,6 +300,17 @@ class Model:
         params = {k: v.astype(dtype) for k, v in self.params.items()}
         return Model(self.config, params, tokenizer=self.tokenizer)
 
+    def forward_flops(self, batch, tokens, start=0):
+        """FLOP of a forward pass over ``batch`` x ``tokens`` new tokens after ``start`` cached:
+        the matrix products (layers, output head, attention scores, relative logits and
+        the weighted sum of the values); norms, softmax and GELU are left out."""
+        c = self.config
+        n = batch * tokens
+        linear = n * (4 * c.d_model ** 2 + 2 * c.d_model * c.d_ff)      # qkv, out, two feed-forward
+        keys = batch * sum(min(start + t + 1, c.max_len) for t in range(tokens))   # causal pairs
+        attention = keys * c.d_model * (3 if c.positional == "relative" else 2)
+        return 2 * (c.n_layers * (linear + attention) + n * c.d_model * c.vocab_size)
+
     def new_cache(self, batch=1):
         """An empty KVCache for ``batch`` sequences."""
         return KVCache(self.config, batch, self.dtype)
@@ -321,10 +332,16 @@ class Model:
         attention : (L, B, H, T, S) float32, only with ``return_attention``:
             the softmax probabilities each layer used (S = cached + T).
         """
-        logits, fwd = self._forward(ids, cache, condition=condition)
+        shape, start = np.shape(ids), 0 if cache is None else len(cache)
+        with sized_blas(self.forward_flops(*shape, start) if len(shape) == 2 else 0):
+            logits, fwd = self._forward(ids, cache, condition=condition)
         if not return_attention:
             return logits
-        attention = np.stack([b.attn.probs for b in fwd.blocks]).astype(np.float32, copy=False)
+        B, T = np.shape(ids)
+        S = T + (0 if cache is None else len(cache) - T)
+        attention = np.empty((len(fwd.blocks), B, self.config.n_heads, T, S), np.float32)
+        for layer, block in zip(attention, fwd.blocks):
+            block.attn.write_probs(layer)                            # (B, H, T, S)
         return logits, attention
 
     def decode(self, tokens, cache, condition=None):
@@ -576,7 +593,8 @@ def parallel_map(fn, items, workers=None):
     items = list(items)
     n = _n_workers(workers, len(items))
     if n == 1:
-        return [fn(item) for item in items]
+        with sized_blas():
+            return [fn(item) for item in items]
     with single_threaded_blas():
         return list(thread_pool("model", n).map(fn, items))
 

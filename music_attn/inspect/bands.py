@@ -115,12 +115,15 @@ def band_to_notes(band, back, key_labels, n_notes):
         kl = np.where((s >= 0) & (s < key_labels.size), key_labels[np.clip(s, 0, key_labels.size - 1)], -3)
         r = np.broadcast_to(qlab[q][:, None], kl.shape)                 # (n, W) query note
         pairs = _Pairs(r[kl >= 0], kl[kl >= 0], n_notes)
-        code = pairs.bins(r, kl, n_notes).ravel()                        # (n * W,)
+        used, code = _compact(pairs.bins(r, kl, n_notes).ravel(), pairs.size + 2 * n_notes + 1)
+        is_pair = used < pairs.size                                      # the rest: structure, context, outside
+        shares = used[~is_pair] - pairs.size
         for g in range(G):
-            acc = np.bincount(code, band[g, q].ravel(), pairs.size + 2 * n_notes + 1)
-            structure[g] += acc[pairs.size:pairs.size + n_notes]
-            context[g] += acc[pairs.size + n_notes:-1]
-            parts[g].append(pairs.pick(acc[:pairs.size], counts))
+            acc = np.bincount(code, band[g, q].ravel(), used.size)       # (U,) one sum per bin in use
+            extra = np.bincount(shares, acc[~is_pair], 2 * n_notes + 1)
+            structure[g] += extra[:n_notes]
+            context[g] += extra[n_notes:-1]
+            parts[g].append(pairs.pick(acc[is_pair], counts, used[is_pair]))
     structure /= np.maximum(counts, 1)                                   # mean over the note's tokens
     context /= np.maximum(counts, 1)
     return [_Head(_csr(parts[g], n_notes), structure[g], context[g]) for g in range(G)]
@@ -167,14 +170,29 @@ class _Pairs:
         out[kl == _CONTEXT] = self.size + n_notes + r[kl == _CONTEXT]
         return out
 
-    def pick(self, acc, counts):
-        """(rows, keys, weights / token count of the row) of the pairs with a nonzero sum, by row then key."""
-        idx = np.flatnonzero(acc)
+    def pick(self, acc, counts, bins):
+        """(rows, keys, weights / token count of the row) of the pairs with a nonzero sum, by row then key.
+
+        ``acc`` holds the sums of the pair ``bins`` (increasing) that occur in the chunk.
+        """
+        nonzero = acc != 0
+        idx, acc = bins[nonzero], acc[nonzero]
         if self.dense:
             rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
         else:
             rows, keys = self.rows[idx], self.keys[idx]
-        return rows, keys, (acc[idx] / counts[rows]).astype(np.float32)
+        return rows, keys, (acc / counts[rows]).astype(np.float32)
+
+
+def _compact(code, size):
+    """The bins of ``code`` (values in [0, size)) that occur, increasing, and ``code`` renumbered
+    0.. over them: ``(used (U,), code (n,))``, so that sums over them need U bins, not ``size``."""
+    seen = np.zeros(size, bool)
+    seen[code] = True
+    used = np.flatnonzero(seen)
+    number = np.empty(size, np.int64)
+    number[used] = np.arange(used.size)
+    return used, number[code]
 
 
 def _csr(parts, n_notes):
@@ -186,18 +204,21 @@ def _csr(parts, n_notes):
 
 
 def attention_rollout(att, rows=None):
-    """Attention rollout (Abnar & Zuidema 2020) of one window: (L, H, T, T) -> (T, T) float64.
+    """Attention rollout (Abnar & Zuidema 2020) of one window: (L, ..., H, T, T) -> (..., T, T) float64.
 
     Per layer ``A_l = 0.5 * mean over heads + 0.5 * I``, rows renormalised to sum
     to one; ``R = A_L @ ... @ A_2 @ A_1``: row t is how much each token flows into
     token t's output through the layers.  ``rows`` (index array) computes only
-    those rows of R, ``(len(rows), T)``, from the left: ``A_L[rows] @ A_(L-1) @ ...``.
+    those rows of R, ``(..., len(rows), T)``, from the left: ``A_L[rows] @ A_(L-1) @ ...``.
+    Dims between L and H (a batch of windows) are carried through.
     """
-    att = np.asarray(att, dtype=np.float64)
+    att = np.asarray(att)
     T = att.shape[-1]
     out = None
     for layer in att[::-1]:                                              # A_L first
-        a = 0.5 * layer.mean(0) + 0.5 * np.eye(T)                         # (T, T)
+        a = layer.mean(-3, dtype=np.float64)                              # (..., T, T)
+        a *= 0.5
+        a[..., np.arange(T), np.arange(T)] += 0.5
         a /= np.maximum(a.sum(-1, keepdims=True), 1e-30)
-        out = (a if rows is None else a[rows]) if out is None else out @ a
-    return np.eye(T) if out is None else out
+        out = (a if rows is None else a[..., rows, :]) if out is None else out @ a
+    return np.broadcast_to(np.eye(T), att.shape[1:-3] + (T, T)).copy() if out is None else out

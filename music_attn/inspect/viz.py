@@ -400,55 +400,117 @@ def _asset(name):
 
 
 # ------------------------------------------------------------------- PNG
-def render_png(maps, path, *, max_labels=48, max_cells=400):
+def render_png(maps, path, *, max_labels=12, max_cells=400):
     """Write a grid of per-head note-attention heatmaps (rows: layers, columns: heads) to ``path``.
 
     Needs matplotlib (the ``plot`` extra); raises `MusicAttnError` when it is missing.
-    Note names label the axes (every n-th note when there are more than ``max_labels``).
-    A piece of more than ``max_cells`` notes is drawn binned (see `note_image`), so the
-    picture and its cost stay bounded at any length.
+    A piece of at most ``max_cells`` notes is drawn note by note, note names on the
+    axes; a longer one bar by bar (runs of whole bars when there are more than
+    ``max_cells`` bars, equal runs of notes when the metre is unknown), bar numbers
+    on the axes: cell (i, j) is the mean over the query notes of run i of their summed
+    weight on run j (`note_image`).  The images come straight from the sparse note
+    rows, and only the outer axes carry at most ``max_labels`` labels each, so the
+    cost stays a small part of the page's at any length.
     """
     Figure, FigureCanvasAgg = _matplotlib()
     L, H, N = maps.n_layers, maps.n_heads, maps.n_notes
     if N == 0:
         raise ValueError(f"{maps.name or 'melody'}: no notes to plot")
-    bins = min(N, max_cells)
-    images = [[note_image(maps, layer, head, bins) for head in range(H)] for layer in range(L)]
-    size = 2.2 + 0.03 * min(bins, 120)
-    fig = Figure(figsize=(size * H, size * L + 0.6), layout="constrained")
+    run, ticks, labels, unit = _png_runs(maps, max_cells, max_labels)
+    bins = int(run.max()) + 1
+    rows = [[maps.note_rows(layer, head) for head in range(H)] for layer in range(L)]
+    back = max(int(np.max(_distances(r, run), initial=0)) for layer in rows for r in layer) + 1
+    band = 4 * back < bins                  # the model's window spans a few cells: draw distance back
+    images = np.array([[_run_image(r, run, bins, back if band else None) for r in layer]
+                       for layer in rows])                                     # (L, H, bins, bins or back)
+    vmax = float(np.percentile(images, 99.5)) or 1.0
+    panel = 2.6
+    fig = Figure(figsize=(panel * H + 0.9, panel * L + 0.9))
     FigureCanvasAgg(fig)
-    axes = np.atleast_2d(fig.subplots(L, H, squeeze=False))
-    vmax = float(np.percentile(np.array(images), 99.5)) or 1.0
+    axes = fig.subplots(L, H, squeeze=False, sharex=True, sharey=True)
+    fig.subplots_adjust(left=0.9 / (panel * H + 0.9), right=0.99, bottom=0.75 / (panel * L + 0.9),
+                        top=1 - 0.6 / (panel * L + 0.9), wspace=0.08, hspace=0.25)
     for layer, head in np.ndindex(L, H):
-        _heatmap(axes[layer, head], maps, images[layer][head], (layer, head), vmax, max_labels)
-    fig.suptitle(f"{maps.name or 'melody'}: attention between notes (query row -> key column)")
+        ax = axes[layer, head]
+        ax.imshow(images[layer, head], cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest",
+                  aspect="auto")
+        ax.set_title(f"layer {layer + 1} head {head + 1}", fontsize=8, pad=2)
+        ax.tick_params(labelsize=6, length=2, pad=1)
+    if band:
+        axes[0, 0].set_xticks(np.arange(0, back, _nice_step(-(-back // max_labels))))
+    else:
+        axes[0, 0].set_xticks(ticks, labels, rotation=90)                       # shared by every panel
+    axes[0, 0].set_yticks(ticks, labels)
+    fig.supxlabel(f"key: {unit} back from the query" if band else f"key ({unit})", fontsize=8)
+    fig.supylabel(f"query ({unit})", fontsize=8)
+    what = f"attention by {unit} back" if band else f"attention between {unit} (query row -> key column)"
+    fig.suptitle(f"{maps.name or 'melody'}: {what}", fontsize=9)
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+        fig.savefig(f, format="png", dpi=100)
+
+
+def _png_runs(maps, max_cells, max_labels):
+    """How the PNG groups notes: (run (N,) of each note from 0, tick cells, tick labels, unit name)."""
+    N = maps.n_notes
+    if N <= max_cells:
+        run = np.arange(N)
+        step = max(1, -(-N // max_labels))
+        ticks = np.arange(0, N, step)
+        return run, ticks, [maps.note_names[int(t)] for t in ticks], "notes"
+    bar = getattr(maps, "bar", None)
+    if bar is None:
+        run = np.floor(np.arange(N) * max_cells / N).astype(np.int64)       # equal runs of notes
+        first = np.searchsorted(run, np.arange(max_cells))
+        step = max(1, -(-max_cells // max_labels))
+        ticks = np.arange(0, max_cells, step)
+        return run, ticks, [f"note {int(first[t]) + 1}" for t in ticks], "runs of notes"
+    bar = np.asarray(bar, np.int64)
+    first, n_bars = int(bar.min()), int(bar.max() - bar.min()) + 1
+    per_cell = -(-n_bars // max_cells)                                     # bars per cell
+    run = (bar - first) // per_cell
+    step = _nice_step(-(-(int(run.max()) + 1) // max_labels))
+    ticks = np.arange(0, int(run.max()) + 1, step)
+    unit = "bars" if per_cell == 1 else f"runs of {per_cell} bars"
+    return run, ticks, [str(first + int(t) * per_cell) for t in ticks], unit
+
+
+def _nice_step(step):
+    """The smallest of 1, 2, 5, 10, 20, 50, ... at least ``step``."""
+    nice = 1
+    while nice < step:
+        nice = nice * 5 // 2 if str(nice)[0] == "2" else nice * 2
+    return nice
 
 
 def note_image(maps, layer, head, bins):
     """(bins, bins) picture of one head's note attention: notes cut into ``bins`` equal runs;
     cell (i, j) is the mean over the query notes of run i of their summed weight on run j.
     With ``bins == n_notes`` it is the note attention itself."""
-    rows, N = maps.note_rows(layer, head), maps.n_notes
+    N = maps.n_notes
     edges = np.linspace(0, N, bins + 1)
     run = np.searchsorted(edges, np.arange(N), side="right") - 1             # (N,) run of each note
-    query = np.repeat(np.arange(N), np.diff(rows.indptr))                     # (nnz,)
-    image = np.zeros((bins, bins))
-    np.add.at(image, (run[query], run[rows.keys]), rows.weights)
-    return image / np.bincount(run, minlength=bins)[:, None]
+    return _run_image(maps.note_rows(layer, head), run, bins)
 
 
-def _heatmap(ax, maps, image, where, vmax, max_labels):
-    bins, N = len(image), maps.n_notes
-    ax.imshow(image, cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest")
-    step = max(1, -(-bins // max_labels))
-    ticks = np.arange(0, bins, step)
-    labels = [maps.note_names[int(t * N // bins)] for t in ticks]           # first note of each run
-    fontsize = 7 if step > 1 or bins > 24 else 8
-    ax.set_xticks(ticks, labels, rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, labels, fontsize=fontsize)
-    ax.set_title(f"layer {where[0] + 1} head {where[1] + 1}", fontsize=9)
+def _distances(rows, run):
+    """Runs back from each entry's query note to its key note: (nnz,)."""
+    return run[np.repeat(np.arange(run.size), np.diff(rows.indptr))] - run[rows.keys]
+
+
+def _run_image(rows, run, bins, back=None):
+    """(bins, bins): cell (i, j) the mean over the query notes of run i of their summed
+    weight on the notes of run j (``run`` (N,) the run of each note).  With ``back``:
+    (bins, back), cell (i, d) their weight on the notes d runs earlier (later keys left out)."""
+    query = np.repeat(np.arange(run.size), np.diff(rows.indptr))              # (nnz,)
+    weights = np.asarray(rows.weights, np.float64)
+    if back is None:
+        col, width = run[rows.keys], bins
+    else:
+        col, width = run[query] - run[rows.keys], back
+        keep = col >= 0
+        query, col, weights = query[keep], col[keep], weights[keep]
+    cells = np.bincount(run[query] * width + col, weights, bins * width).reshape(bins, width)
+    return cells / np.maximum(np.bincount(run, minlength=bins), 1)[:, None]
 
 
 def _matplotlib():
