@@ -74,8 +74,8 @@
     document.title = "music_attn: " + D.title;
     const meters = M.meters.map((m) => m[1]).filter((m, k, a) => a.indexOf(m) === k);
     $("facts").textContent = N + " notes" + (M.bars.length ? ", " + barSpan() + (meters.length ? " in " + meters.join(", ") : "") : "") +
-      " · key " + M.key + " (estimated)";
-    if (D.tracks.length) $("tracks").textContent = "Tracks: " + D.tracks.join(" · ");
+      (M.key ? " · key " + M.key + " (estimated)" : " · drums only: no key");
+    if (D.tracks.length) $("tracks").textContent = "Tracks: " + D.tracks.join(", ");
     if (D.lyrics) $("lyrics").textContent = "Lyrics: " + D.lyrics;
     const win = D.window ? "The model sees " + D.window + " tokens at a time. " : "";
     $("notice").textContent = (D.notice || "") + (D.notice ? "" : win.trim());
@@ -139,7 +139,11 @@
   const isBlack = (p) => [1, 3, 6, 8, 10].indexOf(((p % 12) + 12) % 12) >= 0;
   const FLAT = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"];
   const SHARP = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"];
-  function pitchName(p) { return (M.flats ? FLAT : SHARP)[p % 12] + (Math.floor(p / 12) - 1); }
+  /** A key of the keyboard: its pitch spelled in the piece's key, or its drum name when only drums play. */
+  function pitchName(p) {
+    if (!M.key && M.drumNames) return M.drumNames[p];
+    return M.pitchNames ? M.pitchNames[p] : (M.flats ? FLAT : SHARP)[p % 12] + (Math.floor(p / 12) - 1);
+  }
 
   // Notes sorted by onset, for finding the visible ones by binary search.
   const BY_START = Array.from({ length: N }, (_, i) => i).sort((a, b) => NOTE.start[a] - NOTE.start[b]);
@@ -198,7 +202,7 @@
                                 fill: black ? "#3a3f4b" : "#ffffff", stroke: "#d0d4dc", "stroke-width": 0.5, "data-p": p });
       key.appendChild(svg("title", {})).textContent = pitchName(p);
       k.appendChild(key);
-      if (p % 12 === 0) {
+      if (p % 12 === 0 && M.key) {
         const t = svg("text", { x: 2, y: y + G.rowH - 1, "font-size": Math.min(10, G.rowH + 1), fill: "#475467" });
         t.textContent = pitchName(p);
         k.appendChild(t);
@@ -346,7 +350,7 @@
   }
 
   function describe(i) {
-    const lines = [noteLabel(i) + " (MIDI " + D.notes.pitch[i] + ")" + (M.trackNames.length > 1 ? " · " + M.trackNames[D.notes.track[i]] : ""),
+    const lines = [noteLabel(i) + " (MIDI " + D.notes.pitch[i] + ")" + (M.trackNames.length > 1 ? ", " + M.trackNames[D.notes.track[i]] : ""),
       (barBeat(i) ? barBeat(i) + " · " : "") + "onset " + fmt(NOTE.start[i], 2) + " s · lasts " + fmt(NOTE.end[i] - NOTE.start[i], 2) + " s",
       "surprise " + fmt(D.notes.surprise[i], 2) + " nats"];
     const top = noteRow(i).filter((e) => e[0] !== i).slice(0, 3).map((e) => noteLabel(e[0]) + " " + fmt(e[1], 2));
