@@ -92,7 +92,7 @@ def _track_index(spec, present, names):
         return by_name[0]
     if by_name:
         numbers = ", ".join(map(str, by_name))
-        raise MusicAttnError(f"{len(by_name)} tracks with notes are named {text!r} (tracks {numbers}): "
+        raise MusicAttnError(f"{len(by_name)} tracks with notes are named {names[by_name[0]]!r} (tracks {numbers}): "
                              f"give the track's number instead, e.g. {by_name[0]}")
     listing = ", ".join(f"{i}" + (f" ({names[i]!r})" if i in names else "") for i in present.tolist())
     raise MusicAttnError(f"no track {text!r} with notes; tracks with notes: {listing or 'none'}")

@@ -10,6 +10,7 @@ Shape legend: V vocab.
 """
 
 import copy
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -134,7 +135,20 @@ class Generated(NamedTuple):
 
 
 def _prompt(prompt_ids, tokenizer):
-    """The prompt as int32 (n,), without trailing EOS/PAD; [BOS] when empty."""
+    """The prompt as int32 (n,), without trailing EOS/PAD; [BOS] when empty.
+
+    A music file (a path, ``mido.MidiFile``, ``pretty_midi.PrettyMIDI`` or Score) is
+    refused with a TypeError that points to :func:`continue_midi`, which reads it.
+    """
+    if isinstance(prompt_ids, (str, bytes, os.PathLike)) or hasattr(prompt_ids, "tracks") or \
+            hasattr(prompt_ids, "instruments") or hasattr(prompt_ids, "ticks_per_beat"):
+        shown = os.fsdecode(prompt_ids) if isinstance(prompt_ids, (str, bytes, os.PathLike)) else type(prompt_ids).__name__
+        raise TypeError(f"generate() continues token ids, not a music file ({shown!r}): to continue a MIDI "
+                        f"file from Python, call music_attn.continue_midi(path, model=model, bars=8), which "
+                        f"reads, encodes, samples and decodes it (then .write('out.mid')); or pass "
+                        f"model.tokenizer.encode(path).ids")
+    if hasattr(prompt_ids, "ids") and hasattr(prompt_ids, "note_of_token"):       # a TokenSequence
+        prompt_ids = prompt_ids.ids
     ids = np.asarray([] if prompt_ids is None else prompt_ids, dtype=np.int64).reshape(-1)
     if tokenizer is not None:
         while ids.size and ids[-1] in (tokenizer.eos_id, tokenizer.pad_id):
@@ -223,8 +237,9 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     Parameters
     ----------
     model : Model.
-    prompt_ids : int ids to continue (a trailing EOS is dropped); None or empty
-        starts from BOS.  A prompt too long for ``max_len`` is cropped to its
+    prompt_ids : int ids to continue (a trailing EOS is dropped), or a TokenSequence;
+        None or empty starts from BOS.  A MIDI file is refused (TypeError): continue
+        one with :func:`music_attn.runtime.continue_midi.continue_midi`.  A prompt too long for ``max_len`` is cropped to its
         last tokens for the model (the grammar still reads all of it).
     max_new_tokens : stop after this many new tokens.  Default: ``max_len``
         without ``n_bars``, ``n_bars * max_len`` with it (a bound, should the
