@@ -238,3 +238,58 @@ def test_new_notes_on_the_final_chord_move_a_whole_bar_later(tmp_path):
     # a continuation that already starts after the prompt is left where it is
     same = C.after_prompt(np.array([8 * TPB]), np.array([9 * TPB]), 8 * TPB, score, tokenizer)
     assert same[0].tolist() == [8 * TPB]
+
+
+# --------------------------------------------------------------------------- 7. interop install
+
+
+def _module_level_imports(path):
+    """Top-level modules imported at module level and inside functions of one source file."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top, inner = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            (top if node in tree.body else inner).update(n.split(".")[0] for n in names)
+    return top, inner
+
+
+def test_torch_is_imported_only_by_the_torch_bridge_and_inside_the_functions_that_use_it():
+    from pathlib import Path
+
+    import music_attn
+
+    root = Path(music_attn.__file__).parent
+    at_top = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "torch" in _module_level_imports(p)[0])
+    assert at_top == ["interop/torch_bridge.py", "interop/torch_model.py"]
+    for name in ("interop/hf.py", "interop/miditok.py"):
+        assert "torch" not in set().union(*_module_level_imports(root / name))
+    # with torch impossible to import, the package, the command line and the Hugging Face path load
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import music_attn, music_attn.cli, music_attn.interop.hf, music_attn.bench.model, music_attn.cli.train\n"
+            "print('ok')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=root.parent)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+def test_attention_from_a_model_loaded_with_sdpa_says_to_load_it_eager(tmp_path, model):
+    from music_attn.interop.hf import attention_maps_from
+
+    path = save(midi_file(named("Melody", [(60 + i, i * TPB, (i + 1) * TPB, 80) for i in range(4)], 0)),
+                tmp_path / "tune.mid")
+    seq = model.tokenizer.encode(path)
+    for attentions in ((None, None), None):                             # what SDPA hands back
+        with pytest.raises(ValueError, match='attn_implementation="eager"'):
+            attention_maps_from(attentions, seq)
+
+
+def test_the_cpu_only_install_of_torch_is_documented():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/guide.md"):
+        assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in \
+            " ".join((root / doc).read_text(encoding="utf-8").split())
