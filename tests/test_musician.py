@@ -293,3 +293,44 @@ def test_the_cpu_only_install_of_torch_is_documented():
     for doc in ("README.md", "docs/guide.md"):
         assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in \
             " ".join((root / doc).read_text(encoding="utf-8").split())
+
+
+# --------------------------------------------------------------------------- 8. progress
+
+
+def test_bench_tokenize_shows_its_progress_on_stderr_and_keeps_the_table_on_stdout(tmp_path, capsys):
+    from music_attn.bench import tokenize as bench
+
+    files = [save(midi_file(named("Melody", [(60 + (i * k) % 12, i * TPB, (i + 1) * TPB, 80) for i in range(16)], 0)),
+                  tmp_path / f"tune{k}.mid") for k in range(4)]
+    rates = bench.run(quick=True, files=files)
+    out, err = capsys.readouterr()
+    steps = 1 + 3 * len(rates)                                             # the note count, then 3 rounds
+    lines = [line for line in err.splitlines() if line.startswith("bench tokenize: ")]
+    assert lines and lines[0].startswith(f"bench tokenize: 1/{steps} ") and "counted 64 notes in 4 files" in lines[0]
+    assert lines[-1].startswith(f"bench tokenize: {steps}/{steps} (100%)")
+    assert out.startswith("bench tokenize: 4 files, 64 notes") and "bench tokenize: 1/" not in out
+
+
+def test_progress_lines_wait_for_the_delay_and_come_at_most_every_few_seconds(monkeypatch):
+    import io
+
+    from music_attn import _progress
+
+    clock = iter([0.0, 0.5, 1.0, 3.0, 4.0, 9.0, 9.5, 10.0])
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()
+    with _progress.progress(6, "job", delay=2.0, every=5.0, file=log) as bar:      # t0 = 0
+        for what in "abcdef":
+            bar.update(1, what)                                              # at 0.5, 1, 3, 4, 9, 9.5
+    assert log.getvalue().splitlines() == ["job: 3/6 (50%) c, 3 s", "job: 5/6 (83%) e, 9 s", "job: 6/6 (100%) f, 10 s"]
+
+
+def test_a_long_generation_reports_its_tokens_and_bars(model, monkeypatch, capsys):
+    from music_attn import _progress
+
+    real = _progress.progress
+    monkeypatch.setattr(_progress, "progress", lambda *a, **k: real(*a, **{**k, "delay": 0.0, "every": 0.0}))
+    generate(model, None, n_bars=2, temperature=0, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("generate: ") for line in lines) and "bar 2" in lines[-1]

@@ -41,7 +41,6 @@ Shape legend: L layers, H heads, T tokens, W band width (window), N notes, V voc
 import html
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -527,7 +526,8 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
     melody : bool
         Keep only the top voice (the highest sounding note at each onset).
     progress : bool, optional
-        A progress bar on stderr; default: when stderr is a terminal.
+        Progress on stderr: True, a bar on a terminal and plain lines in a log;
+        default: a bar when stderr is a terminal.
 
     The rules for selection are in :mod:`music_attn.music.select`; a passage
     is read with the music before it as context (module docstring).
@@ -656,13 +656,16 @@ def _forward(model, ids):
 
 
 def _progress_bar(progress, total):
+    """None: a bar when stderr is a terminal; True: a bar there, plain lines in a log; False: none."""
+    import sys
+
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
         return None
-    from tqdm.auto import tqdm
+    from music_attn._progress import progress as show
 
-    return tqdm(total=total, desc="inspect", unit="step", file=sys.stderr, leave=False)
+    return show(total, "inspect")
 
 
 def _check_ids(ids, vocab_size):
