@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from music_attn.inspect.inspector import AttentionMaps
 from music_attn.inspect.viz import write_html
 from music_attn.music.theory import note_name
 from test_viz import synthetic_maps
@@ -375,4 +376,97 @@ def test_a_passage_from_the_middle_opens_at_its_first_bar_not_at_empty_bars(brow
     assert float(o.page.get_attribute("rect.note[data-i='0']", "x")) < 20
     o.page.click("rect.note[data-i='10']")
     assert o.arcs() and o.errors == []
+    o.page.close()
+
+
+# ----------------------------------------------------- what a musician meets (issue 25)
+def _parts_page(folder, *, drums=False):
+    """Maps of 3 parts all named "Viola" plus a cello (or, with ``drums``, a drum kit alone) as
+    notes with track and channel columns, random attention; the page written to ``folder``."""
+    rng = np.random.default_rng(5)
+    n = 24
+    track = np.zeros(n, int) if drums else np.array([1, 2, 3, 4] * (n // 4))
+    pitch = (np.array([36, 42, 38, 42] * (n // 4)) if drums
+             else np.array([67, 62, 55, 43] * (n // 4)) + np.repeat(np.arange(n // 4) % 3, 4))
+    start = np.repeat(np.arange(n // 4) * 0.5, 4)
+    notes = {"pitch": pitch, "start": start, "end": start + 0.45, "track": track,
+             "channel": np.full(n, 9 if drums else 0)}
+    att = np.tril(rng.random((2, 2, n, n))) + 1e-3 * np.eye(n)
+    att /= att.sum(-1, keepdims=True)
+    texts = {"tracks": ["Kit"] if drums else ["Serenade", "Viola", "Viola", "Viola", "Cello"], "lyrics": ""}
+    maps = AttentionMaps.from_arrays(att, np.arange(n), notes, name="drums.mid" if drums else "serenade.mid",
+                                     texts=texts)
+    path = folder / ("drums.html" if drums else "serenade.html")
+    write_html(maps, path)
+    return maps, path
+
+
+def test_tracks_that_share_a_name_are_told_apart_on_the_page(browser, tmp_path):
+    _, path = _parts_page(tmp_path)
+    o = Opened(browser, path)
+    legend = o.page.text_content("#legend")
+    assert all(label in legend for label in ("1 · Viola", "2 · Viola", "3 · Viola", "4 · Cello"))
+    assert o.page.text_content("#tracks") == "Tracks: 1 · Viola, 2 · Viola, 3 · Viola, 4 · Cello"
+    o.page.hover("rect.note[data-i='5']")                    # the second note of track 2
+    assert "2 · Viola" in o.page.text_content("#tooltip")
+    o.page.click("rect.note[data-i='6']")
+    assert "3 · Viola" in o.page.text_content("#info")
+    assert o.errors == []
+    o.page.close()
+
+
+def test_a_drum_page_has_no_key_and_names_the_drums(browser, tmp_path):
+    maps, path = _parts_page(tmp_path, drums=True)
+    assert maps.note_names[:3] == ["Bass Drum 1", "Closed Hi Hat", "Acoustic Snare"]
+    o = Opened(browser, path)
+    facts = o.page.text_content("#facts")
+    assert "drums only: no key" in facts and "minor" not in facts and "major" not in facts
+    o.page.hover("rect.note[data-i='2']")
+    assert "Acoustic Snare" in o.page.text_content("#tooltip")
+    assert o.errors == []
+    o.page.close()
+
+
+def test_saved_views_carry_a_legend_of_tracks_head_and_selected_note(browser, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    _, path = _parts_page(tmp_path)
+    o = Opened(browser, path)
+    o.page.click("rect.note[data-i='5']")
+    o.pick_head(1)
+    with o.page.expect_download() as info:
+        o.page.click("#save-svg")
+    info.value.save_as(tmp_path / "view.svg")
+    ns = "{http://www.w3.org/2000/svg}"
+    root = ET.parse(tmp_path / "view.svg").getroot()
+    legend = next(g for g in root.iter(ns + "g") if g.get("class") == "legend")
+    texts = {t.get("class"): t.text for t in legend.iter(ns + "text") if t.get("class") != "track"}
+    tracks = [t.text for t in legend.iter(ns + "text") if t.get("class") == "track"]
+    swatches = [r.get("fill") for r in legend.iter(ns + "rect") if r.get("class") == "swatch"]
+    assert texts["view"] == "serenade.mid · layer 2, head 2"
+    assert texts["selected-note"].startswith("selected: ") and "#6" in texts["selected-note"]
+    assert texts["selected-note"].endswith("2 · Viola")
+    assert tracks == ["1 · Viola", "2 · Viola", "3 · Viola", "4 · Cello"] and len(set(swatches)) == 4
+    # the roll sits below the legend, the arcs still in it
+    assert len([e for e in root.iter(ns + "path") if "arc" in e.get("class", "")]) > 0
+    with o.page.expect_download() as info:
+        o.page.click("#save-png")
+    info.value.save_as(tmp_path / "view.png")
+    png = (tmp_path / "view.png").read_bytes()
+    height = int.from_bytes(png[20:24], "big")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and height == 2 * int(float(root.get("height")))
+    assert o.errors == []
+    o.page.close()
+
+
+def test_jumping_to_every_head_keeps_its_heading_and_top_row_below_the_control_bar(browser, page_file):
+    o = Opened(browser, page_file)
+    o.page.set_viewport_size({"width": 700, "height": 700})        # a narrow window: the bar wraps
+    o.page.goto(page_file.as_uri() + "#heads")
+    o.page.wait_for_selector("body[data-ready='1']")
+    o.page.evaluate("document.getElementById('heads').scrollIntoView()")
+    bar = o.page.eval_on_selector("#bar", "e => e.getBoundingClientRect().bottom")
+    heading = o.page.eval_on_selector("#heads h2", "e => e.getBoundingClientRect().top")
+    first_cell = o.page.eval_on_selector("#headgrid canvas.cell", "e => e.getBoundingClientRect().top")
+    assert bar <= heading < first_cell
     o.page.close()

@@ -216,7 +216,10 @@ def test_bars_with_no_end_gives_that_many_bars(prompt, tmp_path, capsys):
                             "--seed", 5)
     assert code == 0 and "(3 bars) after a" in out and "stopped at bars" in out and "ended the piece" not in out
     starts = [n[1] for n in new_note_ticks(mido.MidiFile(tmp_path / "b.mid"))]
-    assert END_TICK + 2 * 3 * mf.PROMPT_TPB <= max(starts) < END_TICK + 3 * 3 * mf.PROMPT_TPB
+    bar = 3 * mf.PROMPT_TPB
+    # after the whole prompt (it ends at a bar line); notes the model put on the prompt's final
+    # chord move the continuation a bar later, so its third bar may end one bar on
+    assert END_TICK <= min(starts) and END_TICK + 2 * bar <= max(starts) < END_TICK + 4 * bar
 
 
 def eager_model(path, tokenizer, **bias):

@@ -58,7 +58,7 @@ def test_demo_runs_on_a_given_model_and_melody(tmp_path, tiny_model):
     melody = _melody(tmp_path / "scale.mid")
     result = run_demo(tmp_path / "out", seed=1, model=tiny_model, melody=melody, echo=lines.append)
     _check_outputs(result, lines, 24)
-    assert result.maps.n_notes == 24 and result.maps.texts["tracks"] == ["Fiddle"]
+    assert result.maps.n_notes == 24 and result.maps.texts["tracks"] == ["", "Fiddle"]
 
 
 @pytest.mark.slow

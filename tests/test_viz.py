@@ -72,7 +72,7 @@ def test_midi_text_cannot_break_out_of_the_data_element():
     assert "alert(1)</script>" not in page and "<i>" not in page
     assert page.count("</script>") == 2
     data = page_json(page)
-    assert data["title"] == evil + ".mid" and data["tracks"] == [evil]
+    assert data["title"] == evil + ".mid" and data["tracks"] == ["0 · " + evil]
     assert data["lyrics"] == "a & b <i>c</i>"
 
 

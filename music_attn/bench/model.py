@@ -23,6 +23,7 @@ evaluation of :func:`music_attn.training.evaluate.evaluate_shipped`.
 
 import numpy as np
 
+from music_attn._progress import progress
 from music_attn._threads import single_threaded_blas
 from music_attn.bench._timing import best_of
 from music_attn.core.model import ModelConfig, init_model
@@ -340,7 +341,12 @@ def run(quick=False):
         print("(no shipped model in this install: benchmarking the reference config only)")
     ref_cfg = ModelConfig(**REFERENCE)
     configs.append(("d256 L4 H4 V400", init_model(ref_cfg, np.random.default_rng(0))))
-    rows = [_measure(name, model, quick) for name, model in configs]
+    rows = []
+    with progress(len(configs), "bench model", unit="config") as bar:          # stderr
+        for name, model in configs:
+            bar.update(0, f"measuring {name}")
+            rows.append(_measure(name, model, quick))
+            bar.update(1, f"measured {name}")
     print("Generation and training throughput (2 threads each; best of repeats)")
     _print_rows(rows)
     if shipped is not None:

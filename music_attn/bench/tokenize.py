@@ -7,7 +7,8 @@ MidiTok's ``REMI`` and ``MIDILike`` (load + tokenize) and symusic's C++ parser
 alone (``symusic.Score``, parse only: the limit line, what reading the bytes
 costs with no Python in the loop).  Notes/s counts the
 pitched notes of the files (as ``read_midi`` finds them) for every contender,
-so the columns compare.  The best of a few interleaved rounds is reported.
+so the columns compare.  The best of a few interleaved rounds is reported;
+progress goes to stderr (one step per contender and round).
 
 Files: ``data/**/*.mid`` (the corpus), else the shipped melodies, else any
 MIDI file under the current directory.  ``quick`` uses 50 files spread
@@ -20,6 +21,7 @@ import time
 import warnings
 from pathlib import Path
 
+from music_attn._progress import progress
 from music_attn.music.midi import read_midi
 from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
 
@@ -72,17 +74,21 @@ def _time(fn, files):
     return time.perf_counter() - start
 
 
-def measure(files, rounds):
-    """Best seconds over ``rounds`` for each contender on ``files``: {name: seconds}."""
+def measure(files, rounds, bar=None):
+    """Best seconds over ``rounds`` for each contender on ``files``: {name: seconds}.
+
+    ``bar`` (from :func:`music_attn._progress.progress`) moves one step per contender and round.
+    """
     contenders = _contenders()
     best = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MidiTok and pretty_midi warn about odd files
         for name, fn, _ in contenders:
             _time(fn, files[:3])  # warm-up: imports, caches
-        for _ in range(rounds):
+        for r in range(rounds):
             for name, fn, _ in contenders:
                 best[name] = min(best.get(name, float("inf")), _time(fn, files))
+                bar is not None and bar.update(1, f"round {r + 1}/{rounds}: {name}")
     return best, {name: ref for name, _, ref in contenders}
 
 
@@ -92,10 +98,13 @@ def run(quick=False, files=None):
     if not files:
         print("bench tokenize: no MIDI files found (looked in data/, the shipped melodies and here)")
         return {}
-    n_notes = sum(len(read_midi(p)) for p in files)
-    seconds, references = measure(files, rounds=3 if quick else 2)
+    rounds = 3 if quick else 2
+    with progress(1 + rounds * len(_contenders()), "bench tokenize") as bar:   # stderr: the table stays clean
+        n_notes = sum(len(read_midi(p)) for p in files)
+        bar.update(1, f"counted {n_notes} notes in {len(files)} files")
+        seconds, references = measure(files, rounds, bar)
     rates = {name: (len(files) / s, n_notes / s) for name, s in seconds.items()}
-    print(f"bench tokenize: {len(files)} files, {n_notes} notes ({files[0].parent.parent}/...), best of {3 if quick else 2} rounds")
+    print(f"bench tokenize: {len(files)} files, {n_notes} notes ({files[0].parent.parent}/...), best of {rounds} rounds")
     print(f"{'contender':<36} {'files/s':>9} {'notes/s':>11}  ratio")
     for name, (fps, nps) in rates.items():
         ref = references.get(name)

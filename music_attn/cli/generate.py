@@ -23,7 +23,8 @@ def register(sub):
     p.add_argument("-m", "--model", metavar="MODEL.npz", help="checkpoint (default: the shipped pretrained model)")
     p.add_argument("--prompt", metavar="FILE.mid", help="MIDI file to continue (default: start from nothing)")
     p.add_argument("--track", metavar="N|NAME",
-                   help="the prompt track to continue, by number (0 = the file's first track) or name "
+                   help="the prompt track to continue, by number (0 = the file's first track) or name, a name "
+                        "shared by several tracks being refused with their numbers "
                         "(default: the pitched track with the most notes)")
     p.add_argument("--melody", action="store_true",
                    help="for a melody model: it reads only the top voice (highest sounding note at each "

@@ -24,7 +24,8 @@ def register(sub):
     p.add_argument("--start", type=real(), metavar="SECONDS", help="show the notes starting at or after this time")
     p.add_argument("--end", type=real(), metavar="SECONDS", help="show the notes starting before this time")
     p.add_argument("--track", action="append", metavar="N|NAME",
-                   help="keep this track (number as in the file, from 0, or its name); repeatable")
+                   help="keep this track (number as in the file, from 0, or its name; a name that several "
+                        "tracks share is refused with their numbers); repeatable")
     p.add_argument("--melody", action="store_true", help="keep only the top voice (highest sounding note at each onset)")
     p.add_argument("--window", type=integer(1), metavar="W", help="tokens the model sees at once (default: its max_len)")
     p.add_argument("--drums", action="store_true", help="keep drum notes (channel 10; left out by default)")

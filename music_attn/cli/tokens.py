@@ -61,6 +61,20 @@ def _bpm(text):
     return value
 
 
+def _encode_all(tokenizer, files, error):
+    """Encode every file; many files show a progress bar on a terminal (after 2 s)."""
+    from music_attn._progress import progress
+
+    if not sys.stderr.isatty():
+        return [_encode(tokenizer, path, error) for path in files]
+    out = []
+    with progress(len(files), "tokenize", unit="file", delay=2.0) as bar:
+        for path in files:
+            out.append(_encode(tokenizer, path, error))
+            bar.update(1)
+    return out
+
+
 def _tokenize(args):
     from music_attn.errors import MidiError
     from music_attn.music.tokenizers import Tokenizer
@@ -70,7 +84,7 @@ def _tokenize(args):
                                      "include_drums": args.drums})
     if args.out:
         return _write_dataset(args, tokenizer)
-    results = [_encode(tokenizer, path, MidiError) for path in args.files]
+    results = _encode_all(tokenizer, args.files, MidiError)
     good = [(path, seq) for path, seq in zip(args.files, results) if not isinstance(seq, Exception)]
     if args.json:
         docs = [token_document(path, seq, tokenizer, args.stats) if not isinstance(seq, Exception)

@@ -41,13 +41,14 @@ Shape legend: L layers, H heads, T tokens, W band width (window), N notes, V voc
 import html
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from music_attn.errors import MidiError, MusicAttnError
+from music_attn.music import select
+from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.music.theory import note_name, spelled_names
 from music_attn.inspect.bands import (
     _CONTEXT, _STRUCTURE, NoteRows, _band_keys, _check_dense, _earlier_entropy, _Head, _row_ids, _split, attention_rollout, band_to_notes,
@@ -101,12 +102,15 @@ class AttentionMaps:
         Sum of ``token_nll`` over the tokens of each note (nats).
     pitch, start, end, velocity, track : ndarray, shape (N,)
         The notes (times in seconds, track as numbered in the file).
+    drum : ndarray of bool, shape (N,)
+        Drum notes (MIDI channel 10): no key, named by their General MIDI percussion name.
     bar, beat : ndarray, shape (N,), or None
         Bar (from 1) and beat (from 1) of each note's onset, when the metre is known.
     note_names : list of str, length N
     name : str or None
     texts : dict
-        Text found in the MIDI file (``"tracks"``: track names, ``"lyrics"``).
+        Text found in the MIDI file (``"tracks"``: the name of every track, indexed like
+        ``track``, "" where a track has none; ``"lyrics"``).
     window : int or None
         How many tokens the model sees at once.
     n_tokens_in_file : int
@@ -138,6 +142,7 @@ class AttentionMaps:
     end: np.ndarray = None
     velocity: np.ndarray = None
     track: np.ndarray = None
+    drum: np.ndarray = None
     bar: np.ndarray = None
     beat: np.ndarray = None
     note_names: list = None
@@ -330,7 +335,8 @@ class AttentionMaps:
     # --------------------------------------------------------------- outputs
     def to_dict(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
         """Plain-Python view (JSON-ready), the format of ``docs/formats.md``."""
-        out = {"format": "music_attn.attention", "version": 2, "name": self.name, "texts": self.texts,
+        out = {"format": "music_attn.attention", "version": 3, "name": self.name, "texts": self.texts,
+               "tracks": _track_list(self),
                "window": self.window, "n_tokens_in_file": self.n_tokens_in_file, "notice": self.notice,
                "selection": self.selection, "model_fit": _fit_dict(self.model_fit, decimals),
                "layers": self.n_layers, "heads": self.n_heads,
@@ -403,7 +409,7 @@ def _assemble(band, back, rollout_band, labels, key_labels, cols, *, progress=No
         token_band=band, band_back=int(back),
         rollout_band=None if rollout_band is None else np.asarray(rollout_band, np.float32).reshape(T, -1),
         heads=heads, rollout=rollout, token_nll=nll, surprise=surprise,
-        note_names=spelled_names(cols["pitch"], np.asarray(cols["end"]) - np.asarray(cols["start"])),
+        note_names=spelled_names(cols["pitch"], np.asarray(cols["end"]) - np.asarray(cols["start"]), cols["drum"]),
         name=name, texts=dict(texts or {}),
         window=window, n_tokens_in_file=int(n_tokens_in_file or T), notice=notice,
         model_fit=dict(model_fit or {}), selection=dict(selection or {}), **cols)
@@ -423,6 +429,9 @@ def _note_columns(notes):
         out[key] = np.asarray(col, dtype=np.int64 if key in ("pitch", "velocity") else np.float64)
     track = _find_column(notes, ("track",))
     out["track"] = np.zeros(len(out["pitch"]), np.int64) if track is None else np.asarray(track, np.int64)
+    channel, drum = _find_column(notes, ("channel",)), _find_column(notes, ("drum", "is_drum"))
+    out["drum"] = (np.asarray(drum, bool) if drum is not None else
+                   np.asarray(channel) == DRUM_CHANNEL if channel is not None else np.zeros(len(out["pitch"]), bool))
     bar, beat = _find_column(notes, ("bar",)), _find_column(notes, ("beat",))
     known = bar is not None and beat is not None and len(bar) == len(out["pitch"])
     out["bar"] = np.asarray(bar, np.int64) if known else None
@@ -451,7 +460,7 @@ def _note_dict(maps, i, decimals):
             "end": _num(maps.end[i], decimals),
             "bar": None if maps.bar is None else int(maps.bar[i]),
             "beat": None if maps.beat is None else _num(maps.beat[i], decimals),
-            "track": int(maps.track[i]), "velocity": int(maps.velocity[i]),
+            "track": int(maps.track[i]), "drum": bool(maps.drum[i]), "velocity": int(maps.velocity[i]),
             "surprise": _num(maps.surprise[i], decimals)}
 
 
@@ -484,11 +493,20 @@ def _name_of(x, seq):
 
 
 def _midi_texts(score):
-    """Track names and lyrics of the Score the piece was read into (empty for None)."""
+    """Track names (one per track of the file, indexed like ``note.track``; "" for a track with
+    no name) and lyrics of the Score the piece was read into (empty for None)."""
     if score is None:
         return {}
-    names = [name for name in score.track_names if name.strip()]
-    return {"tracks": list(dict.fromkeys(names)), "lyrics": score.lyrics()[:2000]}
+    return {"tracks": [name.strip() for name in score.track_names], "lyrics": score.lyrics()[:2000]}
+
+
+def _track_list(maps):
+    """One entry per track of the file, indexed by ``note.track``: number, name, label, notes shown."""
+    names = [str(t) for t in maps.texts.get("tracks", [])]
+    counts = np.bincount(np.asarray(maps.track, np.int64), minlength=len(names)) if maps.n_notes else np.zeros(len(names), int)
+    names += [""] * (len(counts) - len(names))
+    return [{"index": i, "name": name, "label": select.track_label(i, name), "notes": int(n)}
+            for i, (name, n) in enumerate(zip(names, counts.tolist()))]
 
 
 # ------------------------------------------------------------- model pass
@@ -513,7 +531,8 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
     melody : bool
         Keep only the top voice (the highest sounding note at each onset).
     progress : bool, optional
-        A progress bar on stderr; default: when stderr is a terminal.
+        Progress on stderr: True, a bar on a terminal and plain lines in a log;
+        default: a bar when stderr is a terminal.
 
     The rules for selection are in :mod:`music_attn.music.select`; a passage
     is read with the music before it as context (module docstring).
@@ -562,7 +581,6 @@ def _read(source, tok, tracks, melody):
         return source, None, {}
     if tok is None:
         raise MusicAttnError("the model has no tokenizer: pass a TokenSequence or tokenizer=...")
-    from music_attn.music import select
     from music_attn.music.midi import read_midi
 
     score = read_midi(source, include_drums=tok.include_drums, sustain=tok.sustain)
@@ -705,13 +723,16 @@ def _forward(model, ids, condition=None):
 
 
 def _progress_bar(progress, total):
+    """None: a bar when stderr is a terminal; True: a bar there, plain lines in a log; False: none."""
+    import sys
+
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
         return None
-    from tqdm.auto import tqdm
+    from music_attn._progress import progress as show
 
-    return tqdm(total=total, desc="inspect", unit="step", file=sys.stderr, leave=False)
+    return show(total, "inspect")
 
 
 def _check_ids(ids, vocab_size):

@@ -28,7 +28,7 @@ from music_attn._io import atomic_write
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
-from music_attn.music.theory import estimate_key, key_name, uses_flats
+from music_attn.music.theory import drum_name, key_name, key_spelling, piece_key, spell_with, uses_flats
 
 __all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "write_outputs", "music_context", "spell"]
 
@@ -83,7 +83,7 @@ def page_data(maps, *, score=None):
     token_attention = _token_attention(maps)
     return {
         "title": maps.name or "melody",
-        "tracks": [str(t) for t in maps.texts.get("tracks", [])],
+        "tracks": list(music["page"]["trackNames"]),          # labels of the tracks the notes are on
         "lyrics": str(maps.texts.get("lyrics", "")),
         "notice": maps.notice, "window": maps.window, "nTokensInFile": maps.n_tokens_in_file,
         "layers": L, "heads": H,
@@ -138,10 +138,13 @@ def music_context(maps, score=None):
     ``names`` (spelled in the key), plus ``page``: what the page draws.
     """
     notes = note_context(maps, score)
-    with np.errstate(invalid="ignore", divide="ignore"):      # all twelve pitch classes alike: no key
-        key = estimate_key(maps.pitch, np.asarray(maps.end) - np.asarray(maps.start)) if maps.n_notes else (0, "major")
-    flats = uses_flats(key)
-    page = {"key": key_name(key), "flats": flats, "trackNames": _track_names(maps, score, notes["track"]),
+    drums = getattr(maps, "drum", None)
+    key = piece_key(maps.pitch, np.asarray(maps.end) - np.asarray(maps.start), drums)   # None: drums only
+    spelling = key_spelling(key or (0, "major"))
+    page = {"key": key_name(key) if key else None, "flats": uses_flats(key or (0, "major")),
+            "pitchNames": [spell_with(spelling, p) for p in range(128)],
+            "drumNames": [drum_name(p) for p in range(128)] if drums is not None and np.any(drums) else None,
+            "trackNames": _track_names(maps, score, notes["track"]),
             "marker": _continuation_ms(score), **_grid(score, maps)}
     beat = (score.time_to_tick(notes["start"]) / score.ticks_per_beat if score is not None
             else notes["start"] * 2.0)                                  # no score: 120 bpm
@@ -220,13 +223,13 @@ def _beat_ticks(score, num, den):
 
 
 def _track_names(maps, score, track):
-    """Names of the tracks in use: the score's track names, else the file's track-name texts
-    when there is one per track, else "track N"."""
+    """Labels ("2 · Viola", see `select.track_label`) of the tracks in use, in track order: names
+    from the score, else the file's track-name texts when there is one per track."""
     names = select.track_names(score) if score is not None else {}
     texts = [str(t) for t in maps.texts.get("tracks", [])]
     if not names and len(track) and len(texts) > int(np.max(track)):
         names = {i: t.strip() for i, t in enumerate(texts) if t.strip()}
-    return [names.get(t) or f"track {t + 1}" for t in np.unique(track).tolist()]
+    return [select.track_label(t, names.get(t)) for t in np.unique(track).tolist()]
 
 
 def _dense_ids(track):

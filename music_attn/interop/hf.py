@@ -33,11 +33,22 @@ def _to_numpy(x):
 def stack_attentions(attentions, batch=0):
     """Per-layer attention of one sequence of the batch: tuple of L (B, H, T, T) -> (L, H, T, T).
 
-    An array already shaped (L, B, H, T, T) or (L, H, T, T) is accepted too.
+    An array already shaped (L, B, H, T, T) or (L, H, T, T) is accepted too.  Layers that
+    hold None -- a model loaded with SDPA (or flash) attention computes no weights -- are a
+    ValueError saying to load it with ``attn_implementation="eager"``.
     """
+    if attentions is None:
+        raise ValueError("no attention given (None): call the model with output_attentions=True, and load it "
+                         "with attn_implementation=\"eager\"")
     if isinstance(attentions, (list, tuple)):
         if not attentions:
             raise ValueError("no attention layers given (was the model called with output_attentions=True?)")
+        if any(a is None for a in attentions):
+            raise ValueError(f"the model returned no attention weights ({sum(a is None for a in attentions)} of "
+                             f"{len(attentions)} layers are None): it runs SDPA or flash attention, which never "
+                             f"forms them; load it with attn_implementation=\"eager\" (e.g. "
+                             f"AutoModelForCausalLM.from_pretrained(name, attn_implementation=\"eager\"), or "
+                             f"model.set_attn_implementation(\"eager\"))")
         layers = [_to_numpy(a) for a in attentions]
         shapes = {a.shape for a in layers}
         if len(shapes) != 1 or len(layers[0].shape) != 4:

@@ -18,10 +18,24 @@ Where the new notes go:
   prompt's last note-off (seconds), mapped onto the prompt's tempo map after
   that point: the continuation runs at the tempo and metre in force there.
   No new note starts before the prompt's last onset.
+* The continuation comes after the whole prompt: when its first note would
+  start before the prompt's end (the last note-off of every track, drums
+  included -- not only of the notes the model read, e.g. a melody track that
+  ends before the song does -- or a new note sits on the prompt's final
+  chord), every new note moves later by whole bars of the metre there (by the
+  gap, for tokenizers counting seconds), keeping its place in the bar.
 * The new track takes the continued track's channel, program and name
-  (``"Melody (continued)"``); a marker meta event with the text
-  :data:`MARKER_TEXT` stands where the continuation takes over (the end of
-  the prompt's last note, or the first new note if that comes earlier).
+  (``"Melody (continued)"``).  When the model reads several voices of one
+  instrument (a chorale's four parts: tracks of one line each with the
+  target's program; a string quartet's violin, viola and cello are three
+  instruments and are left alone), each new
+  note continues a voice on its own track: the notes starting together are
+  matched, top to bottom, with the voices whose last pitches are nearest
+  (``split_voices``).  New tracks are written in the order of the tracks
+  they continue in the file (score order: soprano, alto, tenor, bass).
+  A marker meta event with the text :data:`MARKER_TEXT` stands where the
+  continuation takes over (the end of the prompt, or the first new note if
+  that comes earlier).
 * A new note that would start while a note of its pitch sounds on its
   channel is left out: one channel cannot hold both.
 * A tokenizer without velocity tokens gives the continuation the median
@@ -45,7 +59,7 @@ from music_attn.music.midi import read_chunks, read_midi, source_bytes, split_ch
 
 __all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track",
            "prompt_reading", "in_beats", "new_notes", "place_notes", "continue_prompt", "route",
-           "continuation_file"]
+           "after_prompt", "split_voices", "continuation_file"]
 
 # The text of the marker meta event written where the prompt ends.
 MARKER_TEXT = "music-attn: continuation"
@@ -287,18 +301,21 @@ def _track(events):
     return track
 
 
-def continue_prompt(mid, score, read, tracks, target, tokenizer, ids, prompt_length):
+def continue_prompt(mid, score, read, tracks, target, tokenizer, ids, prompt_length, *, prompt_end=None):
     """The prompt file with the notes that the ids after ``prompt_length`` add.
 
     ``mid``/``score``: the prompt file (mido, and read with drums); ``read``: the
     Score of the notes the model read; ``tracks``/``target``: from
-    :func:`prompt_tracks` and :func:`choose_track`.  Returns a Continuation.
+    :func:`prompt_tracks` and :func:`choose_track`; ``prompt_end``: the tick the
+    continuation comes after (default: the last note-off of ``score``, every
+    track).  Returns a Continuation.
     """
     notes, anchor = new_notes(tokenizer, ids, prompt_length)
     if anchor is None:
         low, high = tokenizer.pitch_range
         raise ValueError(f"the model reads none of the prompt's notes (its pitches lie outside {low}..{high})")
-    start, end = place_notes(notes, anchor, tokenizer, read)
+    prompt_end = int(score.notes["end_tick"].max()) if prompt_end is None else int(prompt_end)
+    start, end = after_prompt(*place_notes(notes, anchor, tokenizer, read), prompt_end, score, tokenizer)
     voices = tokenizer.voice_tracks(read) if hasattr(tokenizer, "voice_tracks") else {}
     if voices:                                   # four voices: each continues its own track
         targets, which = route_voices(tracks, target, notes["track"], voices)
@@ -306,8 +323,107 @@ def continue_prompt(mid, score, read, tracks, target, tokenizer, ids, prompt_len
         own = -1 if target.is_drums else target.program
         programs = notes["program"] if getattr(tokenizer, "programs", False) else np.full(len(notes), own)
         targets, which = route(mid, tracks, target, programs)
+        targets, which = split_voices(read, tracks, target, targets, which, start, notes["pitch"])
     velocity = notes["velocity"] if tokenizer.velocity_bins else np.array([t.velocity for t in targets])[which]
-    return continuation_file(mid, score, read, targets, which, start, end, notes["pitch"], velocity)
+    return continuation_file(mid, score, read, targets, which, start, end, notes["pitch"], velocity,
+                             prompt_end=prompt_end)
+
+
+def after_prompt(start, end, prompt_end, score, tokenizer):
+    """The new notes (ticks, (M,)) moved after ``prompt_end`` when the first starts before it.
+
+    Beats: by the fewest whole bars (of the metre in force at ``prompt_end``) that
+    bring the first onset to ``prompt_end`` or later, so every note keeps its place
+    in the bar; seconds: by the gap.  A first onset up to a 32nd note before the
+    end counts as after it (a release a little late is not a final chord).
+    """
+    if not len(start):
+        return start, end
+    first = int(start.min())
+    slack = score.ticks_per_beat // 8
+    if first >= prompt_end - slack:
+        return start, end
+    if in_beats(tokenizer):
+        sig = score.time_signatures[score.time_signatures["tick"] <= prompt_end][-1]
+        bar = score.ticks_per_beat * 4 * int(sig["numerator"]) // int(sig["denominator"])
+        shift = -(-(prompt_end - slack - first) // bar) * bar
+    else:
+        shift = prompt_end - first
+    return start + shift, end + shift
+
+
+def _voice_tracks(read, target):
+    """The tracks of ``read`` that are voices of the target's instrument: one line each (at most
+    a tenth of their notes start while another of theirs sounds), pitched, of the target's
+    program.  Sorted from the highest mean pitch down."""
+    notes, out = read.notes, []
+    slack = read.ticks_per_beat // 8
+    for t in np.unique(notes["track"]).tolist():
+        mine = notes[notes["track"] == t]
+        mine = mine[np.argsort(mine["start_tick"], kind="stable")]
+        if np.any(mine["channel"] == DRUM_CHANNEL) or np.any(mine["program"] != target.program):
+            continue
+        overlap = mine["start_tick"][1:] < np.maximum.accumulate(mine["end_tick"])[:-1] - slack
+        if overlap.sum() <= 0.1 * len(mine):
+            out.append((-float(mine["pitch"].mean()), t, int(mine["pitch"][-1])))
+    return sorted(out)
+
+
+def split_voices(read, tracks, target, targets, which, start, pitch):
+    """Spread the new notes routed to ``target`` (one of ``targets``) over the voices the model read.
+
+    The voices: :func:`_voice_tracks` (two or more, the target among them).  The
+    notes starting together, from the top, go to as many voices, kept in order,
+    whose last pitches are nearest (the least total distance; with more notes than
+    voices, the extra ones join the nearest voice); each voice's last pitch then
+    moves on.  Returns (targets, which), as :func:`route`: the voices in score order (the
+    highest first), then the other tracks in file order.
+    """
+    voices = _voice_tracks(read, target)
+    by_index = {t.index: t for t in tracks}
+    if len(voices) < 2 or target.index not in [v[1] for v in voices]:
+        return targets, which
+    targets, which = list(targets), which.copy()
+    slot = []
+    for _, index, _ in voices:
+        if by_index[index] not in targets:
+            targets.append(by_index[index])
+        slot.append(targets.index(by_index[index]))
+    last = np.array([v[2] for v in voices], dtype=np.float64)
+    mine = np.flatnonzero(which == targets.index(target))
+    for onset in np.unique(start[mine]).tolist():
+        group = mine[start[mine] == onset]
+        group = group[np.argsort(-pitch[group], kind="stable")]
+        chosen = _nearest_voices(pitch[group].astype(np.float64), last)
+        for note, v in zip(group.tolist(), chosen):
+            which[note] = slot[v]
+            last[v] = pitch[note]
+    others = sorted((k for k in range(len(targets)) if k not in slot), key=lambda k: _file_order(targets[k]))
+    return _reorder(targets, which, slot + others)
+
+
+def _nearest_voices(pitches, last):
+    """Voice of each of ``pitches`` (high to low): an order-keeping choice of voices nearest to ``last``."""
+    import itertools
+
+    V, g = len(last), len(pitches)
+    if g > V:                                              # a bigger chord than the voices
+        head = _nearest_voices(pitches[:V], last)
+        return head + [int(np.argmin(np.abs(last - p))) for p in pitches[V:]]
+    best = min(itertools.combinations(range(V), g), key=lambda c: np.abs(last[list(c)] - pitches).sum())
+    return list(best)
+
+
+def _file_order(target):
+    """Sort key of a target: its track in the file; new tracks (index -1) last."""
+    return (target.index < 0, target.index)
+
+
+def _reorder(targets, which, order):
+    """``targets`` in ``order`` (a permutation of their positions), ``which`` renumbered to match."""
+    place = np.empty(len(targets), dtype=np.int64)
+    place[order] = np.arange(len(targets))
+    return [targets[k] for k in order], place[which]
 
 
 def route(mid, tracks, target, programs):
@@ -319,7 +435,8 @@ def route(mid, tracks, target, programs):
     its General MIDI instrument, on a channel no message of the file uses, or
     to the target when no channel is left.
 
-    Returns (targets: list of TrackInfo, the target first; which: int (M,) into it).
+    Returns (targets: list of TrackInfo in the order of the file's tracks, new ones last;
+    which: int (M,) into it).
     """
     targets, which = [target], np.zeros(len(programs), dtype=np.int64)
     used = {m.channel for t in mid.tracks for m in t if hasattr(m, "channel")}
@@ -329,23 +446,24 @@ def route(mid, tracks, target, programs):
         if dest is not target:
             targets.append(dest)
             which[programs == program] = len(targets) - 1
-    return targets, which
+    return _reorder(targets, which, sorted(range(len(targets)), key=lambda k: _file_order(targets[k])))
 
 
 def route_voices(tracks, target, voice, voice_tracks):
     """The track each new note goes to by its voice (a four-voice grid): the prompt track
-    read as that voice (``voice_tracks``: {voice: file track}); the target first.
+    read as that voice (``voice_tracks``: {voice: file track}).
 
-    Returns (targets: list of TrackInfo, which: int (M,) into it), as :func:`route`.
+    Returns (targets: list of TrackInfo in score order, soprano first; which: int (M,) into it).
     """
     by_index = {t.index: t for t in tracks}
-    targets, which = [target], np.zeros(len(voice), dtype=np.int64)
+    targets, which, rank = [target], np.zeros(len(voice), dtype=np.int64), {0: 4}
     for v in sorted(set(voice.tolist())):
         dest = by_index.get(voice_tracks.get(v), target)
         if dest not in targets:
             targets.append(dest)
         which[voice == v] = targets.index(dest)
-    return targets, which
+        rank[targets.index(dest)] = min(rank.get(targets.index(dest), 4), v)
+    return _reorder(targets, which, sorted(range(len(targets)), key=lambda k: (rank[k], k)))
 
 
 def _track_for(program, tracks, target, free):
@@ -360,7 +478,7 @@ def _track_for(program, tracks, target, free):
     return TrackInfo(-1, pretty_midi.program_to_instrument_name(program), free.pop(0), program, 0, target.velocity)
 
 
-def continuation_file(mid, score, read, targets, which, start, end, pitch, velocity):
+def continuation_file(mid, score, read, targets, which, start, end, pitch, velocity, *, prompt_end=None):
     """The prompt file ``mid`` with new tracks holding the continuation.
 
     Parameters
@@ -373,6 +491,7 @@ def continuation_file(mid, score, read, targets, which, start, end, pitch, veloc
         first one gets the marker and a track even without notes.
     which : int (M,), the target of each new note (see :func:`route`).
     start, end, pitch, velocity : int (M,), the new notes (ticks of the prompt file).
+    prompt_end : the tick the continuation follows (default: the end of ``read``'s last note).
 
     Returns
     -------
@@ -381,7 +500,7 @@ def continuation_file(mid, score, read, targets, which, start, end, pitch, veloc
     if mid.type == 2:
         raise ValueError("the prompt is a type 2 MIDI file (independent patterns): "
                          "a continuation cannot be appended to it")
-    prompt_end = int(read.notes["end_tick"].max())
+    prompt_end = int(read.notes["end_tick"].max()) if prompt_end is None else int(prompt_end)
     parts = [_part(score, t, start[which == k], end[which == k], pitch[which == k], velocity[which == k],
                    prompt_end) for k, t in enumerate(targets)]
     starts = [e[0] for part, _ in parts for e in part if e[2].type == "note_on"]

@@ -12,7 +12,10 @@ Rules, as a musician would count:
   units of the signature's denominator (in 6/8, beats are eighth notes), with
   a fraction for notes between beats.
 * **Tracks** are numbered as the file stores them (0 = its first track chunk,
-  the numbering mido uses) or named by their ``track_name`` (case-insensitive).
+  the numbering mido uses) or named by their ``track_name`` (case-insensitive);
+  a name that several tracks with notes share is refused with their numbers
+  (three parts called "Viola", two staves called "Piano").  A track is shown
+  as ``"N · name"`` (``track_label``), ``"track N"`` when it has no name.
 * **Top voice** (``top_voice``): the highest sounding note at each onset, i.e.
   a note is kept when it is the highest of the notes starting at its onset and
   no note still sounding from an earlier onset is higher (the "skyline").  Kept
@@ -30,7 +33,7 @@ import numpy as np
 
 from music_attn.errors import MusicAttnError
 
-__all__ = ["bars_and_beats", "track_names", "keep_tracks", "top_voice", "passage_mask",
+__all__ = ["bars_and_beats", "track_names", "track_label", "track_labels", "keep_tracks", "top_voice", "passage_mask",
            "token_range", "parse_bars"]
 
 
@@ -55,10 +58,24 @@ def track_names(score):
     return {index: name.strip() for index, name in enumerate(score.track_names) if name.strip()}
 
 
+def track_label(index, name=None):
+    """How a track is shown everywhere: ``"2 · Viola"`` (its number in the file, its name), ``"track 2"``."""
+    name = (name or "").strip()
+    return f"{int(index)} · {name}" if name else f"track {int(index)}"
+
+
+def track_labels(score):
+    """``track_label`` of every track of a Score, indexed by track number (list, one per track chunk)."""
+    names = track_names(score)
+    count = max(len(score.track_names), int(score.notes["track"].max()) + 1 if len(score.notes) else 0)
+    return [track_label(i, names.get(i)) for i in range(count)]
+
+
 def keep_tracks(score, tracks, names=None):
     """A Score with only the notes of ``tracks`` (indices or names, see the module docstring).
 
-    Raises MusicAttnError naming the tracks that hold notes when one cannot be found.
+    Raises MusicAttnError naming the tracks that hold notes when one cannot be found,
+    or the numbers of the tracks that share a name given.
     """
     names = names or {}
     present = np.unique(score.notes["track"])
@@ -71,8 +88,12 @@ def _track_index(spec, present, names):
     if text.lstrip("-").isdigit() and int(text) in present:
         return int(text)
     by_name = [i for i, name in names.items() if name.casefold() == text.casefold() and i in present]
-    if by_name:
+    if len(by_name) == 1:
         return by_name[0]
+    if by_name:
+        numbers = ", ".join(map(str, by_name))
+        raise MusicAttnError(f"{len(by_name)} tracks with notes are named {names[by_name[0]]!r} (tracks {numbers}): "
+                             f"give the track's number instead, e.g. {by_name[0]}")
     listing = ", ".join(f"{i}" + (f" ({names[i]!r})" if i in names else "") for i in present.tolist())
     raise MusicAttnError(f"no track {text!r} with notes; tracks with notes: {listing or 'none'}")
 

@@ -130,7 +130,8 @@ def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_
     outs = generate(model, ids, max_new_tokens=tokens, n_bars=_bars(tokenizer, bars, tokens),  # 4. sample
                     no_end=no_end, temperature=temperature, top_k=top_k, top_p=top_p,
                     rng=rngs if num_samples else rngs[0], constrained=constrained, num_samples=num_samples)
-    results = [_continued(mid, score, read, tracks, target, tokenizer, out, dropped, melody)   # 5. decode
+    end = _prompt_end(score, prompt_bars)
+    results = [_continued(mid, score, read, tracks, target, tokenizer, out, dropped, melody, end)   # 5. decode
                for out in (outs if num_samples else [outs])]
     return results if num_samples else results[0]
 
@@ -158,9 +159,20 @@ def _in_bars(read, prompt_bars):
     return Score(**{**{f.name: getattr(read, f.name) for f in fields(Score)}, "notes": read.notes[keep]})
 
 
-def _continued(mid, score, read, tracks, target, tokenizer, out, dropped, melody):
+def _prompt_end(score, prompt_bars):
+    """The tick the continuation follows: the last note-off of the whole prompt (every track, drums
+    too, whatever the model read), or of the notes starting in ``prompt_bars``."""
+    notes = score.notes
+    if prompt_bars is not None:
+        bar, _ = select.bars_and_beats(notes, score.time_signatures, score.ticks_per_beat)
+        notes = notes[select.passage_mask(bar, notes["start"], bars=tuple(int(b) for b in prompt_bars))]
+    return int(notes["end_tick"].max()) if len(notes) else None
+
+
+def _continued(mid, score, read, tracks, target, tokenizer, out, dropped, melody, prompt_end=None):
     """The Continued of one sample: the file, and the prompt's notes then the new ones."""
-    added = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length)
+    added = C.continue_prompt(mid, score, read, tracks, target, tokenizer, out.ids, out.prompt_length,
+                              prompt_end=prompt_end)
     whole = read_midi(added.midi, include_drums=True, sustain=tokenizer.sustain)
     new = whole.notes[np.isin(whole.notes["track"], added.tracks)]
     base = {f.name: getattr(whole, f.name) for f in fields(Score)}

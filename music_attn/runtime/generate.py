@@ -10,6 +10,7 @@ Shape legend: V vocab.
 """
 
 import copy
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -134,7 +135,20 @@ class Generated(NamedTuple):
 
 
 def _prompt(prompt_ids, tokenizer):
-    """The prompt as int32 (n,), without trailing EOS/PAD; [BOS] when empty."""
+    """The prompt as int32 (n,), without trailing EOS/PAD; [BOS] when empty.
+
+    A music file (a path, ``mido.MidiFile``, ``pretty_midi.PrettyMIDI`` or Score) is
+    refused with a TypeError that points to :func:`continue_midi`, which reads it.
+    """
+    if isinstance(prompt_ids, (str, bytes, os.PathLike)) or hasattr(prompt_ids, "tracks") or \
+            hasattr(prompt_ids, "instruments") or hasattr(prompt_ids, "ticks_per_beat"):
+        shown = os.fsdecode(prompt_ids) if isinstance(prompt_ids, (str, bytes, os.PathLike)) else type(prompt_ids).__name__
+        raise TypeError(f"generate() continues token ids, not a music file ({shown!r}): to continue a MIDI "
+                        f"file from Python, call music_attn.continue_midi(path, model=model, bars=8), which "
+                        f"reads, encodes, samples and decodes it (then .write('out.mid')); or pass "
+                        f"model.tokenizer.encode(path).ids")
+    if hasattr(prompt_ids, "ids") and hasattr(prompt_ids, "note_of_token"):       # a TokenSequence
+        prompt_ids = prompt_ids.ids
     ids = np.asarray([] if prompt_ids is None else prompt_ids, dtype=np.int64).reshape(-1)
     if tokenizer is not None:
         while ids.size and ids[-1] in (tokenizer.eos_id, tokenizer.pad_id):
@@ -217,14 +231,15 @@ def _rngs(rng, num_samples):
 
 def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temperature=1.0,
              top_k=None, top_p=None, rng=None, constrained=True, tokenizer=None, use_cache=True,
-             no_end=False, num_samples=None):
+             no_end=False, num_samples=None, progress=None):
     """Continue ``prompt_ids`` by sampling from ``model``.
 
     Parameters
     ----------
     model : Model.
-    prompt_ids : int ids to continue (a trailing EOS is dropped); None or empty
-        starts from BOS.  A prompt too long for ``max_len`` is cropped to its
+    prompt_ids : int ids to continue (a trailing EOS is dropped), or a TokenSequence;
+        None or empty starts from BOS.  A MIDI file is refused (TypeError): continue
+        one with :func:`music_attn.runtime.continue_midi.continue_midi`.  A prompt too long for ``max_len`` is cropped to its
         last tokens for the model (the grammar still reads all of it).
     max_new_tokens : stop after this many new tokens.  Default: ``max_len``
         without ``n_bars``, ``n_bars * max_len`` with it (a bound, should the
@@ -242,6 +257,8 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     num_samples : sample this many continuations at once (one batch through the
         model), each with its own grammar state, stop condition and generator;
         sample i is what a single run with generator i gives.
+    progress : show progress on stderr (tokens, bars) once sampling has taken 2 s: None
+        (default) on a terminal only, True also in a log (plain lines), False never.
 
     Returns
     -------
@@ -264,7 +281,8 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     with single_threaded_blas():          # small products: BLAS threads would only spin
         stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens),
                            len(rngs), use_cache)
-        _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), rngs)
+        with _progress(progress, max_new_tokens) as bar:
+            _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), rngs, bar)
     out = [s.result(prompt) for s in samples]
     return out[0] if num_samples is None else out
 
@@ -306,7 +324,19 @@ class _Sample:
         return Generated(ids, len(prompt), self.stop or "tokens", int(self.bars))
 
 
-def _sample_loop(stepper, samples, max_new_tokens, sampling, rngs):
+def _progress(progress, total):
+    """The progress display of a sampling run (see ``generate``), or a silent stand-in."""
+    import contextlib
+    import sys
+
+    from music_attn._progress import progress as show
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return show(total, "generate", unit="token", delay=2.0) if progress else contextlib.nullcontext()
+
+
+def _sample_loop(stepper, samples, max_new_tokens, sampling, rngs, bar=None):
     """Sample every live sample one token per step until each has stopped."""
     N, V = len(samples), stepper.model.config.vocab_size
     masks = np.ones((N, V), dtype=bool)                  # row i: the tokens sample i may take next
@@ -326,6 +356,8 @@ def _sample_loop(stepper, samples, max_new_tokens, sampling, rngs):
             samples[i].take(int(tokens[i]))
         tokens[[i for i in live if samples[i].stop is not None]] = idle
         live = [i for i in live if samples[i].stop is None]
+        if bar is not None:
+            bar.update(1, f"bar {samples[0].bars}" if samples[0].bar_id is not None else "")
         if not live:
             return
         if step + 1 < max_new_tokens:

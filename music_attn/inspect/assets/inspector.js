@@ -74,8 +74,8 @@
     document.title = "music_attn: " + D.title;
     const meters = M.meters.map((m) => m[1]).filter((m, k, a) => a.indexOf(m) === k);
     $("facts").textContent = N + " notes" + (M.bars.length ? ", " + barSpan() + (meters.length ? " in " + meters.join(", ") : "") : "") +
-      " · key " + M.key + " (estimated)";
-    if (D.tracks.length) $("tracks").textContent = "Tracks: " + D.tracks.join(" · ");
+      (M.key ? " · key " + M.key + " (estimated)" : " · drums only: no key");
+    if (D.tracks.length) $("tracks").textContent = "Tracks: " + D.tracks.join(", ");
     if (D.lyrics) $("lyrics").textContent = "Lyrics: " + D.lyrics;
     const win = D.window ? "The model sees " + D.window + " tokens at a time. " : "";
     $("notice").textContent = (D.notice || "") + (D.notice ? "" : win.trim());
@@ -139,7 +139,11 @@
   const isBlack = (p) => [1, 3, 6, 8, 10].indexOf(((p % 12) + 12) % 12) >= 0;
   const FLAT = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"];
   const SHARP = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"];
-  function pitchName(p) { return (M.flats ? FLAT : SHARP)[p % 12] + (Math.floor(p / 12) - 1); }
+  /** A key of the keyboard: its pitch spelled in the piece's key, or its drum name when only drums play. */
+  function pitchName(p) {
+    if (!M.key && M.drumNames) return M.drumNames[p];
+    return M.pitchNames ? M.pitchNames[p] : (M.flats ? FLAT : SHARP)[p % 12] + (Math.floor(p / 12) - 1);
+  }
 
   // Notes sorted by onset, for finding the visible ones by binary search.
   const BY_START = Array.from({ length: N }, (_, i) => i).sort((a, b) => NOTE.start[a] - NOTE.start[b]);
@@ -198,7 +202,7 @@
                                 fill: black ? "#3a3f4b" : "#ffffff", stroke: "#d0d4dc", "stroke-width": 0.5, "data-p": p });
       key.appendChild(svg("title", {})).textContent = pitchName(p);
       k.appendChild(key);
-      if (p % 12 === 0) {
+      if (p % 12 === 0 && M.key) {
         const t = svg("text", { x: 2, y: y + G.rowH - 1, "font-size": Math.min(10, G.rowH + 1), fill: "#475467" });
         t.textContent = pitchName(p);
         k.appendChild(t);
@@ -346,7 +350,7 @@
   }
 
   function describe(i) {
-    const lines = [noteLabel(i) + " (MIDI " + D.notes.pitch[i] + ")" + (M.trackNames.length > 1 ? " · " + M.trackNames[D.notes.track[i]] : ""),
+    const lines = [noteLabel(i) + " (MIDI " + D.notes.pitch[i] + ")" + (M.trackNames.length > 1 ? ", " + M.trackNames[D.notes.track[i]] : ""),
       (barBeat(i) ? barBeat(i) + " · " : "") + "onset " + fmt(NOTE.start[i], 2) + " s · lasts " + fmt(NOTE.end[i] - NOTE.start[i], 2) + " s",
       "surprise " + fmt(D.notes.surprise[i], 2) + " nats"];
     const top = noteRow(i).filter((e) => e[0] !== i).slice(0, 3).map((e) => noteLabel(e[0]) + " " + fmt(e[1], 2));
@@ -656,23 +660,58 @@
   // becomes one standalone SVG; the PNG is that SVG painted on a canvas at twice the size.
   function viewSvg() {
     const wrap = $("rollwrap"), x0 = wrap.scrollLeft, w = Math.min(wrap.clientWidth, width() - x0), k = G.keysW;
-    const out = svg("svg", { xmlns: SVGNS, width: w + k, height: G.height, viewBox: (x0 - k) + " 0 " + (w + k) + " " + G.height });
-    out.appendChild(svg("rect", { x: x0 - k, y: 0, width: w + k, height: G.height, fill: "#ffffff" }));
+    const legend = viewLegend(x0 - k + 8, w + k - 16), h = G.height + legend.height;
+    const out = svg("svg", { xmlns: SVGNS, width: w + k, height: h, viewBox: (x0 - k) + " 0 " + (w + k) + " " + h });
+    out.appendChild(svg("style", {})).textContent = "rect.note.selected { stroke: #2f5bd3; stroke-width: 2.2; }";
+    out.appendChild(svg("rect", { x: x0 - k, y: 0, width: w + k, height: h, fill: "#ffffff" }));
+    out.appendChild(legend.g);
+    const roll = svg("g", { transform: "translate(0," + legend.height + ")" });
     for (const id of ["grid", "notes", "arcs", "marks"]) {
       const g = $(id).cloneNode(true);
       g.removeAttribute("id");
-      out.appendChild(g);
+      roll.appendChild(g);
     }
     const keys = $("keys").cloneNode(true);
     keys.removeAttribute("id");
     const kg = svg("g", { transform: "translate(" + (x0 - k) + ",0)" });
     kg.appendChild(svg("rect", { x: 0, y: 0, width: k, height: G.height, fill: "#ffffff" }));
     while (keys.firstChild) kg.appendChild(keys.firstChild);
-    out.appendChild(kg);
-    const title = svg("text", { x: x0 + 6, y: 16, "font-size": 13, "font-family": "sans-serif", fill: "#1f2430" });
-    title.textContent = D.title + " · " + viewLabel() + (focus() !== null ? " · " + noteLabel(focus()) : "");
-    out.appendChild(title);
+    roll.appendChild(kg);
+    out.appendChild(roll);
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + new XMLSerializer().serializeToString(out);
+  }
+  /** The saved view's legend, above the roll: the piece, the layer and head, the note in focus,
+   *  and the colours (each track's "N · name", or the surprise ramp).  Returns { g, height }. */
+  function viewLegend(x, w) {
+    const g = svg("g", { class: "legend", "font-family": "sans-serif", "font-size": 12, fill: "#1f2430" });
+    const text = (tx, ty, s, attrs) => {
+      const t = svg("text", Object.assign({ x: tx, y: ty }, attrs || {}));
+      t.textContent = s;
+      g.appendChild(t);
+      return t;
+    };
+    const i = focus();
+    text(x, 17, D.title + " · " + viewLabel(), { "font-size": 13, "font-weight": 600, class: "view" });
+    text(x, 35, i === null ? "no note selected"
+      : "selected: " + noteLabel(i) + (barBeat(i) ? " · " + barBeat(i) : "") +
+        (M.trackNames.length > 1 ? " · " + M.trackNames[D.notes.track[i]] : ""), { class: "selected-note" });
+    let cx = x, cy = 53;
+    if (state.colour === "track") {
+      M.trackNames.forEach((name, t) => {
+        const span = 18 + 7 * name.length;
+        if (cx > x && cx + span > x + w) { cx = x; cy += 18; }
+        g.appendChild(svg("rect", { x: cx, y: cy - 10, width: 11, height: 11, rx: 2, class: "swatch",
+                                    fill: TRACK_COLOURS[t % TRACK_COLOURS.length] }));
+        text(cx + 15, cy, name, { class: "track" });
+        cx += span + 12;
+      });
+    } else {
+      text(cx, cy, "colour: surprise " + fmt(SURPRISE.lo, 1) + " – " + fmt(SURPRISE.hi, 1) + " nats", { class: "surprise" });
+      [0, 0.33, 0.66, 1].forEach((u, k) => g.appendChild(svg("rect", {
+        x: cx + 250 + 28 * k, y: cy - 10, width: 28, height: 11,
+        fill: surpriseColour(SURPRISE.lo + u * (SURPRISE.hi - SURPRISE.lo)) })));
+    }
+    return { g: g, height: cy + 12 };
   }
   function fileStem() { return (D.title || "melody").replace(/\.[^.]*$/, "").replace(/[^\w.-]+/g, "_") + "_view"; }
   function download(href, name) {
@@ -698,6 +737,11 @@
       download(c.toDataURL("image/png"), fileStem() + ".png");
     };
     img.src = "data:image/svg+xml;base64," + btoa(unescape(encodeURIComponent(text)));
+  }
+
+  /** Sections scrolled to (a #heads link, find in page) stop below the sticky control bar. */
+  function stickyMargin() {
+    document.documentElement.style.setProperty("--bar-height", ($("bar").offsetHeight + 8) + "px");
   }
 
   // ---------------------------------------------------------------- start
@@ -726,6 +770,8 @@
     drawHeatmap();
     markRoleRow();
     drawView(true);
+    stickyMargin();
+    window.addEventListener("resize", stickyMargin);
     document.body.dataset.ready = "1";
   }
   main();
