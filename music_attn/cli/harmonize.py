@@ -21,7 +21,8 @@ def register(sub):
     p.add_argument("--bars", metavar="A:B", help="harmonize bars A..B (counted from 1) only")
     p.add_argument("--seed", type=integer(0), default=0, help="sampling seed (sample i uses SEED+i)")
     p.add_argument("--num-samples", type=integer(1, 64), default=1, metavar="N", help="harmonizations to write")
-    p.add_argument("--temperature", type=real(0, 10, low_open=True), default=default_of(harmonize, "temperature"))
+    p.add_argument("--temperature", type=real(0, 10, low_open=True), default=default_of(harmonize, "temperature"),
+                   help="divides the logits before sampling")
     p.add_argument("--free", action="store_true", help="the model alone: no voice-leading rules while sampling")
     p.set_defaults(func=_harmonize)
     a = sub.add_parser("analyze", help="voice leading of a four-voice file, per bar: parallels, crossing, spacing")
@@ -51,7 +52,7 @@ def _harmonize(args):
     for line in results[0].messages:
         print(f"note: {line}")
     for result, path in zip(results, outputs):
-        print(f"wrote {path}: {result.describe()}{' (model alone)' if args.free else ''}")
+        print(f"wrote {path}: {result.describe()}")
 
 
 def _analyze(args):

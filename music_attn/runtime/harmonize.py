@@ -419,6 +419,7 @@ class Harmonization(Score):
     grid: np.ndarray = None
     voice_leading: object = None
     messages: tuple = ()
+    rules: bool = True
 
     def write(self, path):
         """Write the harmonization to ``path`` atomically (the input file's messages, unchanged)."""
@@ -427,7 +428,8 @@ class Harmonization(Score):
     def describe(self):
         """One line: what was harmonized, then the voice leading of it."""
         bars = len(self.voice_leading.bars)
-        return (f"alto, tenor and bass under {bars} bar{'s' * (bars != 1)} of melody\n"
+        how = "with voice-leading rules" if self.rules else "the model alone"
+        return (f"alto, tenor and bass under {bars} bar{'s' * (bars != 1)} of melody ({how})\n"
                 f"  {self.voice_leading.summary()}")
 
 
@@ -517,7 +519,7 @@ def harmonize(melody, *, model=None, seed=None, num_samples=1, track=None, bars=
     read = read_melody(melody, track=track, bars=bars, model_range=model.tokenizer.pitch_range)
     rngs = [g for i in range(num_samples) for g in _candidate_rngs(seed, i, k)]
     grids, logp = sample_voices(model, read.soprano, rng=rngs, temperature=temperature, rules=rules)
-    out = [_harmonization(read, _best(grids[i * k:(i + 1) * k], logp[i * k:(i + 1) * k]))
+    out = [_harmonization(read, _best(grids[i * k:(i + 1) * k], logp[i * k:(i + 1) * k]), rules)
            for i in range(num_samples)]
     return out[0] if num_samples == 1 else out
 
@@ -544,14 +546,15 @@ def _best(grids, logp):
     return grids[best_voicing(grids, logp)]
 
 
-def _harmonization(melody, grid):
+def _harmonization(melody, grid, rules=True):
     """The Harmonization of one sampled grid (model pitches)."""
     grid = np.where(grid >= 0, grid - melody.shift, -1)
     midi = harmony_file(melody, grid)
     score = read_midi(midi, include_drums=True)
     fields = {f.name: getattr(score, f.name) for f in dataclasses.fields(Score)}
     report = voice_leading(grid, _bars_of_steps(melody, len(grid)))
-    return Harmonization(**fields, midi=midi, grid=grid, voice_leading=report, messages=melody.messages)
+    return Harmonization(**fields, midi=midi, grid=grid, voice_leading=report, messages=melody.messages,
+                         rules=rules)
 
 
 def _bars_of_steps(melody, S):
