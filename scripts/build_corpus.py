@@ -15,15 +15,19 @@ Every tune of an ABC file becomes one MIDI file ``data/<collection>/<slug>.mid``
 (type 1, 480 ticks per beat, a conductor track with tempo, time signatures
 and key signatures, then one track per voice).  A pickup bar is padded with
 silence so that bar lines in the MIDI fall on the notated bar lines.  Grace
-notes and chord symbols are left out; ties are merged; repeats are played as
-written (not expanded).  Tunes music21 cannot read are skipped, counted and
-listed.  The output is deterministic: rebuilding gives byte-identical files,
+notes, ornaments and chord symbols take no time (``clean_abc`` rewrites the
+decorations music21 would misread); ties are merged; repeats are played as
+written (not expanded).  Every bar adds up to its metre: a short bar is padded
+with a rest (``Timeline``), a tune with a bar too long is left out.  Onsets
+and ends lie on the grid of sixteenths and triplets (``on_grid``).  Tunes
+music21 cannot read are skipped; every repair and skip is counted and listed.  The output is deterministic: rebuilding gives byte-identical files,
 the same ``data/MANIFEST.csv`` and the same train/validation split (by tune
 title, see ``music_attn.training.data.split_for_title``).  Finally a few short
 validation melodies are copied into ``music_attn/assets/melodies/``.
 """
 
 import argparse
+import bisect
 import csv
 import io
 import multiprocessing
@@ -32,6 +36,7 @@ import shutil
 import sys
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -42,6 +47,7 @@ from music_attn.training.data import split_for_title
 
 REPO = Path(__file__).resolve().parent.parent
 TPQ = 480  # ticks per quarter note: holds sixteenths, triplets and quintuplets exactly
+GRID_STEP = TPQ // 12  # onsets and ends go on the grid of sixteenths and triplets (REMI's grid)
 VELOCITY = 80  # the sources carry no dynamics worth keeping; one mezzo-forte velocity
 DEFAULT_QPM = 120.0  # tempo written when a tune states none (the MIDI default)
 ABC_PROGRAM = 40  # violin: these are fiddle, pipe and flute tunes
@@ -49,8 +55,8 @@ BACH_PROGRAM = 52  # choir aahs: the chorales are sung
 ABC_COLLECTIONS = ("oneills1850", "ryansMammoth", "airdsAirs")
 COLLECTIONS = ABC_COLLECTIONS + ("bach",)
 VOICES = ("soprano", "alto", "tenor", "bass")
-MANIFEST_FIELDS = ("file", "collection", "title", "metre", "key", "notes", "bars", "tempo",
-                   "source", "split")
+MANIFEST_FIELDS = ("file", "collection", "title", "metre", "key", "notes", "bars", "repaired",
+                   "on_grid", "tempo", "source", "split")
 MELODY_FIELDS = ("file", "title", "collection", "metre", "key", "source", "corpus_file")
 COLLECTION_NAMES = {
     "oneills1850": "O'Neill's Music of Ireland (Chicago, 1903)",
@@ -99,6 +105,39 @@ def split_abc(text):
         if match:
             tunes.append((int(match.group(1)), chunk))
     return tunes
+
+
+# Outside quoted text, !decorations! and [X:...] inline fields, in the tune body:
+_ABC_SKIP = r'"[^"\n]*"|![^!\n]*!|\[[A-Za-z]:[^\]\n]*\]'
+# what music21 10 misreads, and what it should read instead
+_ABC_FIXES = {
+    "H": "!fermata!",   # music21 drops the note after the fermata letter: its bar comes out short
+    "J": "",            # the slide letter becomes a note C with time of its own
+    "x": "z",           # invisible rests are dropped: their time is lost and later bars slip
+}
+
+
+def clean_abc(text):
+    """The ABC of one tune with the decorations music21 would give time (or take time from) rewritten.
+
+    Header lines (``T:``, ``M:``, ...) and comments are left alone; in the
+    music, the one-letter decorations ``H`` (fermata) and ``J`` (slide) and
+    the invisible rest ``x`` become what music21 reads correctly.
+    """
+    out, body = [], False
+    for line in text.splitlines(keepends=True):
+        if re.match(r"[A-Za-z]:", line) or line.lstrip().startswith("%"):
+            body = body or line.startswith("K:")
+            out.append(line)
+            continue
+        if not body:
+            out.append(line)
+            continue
+        music, percent, comment = line.partition("%")
+        parts = re.split(f"({_ABC_SKIP})", music)
+        parts[::2] = [re.sub("[HJx]", lambda m: _ABC_FIXES[m.group(0)], p) for p in parts[::2]]
+        out.append("".join(parts) + percent + comment)
+    return "".join(out)
 
 
 def abc_tasks(collection, root):
@@ -150,30 +189,121 @@ def quarter_ticks(quarter_length):
     return int(round(Fraction(quarter_length).limit_denominator(10**6) * TPQ))
 
 
-def pickup_padding(part):
-    """Quarter lengths of silence before the first note so bar lines fall on bars."""
-    measures = part.getElementsByClass("Measure")
-    return float(measures[0].paddingLeft) if len(measures) else 0.0
+def on_grid(tick):
+    """``tick`` moved to the nearest grid position (GRID_STEP; halves to the even step).
+
+    Bar lines fall on the grid, so this is the nearest sixteenth or triplet
+    position in the bar: a dotted-sixteenth and thirty-second pair (0 and 4.5
+    steps) becomes the swung 2:1 pair (0 and 4), as fiddlers play it.
+    """
+    return int(round(tick / GRID_STEP)) * GRID_STEP
 
 
-def part_notes(part, pad):
-    """The notes of one part as ``(start_tick, end_tick, pitch)``, ties merged, graces dropped."""
+class BarsDoNotAddUp(ValueError):
+    """A tune with a bar longer than its metre: the transcription lost a bar line or gave an ornament time."""
+
+
+@dataclass
+class Timeline:
+    """Score offsets (quarter lengths) -> MIDI ticks, with the bar lines where the metre puts them.
+
+    ``starts`` holds each measure's offset in the score and ``ticks`` the tick
+    its bar line gets: the pickup is padded with the silence that completes
+    it, and a bar shorter than its metre (not a pickup, not the end of a
+    strain completed by the next strain's pickup, not the last bar) is
+    padded with silence at its end, so a slip in one bar never shifts the
+    rest of the tune.  ``repaired`` counts those padded bars.
+    """
+
+    starts: list
+    ticks: list
+    repaired: int = 0
+
+    def tick(self, offset):
+        """Tick of a note or event at ``offset`` (in the measure that holds it)."""
+        k = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        return quarter_ticks(offset - self.starts[k]) + self.ticks[k]
+
+    def end_tick(self, offset):
+        """Tick of a note ending at ``offset`` (in the measure where it sounds last)."""
+        k = max(bisect.bisect_left(self.starts, offset) - 1, 0)
+        return quarter_ticks(offset - self.starts[k]) + self.ticks[k]
+
+
+def bar_lengths(part, declared=None):
+    """``(measure offset, its length, the metre's bar length)`` of each measure, in quarter lengths.
+
+    For ABC only declared metres count (music21 gives an incomplete bar a
+    signature of its own length, e.g. 1/16, which is not a metre).
+    """
+    out, metre = [], None
+    for m in part.getElementsByClass("Measure"):
+        ts = m.timeSignature
+        if ts is not None and (declared is None or ts.ratioString in declared or metre is None):
+            metre = Fraction(ts.barDuration.quarterLength).limit_denominator(10**6)
+        length = Fraction(m.duration.quarterLength).limit_denominator(10**6)
+        out.append((Fraction(m.offset).limit_denominator(10**6), length, metre or length))
+    return out
+
+
+def timeline(part, declared=None):
+    """The :class:`Timeline` of a part; BarsDoNotAddUp for a bar longer than its metre."""
+    bars = bar_lengths(part, declared)
+    if not bars:
+        return Timeline([0.0], [0])
+    first = bars[0]
+    now = first[2] - first[1] if first[1] < first[2] else Fraction(0)    # the pickup's silence
+    starts, ticks, repaired, k = [], [], 0, 0
+    while k < len(bars):
+        offset, length, full = bars[k]
+        if length > full:
+            raise BarsDoNotAddUp(f"bar {k + 1} lasts {length} quarters in a metre of {full}")
+        starts.append(float(offset))
+        ticks.append(quarter_ticks(now))
+        short = k > 0 and 0 < length < full and k + 1 < len(bars)
+        pair = short and length + bars[k + 1][1] == full                  # strain end + next pickup
+        if pair:
+            starts.append(float(bars[k + 1][0]))
+            ticks.append(quarter_ticks(now + length))
+            k += 1
+        elif short:
+            repaired += 1
+        now += full if short or pair else length
+        k += 1
+    return Timeline(starts, ticks, repaired)
+
+
+class FinerThanGrid(ValueError):
+    """Two onsets of a tune are closer than the grid: written on it they would sound as one chord."""
+
+
+def part_notes(part, line):
+    """The notes of one part as ``(start_tick, end_tick, pitch)`` on the grid, ties merged, graces dropped.
+
+    Returns the notes and whether any onset or end had to move onto the grid.
+    """
     from music21 import harmony
 
     flat = part.stripTies(matchByPitch=True).flatten()
-    notes = []
+    notes, exact = [], set()
     for n in flat.notes:
         if isinstance(n, harmony.Harmony) or n.duration.isGrace or n.quarterLength <= 0:
             continue
-        start = quarter_ticks(n.offset + pad)
-        end = quarter_ticks(n.offset + n.quarterLength + pad)
+        start = line.tick(float(n.offset))
+        end = line.end_tick(float(n.offset + n.quarterLength))
+        exact.update((start, end))
+        start, end = on_grid(start), max(on_grid(end), on_grid(start) + GRID_STEP)
         notes.extend((start, end, p.midi) for p in n.pitches if 0 <= p.midi <= 127)
-    return sorted(set(notes))
+    moved = any(t % GRID_STEP for t in exact)
+    onsets = {n.offset for n in flat.notes if not n.duration.isGrace and n.quarterLength > 0}
+    if moved and len({on_grid(line.tick(float(o))) for o in onsets}) < len(onsets):
+        raise FinerThanGrid("two onsets closer than a sixteenth-note triplet")
+    return sorted(set(notes)), moved
 
 
-def shifted(offset, pad):
+def shifted(offset, line):
     """Tick of a score event at ``offset``; events at the very start stay at tick 0."""
-    return 0 if offset <= 0 else quarter_ticks(offset + pad)
+    return 0 if offset <= 0 else line.tick(float(offset))
 
 
 def measure_marks(part, attribute):
@@ -196,7 +326,7 @@ def declared_metres(abc):
     return {{"C": "4/4", "C|": "2/2"}.get(f, f) for f in fields}
 
 
-def time_signatures(score, pad, declared=None):
+def time_signatures(score, line, declared=None):
     """Distinct time-signature changes as ``(tick, numerator, denominator)``.
 
     For ABC, only the metres the tune declares are kept: music21 marks an
@@ -211,19 +341,19 @@ def time_signatures(score, pad, declared=None):
         if ts.denominator & (ts.denominator - 1):
             raise ValueError(f"metre {ts.ratioString} has no MIDI time signature")
         if not out or out[-1][1:] != (ts.numerator, ts.denominator):
-            out.append((shifted(offset, pad) if out else 0, ts.numerator, ts.denominator))
+            out.append((shifted(offset, line) if out else 0, ts.numerator, ts.denominator))
     if not out:
         raise ValueError("no time signature")
     return out
 
 
-def tempos(score, pad):
+def tempos(score, line):
     """Tempo changes as ``(tick, quarter notes per minute)``; the first one at tick 0."""
     marks = {}
     for mark in score.flatten().getElementsByClass("MetronomeMark"):
         qpm = mark.getQuarterBPM()
         if qpm and qpm > 0:
-            marks.setdefault(shifted(mark.offset, pad), float(qpm))
+            marks.setdefault(shifted(mark.offset, line), float(qpm))
     events = sorted(marks.items())
     if not events:
         return [(0, DEFAULT_QPM)]
@@ -236,7 +366,7 @@ MAJOR_BY_SHARPS = dict(zip(range(-7, 8), "Cb Gb Db Ab Eb Bb F C G D A E B F# C#"
 MINOR_BY_SHARPS = dict(zip(range(-7, 8), "Ab Eb Bb F C G D A E B F# C# G# D# A#".split()))
 
 
-def key_signatures(score, pad):
+def key_signatures(score, line):
     """Key-signature changes as ``(tick, mido key name)``; church modes keep their signature."""
     out = []
     for offset, ks in measure_marks(score.parts[0], "keySignature"):
@@ -244,7 +374,7 @@ def key_signatures(score, pad):
         sharps = max(-7, min(7, ks.sharps))
         name = MINOR_BY_SHARPS[sharps] + "m" if minor else MAJOR_BY_SHARPS[sharps]
         if not out or out[-1][1] != name:
-            out.append((shifted(offset, pad) if out else 0, name))
+            out.append((shifted(offset, line) if out else 0, name))
     return out
 
 
@@ -270,15 +400,15 @@ def to_delta(events):
     return track
 
 
-def conductor_track(title, score, pad, end, declared):
+def conductor_track(title, score, line, end, declared):
     """Track 0: title, tempo map, time signatures and key signatures."""
     events = [(0, 0, mido.MetaMessage("track_name", name=midi_text(title)[:120]))]
     events += [(t, 1, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(q)))
-               for t, q in tempos(score, pad)]
+               for t, q in tempos(score, line)]
     events += [(t, 2, mido.MetaMessage("time_signature", numerator=n, denominator=d))
-               for t, n, d in time_signatures(score, pad, declared)]
+               for t, n, d in time_signatures(score, line, declared)]
     events += [(t, 3, mido.MetaMessage("key_signature", key=k))
-               for t, k in key_signatures(score, pad)]
+               for t, k in key_signatures(score, line)]
     events.append((end, 9, mido.MetaMessage("end_of_track")))
     return to_delta(events)
 
@@ -296,19 +426,26 @@ def voice_track(name, notes, channel, program, end):
 
 
 def score_to_midi(score, parts, title, program, declared=None):
-    """Write ``parts`` of a music21 score as a type-1 MIDI; return ``(bytes, note count)``."""
-    pad = pickup_padding(parts[0])
+    """Write ``parts`` of a music21 score as a type-1 MIDI.
+
+    Returns ``(bytes, note count, bars padded, whether notes moved onto the grid)``.
+    """
+    line = timeline(parts[0], declared)
     names = [p.partName or ("Melody" if len(parts) == 1 else f"Voice {i + 1}")
              for i, p in enumerate(parts)]
-    voices = [(name, part_notes(p, pad)) for name, p in zip(names, parts)]
+    voices, moved = [], False
+    for name, part in zip(names, parts):
+        notes, moved_here = part_notes(part, line)
+        voices.append((name, notes))
+        moved |= moved_here
     end = max((n[1] for _, notes in voices for n in notes), default=0)
     mid = mido.MidiFile(type=1, ticks_per_beat=TPQ)
-    mid.tracks.append(conductor_track(title, score, pad, end, declared))
+    mid.tracks.append(conductor_track(title, score, line, end, declared))
     for channel, (name, notes) in enumerate(voices):
         mid.tracks.append(voice_track(name, notes, channel, program, end))
     buffer = io.BytesIO()
     mid.save(file=buffer)
-    return buffer.getvalue(), sum(len(notes) for _, notes in voices)
+    return buffer.getvalue(), sum(len(notes) for _, notes in voices), line.repaired, moved
 
 
 # ----------------------------------------------------------------------------- workers
@@ -359,11 +496,12 @@ def satb_parts(score):
 
 def describe(score, parts, declared=None):
     """Manifest fields read from the score: metre, key, bars, tempo."""
-    metres = (f"{n}/{d}" for _, n, d in time_signatures(score, 0.0, declared))
+    line = Timeline([0.0], [0])
+    metres = (f"{n}/{d}" for _, n, d in time_signatures(score, line, declared))
     metre = ";".join(dict.fromkeys(metres))
     bars = len(parts[0].getElementsByClass("Measure"))
     return {"metre": metre, "key": key_label(score), "bars": bars,
-            "tempo": f"{tempos(score, 0.0)[0][1]:g}"}
+            "tempo": f"{tempos(score, line)[0][1]:g}"}
 
 
 def parse_task(task):
@@ -373,7 +511,7 @@ def parse_task(task):
     if task["collection"] == "bach":
         score = converter.parse(task["path"])
         return score, satb_parts(score), bach_title(task["stem"]), BACH_PROGRAM, None
-    score = converter.parse(task["abc"], format="abc")
+    score = converter.parse(clean_abc(task["abc"]), format="abc")
     fallback = f"{task['stem']} {task['number']}"
     title = clean_title(score.metadata.title if score.metadata else "", fallback)
     return score, list(score.parts)[:1], title, ABC_PROGRAM, declared_metres(task["abc"])
@@ -383,10 +521,11 @@ def convert(task):
     """Worker: one task -> ``{"row": manifest fields, "midi": bytes}`` or ``{"error": reason}``."""
     try:
         score, parts, title, program, declared = parse_task(task)
-        data, n_notes = score_to_midi(score, parts, title, program, declared)
+        data, n_notes, repaired, moved = score_to_midi(score, parts, title, program, declared)
         if n_notes == 0:
             raise ValueError("no notes")
-        row = {"collection": task["collection"], "title": title, "notes": n_notes,
+        row = {"collection": task["collection"], "title": title, "notes": n_notes, "repaired": repaired,
+               "on_grid": int(moved),
                "source": task["source"], **describe(score, parts, declared)}
         return {"task": task, "row": row, "midi": data}
     except Exception as exc:  # music21 raises many kinds; every failure is counted
@@ -437,6 +576,7 @@ def write_results(results, out_dir):
         name = unique_name(f"{task['collection']}/{file_stem(task, row['title'])}", used)
         row["file"] = f"{name}.mid"
         row["split"] = split_for_title(row["title"])
+        (out_dir / row["file"]).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out_dir / row["file"], "wb") as f:
             f.write(result["midi"])
         rows.append(row)
@@ -508,9 +648,18 @@ def report(rows, failures, out_dir):
     for r in rows:
         notes[r["collection"]] += int(r["notes"])
     failed = Counter(c for c, _, _ in failures)
-    print(f"{'collection':<14}{'tunes':>7}{'notes':>9}{'failed':>8}")
+    uneven = Counter(c for c, _, reason in failures if reason.startswith(BarsDoNotAddUp.__name__))
+    fine = Counter(c for c, _, reason in failures if reason.startswith(FinerThanGrid.__name__))
+    repaired = Counter(r["collection"] for r in rows if int(r["repaired"]))
+    snapped = Counter(r["collection"] for r in rows if int(r["on_grid"]))
+    print(f"{'collection':<14}{'tunes':>7}{'notes':>9}{'repaired':>10}{'on grid':>9}"
+          f"{'uneven':>8}{'finer':>7}{'failed':>8}")
     for c in sorted(set(tunes) | set(failed)):
-        print(f"{c:<14}{tunes[c]:>7}{notes[c]:>9}{failed[c]:>8}")
+        print(f"{c:<14}{tunes[c]:>7}{notes[c]:>9}{repaired[c]:>10}{snapped[c]:>9}"
+              f"{uneven[c]:>8}{fine[c]:>7}{failed[c]:>8}")
+    print("repaired: a short bar padded to its metre; on grid: thirty-second notes moved to the nearest "
+          "sixteenth/triplet position; left out (in failed): uneven, a bar longer than its metre; "
+          "finer, onsets closer than the grid")
     for c, source, reason in failures:
         print(f"  skipped {source}: {reason}")
     splits = Counter(r["split"] for r in rows)
