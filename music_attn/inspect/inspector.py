@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from music_attn._text import without_bidi
 from music_attn.errors import MidiError, MusicAttnError
 from music_attn.music import select
 from music_attn.music.constants import DRUM_CHANNEL
@@ -484,20 +485,22 @@ def _rounded(a, decimals):
 
 # ------------------------------------------------------------ MIDI texts
 def _name_of(x, seq):
+    """The file name shown for the piece (bidi controls escaped: see :mod:`music_attn._text`)."""
     name = getattr(seq, "name", None)
     if name:
-        return Path(str(name)).name
+        return without_bidi(Path(str(name)).name)
     if isinstance(x, (str, Path)):
-        return Path(x).name
-    return getattr(x, "filename", None) and Path(x.filename).name
+        return without_bidi(Path(x).name)
+    return getattr(x, "filename", None) and without_bidi(Path(x.filename).name)
 
 
 def _midi_texts(score):
     """Track names (one per track of the file, indexed like ``note.track``; "" for a track with
-    no name) and lyrics of the Score the piece was read into (empty for None)."""
+    no name) and lyrics of the Score the piece was read into (empty for None), bidi controls escaped."""
     if score is None:
         return {}
-    return {"tracks": [name.strip() for name in score.track_names], "lyrics": score.lyrics()[:2000]}
+    return {"tracks": [without_bidi(name.strip()) for name in score.track_names],
+            "lyrics": without_bidi(score.lyrics()[:2000])}
 
 
 def _track_list(maps):

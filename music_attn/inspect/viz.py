@@ -4,7 +4,9 @@ The page (`render_html`) works offline: its CSS and JavaScript (from
 ``music_attn/inspect/assets/``) are inlined and its data is embedded as JSON in a
 ``<script type="application/json">`` element with ``<``, ``>`` and ``&``
 escaped, so no text from a MIDI file (track names, lyrics, file name) can
-close the element; the script inserts every such text with ``textContent``.
+close the element; the script inserts every such text with ``textContent``, and
+bidi controls in them are escaped (`music_attn._text.without_bidi`), so a name
+cannot reverse the text around it.
 
 To stay small (under 2 MB for a 300-note melody, a few MB for 10,000 notes)
 the page stores, for every layer and head and for the mean of the heads, only
@@ -25,6 +27,7 @@ from importlib import resources
 import numpy as np
 
 from music_attn._io import atomic_write
+from music_attn._text import without_bidi
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
@@ -85,7 +88,7 @@ def page_data(maps, *, score=None):
         "title": maps.name or "melody",
         "tracks": list(music["page"]["trackNames"]),          # labels of the tracks the notes are on
         "lyrics": str(maps.texts.get("lyrics", "")),
-        "notice": maps.notice, "window": maps.window, "nTokensInFile": maps.n_tokens_in_file,
+        "notice": without_bidi(maps.notice), "window": maps.window, "nTokensInFile": maps.n_tokens_in_file,
         "layers": L, "heads": H,
         "notes": _notes_payload(maps, music),
         "music": music["page"],
@@ -229,7 +232,7 @@ def _track_names(maps, score, track):
     texts = [str(t) for t in maps.texts.get("tracks", [])]
     if not names and len(track) and len(texts) > int(np.max(track)):
         names = {i: t.strip() for i, t in enumerate(texts) if t.strip()}
-    return [select.track_label(t, names.get(t)) for t in np.unique(track).tolist()]
+    return [without_bidi(select.track_label(t, names.get(t))) for t in np.unique(track).tolist()]
 
 
 def _dense_ids(track):
