@@ -30,6 +30,12 @@ any of those folders rolls the unit back (each output renamed over is given
 its old content again, or removed if it is new), so the outputs are the old
 set or the new set, never a mix, once anything writes there again.
 
+A folder written whole (a token dataset, :func:`atomic_folder`) is built in a
+locked ``.ma-XXXXXXXX.dir`` beside it and renamed into place; the folder it
+replaces is first moved aside as ``.ma-XXXXXXXX.old``.  The next write in
+that parent folder deletes the temporary folders of dead runs, and puts a
+folder moved aside back if a kill came before the new one took its place.
+
 Inputs: :func:`read_input` reads a regular file of bounded size, refusing
 directories, FIFOs and devices before opening them (a FIFO would block, a
 device could be endless).
@@ -41,17 +47,20 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 from music_attn.errors import MusicAttnError, OutputError
 
-__all__ = ["atomic_write", "atomic_outputs", "check_output", "output_folder", "check_input", "read_input",
-           "TEMP_PREFIX"]
+__all__ = ["atomic_write", "atomic_outputs", "atomic_folder", "check_output", "output_folder", "check_input",
+           "read_input", "TEMP_PREFIX"]
 
 TEMP_PREFIX = ".ma-"
 _TEMP_NAME = re.compile(r"^\.ma-[A-Za-z0-9_]+\.(tmp|journal)$")
+_TEMP_FOLDER = re.compile(r"^\.ma-[A-Za-z0-9_]+\.(dir|old)$")
+_RESTORE = ".ma-restore"            # in a folder moved aside: the name it goes back to after a kill
 _PENDING = {}        # absolute temp path -> user path, for the temps of open atomic_outputs
 
 
@@ -112,6 +121,74 @@ def atomic_outputs(paths, *, inputs=(), force=False):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             os.close(fd)                          # unlinked first: never an unlocked temporary
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Build a folder whole: ``with atomic_folder(out) as tmp:`` fill ``tmp``; on success it becomes ``out``.
+
+    ``out`` may be new, or an earlier folder that the caller has checked may be
+    replaced (it is, whole).  If the body raises or the process is killed,
+    ``out`` is as it was and the partial folder is removed (by the next write
+    in the parent folder, after a kill).
+    """
+    out = Path(path)
+    parent = out.parent
+    _sweep(parent)
+    tmp, fd = _new_temp_folder(parent, ".dir", out)
+    try:
+        yield Path(tmp)
+        _swap_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+def _new_temp_folder(parent, suffix, user):
+    """(path, fd) of a new folder ``.ma-XXXXXXXX<suffix>`` in ``parent``, held under an exclusive flock."""
+    while True:
+        try:
+            tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=suffix, dir=parent)
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise OutputError(f"{user}: cannot write in {parent} ({exc.strerror})") from None
+        if _lock(fd) and _still_named(fd, tmp):
+            return tmp, fd
+        os.close(fd)
+
+
+def _swap_folder(tmp, out):
+    """Rename ``tmp`` to ``out``; an ``out`` already there is moved aside first (restorable after a kill)."""
+    if not out.is_dir():
+        os.replace(tmp, out)
+        return
+    (out / _RESTORE).write_text(out.name, encoding="utf-8")
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)          # the lock moves with the folder: never swept while we run
+        old = out.parent / f"{TEMP_PREFIX}{os.urandom(6).hex()}.old"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def _sweep_folders(parent, entries):
+    """Temporary folders of dead runs: built ones deleted, moved-aside ones put back if still missed."""
+    for entry in entries:
+        with _stale(entry.path, directory=True) as fd:
+            if fd is None:
+                continue
+            if entry.name.endswith(".old"):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    name = Path(entry.path, _RESTORE).read_text(encoding="utf-8")
+                    home = Path(parent, Path(name).name)
+                    if name and not home.exists():
+                        os.replace(entry.path, home)
+                        os.unlink(home / _RESTORE)
+                        continue
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def check_output(path, *, inputs=(), force=False):
@@ -227,9 +304,11 @@ def _sweep(folder):
     Stale means that no process holds the file's lock: its writer is gone.
     """
     try:
-        entries = [e for e in os.scandir(folder) if _TEMP_NAME.match(e.name) and e.is_file(follow_symlinks=False)]
+        listed = list(os.scandir(folder))
     except OSError:
         return
+    entries = [e for e in listed if _TEMP_NAME.match(e.name) and e.is_file(follow_symlinks=False)]
+    _sweep_folders(folder, [e for e in listed if _TEMP_FOLDER.match(e.name) and e.is_dir(follow_symlinks=False)])
     entries.sort(key=lambda e: not e.name.endswith(".journal"))      # journals first: they name temps
     for entry in entries:
         with _stale(entry.path) as fd:
@@ -242,10 +321,10 @@ def _sweep(folder):
 
 
 @contextlib.contextmanager
-def _stale(path):
+def _stale(path, directory=False):
     """Yields an fd of ``path`` locked by us when no live process holds it, else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if directory else 0))
     except OSError:
         yield None
         return

@@ -60,7 +60,7 @@ def _json_array(obj):
     return np.array(json.dumps(obj, sort_keys=True))
 
 
-def save_checkpoint(path, model, *, train_state=None, metrics=None):
+def save_checkpoint(path, model, *, train_state=None, metrics=None, force=False):
     """Write ``model`` (and optional training state) to ``path`` atomically.
 
     Parameters
@@ -69,6 +69,7 @@ def save_checkpoint(path, model, *, train_state=None, metrics=None):
     model : Model
     train_state : dict with ``"meta"`` (JSON-able) and ``"arrays"`` (name -> ndarray), or None.
     metrics : JSON-able dict, or None for ``model.metrics`` (when the model has any).
+    force : replace ``path`` even when it is a read-only file.
     """
     entries = {"format": _json_array({"format": FORMAT, "version": VERSION}),
                "model_config": _json_array(model.config.to_dict())}
@@ -83,7 +84,7 @@ def save_checkpoint(path, model, *, train_state=None, metrics=None):
         entries["train_state"] = _json_array(train_state["meta"])
         entries.update({f"train/{k}": np.ascontiguousarray(v)
                         for k, v in train_state["arrays"].items()})
-    with atomic_write(path, mode="wb") as f:
+    with atomic_write(path, mode="wb", force=force) as f:
         np.savez(f, **entries)
 
 
