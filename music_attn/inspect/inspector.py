@@ -720,9 +720,14 @@ def _run_windows_one_by_one(model, ids, window, a, b, bar=None):
 
 
 def _forward(model, ids, condition=None):
-    logits, att = model.forward(ids[None, :], return_attention=True,
-                                condition=None if condition is None else condition[None])   # (1, n, V), (L, 1, H, n, n)
-    return np.asarray(logits[0], dtype=np.float64), np.asarray(att[:, 0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):                   # overflow: refused below
+        logits, att = model.forward(ids[None, :], return_attention=True,
+                                    condition=None if condition is None else condition[None])   # (1, n, V), (L, 1, H, n, n)
+    logits, att = np.asarray(logits[0], dtype=np.float64), np.asarray(att[:, 0], dtype=np.float32)
+    if not (np.isfinite(logits).all() and np.isfinite(att).all()):
+        raise MusicAttnError("the model's scores or attention are not finite numbers (its weights overflow); "
+                             "it cannot be inspected")
+    return logits, att
 
 
 def _progress_bar(progress, total):

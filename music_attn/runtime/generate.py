@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from music_attn._threads import single_threaded_blas
+from music_attn.errors import MusicAttnError
 from music_attn.core.ops import softmax_
 from music_attn.runtime.windows import alignment, window_start
 
@@ -39,6 +40,9 @@ def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None, *, 
     """
     logits = np.array(logits, dtype=np.float64)
     rows = logits.reshape(-1, logits.shape[-1])                      # (N, V)
+    if np.isnan(rows).any() or np.isposinf(rows).any():
+        raise MusicAttnError("the model's next-token scores are not finite numbers (its weights overflow); "
+                             "it cannot be sampled")
     if allowed is not None:                                          # 1. forbidden tokens
         allowed = np.asarray(allowed, dtype=bool)
         if allowed.shape != logits.shape:
@@ -278,7 +282,7 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     rngs = _rngs(rng, num_samples)
     primed = _primed_grammar(tokenizer, prompt) if constrained else None
     samples = [_Sample(primed, tokenizer, n_bars, no_end) for _ in rngs]
-    with single_threaded_blas():          # small products: BLAS threads would only spin
+    with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):   # overflow: refused below
         stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens),
                            len(rngs), use_cache)
         with _progress(progress, max_new_tokens) as bar:
