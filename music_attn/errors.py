@@ -37,6 +37,12 @@ class TrainingDiverged(MusicAttnError):
     before saving anything non-finite, so the last checkpoint written is the last good one."""
 
 
+def brief(value, limit=80):
+    """``repr(value)`` cut to ``limit`` characters: what a message may show of a caller's value
+    (never the whole of a large input)."""
+    return shorten(repr(value), limit)
+
+
 def shorten(text, limit):
     """``text`` as it is when it has at most ``limit`` characters, else cut to ``limit`` ending in '...'."""
     text = str(text)

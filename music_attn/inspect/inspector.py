@@ -561,6 +561,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
     key_labels, labels_shown, kept = _relabel(labels, shown, a, b, window)
     if not kept.size:
         raise MidiError(f"{_name_of(source, seq) or 'melody'}: no notes to inspect")
+    _check_memory(model, b - a, window, _name_of(source, seq) or "melody")
     bar = _progress_bar(progress, len(_plan(ids.size, window, a, b, alignment(model))) + model.config.n_layers * model.config.n_heads)
     band, roll, nll = _run_windows(model, ids, window, a, b, bar)
     selection = {"bars": list(bars) if bars else None, "seconds": _seconds(start, end),
@@ -717,6 +718,17 @@ def _run_windows_one_by_one(model, ids, window, a, b, bar=None):
         nll[p + 1 - a] = token_nll(logits[p - s.start], ids[p + 1])
         bar is not None and bar.update(1)
     return band, roll, nll
+
+
+def _check_memory(model, T, W, name):
+    """Refuse a passage whose attention band (L, H, T, W) and the maps made from it would pass
+    the memory budget (:mod:`music_attn._budget`), before any of it is computed."""
+    from music_attn._budget import check_memory
+    L, H = model.config.n_layers, model.config.n_heads
+    needed = 2 * 4 * T * W * (L * H + 1)           # float32 band and rollout, and what is assembled from them
+    check_memory(needed, f"{name}: inspecting its {T:,} tokens",
+                 "choose a passage (--bars A:B, --start/--end; bars=, start=, end= in Python) "
+                 "or a smaller --window")
 
 
 def _forward(model, ids, condition=None):
