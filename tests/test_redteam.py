@@ -33,7 +33,8 @@ TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--seq-len", "32", "
 
 
 def _env(**extra):
-    return {**os.environ, "PYTHONPATH": str(REPO), "MUSIC_ATTN_DEBUG": "", "OPENBLAS_NUM_THREADS": "1", **extra}
+    return {**os.environ, "PYTHONPATH": str(REPO), "MUSIC_ATTN_DEBUG": "", "OPENBLAS_NUM_THREADS": "1",
+            "XDG_CACHE_HOME": "/nonexistent/cache", **extra}
 
 
 def _run(argv, cwd, timeout=TIME_LIMIT, **kwargs):
@@ -44,6 +45,25 @@ def _run(argv, cwd, timeout=TIME_LIMIT, **kwargs):
 def _start(argv, cwd):
     return subprocess.Popen([sys.executable, "-m", "music_attn", *argv], cwd=cwd, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+class _Done:
+    """What an in-process run of the command line gave: returncode, stdout, stderr."""
+
+    def __init__(self, code, captured):
+        self.returncode, self.stdout, self.stderr = code, captured.out, captured.err
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path_factory):
+    """Run the command line in this process (no interpreter start-up): ``cli(argv, cwd)``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+    def run(argv, cwd):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        return _Done(main([str(a) for a in argv]), capsys.readouterr())
+    return run
 
 
 def _wait_for(path, child, limit=TIME_LIMIT):
@@ -117,9 +137,9 @@ def test_sigterm_stops_a_run_and_saves_like_ctrl_c(tunes, tmp_path):
     assert first <= saved < 100000 and f"step {saved}:" in stdout
 
 
-def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_good_checkpoint(tunes, tmp_path):
+def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_good_checkpoint(tunes, tmp_path, cli):
     out = tmp_path / "m.npz"
-    proc = _run(["train", str(tunes), "-o", str(out), "--steps", "200", "--lr", "1e4", *TINY], tmp_path)
+    proc = cli(["train", str(tunes), "-o", str(out), "--steps", "200", "--lr", "1e4", *TINY], tmp_path)
     assert proc.returncode == 2
     _one_error_line(proc.stderr, "diverged", "lower --lr")
     assert "wrote" not in proc.stdout
@@ -129,10 +149,10 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_good_checkpoint(tu
         assert f"keeps step {ckpt.train_state['meta']['step']}" in proc.stderr
 
 
-def test_train_output_naming_a_training_file_is_refused_and_the_file_kept(tunes, tmp_path):
+def test_train_output_naming_a_training_file_is_refused_and_the_file_kept(tunes, tmp_path, cli):
     victim = sorted(tunes.iterdir())[0]
     before = victim.read_bytes()
-    proc = _run(["train", str(tunes), "-o", str(victim), "--steps", "1", *TINY], tmp_path)
+    proc = cli(["train", str(tunes), "-o", str(victim), "--steps", "1", *TINY], tmp_path)
     assert proc.returncode == 2
     _one_error_line(proc.stderr, "is the input file")
     assert victim.read_bytes() == before
@@ -154,21 +174,21 @@ dataset.write_dataset(sys.argv[1], sys.argv[2], RemiTokenizer(), progress=False)
 """
 
 
-def test_a_killed_dataset_write_leaves_no_partial_dataset_and_the_next_run_cleans_up(tunes, tmp_path):
+def test_a_killed_dataset_write_leaves_no_partial_dataset_and_the_next_run_cleans_up(tunes, tmp_path, cli):
     out = tmp_path / "ds"
     killed = subprocess.run([sys.executable, "-c", _KILL_WHILE_TOKENIZING, str(tunes), str(out)], env=_env(),
                             capture_output=True, timeout=TIME_LIMIT)
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ma-")]      # its half-built folder
-    proc = _run(["tokenize", str(tunes), "--out", str(out)], tmp_path)
+    proc = cli(["tokenize", str(tunes), "--out", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "tunes"]
     assert sorted(p.name for p in out.iterdir()) == ["index.json", "tokens.u16"]
     assert len(json.loads((out / "index.json").read_text())["files"]) == len(shipped_melodies())
 
 
-def test_a_hostile_training_state_is_refused_in_one_line(tunes, tmp_path, tiny):
+def test_a_hostile_training_state_is_refused_in_one_line(tunes, tmp_path, tiny, cli):
     model = load_checkpoint(tiny).model
     out = tmp_path / "m.npz"
     for bad in ({"optimizer_t": -1}, {"step": -3}, {"step": 2.5}, {"history": "none"}):
@@ -177,7 +197,7 @@ def test_a_hostile_training_state_is_refused_in_one_line(tunes, tmp_path, tiny):
                 "config": {"seq_len": 32, "batch_size": 2}, "history": [], **bad}
         arrays = {f"{m}/{k}": np.zeros_like(v) for m in "mv" for k, v in model.params.items()}
         save_checkpoint(out, model, train_state={"meta": meta, "arrays": arrays})
-        proc = _run(["train", str(tunes), "-o", str(out), "--resume", "--quiet"], tmp_path)
+        proc = cli(["train", str(tunes), "-o", str(out), "--resume", "--quiet"], tmp_path)
         assert proc.returncode == 2, (bad, proc.stderr)
         _one_error_line(proc.stderr, "m.npz", "unusable training state")
 
@@ -214,36 +234,36 @@ def test_a_multi_file_write_killed_between_its_renames_is_rolled_back_by_the_nex
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.html", "o.json", "other.txt"]
 
 
-def test_a_read_only_output_is_refused_unless_force(tmp_path):
+def test_a_read_only_output_is_refused_unless_force(tmp_path, cli):
     ids = tmp_path / "ids.json"
     ids.write_text(json.dumps(RemiTokenizer().encode(shipped_melodies()[0]).ids.tolist()))
     out = tmp_path / "locked.mid"
     out.write_bytes(b"keep me")
     out.chmod(0o444)
-    proc = _run(["decode", str(ids), "-o", str(out)], tmp_path)
+    proc = cli(["decode", str(ids), "-o", str(out)], tmp_path)
     assert proc.returncode == 2
     _one_error_line(proc.stderr, "locked.mid", "read-only", "--force")
     assert out.read_bytes() == b"keep me"
-    proc = _run(["decode", str(ids), "-o", str(out), "--force"], tmp_path)
+    proc = cli(["decode", str(ids), "-o", str(out), "--force"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes().startswith(b"MThd") and stat.S_IMODE(out.stat().st_mode) == 0o444
 
 
-def test_an_output_name_ending_in_a_slash_is_refused_not_written_as_a_file(tmp_path):
+def test_an_output_name_ending_in_a_slash_is_refused_not_written_as_a_file(tmp_path, cli):
     ids = tmp_path / "ids.json"
     ids.write_text("[1, 2, 3]")
-    proc = _run(["decode", str(ids), "-o", "newdir/"], tmp_path)
+    proc = cli(["decode", str(ids), "-o", "newdir/"], tmp_path)
     assert proc.returncode == 2
     _one_error_line(proc.stderr, "newdir/", "folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.json"]
 
 
-def test_an_output_name_of_80_cjk_characters_is_written(tmp_path):
+def test_an_output_name_of_80_cjk_characters_is_written(tmp_path, cli):
     ids = tmp_path / "ids.json"
     ids.write_text(json.dumps(RemiTokenizer().encode(shipped_melodies()[0]).ids.tolist()))
     name = "\u66f2" * 80 + ".mid"
     assert len(name.encode()) == 244
-    proc = _run(["decode", str(ids), "-o", name], tmp_path)
+    proc = cli(["decode", str(ids), "-o", name], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / name).read_bytes().startswith(b"MThd")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ids.json", name])
@@ -278,11 +298,11 @@ def _vlq(n):
     return bytes(out)
 
 
-def test_a_note_held_for_millions_of_beats_gives_a_page_of_the_size_one_note_needs(tmp_path):
+def test_a_note_held_for_millions_of_beats_gives_a_page_of_the_size_one_note_needs(tmp_path, cli):
     for ticks in (2**22, 2**27):
         source = _one_long_note(tmp_path / f"long{ticks}.mid", ticks)
         assert source.stat().st_size < 50
-        proc = _run(["inspect", str(source), "-o", "p.html", "--json", "p.json", "--force"], tmp_path)
+        proc = cli(["inspect", str(source), "-o", "p.html", "--json", "p.json", "--force"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "p.html").stat().st_size < 500_000           # a melody's page is ~1 MB
         assert json.loads((tmp_path / "p.json").read_text())["notes"][0]["pitch"] == 60
@@ -298,6 +318,7 @@ def test_inspect_past_the_memory_budget_is_refused_in_one_line_before_the_model_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_default_budget_keeps_a_50000_note_file_inside_2_gib(tmp_path):
     from midi_factory import midi_file, note_events, save, track
     notes = [(48 + i % 37, 60 * i, 60 * i + 50, 64) for i in range(50_000)]
@@ -372,7 +393,7 @@ def _with_weights(path, out, change):
 
 
 @pytest.mark.parametrize("kind", ["nan", "inf", "1e38"])
-def test_checkpoints_with_nan_inf_or_absurd_weights_are_refused_at_load_naming_the_file(tmp_path, tiny, kind):
+def test_checkpoints_with_nan_inf_or_absurd_weights_are_refused_at_load_naming_the_file(tmp_path, tiny, kind, cli):
     def change(params):
         head = params[sorted(params)[-1]]
         if kind == "1e38":
@@ -385,7 +406,7 @@ def test_checkpoints_with_nan_inf_or_absurd_weights_are_refused_at_load_naming_t
         load_checkpoint(bad)
     for argv in (["inspect", str(shipped_melodies()[0]), "-m", str(bad), "-o", "p.html"],
                  ["generate", "-m", str(bad), "--tokens", "4", "-o", "g.mid"]):
-        proc = _run(argv, tmp_path)
+        proc = cli(argv, tmp_path)
         assert proc.returncode == 2
         _one_error_line(proc.stderr, f"{kind}.npz", "not a usable model")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{kind}.npz", "tiny.npz"])
@@ -400,21 +421,21 @@ def test_scores_that_overflow_at_run_time_are_refused_not_sampled():
 
 
 # ================================================================== terminal and page text
-def test_terminal_controls_in_file_names_never_reach_the_terminal(tmp_path):
+def test_terminal_controls_in_file_names_never_reach_the_terminal(tmp_path, cli):
     folder = tmp_path / "tunes"
     folder.mkdir()
     shutil.copy(shipped_melodies()[0], folder / "good.mid")
     (folder / "evil\x1b]0;owned\x07\x1b[2J.mid").write_bytes(b"MThd not really")
     (folder / "\u202eevil.mid").write_bytes(b"")
-    proc = _run(["train", str(folder), "-o", "m.npz", "--steps", "1", *TINY], tmp_path)
-    tokenize = _run(["tokenize", *map(str, sorted(folder.iterdir()))], tmp_path)
+    proc = cli(["train", str(folder), "-o", "m.npz", "--steps", "1", *TINY], tmp_path)
+    tokenize = cli(["tokenize", *map(str, sorted(folder.iterdir()))], tmp_path)
     for text in (proc.stdout, proc.stderr, tokenize.stdout, tokenize.stderr):
         assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert "evil\\x1b]0;owned\\x07" in proc.stderr + tokenize.stderr
     assert "\\u202eevil.mid" in tokenize.stderr
 
 
-def test_bidi_overrides_in_names_and_midi_texts_are_escaped_on_the_page_and_in_json(tmp_path, tiny):
+def test_bidi_overrides_in_names_and_midi_texts_are_escaped_on_the_page_and_in_json(tmp_path, tiny, cli):
     from midi_factory import midi_file, note_events, save, track
     import mido
     events = note_events([(60 + i, 96 * i, 96 * i + 90, 64) for i in range(8)])
@@ -423,7 +444,7 @@ def test_bidi_overrides_in_names_and_midi_texts_are_escaped_on_the_page_and_in_j
     mid = midi_file(track(events), ticks_per_beat=96)
     mid.charset = "utf-8"
     source = save(mid, tmp_path / "tune\u202e.mid")
-    proc = _run(["inspect", str(source), "-m", str(tiny), "-o", "p.html", "--json", "p.json"], tmp_path)
+    proc = cli(["inspect", str(source), "-m", str(tiny), "-o", "p.html", "--json", "p.json"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     page, data = (tmp_path / "p.html").read_text(encoding="utf-8"), (tmp_path / "p.json").read_text()
     decoded = json.dumps(json.loads(data), ensure_ascii=False)
@@ -446,7 +467,8 @@ def test_generate_refuses_bad_arguments_with_a_short_message(tiny, kwargs, error
     assert len(str(info.value)) < 120 and list(kwargs)[0] in str(info.value)
 
 
-@pytest.mark.parametrize("source", [b"\x00" * 2**20, list(range(10**5)), np.zeros(10**6)])
+@pytest.mark.parametrize("source", [b"\x00" * 2**20, list(range(10**5)), np.zeros(10**6)],
+                         ids=["bytes", "list", "array"])
 def test_error_messages_never_hold_the_whole_input(tiny, source):
     from music_attn import attention_maps
     model = load_checkpoint(tiny).model
