@@ -214,7 +214,7 @@ def _rung_out(score, lines, num, den, maps, budget):
         end_tick = float(score.time_to_tick(end))
         past = int(min(np.ceil(max(end_tick - lines[-1], 0) / length), MAX_GRID_BARS_EXTRA))
         lines = np.append(lines, lines[-1] + length * np.arange(1, past + 1))
-        num, den = np.append(num, [num[-1]] * past), np.append(den, [den[-1]] * past)
+        num, den = np.append(num, np.full(past, num[-1])), np.append(den, np.full(past, den[-1]))
         need = len(lines) - 1
     keep = int(min(need, budget, len(num)))
     return lines[:keep + 1], num[:keep], den[:keep]
