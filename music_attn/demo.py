@@ -36,7 +36,7 @@ class DemoResult(NamedTuple):
     continuation: np.ndarray  # NOTE_DTYPE notes of the new bars, in onset order
 
 
-def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo=print):
+def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo=print, force=False):
     """Run the demo, writing into ``out_dir``; returns a `DemoResult`.
 
     Parameters
@@ -50,6 +50,8 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
         Default: a shipped melody picked with the seed.
     echo : callable
         Where the printed lines go.
+    force : bool
+        Replace read-only files of the same names too.
     """
     from music_attn.inspect.inspector import attention_maps
     from music_attn.runtime.checkpoint import load_model
@@ -65,7 +67,7 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
         echo(SHIPPED_MODEL_KNOWS)
     _print_melody(echo, title, path, maps)
     decoded, continuation = _continue(model, maps, rng)
-    page, png, json_path, midi = _write_all(maps, decoded, out, path, echo)
+    page, png, json_path, midi = _write_all(maps, decoded, out, path, echo, force)
     _print_summary(echo, maps, (page, png, json_path, midi), continuation, time.perf_counter() - t0)
     return DemoResult(page, png, json_path, midi, path, maps, continuation)
 
@@ -95,7 +97,7 @@ def _png_possible(echo):
     return True
 
 
-def _write_all(maps, decoded, out, melody, echo):
+def _write_all(maps, decoded, out, melody, echo, force=False):
     """Page, PNG (None without matplotlib), JSON and continued MIDI in ``out``: all or none."""
     from music_attn._io import atomic_outputs
     from music_attn.inspect.viz import render_png, write_html, write_json
@@ -107,7 +109,7 @@ def _write_all(maps, decoded, out, melody, echo):
     names += [f"{stem}_attention.png"] if with_png else []
     paths = [out / name for name in names]
     output_folder(out, create=True)
-    with atomic_outputs(paths, inputs=[melody]) as tmp:
+    with atomic_outputs(paths, inputs=[melody], force=force) as tmp:
         write_html(maps, tmp[0])
         write_json(maps, tmp[1])
         write_midi(tmp[2], decoded.score)

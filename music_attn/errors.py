@@ -5,7 +5,7 @@ Every error a user can cause is one of these (or a plain ``ValueError`` /
 a one-line ``error: ...`` message and exit code 2.
 """
 
-__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError", "OutputError"]
+__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError", "OutputError", "TrainingDiverged"]
 
 
 class MusicAttnError(Exception):
@@ -30,6 +30,17 @@ class CheckpointError(MusicAttnError, ValueError):
 class OutputError(MusicAttnError, ValueError):
     """An output path that would destroy something: an input file, a directory,
     FIFO or device, or a path in a folder that does not exist.  Nothing was written."""
+
+
+class TrainingDiverged(MusicAttnError):
+    """The loss (or a weight) of a training run stopped being a finite number; the run stopped
+    before saving anything non-finite, so the last checkpoint written is the last good one."""
+
+
+def brief(value, limit=80):
+    """``repr(value)`` cut to ``limit`` characters: what a message may show of a caller's value
+    (never the whole of a large input)."""
+    return shorten(repr(value), limit)
 
 
 def shorten(text, limit):

@@ -334,7 +334,7 @@ def _run_all(cases, root):
     with ThreadPoolExecutor(WORKERS) as pool:
         done = dict(pool.map(run, cases))
     assert _digest(shared) == digest, "a command altered one of its inputs"
-    assert not [p for p in root.rglob("*") if ".music-attn-" in p.name], "temporary files were left behind"
+    assert not [p for p in root.rglob("*") if p.name.startswith(".ma-")], "temporary files were left behind"
     return done
 
 

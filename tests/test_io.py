@@ -113,31 +113,42 @@ def test_an_error_while_writing_names_the_users_path_not_the_temporary(tmp_path,
     assert _names(tmp_path) == []
 
 
-def test_temporary_files_are_named_after_the_output_and_the_library(tmp_path):
-    with atomic_write(tmp_path / "page.html") as f:
+def test_temporary_files_have_short_names_so_any_valid_output_name_works(tmp_path):
+    name = "\u6f22" * 80 + ".html"                      # 80 CJK characters: 245 bytes of a 255-byte limit
+    with atomic_write(tmp_path / name) as f:
         seen = _names(tmp_path)
         f.write(b"x")
-    assert len(seen) == 1 and seen[0].startswith(f".page.html.music-attn-{os.getpid()}-")
-    assert seen[0].endswith(".tmp") and _io._TEMP_NAME.match(seen[0])
+    assert len(seen) == 1 and seen[0].startswith(".ma-") and seen[0].endswith(".tmp") and len(seen[0]) < 24
+    assert _names(tmp_path) == [name] and (tmp_path / name).read_bytes() == b"x"
 
 
-def test_temporaries_of_dead_runs_are_removed_by_the_next_write_and_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    stale = tmp_path / f".old.mid.music-attn-{int(dead.stdout)}-abc123.tmp"
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(30)
+"""
+
+
+def test_only_temporaries_whose_lock_is_free_are_swept_whatever_their_pid(tmp_path):
+    stale = tmp_path / ".ma-abc123.tmp"                  # a killed run's: nobody holds its lock
     stale.write_bytes(b"half")
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    running = tmp_path / ".ma-def456.tmp"                # a live run's, in a PID namespace we cannot see
+    live = subprocess.Popen([sys.executable, "-c", _HOLD, str(running)], stdout=subprocess.PIPE, text=True)
     try:
-        running = tmp_path / f".other.mid.music-attn-{live.pid}-def456.tmp"
-        running.write_bytes(b"being written")
+        assert live.stdout.readline() == "locked\n"
         foreign = tmp_path / ".notes.tmp"
         foreign.write_bytes(b"not ours")
         with atomic_write(tmp_path / "new.mid") as f:
             f.write(b"x")
+        assert _names(tmp_path) == sorted(["new.mid", running.name, ".notes.tmp"])
     finally:
         live.kill()
         live.wait()
-    assert _names(tmp_path) == sorted(["new.mid", running.name, ".notes.tmp"])
+    with atomic_write(tmp_path / "newer.mid") as f:    # its writer is gone now
+        f.write(b"y")
+    assert _names(tmp_path) == sorted(["new.mid", "newer.mid", ".notes.tmp"])
 
 
 def test_several_outputs_are_written_all_or_none(tmp_path):

@@ -8,6 +8,8 @@ option, file, JSON, checkpoint, an output path that would destroy something, an
 input too large for memory); 70 an internal error (one line asking for a report;
 the traceback with ``--debug`` or ``MUSIC_ATTN_DEBUG=1``); 130 interrupted.
 A closed stdout (``music-attn demo | head``) ends the command quietly.
+Everything printed goes through :class:`music_attn._text.SafeStream`, so a file
+name or MIDI text cannot send raw terminal controls (ESC, BEL) or bidi overrides.
 """
 
 import argparse
@@ -78,6 +80,16 @@ def _version():
 
 def main(argv=None):
     """Run the command line; returns the process exit code."""
+    from music_attn._text import SafeStream
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv):
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:              # --help, --version, or a bad option (already reported)

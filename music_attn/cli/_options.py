@@ -12,7 +12,7 @@ import inspect
 import math
 import sys
 
-__all__ = ["integer", "real", "default_of", "HelpFormatter", "numbered_outputs"]
+__all__ = ["integer", "real", "default_of", "HelpFormatter", "numbered_outputs", "add_force"]
 
 
 def integer(low=None, high=None):
@@ -69,6 +69,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "%(default)" in text or "default:" in text or hidden:
             return text
         return f"{text} (default: %(default)s)"
+
+
+def add_force(parser):
+    """The ``--force`` option of a command that writes files: replace read-only ones too."""
+    parser.add_argument("--force", action="store_true",
+                        help="replace an output file even when it is read-only (it keeps its permission bits)")
 
 
 def note_dropped_drums(path, n, kept=""):

@@ -1,6 +1,6 @@
 """``music-attn demo``: the shipped model on a shipped melody; page, PNG, continuation, summary."""
 
-from music_attn.cli._options import default_of, integer
+from music_attn.cli._options import add_force, default_of, integer
 
 
 def register(sub):
@@ -10,11 +10,12 @@ def register(sub):
                    help="folder to write the files into (made if missing)")
     p.add_argument("--seed", type=integer(0), default=default_of(run_demo, "seed"),
                    help="picks the melody and seeds the sampling")
+    add_force(p)
     p.set_defaults(func=_run)
 
 
 def _run(args):
     from music_attn.demo import run_demo
 
-    run_demo(args.output, seed=args.seed)
+    run_demo(args.output, seed=args.seed, force=args.force)
     return 0

@@ -17,7 +17,7 @@ def register(sub):
                    help="melodies to list or copy, by file name with or without .mid (default: all)")
     p.add_argument("--copy", action="store_true", help="copy the melodies instead of listing them")
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="folder to copy into (made if missing)")
-    p.add_argument("--force", action="store_true", help="replace files of the same name that differ")
+    p.add_argument("--force", action="store_true", help="replace files of the same name that differ (read-only ones too)")
     p.set_defaults(func=_run)
 
 

@@ -5,7 +5,7 @@ message, copied) plus a track holding the continuation; see
 :mod:`music_attn.music.continuation`.
 """
 
-from music_attn.cli._options import default_of, integer, note_dropped_drums, numbered_outputs, real
+from music_attn.cli._options import add_force, default_of, integer, note_dropped_drums, numbered_outputs, real
 
 BARS = 8          # what the command generates when neither --bars nor --tokens is given
 MAX_BARS, MAX_TOKENS = 10_000, 1_000_000      # a bound on the time one command may take
@@ -52,6 +52,7 @@ def register(sub):
     p.add_argument("--unconstrained", action="store_true", help="do not mask tokens the grammar forbids")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid",
                    help="MIDI file to write (with --num-samples, a name holding {i}, e.g. out_{i}.mid)")
+    add_force(p)
     p.set_defaults(func=_run)
 
 
@@ -75,7 +76,7 @@ def _run(args):
     inputs = [p for p in (args.prompt, args.model) if p]
     outputs = _outputs(args)
     for path in outputs:
-        check_output(path, inputs=inputs)                 # before the sampling, not after
+        check_output(path, inputs=inputs, force=args.force)  # before the sampling, not after
     if args.prompt:
         check_input(args.prompt, what="MIDI file", error=MidiError)
     model = load_model(args.model)
@@ -124,7 +125,7 @@ def _write_fresh(args, tokenizer, outs, budget, inputs, outputs):
     from music_attn._io import atomic_outputs
     from music_attn.music.midi import read_midi, write_midi
     decoded = [tokenizer.decode(out.ids) for out in outs]
-    with atomic_outputs(outputs, inputs=inputs) as temps:
+    with atomic_outputs(outputs, inputs=inputs, force=args.force) as temps:
         for tmp, result in zip(temps, decoded):
             write_midi(tmp, result[0])
     for path, out, result in zip(outputs, outs, decoded):
@@ -158,7 +159,7 @@ def _continue(args, model, budget, outputs):
                             top_p=args.top_p, no_end=args.no_end, constrained=not args.unconstrained,
                             num_samples=n if n > 1 else None)
     results = results if n > 1 else [results]
-    with atomic_outputs(outputs, inputs=[p for p in (args.prompt, args.model) if p]) as temps:
+    with atomic_outputs(outputs, inputs=[p for p in (args.prompt, args.model) if p], force=args.force) as temps:
         for tmp, result in zip(temps, results):
             result.write(tmp)
     for path, result in zip(outputs, results):

@@ -7,7 +7,7 @@ wrote.  analyze: the voice leading of a four-voice file, per bar.
 
 from pathlib import Path
 
-from music_attn.cli._options import default_of, integer, numbered_outputs, real
+from music_attn.cli._options import add_force, default_of, integer, numbered_outputs, real
 
 
 def register(sub):
@@ -24,10 +24,12 @@ def register(sub):
     p.add_argument("--temperature", type=real(0, 10, low_open=True), default=default_of(harmonize, "temperature"),
                    help="divides the logits before sampling")
     p.add_argument("--free", action="store_true", help="the model alone: no voice-leading rules while sampling")
+    add_force(p)
     p.set_defaults(func=_harmonize)
     a = sub.add_parser("analyze", help="voice leading of a four-voice file, per bar: parallels, crossing, spacing")
     a.add_argument("file", metavar="FILE.mid", help="four voices: four tracks of notes, or chords of four notes")
     a.add_argument("--json", metavar="OUT.json", help="also write the counts per bar as JSON")
+    add_force(a)
     a.set_defaults(func=_analyze)
 
 
@@ -41,12 +43,12 @@ def _harmonize(args):
     check_input(source, what="MIDI file", error=MidiError)
     outputs, inputs = numbered_outputs(args.output, args.num_samples), [p for p in (source, args.model) if p]
     for path in outputs:
-        check_output(path, inputs=inputs)
+        check_output(path, inputs=inputs, force=args.force)
     results = harmonize(source, model=load_harmonizer(args.model), seed=args.seed, num_samples=args.num_samples,
                         track=args.track, bars=parse_bars(args.bars) if args.bars else None,
                         rules=not args.free, temperature=args.temperature)
     results = results if isinstance(results, list) else [results]
-    with atomic_outputs(outputs, inputs=inputs) as temps:
+    with atomic_outputs(outputs, inputs=inputs, force=args.force) as temps:
         for result, tmp in zip(results, temps):
             result.write(tmp)
     for line in results[0].messages:
@@ -63,12 +65,12 @@ def _analyze(args):
     source = Path(args.file)
     check_input(source, what="MIDI file", error=MidiError)
     if args.json:
-        check_output(args.json, inputs=[source])
+        check_output(args.json, inputs=[source], force=args.force)
     report, how = analyze_file(source)
     print(f"{source}: four voices {how}; {len(report.bars)} bars\n{report.summary()}")
     if report.table():
         print(f"\n{report.table()}")
     if args.json:
-        with atomic_write(args.json, "w", inputs=[source]) as f:
+        with atomic_write(args.json, "w", inputs=[source], force=args.force) as f:
             f.write(report.to_json())
         print(f"wrote {args.json}")

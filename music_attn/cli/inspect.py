@@ -8,7 +8,7 @@ The page, PNG and JSON are written all or none, never over the piece or the mode
 
 from pathlib import Path
 
-from music_attn.cli._options import integer, note_dropped_drums, real
+from music_attn.cli._options import add_force, integer, note_dropped_drums, real
 
 
 def register(sub):
@@ -31,6 +31,7 @@ def register(sub):
     p.add_argument("--drums", action="store_true", help="keep drum notes (channel 10; left out by default)")
     p.add_argument("--heads", action="store_true",
                    help="print what each head does: its strongest musical relation, share and lift")
+    add_force(p)
     p.set_defaults(func=_run)
 
 
@@ -46,7 +47,7 @@ def _run(args):
     check_input(source, what="MIDI file", error=MidiError)
     outputs, inputs = _outputs(args, source), [p for p in (source, args.model) if p]
     for path in outputs.values():                 # before the model runs, not after
-        check_output(path, inputs=inputs)
+        check_output(path, inputs=inputs, force=args.force)
     _need_matplotlib(args.png)
     bars = parse_bars(args.bars) if args.bars else None
     model = load_model(args.model)
@@ -54,7 +55,7 @@ def _run(args):
     maps = attention_maps(model, source, window=args.window, bars=bars, start=args.start, end=args.end,
                           tracks=args.track, melody=args.melody, tokenizer=tokenizer)
     note_dropped_drums(source, maps.score.dropped_drums if maps.score is not None else 0)
-    with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
+    with atomic_outputs(list(outputs.values()), inputs=inputs, force=args.force) as temps:
         size = write_outputs(maps, dict(zip(outputs, temps)))
     _print_summary(maps, outputs, size)
     if args.heads:

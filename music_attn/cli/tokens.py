@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-from music_attn.cli._options import integer, note_dropped_drums
+from music_attn.cli._options import add_force, integer, note_dropped_drums
 
 __all__ = ["register"]
 
@@ -48,6 +48,7 @@ def register(sub):
     p.add_argument("--tokenizer", choices=_TOKENIZERS, default="remi",
                    help="vocabulary of a bare list of ids or tokens (a file from `tokenize --json` names its own)")
     p.add_argument("--bpm", type=_bpm, help="tempo when the tokens carry none (default: 120)")
+    add_force(p)
     p.set_defaults(func=_decode)
 
 
@@ -164,10 +165,10 @@ def _decode(args):
     from music_attn.music.tokenizers.token_file import read_token_file
 
     path = Path(args.tokens)
-    check_output(args.output, inputs=[path])
+    check_output(args.output, inputs=[path], force=args.force)
     tokenizer, ids = read_token_file(path, args.item, args.tokenizer)
     result = tokenizer.decode(ids, bpm=args.bpm)
-    with atomic_outputs([args.output], inputs=[path]) as (tmp,):
+    with atomic_outputs([args.output], inputs=[path], force=args.force) as (tmp,):
         write_midi(tmp, result.score)
     assumed = f"; assumed {', '.join(result.assumed)}" if result.assumed else ""
     print(f"wrote {args.output}: {len(result.score)} notes, {len(ids)} tokens, {result.skipped} skipped{assumed}")

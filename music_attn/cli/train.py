@@ -1,10 +1,11 @@
 """``music-attn train [DIR]``: train a model on a folder of MIDI files (resumable)."""
 
+import signal
 from pathlib import Path
 
-from music_attn.cli._options import default_of, integer, real
+from music_attn.cli._options import add_force, default_of, integer, real
 from music_attn.core.model import ATTENTIONS, POSITIONALS, ModelConfig
-from music_attn.training.train import TrainConfig
+from music_attn.training.train import TrainConfig, train
 
 
 def register(sub):
@@ -22,6 +23,7 @@ def register(sub):
     p.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
                    help="train in numpy, or in PyTorch (CUDA when present; data-parallel under "
                         "`torchrun --nproc_per_node N`); both write the same checkpoint")
+    add_force(p)
     _model_options(p.add_argument_group("model (ignored with --resume)"))
     _train_options(p.add_argument_group("optimisation"))
     p.set_defaults(func=_run)
@@ -56,7 +58,9 @@ def _train_options(g):
     g.add_argument("--eval-every", type=integer(0), default=t("eval_every"),
                    help="validation every N steps (0: only at the end)")
     g.add_argument("--checkpoint-every", type=integer(0), default=t("checkpoint_every"),
-                   help="save every N steps (0: only at the end)")
+                   help="save every N steps (0: only at the end; a run also saves after its first step)")
+    g.add_argument("--checkpoint-seconds", type=real(0), default=default_of(train, "save_seconds"),
+                   help="save at least this often, in seconds of training (0: off): what a kill may lose")
     g.add_argument("--seed", type=integer(0), default=t("seed"), help="seed of the run's random generator")
 
 
@@ -118,11 +122,22 @@ def _backend(name):
     return train_torch, init_distributed()[0] == 0
 
 
+def _inputs(folder):
+    """The files training reads from ``folder`` (its MIDI files, manifest, token dataset): never an output."""
+    from music_attn.training import data, dataset
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    if dataset.is_dataset(folder):
+        return [folder / dataset.INDEX, folder / dataset.TOKENS]
+    return [folder / data.MANIFEST, *data.list_midi_files(folder)]
+
+
 def _run(args):
     from music_attn._io import check_output
     from music_attn.training.dataset import corpus_splits
     from music_attn.training.train import resume_training
-    check_output(args.output)                    # before minutes of tokenizing, not after
+    check_output(args.output, inputs=_inputs(args.dir), force=args.force)   # before minutes of tokenizing
     train, main = _backend(args.backend)
     if args.resume:
         model, state = resume_training(args.output, steps=args.steps)
@@ -135,12 +150,14 @@ def _run(args):
         return 0
     print(f"{model!r}\ntraining on {len(train_seqs)} sequences ({sum(map(len, train_seqs)):,} tokens), "
           f"validating on {len(val_seqs)}; from step {state.step} to {state.config.steps}")
+    extra = dict(save_seconds=args.checkpoint_seconds, force=args.force) if args.backend == "numpy" else {}
     state = train(model, train_seqs, state.config, state=state, val_sequences=val_seqs,
-                  checkpoint=args.output, progress=not args.quiet)
+                  checkpoint=args.output, progress=not args.quiet, **extra)
     last = state.history[-1] if state.history else {}
     summary = f"step {state.step}: loss {last.get('loss', float('nan')):.4f}"
     if state.interrupted:
-        print(f"interrupted; saved {args.output} at {summary} (continue with --resume)")
-        return 130
+        how = "terminated" if getattr(state, "stop_signal", None) == signal.SIGTERM else "interrupted"
+        print(f"{how}; saved {args.output} at {summary} (continue with --resume)")
+        return 128 + (getattr(state, "stop_signal", None) or signal.SIGINT)
     print(f"wrote {args.output} ({summary})")
     return 0

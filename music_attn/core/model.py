@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from music_attn.errors import brief
 from music_attn.core.layers import (
     AttentionSpec, LayerKV,
     attention_backward, attention_decode, attention_forward, decode_block, decode_work,
@@ -93,7 +94,7 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {brief(value)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.positional not in POSITIONALS:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from music_attn._text import without_bidi
 from music_attn.errors import MidiError, MusicAttnError
 from music_attn.music import select
 from music_attn.music.constants import DRUM_CHANNEL
@@ -484,20 +485,22 @@ def _rounded(a, decimals):
 
 # ------------------------------------------------------------ MIDI texts
 def _name_of(x, seq):
+    """The file name shown for the piece (bidi controls escaped: see :mod:`music_attn._text`)."""
     name = getattr(seq, "name", None)
     if name:
-        return Path(str(name)).name
+        return without_bidi(Path(str(name)).name)
     if isinstance(x, (str, Path)):
-        return Path(x).name
-    return getattr(x, "filename", None) and Path(x.filename).name
+        return without_bidi(Path(x).name)
+    return getattr(x, "filename", None) and without_bidi(Path(x.filename).name)
 
 
 def _midi_texts(score):
     """Track names (one per track of the file, indexed like ``note.track``; "" for a track with
-    no name) and lyrics of the Score the piece was read into (empty for None)."""
+    no name) and lyrics of the Score the piece was read into (empty for None), bidi controls escaped."""
     if score is None:
         return {}
-    return {"tracks": [name.strip() for name in score.track_names], "lyrics": score.lyrics()[:2000]}
+    return {"tracks": [without_bidi(name.strip()) for name in score.track_names],
+            "lyrics": without_bidi(score.lyrics()[:2000])}
 
 
 def _track_list(maps):
@@ -558,6 +561,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
     key_labels, labels_shown, kept = _relabel(labels, shown, a, b, window)
     if not kept.size:
         raise MidiError(f"{_name_of(source, seq) or 'melody'}: no notes to inspect")
+    _check_memory(model, b - a, window, _name_of(source, seq) or "melody")
     bar = _progress_bar(progress, len(_plan(ids.size, window, a, b, alignment(model))) + model.config.n_layers * model.config.n_heads)
     band, roll, nll = _run_windows(model, ids, window, a, b, bar)
     selection = {"bars": list(bars) if bars else None, "seconds": _seconds(start, end),
@@ -716,10 +720,26 @@ def _run_windows_one_by_one(model, ids, window, a, b, bar=None):
     return band, roll, nll
 
 
+def _check_memory(model, T, W, name):
+    """Refuse a passage whose attention band (L, H, T, W) and the maps made from it would pass
+    the memory budget (:mod:`music_attn._budget`), before any of it is computed."""
+    from music_attn._budget import check_memory
+    L, H = model.config.n_layers, model.config.n_heads
+    needed = 2 * 4 * T * W * (L * H + 1)           # float32 band and rollout, and what is assembled from them
+    check_memory(needed, f"{name}: inspecting its {T:,} tokens",
+                 "choose a passage (--bars A:B, --start/--end; bars=, start=, end= in Python) "
+                 "or a smaller --window")
+
+
 def _forward(model, ids, condition=None):
-    logits, att = model.forward(ids[None, :], return_attention=True,
-                                condition=None if condition is None else condition[None])   # (1, n, V), (L, 1, H, n, n)
-    return np.asarray(logits[0], dtype=np.float64), np.asarray(att[:, 0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):                   # overflow: refused below
+        logits, att = model.forward(ids[None, :], return_attention=True,
+                                    condition=None if condition is None else condition[None])   # (1, n, V), (L, 1, H, n, n)
+    logits, att = np.asarray(logits[0], dtype=np.float64), np.asarray(att[:, 0], dtype=np.float32)
+    if not (np.isfinite(logits).all() and np.isfinite(att).all()):
+        raise MusicAttnError("the model's scores or attention are not finite numbers (its weights overflow); "
+                             "it cannot be inspected")
+    return logits, att
 
 
 def _progress_bar(progress, total):

@@ -223,15 +223,18 @@ def format_roles(table):
 
 
 # ------------------------------------------------------- notes in their bars
-def bar_lines(score):
-    """Bar lines of ``score`` from its time signatures, up to its end.
+def bar_lines(score, until=None):
+    """Bar lines of ``score`` from its time signatures, up to its end (or to tick ``until``).
 
     Returns ticks (B + 1,) of every bar line (the last closes the last bar) and
     each bar's numerator and denominator (B,).  A time signature starts a new
-    bar where it stands.
+    bar where it stands.  ``until`` bounds the work by what the caller needs
+    (one note held for millions of bars needs only its first bar line).
     """
     sig = score.time_signatures
     tpb, end = score.ticks_per_beat, max(int(score.end_tick), 1)
+    if until is not None:
+        end = max(min(end, int(until)), 1)
     ticks, num, den = [], [], []
     for k in range(len(sig)):
         stop = sig["tick"][k + 1] if k + 1 < len(sig) else end
@@ -249,8 +252,8 @@ def bar_lines(score):
 
 def bar_and_position(score, seconds):
     """Bar index (from 0) and position in the bar (quarter notes) of times in seconds: (N,), (N,)."""
-    lines, _, _ = bar_lines(score)
     ticks = score.time_to_tick(np.asarray(seconds, dtype=np.float64))
+    lines, _, _ = bar_lines(score, until=float(np.max(ticks, initial=0)) + 1)
     bar = np.clip(np.searchsorted(lines, ticks + 1e-6, side="right") - 1, 0, len(lines) - 2)
     return bar, (ticks - lines[bar]) / score.ticks_per_beat
 

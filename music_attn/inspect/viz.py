@@ -4,7 +4,9 @@ The page (`render_html`) works offline: its CSS and JavaScript (from
 ``music_attn/inspect/assets/``) are inlined and its data is embedded as JSON in a
 ``<script type="application/json">`` element with ``<``, ``>`` and ``&``
 escaped, so no text from a MIDI file (track names, lyrics, file name) can
-close the element; the script inserts every such text with ``textContent``.
+close the element; the script inserts every such text with ``textContent``, and
+bidi controls in them are escaped (`music_attn._text.without_bidi`), so a name
+cannot reverse the text around it.
 
 To stay small (under 2 MB for a 300-note melody, a few MB for 10,000 notes)
 the page stores, for every layer and head and for the mean of the heads, only
@@ -25,6 +27,7 @@ from importlib import resources
 import numpy as np
 
 from music_attn._io import atomic_write
+from music_attn._text import without_bidi
 from music_attn.errors import MusicAttnError
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
@@ -37,6 +40,9 @@ _NOTE_MAP_BUDGET = 420_000
 _TOKEN_MAP_BUDGET = 480_000
 _BYTES_PER_ENTRY = 3          # uint16 key index + uint8 weight
 _MAX_HEATMAP_TOKENS = 2560    # longer pieces have no token heatmap (its rows would be sub-pixel)
+MAX_GRID_BARS_PER_NOTE = 16    # the page's bar grid: at most this many bars per note, plus
+MAX_GRID_BARS_EXTRA = 64       # this many (and this many past the last onset), whatever the ticks say
+MAX_BEATS_PER_BAR = 16         # beat lines are left out past this many per bar of the budget
 _PATTERN_BINS = 33            # half-beat bins of the head-pattern strips: 0 .. 16 beats back
 
 
@@ -85,7 +91,7 @@ def page_data(maps, *, score=None):
         "title": maps.name or "melody",
         "tracks": list(music["page"]["trackNames"]),          # labels of the tracks the notes are on
         "lyrics": str(maps.texts.get("lyrics", "")),
-        "notice": maps.notice, "window": maps.window, "nTokensInFile": maps.n_tokens_in_file,
+        "notice": without_bidi(maps.notice), "window": maps.window, "nTokensInFile": maps.n_tokens_in_file,
         "layers": L, "heads": H,
         "notes": _notes_payload(maps, music),
         "music": music["page"],
@@ -159,16 +165,20 @@ def _bars_for_page(maps, score, notes):
     if score is None and getattr(maps, "bar", None) is not None and getattr(maps, "beat", None) is not None:
         return np.asarray(maps.bar, dtype=np.int64) - 1, np.asarray(maps.beat, dtype=np.float64)
     bar = np.asarray(notes["bar"], dtype=np.int64)
-    return bar, _beat_in_bar(score, bar, notes["position"])
+    return bar, _beat_in_bar(score, bar, notes["position"], _last_onset_tick(score, maps))
 
 
-def _beat_in_bar(score, bar, position):
+def _last_onset_tick(score, maps):
+    return float(score.time_to_tick(np.max(maps.start))) if score is not None and maps.n_notes else 0.0
+
+
+def _beat_in_bar(score, bar, position, until=None):
     """The beat each note starts on, counted from 1 in the bar's metre (half notes in 2/2, dotted
     quarters in 6/8); quarter notes when there is no score."""
     position = np.asarray(position, dtype=np.float64)
     if score is None:
         return 1 + position
-    _, num, den = bar_lines(score)
+    _, num, den = bar_lines(score, until=None if until is None else until + 1)
     b = np.clip(np.asarray(bar), 0, len(num) - 1)
     unit = np.array([_beat_ticks(score, n, d) for n, d in zip(num, den)]) / score.ticks_per_beat
     return 1 + position / unit[b]
@@ -179,17 +189,35 @@ def _grid(score, maps):
     if score is None:
         bars, first = _bars_from_notes(maps)
         return {"bars": bars, "firstBar": first, "meters": [], "beats": []}
-    lines, num, den = bar_lines(score)
-    end = float(np.max(maps.end)) if maps.n_notes else 0.0
-    keep = int(np.searchsorted(score.tick_to_time(lines), end - 1e-9)) + 1
-    lines, num, den = lines[:keep + 1], num[:keep], den[:keep]
+    lines, num, den = bar_lines(score, until=_last_onset_tick(score, maps) + 1)
+    budget = MAX_GRID_BARS_PER_NOTE * maps.n_notes + MAX_GRID_BARS_EXTRA
+    lines, num, den = _rung_out(score, lines, num, den, maps, budget)
     beats = [np.arange(lines[b], lines[b + 1] - 1e-6, _beat_ticks(score, num[b], den[b]))
              for b in range(len(num))]
+    if sum(map(len, beats)) > MAX_BEATS_PER_BAR * budget:     # metres of hundreds of beats: bar lines only
+        beats = []
     meters = [[int(b), f"{num[b]}/{den[b]}"] for b in range(len(num))
               if b == 0 or (num[b], den[b]) != (num[b - 1], den[b - 1])]
     beat_ticks = np.concatenate(beats) if beats else np.zeros(0)
     return {"bars": _ms(score.tick_to_time(lines)), "firstBar": 1, "meters": meters,
             "beats": _ms(score.tick_to_time(beat_ticks))}
+
+
+def _rung_out(score, lines, num, den, maps, budget):
+    """The bar lines up to the end of the last note, at most ``budget`` bars, and at most
+    MAX_GRID_BARS_EXTRA past the bar of the last onset (a note held for a million bars
+    draws a few).  Bars past the last onset continue its metre."""
+    end = float(np.max(maps.end)) if maps.n_notes else 0.0
+    length = lines[-1] - lines[-2]
+    need = np.searchsorted(score.tick_to_time(lines), end - 1e-9) + 1     # bars to reach the end, if present
+    if need >= len(lines):                                              # the end lies past the last onset's bar
+        end_tick = float(score.time_to_tick(end))
+        past = int(min(np.ceil(max(end_tick - lines[-1], 0) / length), MAX_GRID_BARS_EXTRA))
+        lines = np.append(lines, lines[-1] + length * np.arange(1, past + 1))
+        num, den = np.append(num, np.full(past, num[-1])), np.append(den, np.full(past, den[-1]))
+        need = len(lines) - 1
+    keep = int(min(need, budget, len(num)))
+    return lines[:keep + 1], num[:keep], den[:keep]
 
 
 def _bars_from_notes(maps):
@@ -229,7 +257,7 @@ def _track_names(maps, score, track):
     texts = [str(t) for t in maps.texts.get("tracks", [])]
     if not names and len(track) and len(texts) > int(np.max(track)):
         names = {i: t.strip() for i, t in enumerate(texts) if t.strip()}
-    return [select.track_label(t, names.get(t)) for t in np.unique(track).tolist()]
+    return [without_bidi(select.track_label(t, names.get(t))) for t in np.unique(track).tolist()]
 
 
 def _dense_ids(track):

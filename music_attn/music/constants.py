@@ -19,6 +19,8 @@ SUSTAIN_THRESHOLD = 64
 # Larger inputs are refused before they are read: the largest real MIDI files
 # (orchestral scores, piano-roll dumps) are a few MB, and every byte can be an
 # event, so this bounds the reader's memory (a few hundred MB at most).
+MIDI_MAX_TRACKS = 65_535      # the header's unsigned 16-bit track count
+MIDO_MAX_TRACKS = 32_767      # what mido reads and writes in one header (it packs the count signed)
 MAX_MIDI_BYTES = 16 * 2**20
 # Track names, lyrics and markers longer than this many characters are cut
 # (with an ellipsis): real ones are a line at most, and a megabyte-long text

@@ -55,9 +55,11 @@ import pretty_midi
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.errors import MidiError
 from music_attn.music import select
+from music_attn.music.constants import MIDI_MAX_TRACKS, MIDO_MAX_TRACKS
 from music_attn.music.midi import read_chunks, read_midi, source_bytes, split_chunks
 
 __all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track",
+           "check_room_for_a_track",
            "prompt_reading", "in_beats", "new_notes", "place_notes", "continue_prompt", "route",
            "after_prompt", "split_voices", "continuation_file"]
 
@@ -121,19 +123,40 @@ def load_prompt(path, *, sustain=False):
     data, name = source_bytes(path)
     fmt, tpb, chunks = split_chunks(data, name)
     score = read_chunks(fmt, tpb, chunks, name, include_drums=True, sustain=sustain)
-    header = struct.pack(">4sLHHh", b"MThd", 6, fmt, len(chunks), tpb)
-    body = b"".join(b"MTrk" + struct.pack(">L", len(c)) + c for c in chunks)
-    try:
-        mid = mido.MidiFile(file=io.BytesIO(header + body), clip=True, charset="latin1")
-    except Exception as exc:  # mido raises OSError, EOFError, ValueError, KeyError...
-        raise MidiError(f"{name}: corrupt MIDI data ({exc or type(exc).__name__})") from None
+    mid = _mido_tracks(fmt, tpb, chunks, name)
     for i, track in enumerate(mid.tracks):
         ends = [k for k, msg in enumerate(track) if msg.type == "end_of_track"]
         mid.tracks[i] = mido.MidiTrack(track[: ends[0] + 1] if ends else track)
     return mid, score
 
 
+def _mido_tracks(fmt, tpb, chunks, name):
+    """A mido.MidiFile of the MTrk chunks, read in groups that mido's signed 16-bit track count
+    can hold (a file may have up to 65,535 tracks)."""
+    mid = None
+    for lo in range(0, max(len(chunks), 1), MIDO_MAX_TRACKS):
+        group = chunks[lo:lo + MIDO_MAX_TRACKS]
+        header = struct.pack(">4sLHHh", b"MThd", 6, fmt, len(group), tpb)
+        body = b"".join(b"MTrk" + struct.pack(">L", len(c)) + c for c in group)
+        try:
+            part = mido.MidiFile(file=io.BytesIO(header + body), clip=True, charset="latin1")
+        except Exception as exc:  # mido raises OSError, EOFError, ValueError, KeyError...
+            raise MidiError(f"{name}: corrupt MIDI data ({exc or type(exc).__name__})") from None
+        if mid is None:
+            mid = part
+        else:
+            mid.tracks.extend(part.tracks)
+    return mid
+
+
 # --------------------------------------------------------------------------- tracks
+
+
+def check_room_for_a_track(mid, name):
+    """MidiError when the prompt already has MIDI's most tracks: the continuation needs one more."""
+    if len(mid.tracks) >= MIDI_MAX_TRACKS:
+        raise MidiError(f"{name}: has {len(mid.tracks):,} tracks, the most a MIDI file can hold; "
+                        "there is no room for the continuation's track")
 
 
 def prompt_tracks(mid, score):

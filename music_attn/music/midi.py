@@ -57,7 +57,7 @@ import mido
 import numpy as np
 
 from music_attn._io import read_input
-from music_attn.errors import MidiError
+from music_attn.errors import MidiError, brief
 from music_attn.music.arrays import run_starts
 from music_attn.music.constants import (
     DRUM_CHANNEL,
@@ -151,7 +151,7 @@ def source_bytes(source):
     if hasattr(source, "instruments") and hasattr(source, "write"):  # pretty_midi.PrettyMIDI
         return _written(source.write, "<PrettyMIDI>"), "<PrettyMIDI>"
     if not isinstance(source, (str, os.PathLike)):
-        raise MidiError(f"{source!r}: not a path, mido.MidiFile or pretty_midi.PrettyMIDI")
+        raise MidiError(f"{brief(source)} ({type(source).__name__}): not a path, mido.MidiFile or pretty_midi.PrettyMIDI")
     return _read_bytes(Path(source), str(source)), str(source)
 
 

@@ -7,6 +7,8 @@ writes it as a type 1 MIDI file with mido.
 Shape legend: N notes, K tempo changes, M metre changes, P program changes.
 """
 
+import io
+import struct
 from dataclasses import dataclass, field
 
 import mido
@@ -14,7 +16,8 @@ import numpy as np
 
 from music_attn._io import atomic_write
 from music_attn.music.arrays import run_starts
-from music_attn.music.constants import DEFAULT_TEMPO_US, DEFAULT_TIME_SIGNATURE
+from music_attn.errors import MidiError
+from music_attn.music.constants import DEFAULT_TEMPO_US, DEFAULT_TIME_SIGNATURE, MIDI_MAX_TRACKS, MIDO_MAX_TRACKS
 
 __all__ = ["NOTE_DTYPE", "TEMPO_DTYPE", "TIME_SIGNATURE_DTYPE", "PROGRAM_DTYPE", "Score", "write_midi"]
 
@@ -225,13 +228,31 @@ def write_midi(path, midi):
         midi = _to_mido(midi)
     if isinstance(midi, mido.MidiFile):
         mid = midi
-        write = lambda f: mid.save(file=f)  # noqa: E731
+        write = lambda f: _save_mido(mid, f, path)  # noqa: E731
     elif hasattr(midi, "instruments") and hasattr(midi, "write"):  # pretty_midi.PrettyMIDI
         write = midi.write
     else:
         raise TypeError(f"write_midi needs a Score, mido.MidiFile or PrettyMIDI, got {type(midi).__name__}")
     with atomic_write(path, mode="wb") as f:
         write(f)
+
+
+def _save_mido(mid, f, path):
+    """``mid.save`` for any track count MIDI allows: past mido's 32,767 the header is written
+    here and the tracks by mido, a group at a time; past 65,535 MidiError."""
+    n = len(mid.tracks)
+    if n > MIDI_MAX_TRACKS:
+        raise MidiError(f"{path}: {n:,} tracks, more than a MIDI file can hold ({MIDI_MAX_TRACKS:,})")
+    if n <= MIDO_MAX_TRACKS:
+        mid.save(file=f)
+        return
+    f.write(struct.pack(">4sLHHh", b"MThd", 6, 1, n, mid.ticks_per_beat))
+    for lo in range(0, n, MIDO_MAX_TRACKS):
+        part = mido.MidiFile(type=1, ticks_per_beat=mid.ticks_per_beat, charset=mid.charset)
+        part.tracks.extend(mid.tracks[lo:lo + MIDO_MAX_TRACKS])
+        buffer = io.BytesIO()
+        part.save(file=buffer)
+        f.write(buffer.getvalue()[14:])               # its tracks, without its header
 
 
 def _to_mido(score):

@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from music_attn.errors import TokenizerError
+from music_attn.errors import TokenizerError, brief
 
 __all__ = ["check_bool", "check_int", "check_float", "check_pitch_range", "check_int_pair", "check_metres"]
 
@@ -19,7 +19,7 @@ __all__ = ["check_bool", "check_int", "check_float", "check_pitch_range", "check
 def check_bool(name, value):
     """``value`` if it is a bool (JSON true/false)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TokenizerError(f"{name} must be true or false, got {value!r}")
+        raise TokenizerError(f"{name} must be true or false, got {brief(value)}")
     return bool(value)
 
 
@@ -37,24 +37,24 @@ def _within(name, value, low, high):
 def check_int(name, value, low, high):
     """``value`` as int if it is a whole number in ``low..high``."""
     if not _number(value) or int(value) != value:
-        raise TokenizerError(f"{name} must be a whole number, got {value!r}")
+        raise TokenizerError(f"{name} must be a whole number, got {brief(value)}")
     return _within(name, int(value), low, high)
 
 
 def check_float(name, value, low, high):
     """``value`` as float if it is a finite number in ``[low, high]``."""
     if not _number(value):
-        raise TokenizerError(f"{name} must be a finite number, got {value!r}")
+        raise TokenizerError(f"{name} must be a finite number, got {brief(value)}")
     return _within(name, float(value), low, high)
 
 
 def check_int_pair(name, value, low, high):
     """``(a, b)`` with ``low <= a <= b <= high``, from a list or tuple of two whole numbers."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise TokenizerError(f"{name} must be a pair [low, high], got {value!r}")
+        raise TokenizerError(f"{name} must be a pair [low, high], got {brief(value)}")
     a, b = (check_int(name, v, low, high) for v in value)
     if a > b:
-        raise TokenizerError(f"{name} must have low <= high, got {value!r}")
+        raise TokenizerError(f"{name} must have low <= high, got {brief(value)}")
     return a, b
 
 

@@ -15,6 +15,10 @@ Layout of the file (every entry an array; nothing pickled, loaded with
   as ``model.metrics`` (``{}`` when absent) so that ``inspect`` can say how well a
   piece fits the model
 
+Every parameter must be finite and at most ``MAX_WEIGHT`` in magnitude: a
+NaN, an infinity or an absurd scale (which would overflow the model's
+products into inf) is refused at load, naming the file and the array.
+
 JSON is stored as a 0-d unicode array.  Files are written atomically: a kill
 in the middle of a save leaves the previous checkpoint intact.
 """
@@ -42,6 +46,7 @@ MAX_BYTES = 4 * 2**30          # parameters + optimizer state a checkpoint may h
 MAX_JSON_CHARS = 16 * 2**20    # each JSON entry (config, tokenizer, vocabulary, training state)
 MAX_JSON_DEPTH = 32
 MAX_ENTRIES = 100_000
+MAX_WEIGHT = 1e6               # trained weights are of order 1; 1e6 is far past any, far below overflow
 _FLOAT_KINDS, _NUMBER_KINDS = "f", "fiub"
 
 
@@ -60,7 +65,7 @@ def _json_array(obj):
     return np.array(json.dumps(obj, sort_keys=True))
 
 
-def save_checkpoint(path, model, *, train_state=None, metrics=None):
+def save_checkpoint(path, model, *, train_state=None, metrics=None, force=False):
     """Write ``model`` (and optional training state) to ``path`` atomically.
 
     Parameters
@@ -69,6 +74,7 @@ def save_checkpoint(path, model, *, train_state=None, metrics=None):
     model : Model
     train_state : dict with ``"meta"`` (JSON-able) and ``"arrays"`` (name -> ndarray), or None.
     metrics : JSON-able dict, or None for ``model.metrics`` (when the model has any).
+    force : replace ``path`` even when it is a read-only file.
     """
     entries = {"format": _json_array({"format": FORMAT, "version": VERSION}),
                "model_config": _json_array(model.config.to_dict())}
@@ -83,7 +89,7 @@ def save_checkpoint(path, model, *, train_state=None, metrics=None):
         entries["train_state"] = _json_array(train_state["meta"])
         entries.update({f"train/{k}": np.ascontiguousarray(v)
                         for k, v in train_state["arrays"].items()})
-    with atomic_write(path, mode="wb") as f:
+    with atomic_write(path, mode="wb", force=force) as f:
         np.savez(f, **entries)
 
 
@@ -313,6 +319,7 @@ def load_checkpoint(path):
         _check_sizes(entries, config, path)
         tokenizer = _tokenizer(archive, entries, config, path)
         params = {k[len("param/"):]: _read(archive, e, path) for k, e in entries.items() if k.startswith("param/")}
+        _check_values(params, path)
         try:
             model = Model(config, params, tokenizer=tokenizer)
         except ValueError as exc:
@@ -323,6 +330,17 @@ def load_checkpoint(path):
             arrays = {k[len("train/"):]: _read(archive, e, path) for k, e in entries.items() if k.startswith("train/")}
             state = {"meta": _read_json(archive, entries, "train_state", path), "arrays": arrays}
     return Checkpoint(model, state)
+
+
+def _check_values(params, path):
+    """Every weight finite and at most MAX_WEIGHT in magnitude; CheckpointError naming the array."""
+    for name, value in params.items():
+        if not np.isfinite(value).all():
+            bad = "NaN" if np.isnan(value).any() else "infinite"
+            raise CheckpointError(f"{path}: the weights {name} hold {bad} values; not a usable model")
+        if value.size and float(np.max(np.abs(value))) > MAX_WEIGHT:
+            raise CheckpointError(f"{path}: the weights {name} reach {float(np.max(np.abs(value))):.3g}, "
+                                  f"past any trained model's (at most {MAX_WEIGHT:.0e}); not a usable model")
 
 
 def _metrics(archive, entries, path):

@@ -116,6 +116,7 @@ def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_
     model = model if hasattr(model, "forward") else load_model(model)                # 1. load
     tokenizer = _tokenizer(model, name)
     mid, score = C.load_prompt(source, sustain=tokenizer.sustain)                     # 2. read
+    C.check_room_for_a_track(mid, score.name or "the prompt")
     tracks = C.prompt_tracks(mid, score)
     target = C.choose_track(tracks, score, select.track_names(score), track)
     drums = drums or tokenizer.include_drums

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from music_attn._threads import single_threaded_blas
+from music_attn.errors import MusicAttnError
 from music_attn.core.ops import softmax_
 from music_attn.runtime.windows import alignment, window_start
 
@@ -39,6 +40,9 @@ def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None, *, 
     """
     logits = np.array(logits, dtype=np.float64)
     rows = logits.reshape(-1, logits.shape[-1])                      # (N, V)
+    if np.isnan(rows).any() or np.isposinf(rows).any():
+        raise MusicAttnError("the model's next-token scores are not finite numbers (its weights overflow); "
+                             "it cannot be sampled")
     if allowed is not None:                                          # 1. forbidden tokens
         allowed = np.asarray(allowed, dtype=bool)
         if allowed.shape != logits.shape:
@@ -270,21 +274,72 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     tokenizer = model.tokenizer if tokenizer is None else tokenizer
     if constrained and tokenizer is None:
         raise ValueError("grammar-constrained generation needs a tokenizer")
-    if num_samples is not None and (int(num_samples) != num_samples or num_samples < 1):
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    num_samples = _count("num_samples", num_samples, 1)
+    max_new_tokens = _count("max_new_tokens", max_new_tokens, 0)
+    n_bars = _count("n_bars", n_bars, 1)
     if max_new_tokens is None:
         max_new_tokens = model.config.max_len * (1 if n_bars is None else n_bars)
+    _check_sampling(temperature, top_k, top_p)
     prompt = _prompt(prompt_ids, tokenizer)
     rngs = _rngs(rng, num_samples)
     primed = _primed_grammar(tokenizer, prompt) if constrained else None
-    samples = [_Sample(primed, tokenizer, n_bars, no_end) for _ in rngs]
-    with single_threaded_blas():          # small products: BLAS threads would only spin
-        stepper = _Stepper(model, _context(prompt, model.config.max_len, max_new_tokens),
-                           len(rngs), use_cache)
-        with _progress(progress, max_new_tokens) as bar:
-            _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), rngs, bar)
-    out = [s.result(prompt) for s in samples]
+    context = _context(prompt, model.config.max_len, max_new_tokens)
+    out, batch = [], batch_size(model, len(rngs))
+    with _progress(progress, max_new_tokens * -(-len(rngs) // batch)) as bar:
+        for lo in range(0, len(rngs), batch):         # memory bounded whatever num_samples is
+            chunk = rngs[lo:lo + batch]
+            samples = [_Sample(primed, tokenizer, n_bars, no_end) for _ in chunk]
+            with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):   # overflow: refused below
+                stepper = _Stepper(model, context, len(chunk), use_cache)
+                _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), chunk, bar)
+            out += [s.result(prompt) for s in samples]
     return out[0] if num_samples is None else out
+
+
+MAX_BATCH = 256        # samples through the model at once, at most
+
+
+def batch_size(model, n):
+    """How many of ``n`` samples go through the model at once: what the memory budget holds
+    (:mod:`music_attn._budget`; KV cache, a window's activations, a grammar each), at most MAX_BATCH."""
+    from music_attn._budget import memory_budget
+    c = model.config
+    per_sample = 8 * c.max_len * (2 * c.n_layers * c.d_model + 4 * c.d_ff + 2 * c.n_heads * c.max_len) + 2**16
+    return int(max(1, min(n, MAX_BATCH, memory_budget() // (2 * per_sample))))
+
+
+def _check_sampling(temperature, top_k, top_p):
+    """TypeError/ValueError for sampling settings no sampler could use (what the CLI options refuse)."""
+    import numbers
+    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool)):
+        raise TypeError(f"top_k must be an integer, got {_brief(top_k)}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and (not isinstance(top_p, numbers.Real) or isinstance(top_p, bool)):
+        raise TypeError(f"top_p must be a number, got {_brief(top_p)}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+
+
+def _count(name, value, low):
+    """``value`` as an int >= ``low`` (None stays None); TypeError/ValueError otherwise."""
+    import numbers
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {_brief(value)}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _brief(value):
+    from music_attn.errors import shorten
+    return shorten(repr(value), 80)
 
 
 class _Sample:

@@ -426,8 +426,9 @@ def choose_melodies(names=()):
 def copy_melodies(rows, folder, *, force=False):
     """Copy the shipped melodies of catalogue ``rows`` into ``folder`` (created if new, its parent
     must exist), all or none; returns the (row, target) pairs written.  An identical file is
-    left as it is; a different one is refused (OutputError) unless ``force``."""
-    from music_attn._io import atomic_outputs, output_folder
+    left as it is; a different one is refused (OutputError) unless ``force`` (which also replaces
+    read-only files)."""
+    from music_attn._io import atomic_outputs, atomic_write, output_folder
     from music_attn.errors import OutputError
 
     copies = []
@@ -440,7 +441,8 @@ def copy_melodies(rows, folder, *, force=False):
                               "(nothing copied; --force replaces it)")
         copies.append((row, target))
     output_folder(folder, create=True)
-    with atomic_outputs([target for _, target in copies]) as temps:
+    with atomic_outputs([target for _, target in copies], force=force) as temps:
         for (row, _), tmp in zip(copies, temps):
-            tmp.write_bytes(row["path"].read_bytes())
+            with atomic_write(tmp) as f:               # an OS error names the copy (a full disk)
+                f.write(row["path"].read_bytes())
     return copies

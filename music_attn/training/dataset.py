@@ -17,13 +17,12 @@ when it has one, else :func:`~music_attn.training.data.split_for_title`.
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from music_attn._io import atomic_write
+from music_attn._io import atomic_folder, atomic_write, output_folder
 from music_attn.training import data
 
 __all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "corpus_splits", "FORMAT", "VERSION"]
@@ -125,10 +124,13 @@ def _splits(folder, paths):
     return [data.split_for_title(p.stem) for p in paths]
 
 
-def _check_output(out):
-    """Refuse to replace anything but an earlier dataset."""
+def _check_output(out, folder):
+    """Refuse to replace anything but an earlier dataset, or to write into a missing folder or the source."""
+    if os.fspath(out).rstrip("/") and Path(out).resolve() == Path(folder).resolve():
+        raise ValueError(f"{out}: is the folder being tokenized; write the dataset to another folder")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ValueError(f"{out}: exists and is not a dataset folder; not replacing it")
+    output_folder(out)                              # its parent folder must exist
     if out.is_dir() and any(out.iterdir()) and not is_dataset(out):
         raise ValueError(f"{out}: a non-empty folder that is not a dataset; not replacing it")
 
@@ -141,7 +143,9 @@ def write_dataset(folder, out, tokenizer, *, jobs=1, cache=True, cache_dir=None,
     ----------
     folder : path-like, a folder of MIDI files (with an optional MANIFEST.csv).
     out : path-like, the dataset folder to write (an earlier dataset there is replaced
-        whole, atomically; anything else there is an error).
+        whole, atomically; anything else there is an error).  It is built in a
+        temporary folder beside it (:func:`music_attn._io.atomic_folder`): a killed
+        run leaves no partial dataset, and the next write removes its leftovers.
     tokenizer : Tokenizer with at most 65,536 tokens.
     jobs, cache, cache_dir, failures : as :func:`music_attn.training.data.tokenize_files`.
     progress : show a progress bar over the files.
@@ -149,19 +153,13 @@ def write_dataset(folder, out, tokenizer, *, jobs=1, cache=True, cache_dir=None,
     folder, out = Path(folder), Path(out)
     if tokenizer.vocab_size > np.iinfo(_DTYPE).max + 1:
         raise ValueError(f"{tokenizer.vocab_size} tokens do not fit in uint16")
-    _check_output(out)
+    _check_output(out, folder)
     paths = data.list_midi_files(folder)
     splits = _splits(folder, paths)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:                 # a killed run leaves nothing at `out`
         files = _write_tokens(tmp / TOKENS, folder, paths, splits, tokenizer, jobs, cache,
                               cache_dir, progress, failures)
         _write_index(tmp, files, tokenizer, folder)
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return open_dataset(out)
 
 
@@ -194,17 +192,6 @@ def _write_index(folder, files, tokenizer, source):
              "n_tokens": sum(f["length"] for f in files), "files": files}
     with atomic_write(folder / INDEX, "w") as f:
         json.dump(index, f)
-
-
-def _replace(tmp, out):
-    """Move the finished dataset into place (an earlier dataset is removed first)."""
-    if out.is_dir():
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def corpus_splits(folder, tokenizer, *, jobs=1, progress=True):

@@ -3,8 +3,13 @@
 Everything random (weight init, window sampling, transposition) draws from one
 seeded ``np.random.Generator`` whose state is saved in every checkpoint, so the
 same seed gives bit-identical weights and ``N steps + resume + N steps`` equals
-``2N steps``.  Checkpoints are written atomically; Ctrl-C finishes the current
-step, saves and stops.
+``2N steps``.  Checkpoints are written atomically: after the first step of a
+run, every ``checkpoint_every`` steps, at least every ``save_seconds`` of
+training, at the end, and when Ctrl-C or SIGTERM asks the run to stop (the
+current step is finished, saved, and the run stops).  A kill loses at most
+``save_seconds`` of work.  A loss, gradient or weight that is not a finite
+number stops the run with :class:`~music_attn.errors.TrainingDiverged` before
+anything non-finite is saved: the last checkpoint written stays the last good one.
 
 Shape legend: B batch, T window length.
 """
@@ -20,13 +25,14 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from music_attn.errors import TrainingDiverged, shorten
 from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 from music_attn.training.data import TRANSPOSE_RANGE, augment_transpose, sample_windows
 from music_attn.core.model import parallel_map
 from music_attn.runtime.windows import alignment, corpus_nll
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train",
-           "train_state_from_checkpoint", "resume_training"]
+           "train_state_from_checkpoint", "check_train_state", "resume_training"]
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,10 @@ def _jsonable_rng_state(rng):
 def train_state_from_checkpoint(model, train_state, config=None):
     """Rebuild a TrainState from a loaded checkpoint's ``train_state`` (exact resume).
 
-    ``config`` overrides the saved TrainConfig (e.g. more steps).
+    ``config`` overrides the saved TrainConfig (e.g. more steps).  The state is
+    checked first (:func:`check_train_state`): ValueError says what is wrong.
     """
+    check_train_state(model, train_state)
     meta = train_state["meta"]
     config = TrainConfig.from_dict(meta["config"]) if config is None else config
     bitgen = getattr(np.random, meta["rng"]["bit_generator"])()
@@ -198,6 +206,35 @@ def train_state_from_checkpoint(model, train_state, config=None):
     state.step = int(meta["step"])
     state.history = list(meta["history"])
     return state
+
+
+def check_train_state(model, train_state):
+    """ValueError unless ``train_state`` is one a run of ``model`` could have saved.
+
+    The step and the optimizer's step count are integers with 0 <= step and
+    0 <= optimizer_t <= step, the history a
+    list of records, and the optimizer's moments finite arrays of the parameters'
+    shapes (second moments >= 0).
+    """
+    meta, arrays = train_state.get("meta"), train_state.get("arrays")
+    if not isinstance(meta, dict) or not isinstance(arrays, dict):
+        raise ValueError("no training state record")
+    step, t = meta.get("step"), meta.get("optimizer_t")
+    for name, value in (("step", step), ("optimizer step", t)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+            raise ValueError(f"the {name} is {shorten(repr(value), 40)}, not a count of steps")
+    if t > step:
+        raise ValueError(f"the optimizer step {t} is past the training step {step}")
+    history = meta.get("history")
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError("the history is not a list of records")
+    for kind in "mv":
+        for name, p in model.params.items():
+            a = arrays.get(f"{kind}/{name}")
+            if a is None or np.shape(a) != p.shape:
+                raise ValueError(f"the optimizer state {kind}/{name} does not match the parameter {p.shape}")
+            if not np.isfinite(a).all() or (kind == "v" and (a < 0).any()):
+                raise ValueError(f"the optimizer state {kind}/{name} holds impossible values")
 
 
 # --------------------------------------------------------------------------- data
@@ -226,28 +263,34 @@ def train_batch(sequences, config, rng, tokenizer, pad_id, align=1):
 # --------------------------------------------------------------------------- loop
 
 class StopOnInterrupt:
-    """Turn the first Ctrl-C into a request to stop at the end of the current step.
+    """Turn the first Ctrl-C or SIGTERM into a request to stop at the end of the current step.
 
-    A second Ctrl-C interrupts at once.  Only active in the main thread.
+    SIGTERM is what a timeout, ``docker stop``, systemd or a cluster scheduler
+    sends: it is treated like Ctrl-C.  A second signal interrupts at once.
+    ``signal`` is the number of the signal that asked (None if none did).  Only
+    active in the main thread.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signal = True, signum
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
 
 
@@ -257,9 +300,14 @@ def _train_step(model, sequences, state, tokenizer, pad_id):
     ids, targets = train_batch(sequences, config, state.rng, tokenizer, pad_id, alignment(model))
     loss, grads = model.loss_and_grads(ids, targets, workers=config.workers, rng=state.rng)
     norm = clip_grads(grads, config.grad_clip)
+    if not (math.isfinite(loss) and math.isfinite(norm)):      # before the update: the weights stay as they were
+        raise TrainingDiverged(f"the loss is {float(loss):.4g} and the gradient norm {norm:.4g} at step {state.step + 1}")
     lr = lr_at(state.step, config)
     state.optimizer.step(model.params, grads, lr)
     return {"step": state.step + 1, "loss": float(loss), "lr": lr, "grad_norm": norm}
+
+
+SAVE_SECONDS = 60.0        # a kill loses at most this much training
 
 
 def is_due(step, every, last):
@@ -273,7 +321,8 @@ def _record_validation(model, nll, tokens, step):
 
 
 def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer=None,
-          checkpoint=None, stop_after=None, time_limit=None, progress=True):
+          checkpoint=None, stop_after=None, time_limit=None, progress=True, save_seconds=SAVE_SECONDS,
+          force=False):
     """Train ``model`` in place on token sequences.
 
     Parameters
@@ -284,15 +333,24 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
     state : TrainState to continue (resume); None starts afresh from ``config.seed``.
     val_sequences : validation sequences, evaluated every ``config.eval_every`` steps.
     tokenizer : needed for transposition augmentation (defaults to ``model.tokenizer``).
-    checkpoint : path to save to every ``config.checkpoint_every`` steps, at the end
-        and on Ctrl-C; None saves nothing.
+    checkpoint : path to save to after the first step, every ``config.checkpoint_every``
+        steps, at least every ``save_seconds`` seconds, at the end and on Ctrl-C or
+        SIGTERM; None saves nothing.
     stop_after : stop at this step (before ``config.steps``) without changing the schedule.
     time_limit : stop (and save) after this many seconds, whatever the step.
     progress : show a tqdm bar (loss, tokens/s, ETA).
+    save_seconds : the longest stretch of training a kill may lose (0: no timed saves).
+    force : replace a read-only checkpoint file (see :func:`music_attn._io.check_output`).
 
     Returns
     -------
-    TrainState  (``state.interrupted`` is True when Ctrl-C stopped the run)
+    TrainState  (``state.interrupted`` is True when Ctrl-C or SIGTERM stopped the run;
+    ``state.stop_signal`` is that signal's number)
+
+    Raises
+    ------
+    TrainingDiverged : a loss, gradient or weight stopped being finite; nothing
+        non-finite was saved (the message says which step the checkpoint holds).
     """
     if config.seq_len > model.config.max_len:
         raise ValueError(f"seq_len={config.seq_len} exceeds the model's max_len={model.config.max_len}")
@@ -300,32 +358,22 @@ def train(model, sequences, config, *, state=None, val_sequences=None, tokenizer
     pad_id = tokenizer.pad_id if tokenizer is not None else 0
     state = TrainState(model, config, np.random.default_rng(config.seed)) if state is None else state
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    state.interrupted, saved = False, None
+    state.interrupted, state.stop_signal = False, None
+    saver = _Saver(checkpoint, model, state, save_seconds, force)
     deadline = math.inf if time_limit is None else time.monotonic() + time_limit
     with StopOnInterrupt() as stop, tqdm(total=end, initial=state.step, disable=not progress,
                                           unit="step", dynamic_ncols=True) as bar:
-        while state.step < end and not stop.requested and time.monotonic() < deadline:
-            t0 = time.perf_counter()
-            record = _train_step(model, sequences, state, tokenizer, pad_id)
-            tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
-            state.step += 1
-            if val_sequences and is_due(state.step, config.eval_every, end):
-                record["val_loss"], n_val = corpus_nll(model, val_sequences, window=config.seq_len,
-                                                       batch_size=config.batch_size,
-                                                       max_tokens=config.eval_tokens)
-                _record_validation(model, record["val_loss"], n_val, state.step)
-                if progress:
-                    bar.write(f"step {state.step}: train loss {record['loss']:.4f}, "
-                              f"validation loss {record['val_loss']:.4f}")
-            state.history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            bar.update(1)
-            if checkpoint is not None and is_due(state.step, config.checkpoint_every, end):
-                save_checkpoint(checkpoint, model, train_state=state.to_checkpoint())
-                saved = state.step
-        state.interrupted = stop.requested
-        if checkpoint is not None and saved != state.step:
-            save_checkpoint(checkpoint, model, train_state=state.to_checkpoint())
+        try:
+            while state.step < end and not stop.requested and time.monotonic() < deadline:
+                record = _step_and_record(model, sequences, state, tokenizer, pad_id, val_sequences, end, bar,
+                                          progress)
+                if saver.due(is_due(state.step, config.checkpoint_every, end)):
+                    saver.save()
+            if saver.saved != state.step:
+                saver.save()
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"training diverged: {exc}; {saver.kept()} (try a lower --lr)") from None
+        state.interrupted, state.stop_signal = stop.requested, stop.signal
     return state
 
 
@@ -357,3 +405,54 @@ def _check_rng(meta, path):
     kind = getattr(np.random, name, None) if isinstance(name, str) else None
     if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
         raise CheckpointError(f"{path}: unusable training state (random generator {str(name)[:40]!r})")
+
+
+def _step_and_record(model, sequences, state, tokenizer, pad_id, val_sequences, end, bar, progress):
+    """One step, its validation when due, its history record and the progress bar."""
+    config = state.config
+    t0 = time.perf_counter()
+    record = _train_step(model, sequences, state, tokenizer, pad_id)
+    tokens_per_s = config.batch_size * config.seq_len / (time.perf_counter() - t0)
+    state.step += 1
+    if val_sequences and is_due(state.step, config.eval_every, end):
+        record["val_loss"], n_val = corpus_nll(model, val_sequences, window=config.seq_len,
+                                               batch_size=config.batch_size, max_tokens=config.eval_tokens)
+        _record_validation(model, record["val_loss"], n_val, state.step)
+        if progress:
+            bar.write(f"step {state.step}: train loss {record['loss']:.4f}, "
+                      f"validation loss {record['val_loss']:.4f}")
+    state.history.append(record)
+    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+    bar.update(1)
+    return record
+
+
+class _Saver:
+    """When and what to save: the first step of a run, scheduled steps, every ``seconds``; never
+    non-finite weights."""
+
+    def __init__(self, path, model, state, seconds, force):
+        self.path, self.model, self.state, self.seconds, self.force = path, model, state, seconds, force
+        self.saved, self.last = None, time.monotonic()
+
+    def due(self, scheduled):
+        if self.path is None:
+            return False
+        late = bool(self.seconds) and time.monotonic() - self.last >= self.seconds
+        return scheduled or self.saved is None or late
+
+    def save(self):
+        if self.path is None:
+            return
+        bad = next((k for k, v in self.model.params.items() if not np.isfinite(v).all()), None)
+        if bad is not None:
+            raise TrainingDiverged(f"the weights {bad} are not finite after step {self.state.step}")
+        save_checkpoint(self.path, self.model, train_state=self.state.to_checkpoint(), force=self.force)
+        self.saved, self.last = self.state.step, time.monotonic()
+
+    def kept(self):
+        if self.path is None:
+            return "nothing was saved"
+        if self.saved is None:
+            return f"{self.path} was not written by this run"
+        return f"{self.path} keeps step {self.saved}, the last good checkpoint"
