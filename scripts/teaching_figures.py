@@ -8,9 +8,12 @@ Writes docs/one_head.png, docs/cross_attention.png and docs/sampling.png, each f
 same computation as the doc it illustrates.
 """
 
+import sys
 from pathlib import Path
 
 import matplotlib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # this checkout's package
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,9 +47,17 @@ def note_map(ax, weights, names, title):
     ax.set_title(title, fontsize=10)
 
 
+def previous_note_head(maps):
+    """(layer, head), counted from 0, of the head with the highest lift on the previous note."""
+    roles = maps.head_roles()
+    lift = roles["lift"][:, :, roles["relations"].index("previous")]
+    return np.unravel_index(np.nanargmax(lift), lift.shape)
+
+
 def one_head(model, n=24):
     path = next(p for p in ma.shipped_melodies() if p.name == MINSTREL)
     maps = ma.attention_maps(model, path, progress=False)
+    layer, head = previous_note_head(maps)
     N, C = maps.n_notes, 16
     pe = sinusoidal(N, C)
     _, hand = scaled_dot_product_attention(pe @ back(1, C), pe, pe, causal=True, scale=16.0,
@@ -54,7 +65,8 @@ def one_head(model, n=24):
     names = [f"{i} {name}" for i, name in enumerate(maps.note_names[:n])]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
     note_map(axes[0], hand[:n, :n], names, "built by hand: previous note")
-    note_map(axes[1], maps.note_attention[0, 0, :n, :n], names, "shipped model: layer 1, head 1")
+    note_map(axes[1], maps.note_attention[layer, head, :n, :n], names,
+             f"shipped model: layer {layer + 1}, head {head + 1} (previous note)")
     fig.suptitle("The Minstrel Boy, first 24 notes")
     fig.tight_layout()
     fig.savefig(DOCS / "one_head.png", dpi=110)
@@ -96,10 +108,13 @@ def distribution(logits, temperature=1.0, top_k=None, top_p=None):
     return p
 
 
-def sampling(model, cut=62):
+def sampling(model):
     tok = model.tokenizer
     path = next(p for p in ma.shipped_melodies() if p.name == MINSTREL)
-    ids = tok.encode(path).ids
+    seq = tok.encode(path)
+    ids = seq.ids
+    cut = [t for t, token in enumerate(seq.tokens) if token == "Bar"][4] + 2    # bar 5's Position_0
+    goes_on = int(tok.pitch_of(ids[cut:cut + 1])[0])
     logits = model.forward(ids[None, :cut])[0, -1].astype(np.float64)
     pitches = np.arange(60, 84)
     cols = tok.ids_from_tokens([f"Pitch_{p}" for p in pitches])
@@ -111,7 +126,7 @@ def sampling(model, cut=62):
         ax.set_ylim(0, 0.5)
         ax.set_ylabel(label, rotation=0, ha="right", va="center")
     axes[-1].set_xticks(pitches, [f"{p}" for p in pitches], fontsize=7)
-    axes[-1].set_xlabel("next pitch (MIDI); the tune goes on with 69 (A4)")
+    axes[-1].set_xlabel(f"next pitch (MIDI); the tune goes on with {goes_on}")
     axes[0].set_title("The shipped model's next note at the start of bar 5 of The Minstrel Boy", fontsize=10)
     fig.tight_layout()
     fig.savefig(DOCS / "sampling.png", dpi=110)

@@ -1,6 +1,5 @@
 """The README's Python examples and its command-line tour run as written and print what it shows."""
 
-import doctest
 import os
 import re
 import shlex
@@ -11,16 +10,17 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+sys.path.insert(0, str(README.parent / "scripts"))
+
+from refresh_docs import run_readme  # noqa: E402
 
 
 def test_readme_python_examples_print_what_they_show():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert blocks, "the README shows no Python example"
-    parser, runner = doctest.DocTestParser(), doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    for i, block in enumerate(blocks):
-        runner.run(parser.get_doctest(block, {}, f"README block {i}", str(README), 0))
-    result = runner.summarize(verbose=False)
-    assert result.attempted > 0 and result.failed == 0
+    results = run_readme(README)
+    assert results, "the README shows no Python example"
+    failed = [f"README.md:{line}: shows {example.want!r}, printed {got!r}"
+              for line, example, got, passed in results if not passed]
+    assert not failed, "\n".join(failed)
 
 
 # ------------------------------------------------------------------ the command-line tour
