@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1] / "music_attn"
 # Layer of each top-level part, bottom first; parts of one layer are peers and may not
 # import each other.
 LAYERS = {
-    "errors": 0, "_threads": 0, "_progress": 0, "_io": 0.5,   # leaf utilities (_io raises the errors)
+    "errors": 0, "_threads": 0, "_progress": 0, "_text": 0,   # leaf utilities (_io and _budget raise the errors)
+    "_io": 0.5, "_budget": 0.5,
     "music": 1,
     "core": 2,
     "runtime": 3,

@@ -23,7 +23,7 @@ from music_attn.cli import main
 from music_attn.core.model import ModelConfig, init_model
 from music_attn.errors import CheckpointError, MidiError, MusicAttnError
 from music_attn.music.tokenizer import RemiTokenizer
-from music_attn.training.checkpoint import load_checkpoint, save_checkpoint
+from music_attn.runtime.checkpoint import load_checkpoint, save_checkpoint
 from music_attn.training.data import shipped_melodies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,7 +334,7 @@ def test_a_default_budget_keeps_a_50000_note_file_inside_2_gib(tmp_path):
 
 
 def test_many_samples_are_generated_in_batches_that_give_the_same_music(tiny, monkeypatch):
-    from music_attn.training import generate as G
+    from music_attn.runtime import generate as G
     model = load_checkpoint(tiny).model
     rngs = lambda: [np.random.default_rng(s) for s in range(7)]            # noqa: E731
     whole = G.generate(model, rng=rngs(), num_samples=7, max_new_tokens=12)
@@ -413,7 +413,7 @@ def test_checkpoints_with_nan_inf_or_absurd_weights_are_refused_at_load_naming_t
 
 
 def test_scores_that_overflow_at_run_time_are_refused_not_sampled():
-    from music_attn.training.generate import next_token_distribution
+    from music_attn.runtime.generate import next_token_distribution
     with pytest.raises(MusicAttnError, match="not finite"):
         next_token_distribution(np.array([0.0, np.inf, 1.0]))
     with pytest.raises(MusicAttnError, match="not finite"):

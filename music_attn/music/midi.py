@@ -66,6 +66,7 @@ from music_attn.music.constants import (
     SUSTAIN_CONTROL,
     SUSTAIN_THRESHOLD,
 )
+from music_attn.music.score import save_mido
 from music_attn.music.score import (  # the container, re-exported here where it always was
     NOTE_DTYPE, PROGRAM_DTYPE, TEMPO_DTYPE, TIME_SIGNATURE_DTYPE, Score, _note_array, _tempo_map, _time_signatures,
     write_midi,
@@ -147,7 +148,7 @@ def source_bytes(source):
     """The bytes and display name of a path, mido.MidiFile or PrettyMIDI."""
     if isinstance(source, mido.MidiFile):
         name = str(source.filename) if source.filename else "<MidiFile>"
-        return _written(lambda buffer: source.save(file=buffer), name), name
+        return _written(lambda buffer: save_mido(source, buffer, name), name), name
     if hasattr(source, "instruments") and hasattr(source, "write"):  # pretty_midi.PrettyMIDI
         return _written(source.write, "<PrettyMIDI>"), "<PrettyMIDI>"
     if not isinstance(source, (str, os.PathLike)):

@@ -19,7 +19,7 @@ from music_attn.music.arrays import run_starts
 from music_attn.errors import MidiError
 from music_attn.music.constants import DEFAULT_TEMPO_US, DEFAULT_TIME_SIGNATURE, MIDI_MAX_TRACKS, MIDO_MAX_TRACKS
 
-__all__ = ["NOTE_DTYPE", "TEMPO_DTYPE", "TIME_SIGNATURE_DTYPE", "PROGRAM_DTYPE", "Score", "write_midi"]
+__all__ = ["NOTE_DTYPE", "TEMPO_DTYPE", "TIME_SIGNATURE_DTYPE", "PROGRAM_DTYPE", "Score", "write_midi", "save_mido"]
 
 NOTE_DTYPE = np.dtype(
     [
@@ -228,7 +228,7 @@ def write_midi(path, midi):
         midi = _to_mido(midi)
     if isinstance(midi, mido.MidiFile):
         mid = midi
-        write = lambda f: _save_mido(mid, f, path)  # noqa: E731
+        write = lambda f: save_mido(mid, f, path)  # noqa: E731
     elif hasattr(midi, "instruments") and hasattr(midi, "write"):  # pretty_midi.PrettyMIDI
         write = midi.write
     else:
@@ -237,8 +237,8 @@ def write_midi(path, midi):
         write(f)
 
 
-def _save_mido(mid, f, path):
-    """``mid.save`` for any track count MIDI allows: past mido's 32,767 the header is written
+def save_mido(mid, f, path):
+    """``mid.save(file=f)`` for any track count MIDI allows (``path`` names it in errors): past mido's 32,767 the header is written
     here and the tracks by mido, a group at a time; past 65,535 MidiError."""
     n = len(mid.tracks)
     if n > MIDI_MAX_TRACKS:
