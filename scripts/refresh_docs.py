@@ -4,6 +4,8 @@ Run from anywhere (it imports the package of the checkout it lives in):
 
     python scripts/refresh_docs.py            # rewrite what changed
     python scripts/refresh_docs.py --check    # report what differs, write nothing, exit 1 if anything does
+    python scripts/refresh_docs.py --tour     # also re-run the README's command-line tour and rewrite
+                                              # what each command prints (in an empty folder)
 
 The teaching docs (``DOCS``) are run as ``tests/test_docs.py`` runs them: every ```python block
 in order, in one namespace per doc, and the ```text block right under a python block shows what
@@ -152,12 +154,77 @@ def refreshed_readme(path=README):
     return "".join(lines), sorted(changed)
 
 
+# ------------------------------------------------------------------ the README's tour
+SKIP_LINE = re.compile(r"Done in |\d+%\||^step \d+: ")    # timings, progress bars, training losses
+
+
+def tour_steps(text):
+    """(command, expected output lines, README line of the command) of every ``$ ...`` line of
+    the README's tour, in order."""
+    start = text.index("## A tour of the command line")
+    end = text.index("\n## ", start + 1)
+    first_line = text[:start].count("\n") + 1
+    steps, fence, output = [], None, None
+    for k, line in enumerate(text[start:end].splitlines()):
+        if line.startswith("```"):
+            fence = line[3:] if fence is None else None        # the language of an opening fence
+            output = None
+        elif fence == "" and line.startswith("$ "):
+            output = []
+            steps.append((line[2:], output, first_line + k))
+        elif output is not None:
+            output.append(line)
+    return steps
+
+
+def run_tour_command(command, cwd):
+    """(exit code, stdout lines + stderr lines) of a tour command run as the README shows it."""
+    import os
+    import shlex
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    python = f"{shlex.quote(sys.executable)} -m music_attn"
+    shell = re.sub(r"(^|&& )music-attn ", lambda m: f"{m.group(1)}{python} ", command)
+    run = subprocess.run(["bash", "-c", shell], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run.returncode, run.stdout.splitlines(), run.stderr.splitlines()
+
+
+def refreshed_tour(path=README):
+    """(README text with each tour command's output replaced by what it prints now, [lines])."""
+    import tempfile
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    changed = []
+    with tempfile.TemporaryDirectory() as folder:
+        runs = [(cmd, expected, at, run_tour_command(cmd, folder)) for cmd, expected, at in tour_steps(text)]
+    for cmd, expected, at, (code, out, err) in reversed(runs):
+        if cmd.startswith("music-attn train"):
+            continue                                    # losses vary with the machine: shown as run once
+        error = bool(expected) and expected[0].startswith("error: ")
+        got = [g for g in (err if error else out + err) if not (SKIP_LINE.search(g) and "Done in" not in g)]
+        new = [(g[:len(e) - 4] + " ..." if e.endswith(" ...") else g) if i < len(expected) and
+               (e := expected[i]) is not None else g for i, g in enumerate(got)]
+        if new != expected:
+            lines[at:at + len(expected)] = [g + "\n" for g in new]
+            changed.append(at)
+    return "".join(lines), sorted(changed)
+
+
 # ------------------------------------------------------------------ command line
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="report differences, write nothing, exit 1 if any")
+    ap.add_argument("--tour", action="store_true", help="also re-run the README's command-line tour")
     args = ap.parse_args(argv)
     differs = False
+    if args.tour:
+        new, changed = refreshed_tour(README)
+        if changed:
+            differs = True
+            if not args.check:
+                README.write_text(new, encoding="utf-8")
+        print(f"README.md tour: {'rewrote' if changed and not args.check else 'differs at' if changed else 'up to date'}"
+              + (f" the output under line {', '.join(map(str, changed))}" if changed else ""))
     for path in [DOCS_DIR / name for name in DOCS] + [README]:
         try:
             new, changed = refreshed_readme(path) if path == README else refreshed_doc(path)

@@ -12,7 +12,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 sys.path.insert(0, str(README.parent / "scripts"))
 
-from refresh_docs import run_readme  # noqa: E402
+from refresh_docs import SKIP_LINE, run_readme, tour_steps  # noqa: E402
 
 
 def test_readme_python_examples_print_what_they_show():
@@ -24,25 +24,9 @@ def test_readme_python_examples_print_what_they_show():
 
 
 # ------------------------------------------------------------------ the command-line tour
-SKIP_LINE = re.compile(r"Done in |\d+%\||^step \d+: ")    # timings, progress bars, training losses
-
-
 def _tour():
     """(command, expected output lines) of every ``$ ...`` line of the README's tour, in order."""
-    text = README.read_text(encoding="utf-8")
-    tour = text[text.index("## A tour of the command line"):]
-    tour = tour[:tour.index("\n## ")]
-    steps, fence, output = [], None, None
-    for line in tour.splitlines():
-        if line.startswith("```"):
-            fence = line[3:] if fence is None else None        # the language of an opening fence
-            output = None
-        elif fence == "" and line.startswith("$ "):
-            output = []
-            steps.append((line[2:], output))
-        elif output is not None:
-            output.append(line)
-    return steps
+    return [(command, expected) for command, expected, _ in tour_steps(README.read_text(encoding="utf-8"))]
 
 
 def _same_output(got, expected):
