@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from music_attn._io import atomic_folder, atomic_write, output_folder
 from music_attn.training import data
 
-__all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "corpus_splits", "FORMAT", "VERSION"]
+__all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "corpus_splits", "write_folder_dataset",
+           "FORMAT", "VERSION"]
 
 FORMAT = "music_attn.token_dataset"
 VERSION = 1
@@ -161,6 +162,20 @@ def write_dataset(folder, out, tokenizer, *, jobs=1, cache=True, cache_dir=None,
                               cache_dir, progress, failures)
         _write_index(tmp, files, tokenizer, folder)
     return open_dataset(out)
+
+
+def write_folder_dataset(files, out, tokenizer, *, jobs=1):
+    """``tokenize DIR --out DATASET``: the dataset of the one folder in ``files`` written to ``out``
+    (ValueError for anything but one folder); returns the line saying what was written."""
+    if len(files) != 1 or not Path(files[0]).is_dir():
+        raise ValueError("--out takes one folder of MIDI files: tokenize DIR --out DATASET")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    failures = []
+    ds = write_dataset(files[0], out, tokenizer, jobs=jobs, failures=failures)
+    counts = {s: sum(f["split"] == s for f in ds.files) for s in ("train", "validation")}
+    return (f"wrote {out}: {len(ds)} files ({counts['train']} train, {counts['validation']} "
+            f"validation), {ds.tokens.size:,} tokens, {len(failures)} unreadable files skipped")
 
 
 def _write_tokens(path, folder, paths, splits, tokenizer, jobs, cache, cache_dir, progress, failures):
