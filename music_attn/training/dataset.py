@@ -26,6 +26,7 @@ from music_attn._io import atomic_folder, atomic_write, output_folder
 from music_attn.training import data
 
 __all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "corpus_splits", "write_folder_dataset",
+           "training_inputs", "folder_tokenizer",
            "FORMAT", "VERSION"]
 
 FORMAT = "music_attn.token_dataset"
@@ -232,3 +233,23 @@ def corpus_splits(folder, tokenizer, *, jobs=1, progress=True):
     split = [data.split_for_title(Path(p).stem) for p in paths]
     train = [s for s, k in zip(seqs, split) if k == "train"] or seqs
     return train, [s for s, k in zip(seqs, split) if k == "validation"]
+
+
+def training_inputs(folder):
+    """The files training reads from ``folder`` (its MIDI files and manifest, or a token dataset's
+    two files), which no output may replace; [] when ``folder`` is not a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    if is_dataset(folder):
+        return [folder / INDEX, folder / TOKENS]
+    return [folder / data.MANIFEST, *data.list_midi_files(folder)]
+
+
+def folder_tokenizer(folder, name):
+    """The tokenizer of a token dataset at ``folder``, else a new one of kind ``name``
+    ('remi' or 'performance')."""
+    from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
+    if Path(folder).is_dir() and is_dataset(folder):
+        return open_dataset(folder).tokenizer
+    return RemiTokenizer() if name == "remi" else PerformanceTokenizer()
