@@ -55,7 +55,7 @@ from pathlib import Path
 from music_attn.errors import MusicAttnError, OutputError
 
 __all__ = ["atomic_write", "atomic_outputs", "atomic_folder", "check_output", "output_folder", "check_input",
-           "read_input", "TEMP_PREFIX"]
+           "read_input", "numbered_outputs", "TEMP_PREFIX"]
 
 TEMP_PREFIX = ".ma-"
 _TEMP_NAME = re.compile(r"^\.ma-[A-Za-z0-9_]+\.(tmp|journal)$")
@@ -521,3 +521,14 @@ def read_input(path, *, limit, what="file", error=MusicAttnError):
     if len(data) > limit:
         raise error(f"{path}: more than a {what} may be ({limit / 2**20:.0f} MiB)")
     return data
+
+
+def numbered_outputs(template, n):
+    """The output paths of a command writing ``n`` samples: ``template`` itself for one, else
+    its ``{i}`` filled with 0..n-1 (ValueError when it has no single ``{i}``)."""
+    if n == 1:
+        return [template]
+    if template.count("{i}") != 1 or template.replace("{i}", "").count("{") + template.count("}") > 1:
+        raise ValueError(f"--num-samples {n} writes several files: -o needs one '{{i}}' in its name "
+                         f"(e.g. out_{{i}}.mid), got {template!r}")
+    return [template.replace("{i}", str(i)) for i in range(n)]

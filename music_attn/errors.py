@@ -5,7 +5,12 @@ Every error a user can cause is one of these (or a plain ``ValueError`` /
 a one-line ``error: ...`` message and exit code 2.
 """
 
-__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError", "OutputError", "TrainingDiverged"]
+import zipfile
+
+__all__ = ["MusicAttnError", "MidiError", "TokenizerError", "CheckpointError", "OutputError", "TrainingDiverged",
+           "input_error_message", "one_line"]
+
+MAX_MESSAGE = 400          # characters of a one-line message at most
 
 
 class MusicAttnError(Exception):
@@ -47,3 +52,27 @@ def shorten(text, limit):
     """``text`` as it is when it has at most ``limit`` characters, else cut to ``limit`` ending in '...'."""
     text = str(text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def input_error_message(exc):
+    """The one-line message of an error a bad input causes, or None for an internal error.
+
+    Bad inputs raise the library's errors, OS errors, malformed JSON / numbers / archives,
+    or run out of memory, recursion or number range reading them."""
+    if isinstance(exc, (MusicAttnError, OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile)):
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            text = f"{exc.filename}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
+        return one_line(text)
+    if isinstance(exc, MemoryError):
+        return "out of memory: the input asks for more memory than this machine gives"
+    if isinstance(exc, RecursionError):
+        return "the input is nested too deeply to read"
+    if isinstance(exc, OverflowError):
+        return one_line(f"a number in the input is too large ({exc})")
+    return None
+
+
+def one_line(text):
+    """``text`` on one line (runs of whitespace made one space), cut to `MAX_MESSAGE` characters."""
+    return shorten(" ".join(str(text).split()), MAX_MESSAGE)

@@ -18,10 +18,9 @@ import os
 import re
 import sys
 import traceback
-import zipfile
 
 from music_attn.cli._options import HelpFormatter
-from music_attn.errors import MusicAttnError, shorten
+from music_attn.errors import input_error_message, one_line as _one_line
 
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 
@@ -29,9 +28,6 @@ __all__ = ["main", "build_parser", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 _COMMANDS = ("examples", "tokens", "train", "generate", "harmonize", "inspect", "demo", "bench")
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 70
-_MAX_MESSAGE = 400
-# What a bad input can raise: the library's errors, OS errors, malformed JSON / numbers / archives.
-_INPUT_ERRORS = (MusicAttnError, OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile)
 _REPORT = "please report it with the command you ran (add --debug for the traceback)"
 
 
@@ -120,30 +116,6 @@ def _report(exc, debug):
         traceback.print_exc()
     sys.stderr.write(f"internal error: {_one_line(f'{type(exc).__name__}: {exc}')}; {_REPORT}\n")
     return EXIT_INTERNAL
-
-
-def input_error_message(exc):
-    """The one-line message of an error a bad input causes, or None for an internal error."""
-    if isinstance(exc, _INPUT_ERRORS):
-        return _one_line(_text(exc))
-    if isinstance(exc, MemoryError):
-        return "out of memory: the input asks for more memory than this machine gives"
-    if isinstance(exc, RecursionError):
-        return "the input is nested too deeply to read"
-    if isinstance(exc, OverflowError):
-        return _one_line(f"a number in the input is too large ({exc})")
-    return None
-
-
-def _text(exc):
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
-    return text
-
-
-def _one_line(text):
-    return shorten(" ".join(str(text).split()), _MAX_MESSAGE)
 
 
 def _stdout_closed():

@@ -12,6 +12,8 @@ import inspect
 import math
 import sys
 
+from music_attn._io import numbered_outputs  # noqa: F401 -- re-exported for the commands
+
 __all__ = ["integer", "real", "default_of", "HelpFormatter", "numbered_outputs", "add_force"]
 
 
@@ -82,14 +84,3 @@ def note_dropped_drums(path, n, kept=""):
     if n:
         extra = f"; {kept}" if kept else ""
         sys.stderr.write(f"note: {path}: {n} drum notes left out (--drums keeps them){extra}\n")
-
-
-def numbered_outputs(template, n):
-    """The output paths of a command writing ``n`` samples: ``template`` itself for one, else
-    its ``{i}`` filled with 0..n-1 (ValueError when it has no single ``{i}``)."""
-    if n == 1:
-        return [template]
-    if template.count("{i}") != 1 or template.replace("{i}", "").count("{") + template.count("}") > 1:
-        raise ValueError(f"--num-samples {n} writes several files: -o needs one '{{i}}' in its name "
-                         f"(e.g. out_{{i}}.mid), got {template!r}")
-    return [template.replace("{i}", str(i)) for i in range(n)]

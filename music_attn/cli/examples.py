@@ -22,10 +22,10 @@ def register(sub):
 
 
 def _run(args):
-    from music_attn.training.data import choose_melodies, copy_melodies
+    from music_attn.training.data import choose_melodies, copy_melodies, melody_table
     rows = choose_melodies(args.names)
     if not args.copy:
-        _print_table(rows)
+        print(melody_table(rows))
         return 0
     from music_attn._io import output_folder
     folder = output_folder(args.output)
@@ -36,11 +36,3 @@ def _run(args):
     if unchanged:
         print(f"{unchanged} already there, unchanged")
     return 0
-
-
-def _print_table(rows):
-    width, keys = max(len(r["file"]) for r in rows), max(len(r["key"]) for r in rows)
-    print(f"{'file':<{width}}  {'metre':<5}  {'key':<{keys}}  title")
-    for r in rows:
-        print(f"{r['file']:<{width}}  {r['metre']:<5}  {r['key']:<{keys}}  {r['title']}")
-    print("copy them here with: music-attn examples --copy")

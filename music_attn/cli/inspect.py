@@ -39,7 +39,7 @@ def _run(args):
     from music_attn._io import atomic_outputs, check_input, check_output
     from music_attn.errors import MidiError
     from music_attn.inspect.inspector import attention_maps
-    from music_attn.inspect.viz import write_outputs
+    from music_attn.inspect.viz import need_matplotlib, outputs_report, write_outputs
     from music_attn.music.select import parse_bars
     from music_attn.runtime.checkpoint import load_model
 
@@ -48,7 +48,7 @@ def _run(args):
     outputs, inputs = _outputs(args, source), [p for p in (source, args.model) if p]
     for path in outputs.values():                 # before the model runs, not after
         check_output(path, inputs=inputs, force=args.force)
-    _need_matplotlib(args.png)
+    need_matplotlib(args.png)
     bars = parse_bars(args.bars) if args.bars else None
     model = load_model(args.model)
     tokenizer = model.tokenizer.with_options(include_drums=True) if args.drums and model.tokenizer else None
@@ -57,7 +57,7 @@ def _run(args):
     note_dropped_drums(source, maps.score.dropped_drums if maps.score is not None else 0)
     with atomic_outputs(list(outputs.values()), inputs=inputs, force=args.force) as temps:
         size = write_outputs(maps, dict(zip(outputs, temps)))
-    _print_summary(maps, outputs, size)
+    print(outputs_report(maps, outputs, size))
     if args.heads:
         from music_attn.inspect.roles import format_roles
         print(format_roles(maps.head_roles()["table"]))
@@ -71,24 +71,3 @@ def _outputs(args, source):
         if getattr(args, kind):
             outputs[kind] = Path(getattr(args, kind))
     return outputs
-
-
-def _need_matplotlib(png):
-    import importlib.util
-    from music_attn.errors import MusicAttnError
-    if png and importlib.util.find_spec("matplotlib") is None:
-        raise MusicAttnError("--png needs matplotlib: pip install 'music_attn[plot]'")
-
-
-def _print_summary(maps, outputs, size):
-    from music_attn.inspect.fit import fit_line
-    print(f"{maps!r}")
-    if maps.notice:
-        print(maps.notice)
-    print(fit_line(maps.model_fit))
-    if maps.model_fit.get("reading"):
-        print(maps.model_fit["reading"])
-    print(f"wrote {outputs['html']} ({size / 1e6:.2f} MB)")
-    for kind in ("png", "json"):
-        if kind in outputs:
-            print(f"wrote {outputs[kind]}")

@@ -62,38 +62,26 @@ def _bpm(text):
     return value
 
 
-def _encode_all(tokenizer, files, error):
-    """Encode every file; many files show a progress bar on a terminal (after 2 s)."""
-    from music_attn._progress import progress
-
-    if not sys.stderr.isatty():
-        return [_encode(tokenizer, path, error) for path in files]
-    out = []
-    with progress(len(files), "tokenize", unit="file", delay=2.0) as bar:
-        for path in files:
-            out.append(_encode(tokenizer, path, error))
-            bar.update(1)
-    return out
-
-
 def _tokenize(args):
-    from music_attn.errors import MidiError
+    from music_attn.errors import MidiError, input_error_message
     from music_attn.music.tokenizers import Tokenizer
-    from music_attn.music.tokenizers.token_file import token_document
+    from music_attn.music.tokenizers.token_file import encode_files, stats_table, token_document
 
     tokenizer = Tokenizer.from_dict({"type": args.tokenizer, "tempo": args.tempo, "programs": args.programs,
                                      "include_drums": args.drums})
     if args.out:
-        return _write_dataset(args, tokenizer)
-    results = _encode_all(tokenizer, args.files, MidiError)
+        from music_attn.training.dataset import write_folder_dataset
+        print(write_folder_dataset(args.files, args.out, tokenizer, jobs=args.jobs))
+        return 0
+    results = encode_files(tokenizer, args.files, MidiError)
     good = [(path, seq) for path, seq in zip(args.files, results) if not isinstance(seq, Exception)]
     if args.json:
         docs = [token_document(path, seq, tokenizer, args.stats) if not isinstance(seq, Exception)
-                else {"file": str(path), "error": _message(seq)} for path, seq in zip(args.files, results)]
+                else {"file": str(path), "error": input_error_message(seq)} for path, seq in zip(args.files, results)]
         json.dump(docs[0] if len(docs) == 1 else docs, sys.stdout)
         sys.stdout.write("\n")
     elif args.stats and good:
-        _print_stats(*zip(*good))
+        print(stats_table(*zip(*good)))
     else:
         for path, seq in good:
             print(f"# {path}: {len(seq.notes)} notes, {len(seq)} tokens")
@@ -104,59 +92,14 @@ def _tokenize(args):
     return _report_failures(results)
 
 
-def _encode(tokenizer, path, error):
-    """The TokenSequence of ``path``, or the input error that stopped it (returned, not raised)."""
-    from music_attn._io import check_input
-    from music_attn.cli import input_error_message
-
-    try:
-        check_input(path, what="MIDI file", error=error)
-        return tokenizer.encode(path)
-    except Exception as exc:                       # noqa: BLE001 -- sorted just below
-        if input_error_message(exc) is None:
-            raise                                  # an internal error: main reports it
-        return exc
-
-
-def _message(exc):
-    from music_attn.cli import input_error_message
-    return input_error_message(exc)
-
-
 def _report_failures(results):
     """One ``error:`` line per file that could not be read; exit code 2 if any."""
+    from music_attn.errors import input_error_message
     failures = [exc for exc in results if isinstance(exc, Exception)]
     sys.stdout.flush()
     for exc in failures:
-        sys.stderr.write(f"error: {_message(exc)}\n")
+        sys.stderr.write(f"error: {input_error_message(exc)}\n")
     return 2 if failures else 0
-
-
-def _write_dataset(args, tokenizer):
-    from music_attn.training.dataset import write_dataset
-
-    if len(args.files) != 1 or not Path(args.files[0]).is_dir():
-        raise ValueError("--out takes one folder of MIDI files: tokenize DIR --out DATASET")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-    failures = []
-    ds = write_dataset(args.files[0], args.out, tokenizer, jobs=args.jobs, failures=failures)
-    counts = {s: sum(f["split"] == s for f in ds.files) for s in ("train", "validation")}
-    print(f"wrote {args.out}: {len(ds)} files ({counts['train']} train, {counts['validation']} "
-          f"validation), {ds.tokens.size:,} tokens, {len(failures)} unreadable files skipped")
-    return 0
-
-
-def _print_stats(paths, sequences):
-    from music_attn.music.tokenizers.token_file import token_stats
-    rows = [(str(p), token_stats(s)) for p, s in zip(paths, sequences)]
-    width = max(len("file"), *(len(name) for name, _ in rows))
-    print(f"{'file':<{width}}  {'notes':>7}  {'tokens':>7}  {'tok/note':>8}  {'seconds':>8}")
-    for name, st in rows:
-        print(f"{name:<{width}}  {st['notes']:>7}  {st['tokens']:>7}  {st['tokens_per_note']:>8.2f}  {st['seconds']:>8.1f}")
-    if len(rows) > 1:
-        notes, tokens = sum(st["notes"] for _, st in rows), sum(st["tokens"] for _, st in rows)
-        print(f"{'total':<{width}}  {notes:>7}  {tokens:>7}  {tokens / max(notes, 1):>8.2f}")
 
 
 def _decode(args):

@@ -1,7 +1,6 @@
 """``music-attn train [DIR]``: train a model on a folder of MIDI files (resumable)."""
 
 import signal
-from pathlib import Path
 
 from music_attn.cli._options import add_force, default_of, integer, real
 from music_attn.core.model import ATTENTIONS, POSITIONALS, ModelConfig
@@ -64,50 +63,13 @@ def _train_options(g):
     g.add_argument("--seed", type=integer(0), default=t("seed"), help="seed of the run's random generator")
 
 
-def _tokenizer(name):
-    from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
-    return RemiTokenizer() if name == "remi" else PerformanceTokenizer()
-
-
 def _fresh(args, tokenizer):
-    """A new model, its TrainConfig and TrainState from the command line."""
-    import numpy as np
-    from music_attn.core.model import init_model
-    from music_attn.training.train import TrainState
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, **_model_settings(args))
-    tconf = TrainConfig(steps=default_of(TrainConfig, "steps") if args.steps is None else args.steps,
-                        batch_size=args.batch_size, seq_len=args.seq_len,
-                        lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup,
-                        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                        transpose=None if args.no_transpose else default_of(TrainConfig, "transpose"),
-                        seed=args.seed)
-    rng = np.random.default_rng(args.seed)
-    model = init_model(config, rng, tokenizer=tokenizer)
-    return model, TrainState(model, tconf, rng)
-
-
-def _model_settings(args):
-    """ModelConfig fields from the options, checked together (messages name the flags)."""
-    from music_attn.errors import MusicAttnError
-    if args.d_model % args.heads:
-        raise MusicAttnError(f"--d-model {args.d_model} is not divisible by --heads {args.heads}")
-    if (args.positional == "rope" or args.attention == "soft_align") and (args.d_model // args.heads) % 2:
-        raise MusicAttnError(f"--positional rope and --attention soft_align need an even head width "
-                             f"(--d-model / --heads = {args.d_model // args.heads})")
-    max_len = args.max_len or max(args.seq_len, default_of(ModelConfig, "max_len"))
-    if max_len < args.seq_len:
-        raise MusicAttnError(f"--max-len {max_len} is shorter than --seq-len {args.seq_len}")
-    return dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                d_ff=args.d_ff or 4 * args.d_model, max_len=max_len, positional=args.positional,
-                attention=args.attention, window=args.window, alpha=args.alpha)
-
-
-def _dataset_tokenizer(folder, name):
-    """The tokenizer of a token dataset at ``folder``, else the one named by --tokenizer."""
-    from music_attn.training import dataset
-    if Path(folder).is_dir() and dataset.is_dataset(folder):
-        return dataset.open_dataset(folder).tokenizer
-    return _tokenizer(name)
+    """A new model and its TrainState from the command line."""
+    from music_attn.training.train import fresh_training
+    names = ("d_model", "layers", "heads", "d_ff", "max_len", "positional", "attention", "window", "alpha",
+             "steps", "batch_size", "seq_len", "lr", "warmup", "eval_every", "checkpoint_every", "no_transpose",
+             "seed")
+    return fresh_training(tokenizer, **{name: getattr(args, name) for name in names})
 
 
 def _backend(name):
@@ -122,27 +84,16 @@ def _backend(name):
     return train_torch, init_distributed()[0] == 0
 
 
-def _inputs(folder):
-    """The files training reads from ``folder`` (its MIDI files, manifest, token dataset): never an output."""
-    from music_attn.training import data, dataset
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    if dataset.is_dataset(folder):
-        return [folder / dataset.INDEX, folder / dataset.TOKENS]
-    return [folder / data.MANIFEST, *data.list_midi_files(folder)]
-
-
 def _run(args):
     from music_attn._io import check_output
-    from music_attn.training.dataset import corpus_splits
+    from music_attn.training.dataset import corpus_splits, folder_tokenizer, training_inputs
     from music_attn.training.train import resume_training
-    check_output(args.output, inputs=_inputs(args.dir), force=args.force)   # before minutes of tokenizing
+    check_output(args.output, inputs=training_inputs(args.dir), force=args.force)   # before minutes of tokenizing
     train, main = _backend(args.backend)
     if args.resume:
         model, state = resume_training(args.output, steps=args.steps)
     else:
-        model, state = _fresh(args, _dataset_tokenizer(args.dir, args.tokenizer))
+        model, state = _fresh(args, folder_tokenizer(args.dir, args.tokenizer))
     train_seqs, val_seqs = corpus_splits(args.dir, model.tokenizer, jobs=args.jobs, progress=not args.quiet and main)
     if not main:
         train(model, train_seqs, state.config, state=state, val_sequences=val_seqs,

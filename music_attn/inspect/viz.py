@@ -33,7 +33,8 @@ from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_con
 from music_attn.music import select
 from music_attn.music.theory import drum_name, key_name, key_spelling, piece_key, spell_with, uses_flats
 
-__all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "write_outputs", "music_context", "spell"]
+__all__ = ["render_html", "page_data", "render_png", "write_html", "write_json", "write_outputs", "music_context", "spell",
+           "need_matplotlib", "outputs_report"]
 
 # Raw bytes (before base64) allowed for the sparse note and token maps of one page.
 _NOTE_MAP_BUDGET = 420_000
@@ -572,3 +573,22 @@ def write_outputs(maps, paths):
     if "json" in paths:
         write_json(maps, paths["json"])
     return size
+
+
+def need_matplotlib(png):
+    """MusicAttnError before any work when a PNG is asked for (``png`` set) and matplotlib is missing."""
+    import importlib.util
+    if png and importlib.util.find_spec("matplotlib") is None:
+        raise MusicAttnError("--png needs matplotlib: pip install 'music_attn[plot]'")
+
+
+def outputs_report(maps, outputs, size):
+    """What ``inspect`` prints after `write_outputs`: the maps, their notice, the model fit (and its
+    reading), and a line per file written (``outputs``: kind -> path; ``size``: the page's bytes)."""
+    from music_attn.inspect.fit import fit_line
+    lines = [f"{maps!r}"] + ([maps.notice] if maps.notice else []) + [fit_line(maps.model_fit)]
+    if maps.model_fit.get("reading"):
+        lines.append(maps.model_fit["reading"])
+    lines.append(f"wrote {outputs['html']} ({size / 1e6:.2f} MB)")
+    lines += [f"wrote {outputs[kind]}" for kind in ("png", "json") if kind in outputs]
+    return "\n".join(lines)

@@ -31,6 +31,7 @@ from music_attn.errors import MidiError
 __all__ = [
     "choose_melodies",
     "copy_melodies",
+    "melody_table",
     "VALIDATION_FRACTION",
     "augment_transpose",
     "default_cache_dir",
@@ -421,6 +422,14 @@ def choose_melodies(names=()):
     if unknown:
         raise MusicAttnError(f"no shipped melody named {unknown[0]!r} (choose from: {', '.join(sorted(by_stem))})")
     return [by_stem[Path(n).stem] for n in dict.fromkeys(names)] if names else rows
+
+
+def melody_table(rows):
+    """The table ``music-attn examples`` prints of catalogue ``rows`` (file, metre, key, title)."""
+    width, keys = max(len(r["file"]) for r in rows), max(len(r["key"]) for r in rows)
+    lines = [f"{'file':<{width}}  {'metre':<5}  {'key':<{keys}}  title"]
+    lines += [f"{r['file']:<{width}}  {r['metre']:<5}  {r['key']:<{keys}}  {r['title']}" for r in rows]
+    return "\n".join(lines + ["copy them here with: music-attn examples --copy"])
 
 
 def copy_melodies(rows, folder, *, force=False):

@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from music_attn._io import atomic_folder, atomic_write, output_folder
 from music_attn.training import data
 
-__all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "corpus_splits", "FORMAT", "VERSION"]
+__all__ = ["TokenDataset", "write_dataset", "open_dataset", "is_dataset", "corpus_splits", "write_folder_dataset",
+           "training_inputs", "folder_tokenizer",
+           "FORMAT", "VERSION"]
 
 FORMAT = "music_attn.token_dataset"
 VERSION = 1
@@ -163,6 +165,20 @@ def write_dataset(folder, out, tokenizer, *, jobs=1, cache=True, cache_dir=None,
     return open_dataset(out)
 
 
+def write_folder_dataset(files, out, tokenizer, *, jobs=1):
+    """``tokenize DIR --out DATASET``: the dataset of the one folder in ``files`` written to ``out``
+    (ValueError for anything but one folder); returns the line saying what was written."""
+    if len(files) != 1 or not Path(files[0]).is_dir():
+        raise ValueError("--out takes one folder of MIDI files: tokenize DIR --out DATASET")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    failures = []
+    ds = write_dataset(files[0], out, tokenizer, jobs=jobs, failures=failures)
+    counts = {s: sum(f["split"] == s for f in ds.files) for s in ("train", "validation")}
+    return (f"wrote {out}: {len(ds)} files ({counts['train']} train, {counts['validation']} "
+            f"validation), {ds.tokens.size:,} tokens, {len(failures)} unreadable files skipped")
+
+
 def _write_tokens(path, folder, paths, splits, tokenizer, jobs, cache, cache_dir, progress, failures):
     """Append each chunk's arrays to the token file; the index entries of the files kept
     (``file`` relative to ``folder``)."""
@@ -217,3 +233,23 @@ def corpus_splits(folder, tokenizer, *, jobs=1, progress=True):
     split = [data.split_for_title(Path(p).stem) for p in paths]
     train = [s for s, k in zip(seqs, split) if k == "train"] or seqs
     return train, [s for s, k in zip(seqs, split) if k == "validation"]
+
+
+def training_inputs(folder):
+    """The files training reads from ``folder`` (its MIDI files and manifest, or a token dataset's
+    two files), which no output may replace; [] when ``folder`` is not a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    if is_dataset(folder):
+        return [folder / INDEX, folder / TOKENS]
+    return [folder / data.MANIFEST, *data.list_midi_files(folder)]
+
+
+def folder_tokenizer(folder, name):
+    """The tokenizer of a token dataset at ``folder``, else a new one of kind ``name``
+    ('remi' or 'performance')."""
+    from music_attn.music.tokenizers import PerformanceTokenizer, RemiTokenizer
+    if Path(folder).is_dir() and is_dataset(folder):
+        return open_dataset(folder).tokenizer
+    return RemiTokenizer() if name == "remi" else PerformanceTokenizer()

@@ -32,7 +32,7 @@ from music_attn.core.model import parallel_map
 from music_attn.runtime.windows import alignment, corpus_nll
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train",
-           "train_state_from_checkpoint", "check_train_state", "resume_training"]
+           "train_state_from_checkpoint", "check_train_state", "resume_training", "fresh_training"]
 
 
 @dataclass(frozen=True)
@@ -395,6 +395,38 @@ def resume_training(path, *, steps=None):
         return ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state, config)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CheckpointError(f"{path}: unusable training state ({type(exc).__name__}: {exc})") from None
+
+
+def fresh_training(tokenizer, *, d_model, layers, heads, d_ff, max_len, positional, attention, window, alpha,
+                   steps, batch_size, seq_len, lr, warmup, eval_every, checkpoint_every, no_transpose, seed):
+    """(Model, TrainState) of a new run from the ``train`` command's options (None: the default;
+    ``d_ff`` defaults to 4 x ``d_model``, ``max_len`` to the larger of ``seq_len`` and ModelConfig's).
+
+    The model options are checked together; a MusicAttnError names the flags at fault."""
+    from music_attn.core.model import ModelConfig, init_model
+    from music_attn.errors import MusicAttnError
+    if d_model % heads:
+        raise MusicAttnError(f"--d-model {d_model} is not divisible by --heads {heads}")
+    if (positional == "rope" or attention == "soft_align") and (d_model // heads) % 2:
+        raise MusicAttnError(f"--positional rope and --attention soft_align need an even head width "
+                             f"(--d-model / --heads = {d_model // heads})")
+    max_len = max_len or max(seq_len, _default(ModelConfig, "max_len"))
+    if max_len < seq_len:
+        raise MusicAttnError(f"--max-len {max_len} is shorter than --seq-len {seq_len}")
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=d_model, n_layers=layers, n_heads=heads,
+                         d_ff=d_ff or 4 * d_model, max_len=max_len, positional=positional,
+                         attention=attention, window=window, alpha=alpha)
+    tconf = TrainConfig(steps=_default(TrainConfig, "steps") if steps is None else steps,
+                        batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=lr / 10, warmup=warmup,
+                        eval_every=eval_every, checkpoint_every=checkpoint_every,
+                        transpose=None if no_transpose else _default(TrainConfig, "transpose"), seed=seed)
+    rng = np.random.default_rng(seed)
+    model = init_model(config, rng, tokenizer=tokenizer)
+    return model, TrainState(model, tconf, rng)
+
+
+def _default(cls, name):
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
 def _check_rng(meta, path):

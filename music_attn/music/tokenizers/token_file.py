@@ -7,12 +7,13 @@ strings; the token strings win over the ids, so a hand-edited file works.
 """
 
 import json
+import sys
 
-from music_attn._io import read_input
-from music_attn.errors import TokenizerError, shorten
+from music_attn._io import check_input, read_input
+from music_attn.errors import TokenizerError, input_error_message, shorten
 from music_attn.music.tokenizers.base import Tokenizer
 
-__all__ = ["MAX_TOKEN_FILE", "token_document", "token_stats", "read_token_file"]
+__all__ = ["MAX_TOKEN_FILE", "token_document", "token_stats", "stats_table", "encode_files", "read_token_file"]
 
 MAX_TOKEN_FILE = 64 * 2**20          # bytes of token JSON read at most
 
@@ -23,6 +24,47 @@ def token_stats(seq):
     seconds = float(seq.notes["end"].max()) if n_notes else 0.0
     return {"notes": n_notes, "tokens": n_tokens, "tokens_per_note": n_tokens / max(n_notes, 1), "seconds": seconds,
             "drum_notes_left_out": seq.dropped_drums}
+
+
+def stats_table(paths, sequences):
+    """The table ``tokenize --stats`` prints: notes, tokens, tokens per note and seconds of each
+    file, with a total row when there are several."""
+    rows = [(str(p), token_stats(s)) for p, s in zip(paths, sequences)]
+    width = max(len("file"), *(len(name) for name, _ in rows))
+    lines = [f"{'file':<{width}}  {'notes':>7}  {'tokens':>7}  {'tok/note':>8}  {'seconds':>8}"]
+    for name, st in rows:
+        lines.append(f"{name:<{width}}  {st['notes']:>7}  {st['tokens']:>7}  {st['tokens_per_note']:>8.2f}  "
+                     f"{st['seconds']:>8.1f}")
+    if len(rows) > 1:
+        notes, tokens = sum(st["notes"] for _, st in rows), sum(st["tokens"] for _, st in rows)
+        lines.append(f"{'total':<{width}}  {notes:>7}  {tokens:>7}  {tokens / max(notes, 1):>8.2f}")
+    return "\n".join(lines)
+
+
+def encode_files(tokenizer, files, error):
+    """The TokenSequence of each of ``files``, or the input error that stopped it (returned, not
+    raised, so one bad file does not stop the others; an internal error is raised).  Many files
+    show a progress bar on a terminal (after 2 s)."""
+    from music_attn._progress import progress
+
+    if not sys.stderr.isatty():
+        return [_encode(tokenizer, path, error) for path in files]
+    out = []
+    with progress(len(files), "tokenize", unit="file", delay=2.0) as bar:
+        for path in files:
+            out.append(_encode(tokenizer, path, error))
+            bar.update(1)
+    return out
+
+
+def _encode(tokenizer, path, error):
+    try:
+        check_input(path, what="MIDI file", error=error)
+        return tokenizer.encode(path)
+    except Exception as exc:                       # noqa: BLE001 -- sorted just below
+        if input_error_message(exc) is None:
+            raise                                  # an internal error: the caller reports it
+        return exc
 
 
 def token_document(path, seq, tokenizer, with_stats=False):
