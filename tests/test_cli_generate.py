@@ -194,8 +194,10 @@ def test_melody_mode_reads_only_the_chosen_track(prompt, tmp_path, capsys):
 
 def test_drums_flag_lets_the_model_read_the_drum_notes(prompt, tmp_path, capsys):
     n_notes = sum(len(t[3]) for t in mf.PROMPT_TRACKS)
-    code, out, _ = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "d.mid", "--bars", 1, "--drums")
-    assert code == 0 and f"the model read {n_notes} notes" in out and "left out" not in out
+    code, out, err = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "d.mid", "--bars", 1, "--drums")
+    assert code == 0 and f"the model read {n_notes} notes" in out and "drum notes left out" not in err
+    code, out, err = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "d.mid", "--bars", 1)
+    assert code == 0 and "drum notes left out" in err
 
 
 def test_type_0_prompt_keeps_its_track_and_gains_one(prompt, tmp_path, capsys):
