@@ -194,8 +194,10 @@ def test_melody_mode_reads_only_the_chosen_track(prompt, tmp_path, capsys):
 
 def test_drums_flag_lets_the_model_read_the_drum_notes(prompt, tmp_path, capsys):
     n_notes = sum(len(t[3]) for t in mf.PROMPT_TRACKS)
-    code, out, _ = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "d.mid", "--bars", 1, "--drums")
-    assert code == 0 and f"the model read {n_notes} notes" in out and "left out" not in out
+    code, out, err = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "d.mid", "--bars", 1, "--drums")
+    assert code == 0 and f"the model read {n_notes} notes" in out and "drum notes left out" not in err
+    code, out, err = run_here(capsys, "--prompt", prompt, "-o", tmp_path / "d.mid", "--bars", 1)
+    assert code == 0 and "drum notes left out" in err
 
 
 def test_type_0_prompt_keeps_its_track_and_gains_one(prompt, tmp_path, capsys):
@@ -236,11 +238,14 @@ def eager_model(path, tokenizer, **bias):
 def test_early_end_is_reported_with_the_bars_written_and_no_end_prevents_it(prompt, tmp_path, capsys):
     model = eager_model(tmp_path / "eager.npz", RemiTokenizer(velocity_bins=0), EOS=40.0, Bar=4.0)
     out = tmp_path / "e.mid"
-    code, stdout, _ = run_here(capsys, "-m", model, "--prompt", prompt, "-o", out, "--bars", 3)
-    assert code == 0 and "the model ended the piece after 0 of the 3 bars asked for" in stdout
+    code, stdout, _ = run_here(capsys, "-m", model, "--prompt", prompt, "-o", out, "--bars", 3, "--may-end")
+    # the prompt ends at a bar line: the continuation starts with it (one bar), then the model ends
+    assert code == 0 and "the model ended the piece after 1 of the 3 bars asked for" in stdout
     assert "--no-end" in stdout and new_note_ticks(mido.MidiFile(out)) == []
     code, stdout, _ = run_here(capsys, "-m", model, "--prompt", prompt, "-o", out, "--bars", 3, "--no-end")
     assert code == 0 and "(3 bars)" in stdout and "ended the piece" not in stdout
+    code, stdout, _ = run_here(capsys, "-m", model, "--prompt", prompt, "-o", out, "--bars", 3)
+    assert code == 0 and "(3 bars)" in stdout and "ended the piece" not in stdout    # the default
 
 
 def test_performance_tokens_continue_in_seconds_after_the_prompts_last_note_off(prompt, tmp_path, capsys):

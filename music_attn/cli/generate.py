@@ -13,7 +13,7 @@ MAX_SAMPLES = 256                             # a bound on the files one command
 
 
 def register(sub):
-    from music_attn.runtime.generate import generate
+    from music_attn.runtime.continue_midi import continue_midi
     p = sub.add_parser("generate",
                        help="sample a continuation of --prompt FILE.mid (or from nothing) to MIDI",
                        description="Continue a MIDI prompt with the model (the shipped one by default), "
@@ -27,23 +27,32 @@ def register(sub):
                         "shared by several tracks being refused with their numbers "
                         "(default: the pitched track with the most notes)")
     p.add_argument("--melody", action="store_true",
-                   help="for a melody model: it reads only the top voice (highest sounding note at each "
-                        "onset) of the continued track (default: it reads every track)")
+                   help="continue a melody: the model reads only the top voice (highest sounding note at each "
+                        "onset) of the continued track and continues it one note at a time (default: it reads "
+                        "every track; a prompt it reads as one line is continued as one line)")
     p.add_argument("--prompt-bars", type=_bar_range, metavar="FIRST:LAST",
                    help="the model reads only the prompt's notes starting in these bars (from 1) and "
-                        "continues after them (default: the whole prompt)")
+                        "continues at the next bar line; the output holds these bars, then the "
+                        "continuation (default: the whole prompt)")
     p.add_argument("--drums", action="store_true",
                    help="let the model read the drum notes (channel 10) too (the output keeps them either way)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--bars", type=integer(1, MAX_BARS), help=f"number of bars to generate (default: {BARS})")
     budget.add_argument("--tokens", type=integer(1, MAX_TOKENS), help="number of tokens to generate (instead of --bars)")
-    p.add_argument("--no-end", action="store_true",
-                   help="forbid the end-of-piece token until the bars (or tokens) are written")
-    p.add_argument("--temperature", type=real(0), default=default_of(generate, "temperature"),
+    ending = p.add_mutually_exclusive_group()
+    ending.add_argument("--no-end", action="store_true",
+                        help="forbid the end-of-piece token until the bars (or tokens) are written "
+                             "(the default with --prompt and --bars: the model may end only in the last bar)")
+    ending.add_argument("--may-end", action="store_true",
+                        help="with --prompt: let the model end the piece before the bars asked for")
+    ending.add_argument("--end", action="store_true",
+                        help="close on a cadence: the last bar holds the tonic of the prompt's key to its end")
+    p.add_argument("--temperature", type=real(0), default=default_of(continue_midi, "temperature"),
                    help="divides the logits; 0 = greedy")
     p.add_argument("--top-k", type=integer(1), help="sample among the k most likely tokens (default: all)")
-    p.add_argument("--top-p", type=real(0, 1, low_open=True),
-                   help="sample among the smallest set of tokens with this much probability (default: 1)")
+    p.add_argument("--top-p", type=real(0, 1, low_open=True), default=default_of(continue_midi, "top_p"),
+                   help="sample among the smallest set of tokens with this much probability"
+                        + ("" if default_of(continue_midi, "top_p") else " (default: 1)"))
     p.add_argument("--seed", type=integer(0), default=0,
                    help="seed of the sampling (sample i of --num-samples uses seed + i)")
     p.add_argument("--num-samples", type=integer(1, MAX_SAMPLES), default=1, metavar="N",
@@ -70,9 +79,10 @@ def _run(args):
     from music_attn._io import check_input, check_output
     from music_attn.errors import MidiError, MusicAttnError
     from music_attn.runtime.checkpoint import load_model
-    if not args.prompt and (args.track is not None or args.melody or args.drums or args.prompt_bars):
-        raise ValueError("--track, --melody, --drums and --prompt-bars choose what to read from --prompt: "
-                         "give a prompt")
+    if not args.prompt and (args.track is not None or args.melody or args.drums or args.prompt_bars
+                            or args.end):
+        raise ValueError("--track, --melody, --drums, --prompt-bars and --end shape the continuation of "
+                         "--prompt: give a prompt")
     inputs = [p for p in (args.prompt, args.model) if p]
     outputs = _outputs(args)
     for path in outputs:
@@ -156,7 +166,9 @@ def _continue(args, model, budget, outputs):
     results = continue_midi(args.prompt, model=model, bars=budget[1], tokens=budget[0],
                             prompt_bars=args.prompt_bars, track=args.track, melody=args.melody,
                             drums=args.drums, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, no_end=args.no_end, constrained=not args.unconstrained,
+                            top_p=args.top_p, no_end=True if args.no_end else (False if args.may_end else None),
+                            end=args.end,
+                            constrained=not args.unconstrained,
                             num_samples=n if n > 1 else None)
     results = results if n > 1 else [results]
     with atomic_outputs(outputs, inputs=[p for p in (args.prompt, args.model) if p], force=args.force) as temps:

@@ -59,7 +59,7 @@ from music_attn.music.constants import MIDI_MAX_TRACKS, MIDO_MAX_TRACKS
 from music_attn.music.midi import read_chunks, read_midi, source_bytes, split_chunks
 
 __all__ = ["MARKER_TEXT", "TrackInfo", "Continuation", "load_prompt", "prompt_tracks", "choose_track",
-           "check_room_for_a_track",
+           "check_room_for_a_track", "cut_to_passage",
            "prompt_reading", "in_beats", "new_notes", "place_notes", "continue_prompt", "route",
            "after_prompt", "split_voices", "continuation_file"]
 
@@ -147,6 +147,43 @@ def _mido_tracks(fmt, tpb, chunks, name):
         else:
             mid.tracks.extend(part.tracks)
     return mid
+
+
+def cut_to_passage(mid, score, start_tick, end_tick):
+    """The prompt file and Score with only the notes starting in ``start_tick <= tick < end_tick``.
+
+    What ``prompt_bars`` asks for: the output is those bars, then the
+    continuation.  Every other message (tempo, metre, programs, texts) stays
+    where it was; a note's on and off go together (matched first in, first out
+    per channel and pitch).  Returns ``(mido.MidiFile, Score)``.
+    """
+    out = mido.MidiFile(type=mid.type, ticks_per_beat=mid.ticks_per_beat, charset="latin1")
+    for track in mid.tracks:
+        out.tracks.append(_track_in_passage(track, start_tick, end_tick))
+    keep = (score.notes["start_tick"] >= start_tick) & (score.notes["start_tick"] < end_tick)
+    return out, dataclasses.replace(score, notes=score.notes[keep])
+
+
+def _track_in_passage(track, start_tick, end_tick):
+    """One mido track without the notes that start outside the passage (delta times kept right)."""
+    events, sounding, tick = [], {}, 0
+    for msg in track:
+        tick += msg.time
+        if msg.type in ("note_on", "note_off"):
+            key = (msg.channel, msg.note)
+            if msg.type == "note_on" and msg.velocity > 0:
+                inside = start_tick <= tick < end_tick
+                sounding.setdefault(key, []).append(inside)
+                if not inside:
+                    continue
+            elif sounding.get(key) and not sounding[key].pop(0):
+                continue                                       # the off of a note left out
+        events.append((tick, msg))
+    cut, now = mido.MidiTrack(), 0
+    for at, msg in events:
+        cut.append(msg.copy(time=at - now))
+        now = at
+    return cut
 
 
 # --------------------------------------------------------------------------- tracks

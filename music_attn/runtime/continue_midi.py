@@ -25,14 +25,20 @@ import numpy as np
 from music_attn.errors import MusicAttnError
 from music_attn.music import continuation as C
 from music_attn.music import select
+from music_attn.music import rhythm
 from music_attn.music.midi import read_midi
+from music_attn.music.theory import estimate_key
 from music_attn.music.score import Score, write_midi
 from music_attn.runtime.checkpoint import load_model
+from music_attn.runtime.form import Form
 from music_attn.runtime.generate import Generated, generate
 
-__all__ = ["continue_midi", "Continued", "DEFAULT_BARS"]
+__all__ = ["continue_midi", "Continued", "DEFAULT_BARS", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P"]
 
 DEFAULT_BARS = 8    # bars generated when neither ``bars`` nor ``tokens`` says otherwise
+# Sampling defaults chosen by measurement (docs/continuations.md: overlap with real continuations)
+DEFAULT_TEMPERATURE = 0.9
+DEFAULT_TOP_P = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,8 +100,8 @@ class Continued(Score):
 
 
 def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_bars=None, track=None,
-                  melody=False, drums=False, seed=None, temperature=1.0, top_k=None, top_p=None,
-                  no_end=False, constrained=True, num_samples=None):
+                  melody=False, drums=False, seed=None, temperature=DEFAULT_TEMPERATURE, top_k=None,
+                  top_p=DEFAULT_TOP_P, no_end=None, end=False, constrained=True, num_samples=None):
     """Continue the MIDI file ``source`` with ``model``; returns a :class:`Continued`.
 
     Parameters
@@ -104,12 +110,21 @@ def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_
     model : Model, a checkpoint path, or None for the shipped model.
     bars : bars to generate (tokenizers with Bar tokens); ``tokens`` instead counts tokens.
     prompt_bars : (first, last), optional: the model reads only the notes starting in
-        these bars of the prompt (from 1, both included) and continues after them.
+        these bars of the prompt (from 1, both included) and continues after them, at
+        the bar line of bar ``last + 1``; the output holds those bars, then the
+        continuation.  A prompt that ends at a bar line (this way, or with its last
+        note held to one) never gets new notes in its last bar.
     track : the track to continue, by number or name (default: the pitched track with
-        the most notes); ``melody``: the model reads only its top voice.
+        the most notes); ``melody``: the model reads only its top voice.  A melody (or a
+        prompt the model reads as one line) is continued one note at a time.
+    end : close on a cadence by the last bar: its last note the tonic of the prompt's key
+        (:func:`~music_attn.music.theory.estimate_key`), held to the bar end.
+    no_end : forbid the end-of-piece token before the last bar asked for; None (the
+        default) does so when ``bars`` are asked for, False lets the model end early.
     drums : let the model read the drum notes too (the file keeps them either way).
     seed : int seed of the sampling (sample i of ``num_samples`` uses ``seed + i``).
-    temperature, top_k, top_p, no_end, constrained : as :func:`~music_attn.runtime.generate.generate`.
+    temperature, top_k, top_p, no_end, constrained : as :func:`~music_attn.runtime.generate.generate`
+        (the defaults chosen by measurement, see ``docs/continuations.md``).
     num_samples : sample this many continuations at once; returns a list of them.
     """
     name = "the model" if model is None or hasattr(model, "forward") else str(model)
@@ -120,17 +135,22 @@ def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_
     tracks = C.prompt_tracks(mid, score)
     target = C.choose_track(tracks, score, select.track_names(score), track)
     drums = drums or tokenizer.include_drums
+    if prompt_bars is not None:
+        mid, score = C.cut_to_passage(mid, score, *_passage_ticks(score, prompt_bars))
     read, dropped = C.prompt_reading(score, target, melody=melody, drums=drums)
-    read = _in_bars(read, prompt_bars)
     if not len(read.notes):
         raise ValueError(f"{score.name or 'the prompt'}: the model would read no notes of it"
                          + ("" if drums else " (it holds only drums: --drums reads them)"))
     encoder = tokenizer if not drums or tokenizer.include_drums else tokenizer.with_options(include_drums=True)
     ids = encoder.encode(read).ids                                                     # 3. encode
+    ids, form = _form(tokenizer, read, ids, prompt_bars, end and bool(_bars(tokenizer, bars, tokens)))
+    no_end = _bars(tokenizer, bars, tokens) is not None if no_end is None else no_end
+    one_line = constrained and (melody or _one_line(read)) and hasattr(tokenizer.grammar(), "one_line")
     rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(num_samples or 1)]
     outs = generate(model, ids, max_new_tokens=tokens, n_bars=_bars(tokenizer, bars, tokens),  # 4. sample
                     no_end=no_end, temperature=temperature, top_k=top_k, top_p=top_p,
-                    rng=rngs if num_samples else rngs[0], constrained=constrained, num_samples=num_samples)
+                    rng=rngs if num_samples else rngs[0], constrained=constrained, num_samples=num_samples,
+                    one_line=one_line, form=form if constrained else None)
     end = _prompt_end(score, prompt_bars)
     results = [_continued(mid, score, read, tracks, target, tokenizer, out, dropped, melody, end)   # 5. decode
                for out in (outs if num_samples else [outs])]
@@ -148,16 +168,62 @@ def _bars(tokenizer, bars, tokens):
     return None if tokens or tokenizer.bar_id is None else (bars or DEFAULT_BARS)
 
 
-def _in_bars(read, prompt_bars):
-    """The notes of ``read`` that start in bars ``prompt_bars`` = (first, last), from 1."""
-    if prompt_bars is None:
-        return read
+def _passage_ticks(score, prompt_bars):
+    """(start, end) ticks of bars ``prompt_bars`` = (first, last), from 1: bar ``first``'s line to bar ``last + 1``'s."""
     first, last = (int(b) for b in prompt_bars)
     if not 1 <= first <= last:
         raise ValueError(f"prompt_bars must be (first, last) counted from 1, got {prompt_bars!r}")
-    bar, _ = select.bars_and_beats(read.notes, read.time_signatures, read.ticks_per_beat)
-    keep = select.passage_mask(bar, read.notes["start"], bars=(first, last))
-    return Score(**{**{f.name: getattr(read, f.name) for f in fields(Score)}, "notes": read.notes[keep]})
+    lines = rhythm.bar_starts(score, end_tick=_far_enough(score, last + 1))
+    if len(lines) < last + 1:
+        raise ValueError(f"prompt_bars {first}:{last}: the prompt has {len(lines) - 1} bars")
+    return int(lines[first - 1]), int(lines[last])
+
+
+def _far_enough(score, bars):
+    """A tick past the line of bar ``bars`` + 1, whatever the metres."""
+    longest = max(4 * score.ticks_per_beat * int(n) // int(d) for n, d in
+                  zip(score.time_signatures["numerator"], score.time_signatures["denominator"]))
+    return int(max(score.time_signatures["tick"].max(initial=0), 0)) + (bars + 1) * longest
+
+
+def _one_line(read):
+    """Whether the notes the model reads are one line: no two start together, none before the last ends."""
+    notes = read.notes
+    return len(notes) < 2 or bool(np.all(notes["start_tick"][1:] >= notes["end_tick"][:-1]))
+
+
+def _form(tokenizer, read, ids, prompt_bars, end):
+    """The prompt ids (with Bar tokens for its empty last bars) and the Form of the continuation.
+
+    The continuation starts at a bar line when the prompt ends at one: the
+    line after bar ``last`` of ``prompt_bars``, or the line the prompt's last
+    note ends on.  Tokenizers without bars get no Form (None).
+    """
+    if tokenizer.bar_id is None or not hasattr(tokenizer, "positions_per_beat"):
+        return ids, None
+    notes = read.notes
+    last_end = int(notes["end_tick"].max())
+    lines = rhythm.bar_starts(read, end_tick=max(last_end, _passage_end(read, prompt_bars)) + 1)
+    onset_bar = int(np.searchsorted(lines, notes["start_tick"].max(), side="right"))     # from 1
+    if prompt_bars is not None:
+        start_bar = int(prompt_bars[1]) + 1
+    elif last_end in set(lines.tolist()):
+        start_bar = int(np.searchsorted(lines, last_end)) + 1
+    else:
+        start_bar = None
+    key = estimate_key(notes["pitch"], notes["end_tick"] - notes["start_tick"]) if end else None
+    if start_bar is None and key is None:
+        return ids, None
+    ids = np.asarray(ids)
+    while ids.size and ids[-1] == tokenizer.eos_id:
+        ids = ids[:-1]
+    empty = max(0, (start_bar or 0) - onset_bar - 1)                     # bars of rest before the new bar
+    ids = np.concatenate([ids, np.full(empty, tokenizer.bar_id, ids.dtype)])
+    return ids, Form(start_bar=start_bar is not None, ending=key)
+
+
+def _passage_end(read, prompt_bars):
+    return 0 if prompt_bars is None else _far_enough(read, int(prompt_bars[1]) + 1)
 
 
 def _prompt_end(score, prompt_bars):

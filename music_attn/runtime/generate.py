@@ -235,7 +235,7 @@ def _rngs(rng, num_samples):
 
 def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temperature=1.0,
              top_k=None, top_p=None, rng=None, constrained=True, tokenizer=None, use_cache=True,
-             no_end=False, num_samples=None, progress=None):
+             no_end=False, num_samples=None, progress=None, one_line=False, form=None):
     """Continue ``prompt_ids`` by sampling from ``model``.
 
     Parameters
@@ -263,6 +263,10 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
         sample i is what a single run with generator i gives.
     progress : show progress on stderr (tokens, bars) once sampling has taken 2 s: None
         (default) on a terminal only, True also in a log (plain lines), False never.
+    one_line : continue one note at a time (no chords, no note before the last one
+        ends): the grammar's ``one_line`` option, from the end of the prompt on.
+    form : a :class:`~music_attn.runtime.form.Form` (start at a bar line, close on the
+        tonic); needs ``constrained``.
 
     Returns
     -------
@@ -283,12 +287,16 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     prompt = _prompt(prompt_ids, tokenizer)
     rngs = _rngs(rng, num_samples)
     primed = _primed_grammar(tokenizer, prompt) if constrained else None
+    if (one_line or form is not None) and not hasattr(primed, "one_line"):
+        raise ValueError("one_line and form need grammar-constrained REMI tokens")
+    if one_line:
+        primed.one_line = True              # after the prompt: its own chords stay as they are
     context = _context(prompt, model.config.max_len, max_new_tokens)
     out, batch = [], batch_size(model, len(rngs))
     with _progress(progress, max_new_tokens * -(-len(rngs) // batch)) as bar:
         for lo in range(0, len(rngs), batch):         # memory bounded whatever num_samples is
             chunk = rngs[lo:lo + batch]
-            samples = [_Sample(primed, tokenizer, n_bars, no_end) for _ in chunk]
+            samples = [_Sample(primed, tokenizer, n_bars, no_end, form) for _ in chunk]
             with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):   # overflow: refused below
                 stepper = _Stepper(model, context, len(chunk), use_cache)
                 _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), chunk, bar)
@@ -345,11 +353,13 @@ def _brief(value):
 class _Sample:
     """One continuation being sampled: its grammar, its new tokens, its bars, its stop."""
 
-    def __init__(self, primed, tokenizer, n_bars, no_end):
+    def __init__(self, primed, tokenizer, n_bars, no_end, form=None):
         self.grammar = None if primed is None else copy.deepcopy(primed, {id(primed.tok): primed.tok})
+        self.tokenizer = tokenizer
         self.bar_id = None if tokenizer is None else tokenizer.bar_id
         self.eos_id = None if tokenizer is None else tokenizer.eos_id
-        self.n_bars, self.no_end = n_bars, no_end
+        self.n_bars, self.form = n_bars, form
+        self.no_end = no_end or (form is not None and form.ending is not None)   # it ends in the last bar
         self.new, self.bars, self.stop = [], 0, None
 
     def allowed(self, V):
@@ -358,6 +368,9 @@ class _Sample:
         if self.no_end and self.eos_id is not None and (self.n_bars is None or self.bars < self.n_bars):
             allowed = np.ones(V, bool) if allowed is None else allowed
             allowed[self.eos_id] = False                      # the piece may not end yet
+        if self.form is not None:
+            allowed = self.form.restrict(self.tokenizer, self.grammar, self.new, self.bars, self.n_bars,
+                                         allowed)
         return allowed
 
     def take(self, token):

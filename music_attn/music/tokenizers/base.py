@@ -213,6 +213,11 @@ class Tokenizer:
         return np.array([self.token_to_id(t) for t in tokens], dtype=np.int32).reshape(-1)
 
     # -- what tokens mean
+    def kind_mask(self, kind, value=None):
+        """bool (V,): the tokens of ``kind`` (``POSITION``, ``DURATION`` ... of this module), with ``value`` if given."""
+        mask = self._kinds == kind
+        return mask if value is None else mask & (self._values == value)
+
     def pitch_of(self, ids=None):
         """MIDI pitch each token carries, -1 for tokens that carry none.
 

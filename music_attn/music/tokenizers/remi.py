@@ -257,7 +257,13 @@ class _RemiGrammar(GrammarState):
     Positions strictly increase within a bar and stay below its length.
     Without the Tempo option a Position is followed by at least one note;
     with Program tokens every note starts with one.
+
+    ``one_line`` (set it after reading a prompt, for a melody): one note at a
+    time -- no second note at a Position, and no Position before the last
+    note has ended (its onset plus its Duration, across bar lines).
     """
+
+    one_line = False
 
     BAR_S, SIG, BAR_TEMPO, POS, POS_TEMPO, PROG, PITCH_S, VEL, DUR = (
         "bar", "timesig", "bar_tempo", "position", "position_tempo", "program", "pitch", "velocity", "duration")
@@ -297,14 +303,28 @@ class _RemiGrammar(GrammarState):
 
     def _legal(self, kind, value):
         if kind == POSITION:
-            return self.position < value < self.bar_length
+            return self.position < value < self.bar_length and self.bar_start + value >= self.free_from
+        if kind in (PITCH, PROGRAM) and self.one_line:
+            return self.state != self.DUR
         return True
 
     def _restrict(self, mask):
-        if POSITION in self.tok._state_kinds[self.state]:
+        kinds = self.tok._state_kinds[self.state]
+        if POSITION in kinds:
             first = self.tok._first[POSITION]
-            mask[first : first + self.position + 1] = False
+            lowest = max(self.position + 1, self.free_from - self.bar_start)
+            mask[first : first + max(lowest, 0)] = False
             mask[first + self.bar_length : first + int(self.tok._bar_lengths.max())] = False
+        if self.one_line and self.state == self.DUR:
+            mask[np.isin(self.tok._kinds, (PITCH, PROGRAM))] = False     # no chord
+
+    @property
+    def free_from(self):
+        """First position (from the start) where a new note may start: any, or (``one_line``) the last note's end."""
+        if not (self.one_line and self.notes):
+            return 0
+        onset, duration = self.notes[-1][:2]
+        return onset + duration
 
     def _apply(self, kind, value):
         if kind == BAR:
