@@ -124,7 +124,7 @@ def _continue(model, maps, rng):
 
     tokenizer = model.tokenizer
     gen = generate(model, maps.ids, n_bars=N_BARS, max_new_tokens=model.config.max_len // 2,
-                   temperature=0.9, top_p=0.95, rng=rng)
+                   temperature=0.9, top_p=0.95, rng=rng, no_end=True)   # the 8 bars asked for
     decoded = tokenizer.decode(gen.ids)
     before = len(tokenizer.decode(gen.ids[:gen.prompt_length]).score)
     return decoded, decoded.score.notes[before:]  # notes in onset order
