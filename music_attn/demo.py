@@ -20,8 +20,9 @@ __all__ = ["run_demo", "DemoResult"]
 
 N_BARS = 8
 FIRST_TOKENS = 24
-SHIPPED_MODEL_KNOWS = ("The shipped model knows folk melodies and Bach chorales (O'Neill's, Ryan's, Aird's, "
-                       "BWV 250-438) and reads 256 tokens at a time; music far from these is outside what it knows.")
+SHIPPED_MODEL_KNOWS = ("The shipped model knows folk melodies, Bach chorales and pop songs (O'Neill's, Ryan's, "
+                       "Aird's, BWV 250-438, POP909's melodies and piano parts) and reads {window} tokens at a "
+                       "time; music far from these is outside what it knows.")
 
 
 class DemoResult(NamedTuple):
@@ -64,7 +65,7 @@ def run_demo(out_dir="music_attn_demo", *, seed=0, model=None, melody=None, echo
     path, title = _pick_melody(rng) if melody is None else (Path(melody), Path(melody).stem)
     maps = attention_maps(model, path)
     if shipped:
-        echo(SHIPPED_MODEL_KNOWS)
+        echo(SHIPPED_MODEL_KNOWS.format(window=model.config.max_len))
     _print_melody(echo, title, path, maps)
     decoded, continuation = _continue(model, maps, rng)
     page, png, json_path, midi = _write_all(maps, decoded, out, path, echo, force)
