@@ -21,6 +21,7 @@ fairly with the other processes instead of waiting on its own spinning workers.
 
 import contextlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,7 +35,7 @@ SPIN_FLOPS = 200e6
 
 _POOLS = {}
 _LOCK = threading.Lock()
-_BLAS = {"controller": None, "users": 0, "limiter": None}
+_BLAS = {"controller": None, "users": 0, "limiter": None, "modules": 0}
 
 
 def cpu_count():
@@ -58,8 +59,10 @@ def thread_pool(name, workers):
 def single_threaded_blas():
     """Run the body with BLAS limited to one thread per call."""
     with _LOCK:
-        if _BLAS["controller"] is None:
+        if _BLAS["controller"] is None or _BLAS["modules"] != len(sys.modules):
+            # an import since the last look may have loaded another BLAS (torch brings its own)
             _BLAS["controller"] = ThreadpoolController().select(user_api="blas")
+            _BLAS["modules"] = len(sys.modules)
         if _BLAS["users"] == 0:
             _BLAS["limiter"] = _BLAS["controller"].limit(limits=1)
         _BLAS["users"] += 1
