@@ -32,7 +32,7 @@ from music_attn._threads import single_threaded_blas
 from music_attn.errors import MusicAttnError
 from music_attn.music import select
 from music_attn.music.constants import DRUM_CHANNEL
-from music_attn.music.continuation import load_prompt, prompt_tracks
+from music_attn.music.continuation import _note_messages, _track, load_prompt, prompt_tracks
 from music_attn.music.tokenizers.grid import STEPS_PER_BEAT, GridTokenizer
 from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.music.voice_leading import PAIRS, RANGES, VOICE_NAMES, voice_leading
@@ -461,23 +461,15 @@ def _meta_only(track):
 
 def _voice_track(melody, column, name, channel):
     """One voice's MidiTrack: name, program, its notes (a run of one pitch = one note)."""
-    events = [(0, 0, mido.MetaMessage("track_name", name=name)),
-              (0, 1, mido.Message("program_change", program=melody.track.program, channel=channel))]
     change = np.flatnonzero(np.diff(np.concatenate(([-1], column, [-1]))) != 0)
-    for a, b in zip(change[:-1], change[1:]):
-        if column[a] < 0:
-            continue
-        start, end = melody.tick([a, b]).tolist()
-        pitch = int(column[a])
-        events.append((end, 2, mido.Message("note_off", note=pitch, velocity=0, channel=channel)))
-        events.append((start, 3, mido.Message("note_on", note=pitch, velocity=melody.track.velocity,
-                                              channel=channel)))
-    track, now = mido.MidiTrack(), 0
-    for tick, _, msg in sorted(events, key=lambda e: (e[0], e[1])):
-        track.append(msg.copy(time=tick - now))
-        now = tick
-    track.append(mido.MetaMessage("end_of_track", time=0))
-    return track
+    runs = [(a, b) for a, b in zip(change[:-1], change[1:]) if column[a] >= 0]
+    first, last = (np.array(x, dtype=np.int64) for x in zip(*runs)) if runs else (np.zeros(0, np.int64),) * 2
+    start, end = melody.tick(first), melody.tick(last)
+    pitch = column[first] if runs else np.zeros(0, np.int64)
+    events = [(0, -2, mido.MetaMessage("track_name", name=name)),
+              (0, -1, mido.Message("program_change", program=melody.track.program, channel=channel))]
+    events += _note_messages(start, end, pitch, np.full(len(start), melody.track.velocity), channel)
+    return _track(events)
 
 
 # --------------------------------------------------------------------------- the job
