@@ -310,12 +310,26 @@ def test_a_note_held_for_millions_of_beats_gives_a_page_of_the_size_one_note_nee
 
 def test_inspect_past_the_memory_budget_is_refused_in_one_line_before_the_model_runs(tmp_path):
     melody = shipped_melodies()[0]
-    env = _env(MUSIC_ATTN_MEMORY_BUDGET="8M")
+    env = _env(MUSIC_ATTN_MEMORY_BUDGET="1M")           # not even windows of 64 tokens fit
     proc = subprocess.run([sys.executable, "-m", "music_attn", "inspect", str(melody), "-o", "p.html"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIME_LIMIT)
     assert proc.returncode == 2
-    _one_error_line(proc.stderr, melody.name, "memory budget of 8 MiB", "MUSIC_ATTN_MEMORY_BUDGET", "--bars")
+    _one_error_line(proc.stderr, melody.name, "memory budget of 1 MiB", "MUSIC_ATTN_MEMORY_BUDGET", "--bars")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_piece_too_long_for_the_budget_at_the_models_window_is_read_in_narrower_windows(monkeypatch):
+    from music_attn import attention_maps, load_model
+    from music_attn.inspect.windows_read import _memory_needed
+    model, melody = load_model(), shipped_melodies()[0]
+    full = attention_maps(model, melody)
+    T = full.n_tokens
+    budget = (_memory_needed(model, T, model.config.max_len) + _memory_needed(model, T, 256)) // 2
+    monkeypatch.setenv("MUSIC_ATTN_MEMORY_BUDGET", str(budget))
+    narrow = attention_maps(model, melody)
+    assert narrow.window < model.config.max_len and _memory_needed(model, T, narrow.window) <= budget
+    assert f"read in windows of {narrow.window}" in narrow.notice
+    assert "read in windows of" not in full.notice and full.window == model.config.max_len
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ from music_attn.inspect.bands import (
 from music_attn.inspect.fit import FIT_RATIO, _polyphonic, model_fit  # noqa: F401 (FIT_RATIO re-exported)
 from music_attn.runtime.windows import alignment
 from music_attn.inspect.windows_read import (  # noqa: F401 (the reference is used by the tests through here)
-    _check_memory, _plan, _run_windows, _run_windows_one_by_one,
+    _check_memory, _plan, _run_windows, _run_windows_one_by_one, fitting_window,
 )
 
 __all__ = ["AttentionMaps", "NoteRows", "attention_maps", "attention_rollout", "note_name"]
@@ -551,11 +551,14 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
     seq, score, names = _read(source, tok, tracks, melody)
     ids = np.asarray(seq.ids, dtype=np.int64)
     _check_ids(ids, model.config.vocab_size)
+    chosen = window is not None
     window = _check_window(window, model.config.max_len)
     labels = np.asarray(seq.note_of_token, dtype=np.int64)
     cols = _note_columns(seq.notes)
     _add_bars(cols, seq.notes, score)
     a, b, shown = _passage(labels, cols, bars, start, end)
+    narrowed = "" if chosen else _narrowed(model, b - a, window)
+    window = window if not narrowed else fitting_window(model, b - a, window)
     key_labels, labels_shown, kept = _relabel(labels, shown, a, b, window)
     if not kept.size:
         raise MidiError(f"{_name_of(source, seq) or 'melody'}: no notes to inspect")
@@ -568,7 +571,7 @@ def attention_maps(model, source, *, window=None, tokenizer=None, bars=None, sta
                      progress=bar, tokens=list(seq.tokens)[a:b], ids=ids[a:b], token_nll=nll,
                      name=_name_of(source, seq), texts=_midi_texts(score), window=window,
                      n_tokens_in_file=ids.size, selection=selection,
-                     notice=_notice(ids.size, a, b, window, selection))
+                     notice=_notice(ids.size, a, b, window, selection) + narrowed)
     bar is not None and bar.close()
     maps.score = score
     maps.model_fit = model_fit(model, nll, polyphonic=_polyphonic(maps), melody=melody, tracks=tracks)
@@ -652,6 +655,15 @@ def _check_ids(ids, vocab_size):
     if ids.min() < 0 or ids.max() >= vocab_size:
         raise ValueError(f"token ids span {ids.min()}..{ids.max()} but the model's vocabulary has "
                          f"{vocab_size} entries: was the melody encoded with the model's tokenizer?")
+
+
+def _narrowed(model, T, window):
+    """The sentence saying why a long passage is read in narrower windows than the model's ('' if not)."""
+    W = fitting_window(model, T, window)
+    if W == window:
+        return ""
+    return (f" Its {T:,} tokens are read in windows of {W} (the model's are {window}) to stay within the "
+            f"memory budget (MUSIC_ATTN_MEMORY_BUDGET); --window (window= in Python) chooses.")
 
 
 def _check_window(window, max_len):

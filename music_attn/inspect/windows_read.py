@@ -21,6 +21,7 @@ from music_attn.runtime.harmonize import condition_for_ids
 # Windows read per model call: products of 8 x 256 rows run near the machine's matmul
 # rate, and a call's attention (L x 8 x H x 256 x 256 float32) stays near 34 MB.
 _WINDOWS_PER_CALL = 8
+_CALL_BYTES = 64 * 2**20        # attention of one call's windows, at most (1 window of 1,024 tokens x 16 heads)
 
 
 def _plan(n, window, a, b, align=1):
@@ -55,16 +56,16 @@ def _run_windows(model, ids, window, a, b, bar):
             nll[p + 1 - a] = token_nll(logits[i, p - s.start], ids[p + 1])
         bar is not None and bar.update(len(batch))
 
-    parallel_map(read, _batches(_plan(ids.size, window, a, b, alignment(model))))
+    parallel_map(read, _batches(_plan(ids.size, window, a, b, alignment(model)), _windows_per_call(model, W)))
     return band, roll, nll
 
 
-def _batches(plan):
+def _batches(plan, per_call=_WINDOWS_PER_CALL):
     """The windows of ``plan`` in runs of equal length, at most ``_WINDOWS_PER_CALL`` to a run."""
     out = []
     for s in plan:
         last = out[-1] if out else None
-        if last and len(last) < _WINDOWS_PER_CALL and last[0].stop - last[0].start == s.stop - s.start:
+        if last and len(last) < per_call and last[0].stop - last[0].start == s.stop - s.start:
             last.append(s)
         else:
             out.append([s])
@@ -108,12 +109,35 @@ def _run_windows_one_by_one(model, ids, window, a, b, bar=None):
     return band, roll, nll
 
 
+def _memory_needed(model, T, W):
+    """Bytes of the attention band (L, H, T, W), the rollout and what is assembled from them, plus
+    the attention of the windows in flight (two calls of `_windows_per_call` windows)."""
+    L, H = model.config.n_layers, model.config.n_heads
+    return 2 * 4 * T * W * (L * H + 1) + 2 * _windows_per_call(model, W) * L * H * W * W * 4
+
+
+def _windows_per_call(model, W):
+    """Windows per model call: up to ``_WINDOWS_PER_CALL``, fewer when their attention
+    (L, B, H, W, W) float32 would pass ``_CALL_BYTES``."""
+    per_window = model.config.n_layers * model.config.n_heads * W * W * 4
+    return max(1, min(_WINDOWS_PER_CALL, _CALL_BYTES // per_window))
+
+
+def fitting_window(model, T, W):
+    """The window to read T tokens with: W, halved (down to 64 tokens, kept a multiple of the
+    model's period) while the maps would pass the memory budget."""
+    from music_attn._budget import memory_budget
+    budget, align = memory_budget(), alignment(model)
+    while W > 64 and _memory_needed(model, T, W) > budget:
+        W = max(64, W // 2 // align * align)
+    return W
+
+
 def _check_memory(model, T, W, name):
     """Refuse a passage whose attention band (L, H, T, W) and the maps made from it would pass
     the memory budget (:mod:`music_attn._budget`), before any of it is computed."""
     from music_attn._budget import check_memory
-    L, H = model.config.n_layers, model.config.n_heads
-    needed = 2 * 4 * T * W * (L * H + 1)           # float32 band and rollout, and what is assembled from them
+    needed = _memory_needed(model, T, W)
     check_memory(needed, f"{name}: inspecting its {T:,} tokens",
                  "choose a passage (--bars A:B, --start/--end; bars=, start=, end= in Python) "
                  "or a smaller --window")
