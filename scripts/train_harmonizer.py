@@ -53,7 +53,8 @@ from music_attn.music.tokenizers.grid import GridTokenizer
 from music_attn.runtime.harmonize import condition_of, harmonization_nll
 from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table
-from music_attn.training.train import TrainConfig, TrainState, clip_grads, lr_at, train_state_from_checkpoint
+from music_attn.training.train import (TrainConfig, TrainState, clip_grads, lr_at, skip_target_phases,
+                                       train_state_from_checkpoint)
 
 K_AHEAD = 32               # sixteenths of melody read ahead: two bars of 4/4
 VALID_TRAIN = 38           # validation chorales trained on (the first half); the other 38 validate
@@ -124,8 +125,7 @@ def batch(data, config, rng, tokenizer, K):
         ids[row, :len(seq)], cond[row, :len(c)] = seq, c
     inputs, targets = ids[:, :-1], ids[:, 1:].copy()
     targets[targets == tokenizer.pad_id] = -1
-    k, r = config.skip_targets
-    targets[:, np.arange(1, T + 1) % k == r] = -1           # the soprano is given, not scored
+    skip_target_phases(targets, config, 16)                 # the soprano is given, not scored
     return inputs, targets, cond
 
 

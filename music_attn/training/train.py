@@ -251,13 +251,20 @@ def train_batch(sequences, config, rng, tokenizer, pad_id, align=1):
         windows = np.stack([augment_transpose(w, tokenizer, rng, low, high) for w in windows])
     ids, targets = windows[:, :-1], windows[:, 1:].astype(np.int64)   # (B, T+1) -> (B, T)
     targets[targets == pad_id] = -1
-    if config.skip_targets is not None:
-        k, r = config.skip_targets
-        if align % k:
-            raise ValueError(f"skip_targets needs windows aligned to multiples of {k}, got {align}")
-        position = np.arange(1, targets.shape[1] + 1)          # target j is token start + j + 1
-        targets[:, position % k == r] = -1
+    skip_target_phases(targets, config, align)
     return ids, targets
+
+
+def skip_target_phases(targets, config, align):
+    """Set to -1 (in place) the targets (B, T) whose sequence position p has p % k == r, for
+    ``config.skip_targets = (k, r)`` (nothing when None); windows start at multiples of ``align``."""
+    if config.skip_targets is None:
+        return
+    k, r = config.skip_targets
+    if align % k:
+        raise ValueError(f"skip_targets needs windows aligned to multiples of {k}, got {align}")
+    position = np.arange(1, targets.shape[1] + 1)              # target j is token start + j + 1
+    targets[:, position % k == r] = -1
 
 
 # --------------------------------------------------------------------------- loop
