@@ -12,10 +12,12 @@ accompaniment), plus beat, chord and key annotations.  For each song this
 writes two files the training reads:
 
 * ``melody/NNN.mid``: the MELODY track alone (a one-line melody),
-* ``piano/NNN.mid``: the PIANO track alone (the accompaniment, chords).
+* ``piano/NNN.mid``: the PIANO track alone (the accompaniment, chords),
+* ``file/NNN.mid``: the song's own MIDI file, byte for byte (all three tracks,
+  with the file's own timing: the way a user's pop file reaches the model).
 
-BRIDGE is left out (a second melodic line that would cross the melody).
-Onsets and ends are put on the grid of 12 positions per quarter note counted
+In the melody and piano files BRIDGE is left out (a second melodic line that
+would cross the melody).  Onsets and ends are put on the grid of 12 positions per quarter note counted
 from the annotated beats (``beat_midi.txt``), so each beat is one quarter
 note and each annotated downbeat a bar line: time signatures follow the
 downbeats (4/4 mostly, 2/4 or 3/4 where a bar is shorter) and tempo changes
@@ -148,6 +150,22 @@ def songs(source):
     return found
 
 
+def _copy_file(folder, song, out_dir):
+    """The song's own MIDI file, copied byte for byte to ``file/NNN.mid``; its manifest row."""
+    source = folder / f"{song:03d}.mid"
+    file = f"file/{song:03d}.mid"
+    (out_dir / "file").mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / file, "wb") as f:
+        f.write(source.read_bytes())
+    score = read_midi(source)
+    signatures = list(score.time_signatures) or [(0, 4, 4)]
+    bar = score.ticks_per_beat * 4 * signatures[0][1] // signatures[0][2]
+    bars = len(np.unique(score.notes["start_tick"] // bar))
+    metre = ";".join(dict.fromkeys(f"{n}/{d}" for _, n, d in signatures))
+    return {"file": file, "collection": "pop909-file", "title": f"POP909 {song:03d}", "song": song,
+            "part": "file", "split": split_of(song), "notes": len(score.notes), "bars": bars, "metre": metre}
+
+
 def build(source, out_dir, limit=0):
     """Write every song's melody and piano files and the manifest; return the rows."""
     rows = []
@@ -160,6 +178,7 @@ def build(source, out_dir, limit=0):
             rows.append({"file": file, "collection": f"pop909-{part}", "title": made.name, "song": song,
                          "part": part, "split": split_of(song), "notes": len(made.notes),
                          "bars": bars, "metre": metre})
+        rows.append(_copy_file(folder, song, out_dir))
     with atomic_write(out_dir / "MANIFEST.csv", "w") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
