@@ -6,6 +6,8 @@ Run from the repository root (the data folder holds train.json and valid.json):
         --init benchmarks/jsb_chorales.npz --steps 4500 --freeze-base 1500
     python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz \\
         --resume --freeze-base 1500
+    python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz \
+        --resume --freeze-base 1500 --steps 7500 --average 5      # a longer schedule, averaged
     python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz --eval
 
 The model is the four-voice grid model of the JSB benchmark (soprano, alto, tenor,
@@ -32,12 +34,18 @@ bass cells are scored (the soprano is given).  The validation split chooses the
 checkpoint kept (the held-out half): the NLL of alto, tenor and bass per cell given the soprano
 (:func:`music_attn.runtime.harmonize.harmonization_nll`).
 
+``--resume --steps N`` stretches the cosine schedule to N steps (the learning rate
+rises to where the longer schedule stands, then decays to its end).  ``--average K``
+also scores the mean of the weights at the last K evaluations (a running average of
+the trajectory, as the JSB benchmark's weights are) and keeps it when it is better.
+
 Files: ``-o`` the best model (float32 weights, shipped as music_attn/assets/harmonizer.npz);
 ``<output>.state.npz`` the last training state (exact resume; saved every
 ``--eval-every`` steps, at SIGINT and SIGTERM); ``<output minus .npz>.log`` the curve.
 """
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import json
@@ -70,7 +78,10 @@ def _parse(argv):
     p.add_argument("--init", help="JSB grid checkpoint to start from")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--eval", action="store_true", help="print the validation NLL of --output")
-    p.add_argument("--steps", type=int, default=TRAIN.steps)
+    p.add_argument("--steps", type=int, help=f"steps of the schedule (default {TRAIN.steps}; with --resume, "
+                                                "the saved schedule's)")
+    p.add_argument("--average", type=int, default=0, metavar="K",
+                   help="also score the mean weights of the last K evaluations")
     p.add_argument("--lr", type=float, default=TRAIN.lr)
     p.add_argument("--freeze-base", type=int, default=1500, metavar="N",
                    help="steps that train only the condition table (give the same value to --resume)")
@@ -144,7 +155,7 @@ def _fresh(args, tokenizer):
     params = dict(source.params)
     params["cond_emb"] = np.zeros((args.ahead, config.vocab_size, config.d_model), np.float32)
     model = Model(config, {k: v.copy() for k, v in params.items()}, tokenizer=tokenizer)
-    tconf = dataclasses.replace(TRAIN, steps=args.steps, lr=args.lr, seed=args.seed)
+    tconf = dataclasses.replace(TRAIN, steps=args.steps or TRAIN.steps, lr=args.lr, seed=args.seed)
     return model, TrainState(model, tconf, np.random.default_rng(args.seed))
 
 
@@ -175,7 +186,10 @@ def run_training(args):
     if args.resume:
         ckpt = load_checkpoint(state_path)
         model, state = ckpt.model, train_state_from_checkpoint(ckpt.model, ckpt.train_state)
-        log(f"# resumed at step {state.step}")
+        if args.steps:
+            state.config = dataclasses.replace(state.config, steps=args.steps)
+        log(f"# resumed at step {state.step}" + (f"; schedule of {state.config.steps} steps" if args.steps else "")
+            + (f"; averaging the weights of the last {args.average} evaluations" if args.average else ""))
     else:
         model, state = _fresh(args, tokenizer)
         log(f"# started {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC from {args.init}")
@@ -190,6 +204,7 @@ def run_training(args):
     minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
     deadline = _deadline(args.until)
     stop, config, losses = _Stop(), state.config, []
+    snapshots = collections.deque(maxlen=max(args.average, 1))
     if not args.resume:
         v, _ = validate(model, val)
         log(f"{0.0:8.2f} {0:5d} {'':>10} {v:10.4f} {v:8.4f}   (the JSB model, no condition read yet)")
@@ -214,12 +229,21 @@ def run_training(args):
             v, _ = validate(model, val)
             record = {"step": state.step, "loss": float(np.mean(losses)), "val_nll": v, "minutes": minutes}
             state.history.append(record)
+            keep, note = model, ""
+            if args.average:
+                snapshots.append({k: value.copy() for k, value in model.params.items()})
+                mean = Model(model.config, {k: np.mean([snap[k] for snap in snapshots], axis=0)
+                                            for k in model.params}, tokenizer=tokenizer)
+                v_mean, _ = validate(mean, val)
+                note = f"   mean of the last {len(snapshots)}: {v_mean:.4f}"
+                if v_mean < v:
+                    keep, v = mean, v_mean
             if v < best:
                 best = v
-                model.metrics = {"harmonizer_ahead": K, "validation_nats_per_cell": round(v, 6)}
-                save_checkpoint(output, model.astype(np.float32))
+                keep.metrics = {"harmonizer_ahead": K, "validation_nats_per_cell": round(v, 6)}
+                save_checkpoint(output, keep.astype(np.float32))
             save_checkpoint(state_path, model, train_state=state.to_checkpoint())
-            log(f"{minutes:8.2f} {state.step:5d} {record['loss']:10.4f} {v:10.4f} {best:8.4f}")
+            log(f"{minutes:8.2f} {state.step:5d} {record['loss']:10.4f} {record['val_nll']:10.4f} {best:8.4f}{note}")
             losses, t0 = [], time.perf_counter()
     save_checkpoint(state_path, model, train_state=state.to_checkpoint())
     log(f"# stopped at step {state.step}: best validation NLL {best:.4f} nats per lower-voice cell; "

@@ -298,3 +298,23 @@ def test_sample_i_of_a_batch_is_the_single_run_with_seed_plus_i(capsys, prompt, 
 def test_several_samples_need_a_numbered_output_name(capsys, tmp_path):
     code, _, err = run_here(capsys, "--bars", 1, "--num-samples", 2, "-o", tmp_path / "x.mid")
     assert code == 2 and "-o needs one '{i}'" in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "often", "nan"])
+def test_repeat_outside_zero_to_one_is_refused_in_one_line_and_writes_nothing(capsys, tmp_path, value):
+    out = tmp_path / "out.mid"
+    code, _, err = run_here(capsys, "--bars", "2", "--repeat", value, "-o", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--repeat" in err and not out.exists()
+
+
+def test_repeat_from_nothing_replays_bars(capsys, tmp_path):
+    from music_attn.music import rhythm
+    from music_attn.music.midi import read_midi
+    out = tmp_path / "out.mid"
+    code, _, _ = run_here(capsys, "--bars", "8", "--repeat", "1", "--seed", "1", "-o", out)
+    score = read_midi(out)
+    lines = rhythm.bar_starts(score, end_tick=int(score.notes["end_tick"].max()) + 1)
+    bars = [tuple(sorted((int(n["start_tick"]) - a, int(n["pitch"]), int(n["end_tick"] - n["start_tick"]))
+                         for n in score.notes if a <= n["start_tick"] < b)) for a, b in zip(lines[:-1], lines[1:])]
+    full = [k for k, b in enumerate(bars) if b]
+    assert code == 0 and sum(bars[k] in bars[:k] for k in full[1:]) >= len(full) // 2

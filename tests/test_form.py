@@ -108,3 +108,65 @@ def test_groove_consistency_is_one_for_the_same_rhythm_in_every_bar():
     assert F.groove_consistency(notes, lines) == 1.0
     notes["start_tick"][-1] = 3000
     assert F.groove_consistency(notes, lines) == pytest.approx(1 - 2 / 48)
+
+
+def _ids(tok, text):
+    return [tok.token_to_id(t) for t in text.split()]
+
+
+def test_replay_copies_the_notes_of_the_bar_a_phrase_back_and_closes_the_bar():
+    tok = RemiTokenizer(velocity_bins=0)
+    bars = [f"TimeSig_4/4 Position_0 Pitch_{60 + i} Duration_12 Position_24 Pitch_{70 + i} Duration_24"
+            for i in range(6)]
+    history = [_ids(tok, b) for b in bars] + [[]]                     # six bars, the seventh just begun
+    seen = set()
+    for seed in range(40):
+        tokens, d = Form(repeat=1.0).replay(tok, history, 3, 8, None, np.random.default_rng(seed))
+        expected = _ids(tok, bars[6 - d].replace("TimeSig_4/4 ", "")) + [tok.bar_id]
+        assert 1 <= d <= 6 and tokens == expected                     # the notes, no TimeSig, a Bar
+        seen.add(d)
+    assert 4 in seen and len(seen) > 1                                 # mostly a phrase back, not only
+    # a bar after a replayed one replays the bar at the same distance
+    tokens, d = Form(repeat=1.0).replay(tok, history, 3, 8, 2, np.random.default_rng(0))
+    assert d == 2 and tokens[:3] == _ids(tok, "Position_0 Pitch_64 Duration_12")
+
+
+def test_replay_passes_over_empty_bars_and_never_runs_without_a_chance_or_a_generator():
+    tok = RemiTokenizer(velocity_bins=0)
+    history = [_ids(tok, "Position_0 Pitch_62 Duration_48"), [], [], [], []]
+    for seed in range(10):
+        tokens, d = Form(repeat=1.0).replay(tok, history, 1, 8, None, np.random.default_rng(seed))
+        assert d == 4 and tokens == _ids(tok, "Position_0 Pitch_62 Duration_48") + [tok.bar_id]
+    assert Form(repeat=0.0).replay(tok, history, 1, 8, None, np.random.default_rng(0)) == ([], None)
+    assert Form(repeat=1.0).replay(tok, history, 1, 8, None, None) == ([], None)
+    # with an ending asked for, the last two bars are the cadence's
+    assert Form(repeat=1.0, ending=(0, "major")).replay(tok, history, 7, 8, None, np.random.default_rng(0)) \
+        == ([], None)
+    with pytest.raises(ValueError, match="repeat"):
+        Form(repeat=1.5)
+
+
+def _bars_of_notes(notes, lines):
+    """Each bar's notes as sorted (offset, pitch, length) tuples, by a plain loop."""
+    out = []
+    for a, b in zip(lines[:-1], lines[1:]):
+        out.append(sorted((int(n["start_tick"]) - a, int(n["pitch"]), int(n["end_tick"] - n["start_tick"]))
+                          for n in notes if a <= n["start_tick"] < b))
+    return out
+
+
+def test_repeat_one_makes_the_new_bars_replay_earlier_ones_and_zero_leaves_them_to_the_model(prompt):
+    counts = {}
+    for repeat in (0.0, 1.0):
+        same = total = 0
+        for seed in range(3):
+            out = continue_midi(prompt, prompt_bars=(1, 4), bars=8, seed=seed, repeat=repeat)
+            lines = rhythm.bar_starts(out, end_tick=10 ** 6)[:13]
+            notes = np.concatenate([out.prompt.notes, out.new_notes])
+            bars = _bars_of_notes(notes, lines)
+            for k in range(4, 12):
+                if bars[k]:
+                    total += 1
+                    same += any(bars[k] == bars[j] for j in range(k))
+        counts[repeat] = same / total
+    assert counts[1.0] >= 0.75 > counts[0.0]

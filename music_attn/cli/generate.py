@@ -53,6 +53,9 @@ def register(sub):
     p.add_argument("--top-p", type=real(0, 1, low_open=True), default=default_of(continue_midi, "top_p"),
                    help="sample among the smallest set of tokens with this much probability"
                         + ("" if default_of(continue_midi, "top_p") else " (default: 1)"))
+    p.add_argument("--repeat", type=real(0, 1), default=default_of(continue_midi, "repeat"), metavar="P",
+                   help="probability that a new bar replays an earlier bar note for note, a phrase earlier "
+                        "(0: repeats are the model's alone)")
     p.add_argument("--seed", type=integer(0), default=0,
                    help="seed of the sampling (sample i of --num-samples uses seed + i)")
     p.add_argument("--num-samples", type=integer(1, MAX_SAMPLES), default=1, metavar="N",
@@ -126,8 +129,17 @@ def _generate(args, model, prompt_ids, budget, rngs):
     outs = generate(model, prompt_ids, max_new_tokens=max_new_tokens, n_bars=n_bars, no_end=args.no_end,
                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     rng=rngs if batched else rngs[0], constrained=not args.unconstrained,
-                    num_samples=len(rngs) if batched else None)
+                    num_samples=len(rngs) if batched else None, form=_form(args, model.tokenizer))
     return outs if batched else [outs]
+
+
+def _form(args, tokenizer):
+    """Bar repeats from nothing: a Form for REMI tokens sampled with their grammar, else None."""
+    from music_attn.runtime.form import Form
+    if not args.repeat or args.unconstrained or tokenizer is None or tokenizer.bar_id is None \
+            or not hasattr(tokenizer.grammar(), "one_line"):
+        return None
+    return Form(repeat=args.repeat)
 
 
 def _write_fresh(args, tokenizer, outs, budget, inputs, outputs):
@@ -167,7 +179,7 @@ def _continue(args, model, budget, outputs):
                             prompt_bars=args.prompt_bars, track=args.track, melody=args.melody,
                             drums=args.drums, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, no_end=True if args.no_end else (False if args.may_end else None),
-                            end=args.end,
+                            end=args.end, repeat=args.repeat,
                             constrained=not args.unconstrained,
                             num_samples=n if n > 1 else None)
     results = results if n > 1 else [results]

@@ -33,12 +33,14 @@ from music_attn.runtime.checkpoint import load_model
 from music_attn.runtime.form import Form
 from music_attn.runtime.generate import Generated, generate
 
-__all__ = ["continue_midi", "Continued", "DEFAULT_BARS", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P"]
+__all__ = ["continue_midi", "Continued", "DEFAULT_BARS", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
+           "DEFAULT_REPEAT"]
 
 DEFAULT_BARS = 8    # bars generated when neither ``bars`` nor ``tokens`` says otherwise
 # Sampling defaults chosen by measurement (docs/continuations.md: overlap with real continuations)
 DEFAULT_TEMPERATURE = 0.9
 DEFAULT_TOP_P = None
+DEFAULT_REPEAT = 0.1
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,7 +103,8 @@ class Continued(Score):
 
 def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_bars=None, track=None,
                   melody=False, drums=False, seed=None, temperature=DEFAULT_TEMPERATURE, top_k=None,
-                  top_p=DEFAULT_TOP_P, no_end=None, end=False, constrained=True, num_samples=None):
+                  top_p=DEFAULT_TOP_P, no_end=None, end=False, constrained=True, num_samples=None,
+                  repeat=DEFAULT_REPEAT):
     """Continue the MIDI file ``source`` with ``model``; returns a :class:`Continued`.
 
     Parameters
@@ -126,6 +129,9 @@ def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_
     temperature, top_k, top_p, no_end, constrained : as :func:`~music_attn.runtime.generate.generate`
         (the defaults chosen by measurement, see ``docs/continuations.md``).
     num_samples : sample this many continuations at once; returns a list of them.
+    repeat : probability that a new bar replays an earlier bar note for note (a phrase
+        earlier, usually 4 bars; see :class:`~music_attn.runtime.form.Form`); 0 leaves
+        repeats to the model alone.
     """
     name = "the model" if model is None or hasattr(model, "forward") else str(model)
     model = model if hasattr(model, "forward") else load_model(model)                # 1. load
@@ -143,7 +149,7 @@ def continue_midi(source, *, model=None, bars=DEFAULT_BARS, tokens=None, prompt_
                          + ("" if drums else " (it holds only drums: --drums reads them)"))
     encoder = tokenizer if not drums or tokenizer.include_drums else tokenizer.with_options(include_drums=True)
     ids = encoder.encode(read).ids                                                     # 3. encode
-    ids, form = _form(tokenizer, read, ids, prompt_bars, end and bool(_bars(tokenizer, bars, tokens)))
+    ids, form = _form(tokenizer, read, ids, prompt_bars, end and bool(_bars(tokenizer, bars, tokens)), repeat)
     no_end = _bars(tokenizer, bars, tokens) is not None if no_end is None else no_end
     one_line = constrained and (melody or _one_line(read)) and hasattr(tokenizer.grammar(), "one_line")
     rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(num_samples or 1)]
@@ -192,7 +198,7 @@ def _one_line(read):
     return len(notes) < 2 or bool(np.all(notes["start_tick"][1:] >= notes["end_tick"][:-1]))
 
 
-def _form(tokenizer, read, ids, prompt_bars, end):
+def _form(tokenizer, read, ids, prompt_bars, end, repeat=0.0):
     """The prompt ids (with Bar tokens for its empty last bars) and the Form of the continuation.
 
     The continuation starts at a bar line when the prompt ends at one: the
@@ -212,14 +218,14 @@ def _form(tokenizer, read, ids, prompt_bars, end):
     else:
         start_bar = None
     key = estimate_key(notes["pitch"], notes["end_tick"] - notes["start_tick"]) if end else None
-    if start_bar is None and key is None:
+    if start_bar is None and key is None and not repeat:
         return ids, None
     ids = np.asarray(ids)
     while ids.size and ids[-1] == tokenizer.eos_id:
         ids = ids[:-1]
     empty = max(0, (start_bar or 0) - onset_bar - 1)                     # bars of rest before the new bar
     ids = np.concatenate([ids, np.full(empty, tokenizer.bar_id, ids.dtype)])
-    return ids, Form(start_bar=start_bar is not None, ending=key)
+    return ids, Form(start_bar=start_bar is not None, ending=key, repeat=float(repeat))
 
 
 def _passage_end(read, prompt_bars):

@@ -4,6 +4,13 @@ Masks applied on top of the tokenizer's grammar (REMI), one sample at a time:
 
 * ``start_bar``: the first new token is a Bar, so a prompt that ends at a bar
   line never gets new notes in its last bar.
+* ``repeat`` = p: at each new bar line, with probability p, the bar replays an
+  earlier bar note for note (pitch, position, length), then closes.  Which bar:
+  the one a phrase earlier.  The distance is drawn from how far back the
+  repeated bars of the folk corpus's training tunes look (4 bars in 62% of
+  cases, 2 in 14%, 8 in 12%); a bar that follows a replayed one replays the
+  bar at the same distance, so whole phrases come back (A A', AABA).  A
+  replayed token the grammar forbids ends the replay there.
 * ``ending`` = (tonic pitch class, mode): the continuation closes with a
   cadence in its last bar.  In the penultimate bar, notes on the last beat
   are steered to the dominant (scale degrees 2, 5 and 7); the last bar holds
@@ -21,9 +28,14 @@ from typing import Optional
 
 import numpy as np
 
-from music_attn.music.tokenizers.base import DURATION, POSITION
+from music_attn.music.tokenizers.base import DURATION, PITCH, POSITION, PROGRAM, VELOCITY
 
-__all__ = ["Form", "dominant_pitch_classes"]
+__all__ = ["Form", "dominant_pitch_classes", "REPEAT_DISTANCES"]
+
+# How far back (bars) a repeated bar of a tune looks: bars 5-12 of 1,500 training tunes of the
+# folk corpus that repeat an earlier bar note for note, by distance to the nearest such bar.
+REPEAT_DISTANCES = {1: 74, 2: 271, 3: 42, 4: 1168, 5: 25, 6: 51, 7: 12, 8: 218, 9: 8, 10: 5}
+_REPLAYED = (POSITION, PITCH, VELOCITY, DURATION, PROGRAM)      # token kinds a replayed bar copies
 
 _MAJOR_DOMINANT = (2, 7, 11)        # degrees 2, 5, 7 of the major scale, above the tonic
 _MINOR_DOMINANT = (2, 7, 10, 11)    # and the minor's subtonic and leading note
@@ -41,6 +53,41 @@ class Form:
 
     start_bar: bool = False
     ending: Optional[tuple] = None          # (tonic pitch class, "major" | "minor")
+    repeat: float = 0.0                     # probability that a new bar replays an earlier one
+
+    def __post_init__(self):
+        if not 0.0 <= self.repeat <= 1.0:
+            raise ValueError(f"repeat must lie in [0, 1], got {self.repeat}")
+
+    def replay(self, tokenizer, history, bars, n_bars, last_distance, rng):
+        """(tokens, distance) of the bar to replay at a new bar line, or ([], None).
+
+        ``history`` : the token lists of the bars so far (prompt included), the last
+        one the bar just begun (empty); ``bars`` : new bars begun, this one included;
+        ``last_distance`` : the distance the bar before replayed from (None if it did
+        not).  The tokens are the earlier bar's notes and a closing Bar.
+        """
+        if not self.repeat or rng is None or len(history) < 2:
+            return [], None
+        if self.ending is not None and n_bars is not None and bars >= n_bars - 1:
+            return [], None                                       # the cadence shapes the last two bars
+        if rng.random() >= self.repeat:
+            return [], None
+        kinds = tokenizer.kind_mask
+        keep = np.zeros(tokenizer.vocab_size, bool)
+        for kind in _REPLAYED:
+            keep |= kinds(kind)
+        earlier = {d: [t for t in history[-1 - d] if keep[t]] for d in REPEAT_DISTANCES if d < len(history)}
+        earlier = {d: tokens for d, tokens in earlier.items() if any(kinds(PITCH)[t] for t in tokens)}
+        if not earlier:
+            return [], None
+        if last_distance in earlier:
+            distance = last_distance
+        else:
+            options = sorted(earlier)
+            weights = np.array([REPEAT_DISTANCES[d] for d in options], float)
+            distance = options[int(rng.choice(len(options), p=weights / weights.sum()))]
+        return earlier[distance] + [tokenizer.bar_id], distance
 
     def restrict(self, tokenizer, grammar, new, bars, n_bars, allowed):
         """``allowed`` (V,) bool narrowed for a sample that has taken ``new`` tokens and ``bars`` Bars."""

@@ -292,11 +292,12 @@ def generate(model, prompt_ids=None, *, max_new_tokens=None, n_bars=None, temper
     if one_line:
         primed.one_line = True              # after the prompt: its own chords stay as they are
     context = _context(prompt, model.config.max_len, max_new_tokens)
+    history = _bars_of(prompt, tokenizer) if form is not None and form.repeat else None
     out, batch = [], batch_size(model, len(rngs))
     with _progress(progress, max_new_tokens * -(-len(rngs) // batch)) as bar:
         for lo in range(0, len(rngs), batch):         # memory bounded whatever num_samples is
             chunk = rngs[lo:lo + batch]
-            samples = [_Sample(primed, tokenizer, n_bars, no_end, form) for _ in chunk]
+            samples = [_Sample(primed, tokenizer, n_bars, no_end, form, rng=r, history=history) for r in chunk]
             with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):   # overflow: refused below
                 stepper = _Stepper(model, context, len(chunk), use_cache)
                 _sample_loop(stepper, samples, max_new_tokens, (temperature, top_k, top_p), chunk, bar)
@@ -350,10 +351,25 @@ def _brief(value):
     return shorten(repr(value), 80)
 
 
-class _Sample:
-    """One continuation being sampled: its grammar, its new tokens, its bars, its stop."""
+def _bars_of(ids, tokenizer):
+    """The token lists of the bars of ``ids`` (what follows each Bar token, up to the next)."""
+    bars = []
+    for token in np.asarray(ids).tolist():
+        if token == tokenizer.bar_id:
+            bars.append([])
+        elif bars:
+            bars[-1].append(token)
+    return bars
 
-    def __init__(self, primed, tokenizer, n_bars, no_end, form=None):
+
+class _Sample:
+    """One continuation being sampled: its grammar, its new tokens, its bars, its stop.
+
+    With a Form that repeats bars, ``history`` holds the token lists of the bars so
+    far and ``replaying`` the tokens of an earlier bar still to be replayed.
+    """
+
+    def __init__(self, primed, tokenizer, n_bars, no_end, form=None, rng=None, history=None):
         self.grammar = None if primed is None else copy.deepcopy(primed, {id(primed.tok): primed.tok})
         self.tokenizer = tokenizer
         self.bar_id = None if tokenizer is None else tokenizer.bar_id
@@ -361,6 +377,8 @@ class _Sample:
         self.n_bars, self.form = n_bars, form
         self.no_end = no_end or (form is not None and form.ending is not None)   # it ends in the last bar
         self.new, self.bars, self.stop = [], 0, None
+        self.rng, self.history = rng, None if history is None else [list(b) for b in history]
+        self.replaying, self.distance = [], None
 
     def allowed(self, V):
         """bool (V,) of tokens this sample may take next (None: any)."""
@@ -371,6 +389,13 @@ class _Sample:
         if self.form is not None:
             allowed = self.form.restrict(self.tokenizer, self.grammar, self.new, self.bars, self.n_bars,
                                          allowed)
+        if self.replaying:
+            token = self.replaying[0]
+            if allowed is None or allowed[token]:
+                allowed = np.zeros(V, bool)
+                allowed[token] = True
+            else:                                             # the grammar forbids it: sample on
+                self.replaying, self.distance = [], None
         return allowed
 
     def take(self, token):
@@ -382,8 +407,25 @@ class _Sample:
         self.new.append(token)
         if self.grammar is not None:
             self.grammar.advance(token)
+        if self.history is not None:
+            self._follow(token)
         if token == self.eos_id:
             self.stop = "eos"
+
+    def _follow(self, token):
+        """Keep the bars' tokens; at a bar line, ask the Form whether this bar replays an earlier one."""
+        if self.replaying:
+            if token == self.replaying[0]:
+                self.replaying.pop(0)
+            else:
+                self.replaying, self.distance = [], None
+        if token != self.bar_id:
+            if self.history:
+                self.history[-1].append(token)
+            return
+        self.history.append([])
+        self.replaying, self.distance = self.form.replay(self.tokenizer, self.history, self.bars, self.n_bars,
+                                                         self.distance, self.rng)
 
     def result(self, prompt):
         pending = 0 if self.grammar is None else min(self.grammar.pending, len(self.new))
