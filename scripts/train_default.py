@@ -53,10 +53,9 @@ ABLATION = ROOT / "music_attn" / "assets" / "ablation.json"
 LOG = ROOT / "build" / "train_default.log"
 MAX_MODEL_MB = 25                  # the shipped model file stays within this
 STYLES = {"folk": ("oneills1850", "ryansMammoth", "airdsAirs"), "chorales": ("bach",),
-          "pop": ("pop909-melody", "pop909-piano")}
-# Trained on, never validated on: POP909's own files (all tracks, the file's timing). The
-# validation styles stay those above, so the validation NLL compares with earlier models.
-TRAIN_ONLY = {"pop-files": ("pop909-file",)}
+          "pop": ("pop909-melody", "pop909-piano"),
+          # POP909's own files: all three tracks, the file's own timing (not the beat grid)
+          "pop-files": ("pop909-file",)}
 
 # Small enough to train in the budget on 2 cores, big enough to beat an n-gram:
 # relative positions (Music Transformer), 4 blocks of width 192, windows of 256
@@ -97,13 +96,13 @@ def _train_config(args):
                                min_lr=min(TRAIN.min_lr, lr / 10), warmup=100 if args.init else TRAIN.warmup)
 
 
-def _style_paths(args, split, styles=STYLES):
+def _style_paths(args, split):
     """{style: MIDI paths of ``split``} over the corpus (folk, chorales) and POP909 (pop)."""
     rows = [(Path(args.data), r) for r in read_manifest(args.data)]
     if args.pop909:
         rows += [(Path(args.pop909), r) for r in read_manifest(args.pop909)]
     out = {}
-    for style, collections in styles.items():
+    for style, collections in STYLES.items():
         paths = [folder / r["file"] for folder, r in rows
                  if r["collection"] in collections and r["split"] == split]
         if paths:
@@ -197,6 +196,9 @@ def _train_one(args, positional, tokenizer, train_seqs, val, output, checkpoint)
         ckpt = load_checkpoint(checkpoint)
         model = ckpt.model
         state = train_state_from_checkpoint(model, ckpt.train_state)
+        if args.steps and args.steps != state.config.steps:      # a shorter or longer schedule from here
+            state.config = dataclasses.replace(state.config, steps=args.steps)
+            _log(args.log, f"# resumed at step {state.step}; the cosine schedule now ends at step {args.steps}")
     else:
         model, state = _new_state(args, positional, tokenizer, train_seqs)
         _log(args.log, f"# {model!r}; {json.dumps(state.config.to_dict())}"
@@ -232,8 +234,7 @@ def _train_one(args, positional, tokenizer, train_seqs, val, output, checkpoint)
 
 def _load_data(args, tokenizer):
     """(train sequences, {style: validation sequences}), with their sizes printed."""
-    styles = {**STYLES, **TRAIN_ONLY}
-    train_paths = [p for paths in _style_paths(args, "train", styles).values() for p in paths]
+    train_paths = [p for paths in _style_paths(args, "train").values() for p in paths]
     train_seqs = tokenize_files(train_paths, tokenizer, jobs=2)
     val = {style: tokenize_files(paths, tokenizer, jobs=2)
            for style, paths in _style_paths(args, "validation").items()}
