@@ -9,6 +9,9 @@ each query note's tokens into CSR rows (:class:`NoteRows`), never N x N;
 Zuidema 2020).  See :mod:`music_attn.inspect.inspector` for the rules.
 """
 
+import contextlib
+import gc
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -57,6 +60,89 @@ def _row_ids(indptr):
 
 def _split(values, indptr):
     return [values[a:b] for a, b in zip(indptr[:-1].tolist(), indptr[1:].tolist())]
+
+
+def _split_rows(values, indptr):
+    """CSR ``values`` (nnz,) as one Python list per row, like ``_split(values.tolist(), indptr)``.
+
+    Rows of at most a few entries (top-k rows) go through one padded (R, m) array and a
+    single ``tolist``; only the rows shorter than m are cut afterwards.
+    """
+    values, indptr = np.asarray(values), np.asarray(indptr, dtype=np.int64)
+    counts = np.diff(indptr)
+    R = counts.size
+    m = int(counts.max()) if R else 0
+    if R == 0 or m == 0 or R * m > 2 * values.size + R:            # long or ragged rows: slice them
+        return _split(values.tolist(), indptr)
+    pos = np.arange(values.size) - np.repeat(indptr[:-1], counts)
+    padded = np.zeros((R, m), dtype=values.dtype)
+    padded[np.repeat(np.arange(R), counts), pos] = values
+    out = padded.tolist()
+    for i in np.flatnonzero(counts < m).tolist():
+        out[i] = out[i][:counts[i]]
+    return out
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection while a large output (millions of lists, dicts and numbers, none
+    of them in a cycle) is built and serialised: its passes would walk all of them again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _split_floats(values, indptr, decimals):
+    """CSR ``values`` rounded to ``decimals`` (NaN and inf as None), one Python list per row."""
+    values = np.round(np.asarray(values, np.float64), decimals)
+    rows = _split_rows(values, indptr)
+    return rows if np.isfinite(values).all() else [[x if math.isfinite(x) else None for x in row] for row in rows]
+
+
+def _top_k_entries(key, indptr, k):
+    """``order[rank < k]`` of ``order = np.argsort(key, kind="stable")``, rank counted within rows.
+
+    ``key`` (nnz,) orders the entries of CSR rows: ``key = row + x`` with x in [-0.25, 0.75),
+    so sorting it groups the rows in order, each by x, ties by position.  Returns the indices
+    of the ``k`` first entries of every row in that order without sorting all of them: each
+    row's k-th smallest key comes from a partition of the rows padded to their longest, the
+    entries up to it are kept, and only those are sorted.  Rows with more than ``k`` of them
+    (ties at the k-th key) are sorted whole; other keys (or NaN), or rows of very different
+    lengths, send every row through the full sort (the result is the same).
+    """
+    key, indptr = np.asarray(key), np.asarray(indptr, dtype=np.int64)
+    counts = np.diff(indptr)
+    R, E, k = counts.size, key.size, int(k)
+    m = int(counts.max()) if R else 0
+    if E == 0 or k <= 0 or k >= m or R * m > 4 * E + 4096 or key.dtype != np.float64:
+        return _top_k_sorted(key, indptr, k)
+    x = key - np.repeat(np.arange(R, dtype=np.float64), counts)           # exact: x stays near the row
+    if not (x.min() >= -0.25 and x.max() < 0.75):                         # False for NaN too
+        return _top_k_sorted(key, indptr, k)
+    filled = np.arange(m) < counts[:, None]                               # (R, m)
+    padded = np.full((R, m), np.inf)
+    padded[filled] = key                                                  # row by row, as stored
+    kth = np.partition(padded, k - 1, axis=1)[:, k - 1:k]                 # (R, 1) each row's k-th smallest
+    upto = (padded <= kth) & filled
+    tied = upto.sum(1) > k                                                # ties at the k-th key: sort those rows
+    if tied.any():
+        upto[tied] = False
+        rows = np.flatnonzero(np.repeat(tied, counts))
+        extra = rows[_top_k_sorted(key[rows], np.concatenate(([0], np.cumsum(counts[tied]))), k)]
+    keep = np.flatnonzero(upto[filled])                                   # by row, then position
+    keep = np.sort(np.concatenate((keep, extra))) if tied.any() else keep
+    return keep[np.argsort(key[keep], kind="stable")]
+
+
+def _top_k_sorted(key, indptr, k):
+    """`_top_k_entries` by sorting every entry."""
+    order = np.argsort(key, kind="stable")
+    rank = np.arange(order.size) - indptr[_row_ids(indptr)[order]]
+    return order[rank < k]
 
 
 def _earlier_entropy(rows, n_notes):

@@ -52,8 +52,8 @@ from music_attn.music import select
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.music.theory import note_name, spelled_names
 from music_attn.inspect.bands import (
-    _CONTEXT, _STRUCTURE, NoteRows, _band_keys, _check_dense, _earlier_entropy, _Head, _row_ids, _split, attention_rollout, band_to_notes,
-    dense_to_band,
+    _CONTEXT, _STRUCTURE, NoteRows, _band_keys, _check_dense, _earlier_entropy, _gc_paused, _Head, _row_ids, _split_floats, _split_rows,
+    _top_k_entries, attention_rollout, band_to_notes, dense_to_band,
 )
 from music_attn.inspect.fit import FIT_RATIO, _polyphonic, model_fit  # noqa: F401 (FIT_RATIO re-exported)
 from music_attn.runtime.windows import alignment
@@ -254,9 +254,7 @@ class AttentionMaps:
         """
         rows = self.note_rows(layer, head)
         r = _row_ids(rows.indptr)
-        order = np.argsort(r + 0.5 * (1.0 - rows.weights), kind="stable")   # by row, strongest first
-        rank = np.arange(order.size) - rows.indptr[r[order]]
-        keep = order[rank < k]
+        keep = _top_k_entries(r + 0.5 * (1.0 - rows.weights), rows.indptr, k)   # by row, strongest first
         counts = np.bincount(r[keep], minlength=self.n_notes)
         rest = np.bincount(r, rows.weights.astype(np.float64), self.n_notes) - np.bincount(
             r[keep], rows.weights[keep].astype(np.float64), self.n_notes)
@@ -339,7 +337,7 @@ class AttentionMaps:
                "window": self.window, "n_tokens_in_file": self.n_tokens_in_file, "notice": self.notice,
                "selection": self.selection, "model_fit": _fit_dict(self.model_fit, decimals),
                "layers": self.n_layers, "heads": self.n_heads,
-               "notes": [_note_dict(self, i, decimals) for i in range(self.n_notes)],
+               "notes": _note_dicts(self, decimals),
                "tokens": {"text": [str(t) for t in self.tokens], "note": self.note_of_token.tolist(),
                           "nll": _floats(self.token_nll, decimals)},
                "note_attention": self._sparse_dict(top_k, decimals)}
@@ -356,14 +354,15 @@ class AttentionMaps:
     def _head_dict(self, layer, head, k, decimals):
         indptr, keys, weights, rest = self.top_keys(layer, head, k)
         structure, context = self.shares(layer, head)
-        return {"keys": _split(keys.tolist(), indptr), "weights": _split(_floats(weights, decimals), indptr),
+        return {"keys": _split_rows(keys, indptr), "weights": _split_floats(weights, indptr, decimals),
                 "rest": _floats(rest, decimals), "structure": _floats(structure, decimals),
                 "context": _floats(context, decimals)}
 
     def to_json(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
         """The `to_dict` view as compact JSON text."""
-        return json.dumps(self.to_dict(top_k=top_k, token_band=token_band, decimals=decimals),
-                          separators=(",", ":"), allow_nan=False)
+        with _gc_paused():
+            return json.dumps(self.to_dict(top_k=top_k, token_band=token_band, decimals=decimals),
+                              separators=(",", ":"), allow_nan=False)
 
     def _repr_html_(self):
         from music_attn.inspect.viz import render_html
@@ -454,13 +453,18 @@ def _find_column(notes, names):
     return None
 
 
-def _note_dict(maps, i, decimals):
-    return {"pitch": int(maps.pitch[i]), "name": maps.note_names[i], "start": _num(maps.start[i], decimals),
-            "end": _num(maps.end[i], decimals),
-            "bar": None if maps.bar is None else int(maps.bar[i]),
-            "beat": None if maps.beat is None else _num(maps.beat[i], decimals),
-            "track": int(maps.track[i]), "drum": bool(maps.drum[i]), "velocity": int(maps.velocity[i]),
-            "surprise": _num(maps.surprise[i], decimals)}
+def _note_dicts(maps, decimals):
+    """One dict per note (`to_dict`), built column by column: ints, rounded floats (None for NaN/inf)."""
+    none = [None] * maps.n_notes
+    pitch, bar, track, velocity = (none if a is None else np.asarray(a).astype(np.int64).tolist()
+                                   for a in (maps.pitch, maps.bar, maps.track, maps.velocity))
+    start, end, beat, surprise = (none if a is None else [round(x, decimals) if math.isfinite(x) else None
+                                                          for x in np.asarray(a, np.float64).tolist()]
+                                  for a in (maps.start, maps.end, maps.beat, maps.surprise))
+    columns = zip(pitch, maps.note_names, start, end, bar, beat, track, np.asarray(maps.drum).astype(bool).tolist(),
+                  velocity, surprise)
+    return [{"pitch": p, "name": n, "start": s, "end": e, "bar": b, "beat": t, "track": k, "drum": d, "velocity": v,
+             "surprise": x} for p, n, s, e, b, t, k, d, v, x in columns]
 
 
 def _num(x, decimals):

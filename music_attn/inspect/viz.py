@@ -29,6 +29,7 @@ import numpy as np
 from music_attn._io import atomic_write
 from music_attn._text import without_bidi
 from music_attn.errors import MusicAttnError
+from music_attn.inspect.bands import _gc_paused, _top_k_entries
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
 from music_attn.music.theory import drum_name, key_name, key_spelling, piece_key, spell_with, uses_flats
@@ -60,8 +61,9 @@ def render_html(maps, *, score=None):
     bars, metres, tracks and continuation marker when the maps do not carry them.
     """
     page = _asset("page.html")
-    parts = {"{{css}}": _asset("inspector.css"), "{{js}}": _asset("inspector.js"),
-             "{{data}}": _embed_json(page_data(maps, score=score))}
+    with _gc_paused():
+        data = _embed_json(page_data(maps, score=score))
+    parts = {"{{css}}": _asset("inspector.css"), "{{js}}": _asset("inspector.js"), "{{data}}": data}
     for key, value in parts.items():
         page = page.replace(key, value, 1)
     return page
@@ -308,9 +310,7 @@ def _top_k_csr(indptr, keys, weights, N, k):
     """CSR rows -> counts (N,) uint8, keys, uint8 weights: the ``k`` largest of each row, largest first."""
     row = np.repeat(np.arange(N), np.diff(indptr))                      # (E,)
     w = np.clip(np.asarray(weights, dtype=np.float64), 0, 1)
-    order = np.argsort(row + 0.5 * (1 - w), kind="stable")              # by row, then weight down
-    rank = np.arange(order.size) - np.asarray(indptr)[row[order]]
-    take = order[rank < k]
+    take = _top_k_entries(row + 0.5 * (1 - w), indptr, k)               # by row, then weight down
     q = _quantize(np.asarray(weights)[take])
     take, q = take[q > 0], q[q > 0]
     return np.bincount(row[take], minlength=N).astype(np.uint8), np.asarray(keys)[take], q

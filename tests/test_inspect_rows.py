@@ -1,0 +1,220 @@
+"""The vectorised row work under inspect (top-k rows, row lists, head roles, JSON notes) against
+plain loops in float64 written here, on random data with ties, empty rows and short rows."""
+
+import gc
+import math
+import types
+
+import numpy as np
+import pytest
+
+from music_attn.inspect import bands, roles, viz
+from music_attn.inspect.inspector import AttentionMaps, _note_dicts
+
+
+def _random_csr(rng, n_rows, max_len, *, levels=None, empty=0.2):
+    """indptr (R + 1,), keys (E,) increasing in each row, float32 weights (E,) in [0, 1].
+
+    ``levels``: weights drawn from that many equal steps (many exact ties), else uniform."""
+    lengths = rng.integers(0, max_len + 1, n_rows)
+    lengths[rng.random(n_rows) < empty] = 0
+    indptr = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    keys = np.concatenate([np.sort(rng.choice(max(n_rows, max_len), n, replace=False)) for n in lengths]
+                          + [np.zeros(0, np.int64)]).astype(np.int32)
+    if levels:
+        weights = rng.integers(1, levels + 1, indptr[-1]) / levels
+    else:
+        weights = rng.random(indptr[-1])
+    return indptr, keys, weights.astype(np.float32)
+
+
+def _loop_top_k(key, indptr, k):
+    """Each row's entries by (key, position), its first k: a plain loop."""
+    out = []
+    for i in range(len(indptr) - 1):
+        entries = list(range(int(indptr[i]), int(indptr[i + 1])))
+        out += sorted(entries, key=lambda j: (float(key[j]), j))[:k]
+    return np.array(out, dtype=np.int64)
+
+
+CASES = [  # rows, longest row, weight levels (None: uniform), k
+    (50, 30, None, 8), (50, 30, 4, 8), (40, 12, 2, 4), (30, 5, 3, 8), (60, 40, 1, 3),
+    (1, 10, 5, 1), (25, 20, 6, 0), (0, 0, None, 8), (20, 0, None, 4), (300, 9, 3, 8),
+]
+
+
+@pytest.mark.parametrize("n_rows, max_len, levels, k", CASES)
+def test_top_k_entries_equal_a_loop_over_rows(n_rows, max_len, levels, k):
+    rng = np.random.default_rng(n_rows * 31 + max_len + k)
+    indptr, _, weights = _random_csr(rng, n_rows, max_len, levels=levels)
+    row = np.repeat(np.arange(n_rows), np.diff(indptr))
+    for key in (row + 0.5 * (1.0 - weights),                                       # AttentionMaps.top_keys
+                row + 0.5 * (1 - np.clip(weights.astype(np.float64), 0, 1))):      # the page's maps
+        np.testing.assert_array_equal(bands._top_k_entries(key, indptr, k), _loop_top_k(key, indptr, k))
+
+
+def test_top_k_entries_with_keys_outside_their_rows_and_rows_of_very_different_lengths():
+    rng = np.random.default_rng(5)
+    indptr, _, weights = _random_csr(rng, 40, 20, levels=3)
+    row = np.repeat(np.arange(40), np.diff(indptr))
+    w = weights.astype(np.float64)
+    w[::7] = 1.6                                        # weights above 1: x below -0.25
+    key = row + 0.5 * (1.0 - w)
+    np.testing.assert_array_equal(bands._top_k_entries(key, indptr, 4), _loop_top_k(key, indptr, 4))
+    indptr = np.array([0, 200, 201, 202, 203, 203], np.int64)   # one long row: padding would be mostly empty
+    row = np.repeat(np.arange(5), np.diff(indptr))
+    key = row + 0.5 * (1.0 - rng.integers(0, 4, 203) / 4)
+    np.testing.assert_array_equal(bands._top_k_entries(key, indptr, 3), _loop_top_k(key, indptr, 3))
+
+
+def _maps_of_rows(heads_rows, n_notes):
+    """AttentionMaps whose heads are the given CSR rows (one layer)."""
+    zeros = np.zeros(n_notes)
+    heads = [bands._Head(bands.NoteRows(*r), zeros, zeros) for r in heads_rows]
+    notes = {"pitch": np.full(n_notes, 60), "start": np.arange(n_notes, dtype=float), "end": np.arange(n_notes) + 0.5}
+    return AttentionMaps(tokens=[], ids=np.zeros(0, np.int64), note_of_token=np.zeros(0, np.int64), token_band=None,
+                         band_back=0, rollout_band=None, heads=[heads], rollout=None, note_names=[""] * n_notes,
+                         **{k: np.asarray(v) for k, v in notes.items()})
+
+
+@pytest.mark.parametrize("levels, k", [(None, 8), (4, 8), (2, 3), (5, 40)])
+def test_top_keys_equal_a_float64_loop(levels, k):
+    rng = np.random.default_rng(k)
+    indptr, keys, weights = _random_csr(rng, 80, 30, levels=levels)
+    maps = _maps_of_rows([(indptr, keys, weights)], 80)
+    got_ptr, got_keys, got_w, rest = maps.top_keys(0, 0, k)
+    want_keys, want_w, want_rest, want_ptr = [], [], [], [0]
+    for i in range(80):
+        entries = [(-float(weights[j]), j) for j in range(indptr[i], indptr[i + 1])]
+        entries.sort()
+        kept = [j for _, j in entries[:k]]
+        want_keys += [int(keys[j]) for j in kept]
+        want_w += [float(weights[j]) for j in kept]
+        want_rest.append(sum(float(weights[j]) for _, j in entries[k:]))
+        want_ptr.append(want_ptr[-1] + len(kept))
+    np.testing.assert_array_equal(got_ptr, want_ptr)
+    np.testing.assert_array_equal(got_keys, want_keys)
+    np.testing.assert_array_equal(got_w, np.array(want_w, np.float32))
+    np.testing.assert_allclose(rest, want_rest, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels, k", [(None, 4), (3, 4), (255, 8), (2, 64)])
+def test_page_top_k_rows_equal_a_float64_loop(levels, k):
+    rng = np.random.default_rng(levels or 1)
+    indptr, keys, weights = _random_csr(rng, 70, 25, levels=levels)
+    weights[::11] = 0.001                               # quantized to 0: left out
+    counts, got_keys, q = viz._top_k_csr(indptr, keys, weights, 70, k)
+    want_counts, want_keys, want_q = [], [], []
+    for i in range(70):
+        entries = sorted((-min(max(float(weights[j]), 0.0), 1.0), j) for j in range(indptr[i], indptr[i + 1]))[:k]
+        kept = [(j, int(np.clip(np.rint(float(weights[j]) * 255), 0, 255))) for _, j in entries]
+        kept = [(j, v) for j, v in kept if v > 0]
+        want_counts.append(len(kept))
+        want_keys += [int(keys[j]) for j, _ in kept]
+        want_q += [v for _, v in kept]
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_array_equal(got_keys, want_keys)
+    np.testing.assert_array_equal(q, want_q)
+
+
+@pytest.mark.parametrize("levels", [None, 7])
+def test_rows_as_lists_equal_slices(levels):
+    rng = np.random.default_rng(3)
+    for n_rows, max_len in [(40, 8), (10, 1), (0, 0), (15, 0), (5, 60)]:
+        indptr, keys, weights = _random_csr(rng, n_rows, max_len, levels=levels)
+        cut = lambda values: [list(values[indptr[i]:indptr[i + 1]]) for i in range(n_rows)]   # noqa: E731
+        assert bands._split_rows(keys, indptr) == cut([int(x) for x in keys])
+        w = weights.astype(np.float64)
+        w[::5] = np.nan
+        assert bands._split_floats(w, indptr, 3) == cut([None if math.isnan(x) else float(np.round(x, 3)) for x in w])
+
+
+def _loop_roles(heads_rows, notes, N, structure_share, structure_uniform):
+    """Shares and uniform baselines head by head with sets of pairs: the rule of `roles.head_roles`."""
+    prev = roles.previous_in_voice(notes["start"], notes["pitch"], notes["track"])
+    names = roles.NOTE_RELATIONS
+    share = np.zeros((1, len(heads_rows), len(roles.RELATIONS)))
+    pairs = set()
+    for h, (indptr, keys, weights) in enumerate(heads_rows):
+        qi = np.repeat(np.arange(N), np.diff(indptr))
+        masks = roles.relation_masks(qi, keys, notes, prev)
+        for r, name in enumerate(names):
+            share[0, h, r] = math.fsum(float(w) for w, m in zip(weights, masks[name]) if m) / N
+        pairs |= {(int(i), int(j)) for i, j in zip(qi, keys)}
+    share[..., -1] = np.asarray(structure_share, np.float64).mean(-1)
+    pairs = sorted(pairs)
+    qi, kj = np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+    masks = roles.relation_masks(qi, kj, notes, prev)
+    visible = np.maximum(np.bincount(qi, minlength=N), 1)
+    uniform = [np.mean([sum(1 for i, m in zip(qi, masks[name]) if m and i == n) / visible[n] for n in range(N)])
+               for name in names] + [float(np.mean(structure_uniform))]
+    return share, np.array(uniform)
+
+
+@pytest.mark.parametrize("same_keys", [True, False])
+def test_head_roles_equal_a_loop_over_heads(same_keys):
+    rng = np.random.default_rng(11)
+    N, H = 60, 4
+    notes = {"pitch": rng.integers(55, 75, N), "start": np.sort(rng.integers(0, 30, N) * 0.5),
+             "bar": None, "position": None, "track": rng.integers(0, 3, N)}
+    notes["bar"], notes["position"] = (notes["start"] // 2).astype(int), notes["start"] % 2
+    notes["melody"] = roles.melody_track_notes(notes["pitch"], notes["track"])
+    base = _random_csr(rng, N, 12, levels=5, empty=0.1)
+    heads = []
+    for h in range(H):
+        indptr, keys, weights = base if same_keys or h % 2 == 0 else _random_csr(rng, N, 12, empty=0.1)
+        heads.append((indptr, keys, rng.random(keys.size).astype(np.float32) if h else weights))
+    structure = rng.random((1, H, N))
+    uniform_structure = rng.random(N)
+    got = roles.head_roles(lambda layer, head: heads[head], 1, H, notes, structure, uniform_structure)
+    share, uniform = _loop_roles(heads, notes, N, structure, uniform_structure)
+    np.testing.assert_allclose(got["share"], share, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got["uniform"], uniform, rtol=1e-12, atol=1e-15)
+
+
+def test_union_of_sorted_pairs_equals_a_set_union():
+    rng = np.random.default_rng(2)
+    seen = None
+    everything = set()
+    for size in (0, 50, 50, 3, 200, 0):
+        code = rng.integers(0, 300, size)
+        everything |= set(code.tolist())
+        seen = roles._union(seen, code)
+        np.testing.assert_array_equal(seen, sorted(everything))
+
+
+def test_json_notes_equal_a_loop_over_notes():
+    rng = np.random.default_rng(4)
+    N = 30
+    start = rng.random(N) * 10
+    start[3] = np.nan
+    surprise = rng.random(N) * 5
+    surprise[[0, 7]] = [np.inf, np.nan]
+    for bar, beat in [(rng.integers(1, 9, N), rng.random(N) * 4 + 1), (None, None)]:
+        maps = types.SimpleNamespace(n_notes=N, pitch=rng.integers(0, 128, N), note_names=[f"n{i}" for i in range(N)],
+                                     start=start, end=start + 0.1234567, bar=bar, beat=beat,
+                                     track=rng.integers(0, 4, N), drum=rng.random(N) < 0.3,
+                                     velocity=rng.integers(1, 128, N), surprise=surprise)
+        num = lambda x: None if not math.isfinite(float(x)) else round(float(x), 3)     # noqa: E731
+        want = [{"pitch": int(maps.pitch[i]), "name": maps.note_names[i], "start": num(start[i]), "end": num(maps.end[i]),
+                 "bar": None if bar is None else int(bar[i]), "beat": None if beat is None else num(beat[i]),
+                 "track": int(maps.track[i]), "drum": bool(maps.drum[i]), "velocity": int(maps.velocity[i]),
+                 "surprise": num(surprise[i])} for i in range(N)]
+        got = _note_dicts(maps, 3)
+        assert got == want
+        assert [list(d) for d in got] == [list(d) for d in want]                           # same key order
+
+
+def test_gc_paused_restores_the_collector():
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        with bands._gc_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        gc.disable()
+        with bands._gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
