@@ -218,3 +218,59 @@ def test_gc_paused_restores_the_collector():
         assert not gc.isenabled()
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def _loop_band_to_notes(band, back, key_labels, n_notes):
+    """Note rows, structure and context shares of one head (T, W) by a loop over every band entry."""
+    T, W = band.shape
+    P = key_labels.size - T
+    pairs, structure, context = {}, np.zeros(n_notes), np.zeros(n_notes)
+    counts = np.bincount(key_labels[P:][key_labels[P:] >= 0], minlength=n_notes)
+    for t in range(T):
+        i = int(key_labels[P + t])
+        if i < 0:
+            continue
+        for j in range(W):
+            s = P + t - back + j
+            if not 0 <= s < key_labels.size:
+                continue
+            label, w = int(key_labels[s]), float(band[t, j])
+            if label >= 0:
+                pairs.setdefault((i, label), []).append(w)
+            elif label == -1:
+                structure[i] += w
+            else:
+                context[i] += w
+    rows = sorted((i, j, math.fsum(ws) / counts[i]) for (i, j), ws in pairs.items() if math.fsum(ws) != 0)
+    return rows, structure / np.maximum(counts, 1), context / np.maximum(counts, 1)
+
+
+@pytest.mark.parametrize("chunk, dense_block, back", [(2048, 4_000_000, 15), (7, 4_000_000, 15), (5, 10, 15), (9, 4_000_000, 6)])
+def test_band_to_notes_equals_a_loop_over_the_band(monkeypatch, chunk, dense_block, back):
+    monkeypatch.setattr(bands, "_CHUNK_TOKENS", chunk)
+    monkeypatch.setattr(bands, "_DENSE_BLOCK", dense_block)
+    rng = np.random.default_rng(chunk + back)
+    n_notes, T, W, P = 14, 70, 16, 6
+    labels = rng.integers(0, n_notes, T)                                 # notes' tokens interleave
+    labels[rng.random(T) < 0.25] = -1                                    # structure tokens
+    labels[-1], labels[3] = n_notes - 1, 0
+    key_labels = np.concatenate((rng.choice([-1, -2], P), labels))       # context before the passage
+    heads = rng.random((4, T, W)).astype(np.float32) + 0.01                # heads 2, 3: every pair > 0
+    heads[0][rng.random((T, W)) < 0.3] = 0                               # some pairs sum to zero
+    heads[1] *= rng.random((T, W)) < 0.5
+    rollout = rng.random((1, T, W)).astype(np.float32)
+    got = bands.band_to_notes([heads, rollout], back, key_labels, n_notes)
+    assert len(got) == 5
+    for head, band in zip(got, list(heads) + [rollout[0]]):
+        rows, structure, context = _loop_band_to_notes(band, back, key_labels, n_notes)
+        stored = [(i, int(k), float(w)) for i in range(n_notes)
+                  for k, w in zip(head.rows.keys[head.rows.indptr[i]:head.rows.indptr[i + 1]],
+                                  head.rows.weights[head.rows.indptr[i]:head.rows.indptr[i + 1]])]
+        assert [(i, k) for i, k, _ in stored] == [(i, k) for i, k, _ in rows]
+        np.testing.assert_allclose([w for *_, w in stored], [w for *_, w in rows], rtol=1e-6)
+        np.testing.assert_allclose(head.structure, structure, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(head.context, context, rtol=1e-12, atol=1e-15)
+    alone = bands.band_to_notes(heads, back, key_labels, n_notes)        # one stack: the same heads
+    for a, b in zip(alone, got):
+        for x, y in zip(a.rows + (a.structure, a.context), b.rows + (b.structure, b.context)):
+            np.testing.assert_array_equal(x, y)

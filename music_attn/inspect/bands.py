@@ -185,9 +185,13 @@ def band_to_notes(band, back, key_labels, n_notes):
     context tokens before the first query and the T queries: note index, -1
     structure, -2 a note not shown.  Query tokens are summed note by note, in
     chunks of whole notes; the index work of a chunk is shared by the G heads,
-    and temporaries stay O(chunk * W).
+    and temporaries stay O(chunk * W).  ``band`` may also be a list of such
+    stacks of equal T and W (the heads and the rollout): their heads, in order,
+    share the index work.
     """
-    G, T, W = band.shape
+    stacks = [band] if isinstance(band, np.ndarray) else list(band)
+    heads = [(stack, i) for stack in stacks for i in range(stack.shape[0])]
+    G, (_, T, W) = len(heads), stacks[0].shape
     P = key_labels.size - T
     qlab = key_labels[P:]
     counts = np.bincount(qlab[qlab >= 0], minlength=n_notes).astype(np.float64)
@@ -203,13 +207,14 @@ def band_to_notes(band, back, key_labels, n_notes):
         pairs = _Pairs(r[kl >= 0], kl[kl >= 0], n_notes)
         used, code = _compact(pairs.bins(r, kl, n_notes).ravel(), pairs.size + 2 * n_notes + 1)
         is_pair = used < pairs.size                                      # the rest: structure, context, outside
-        shares = used[~is_pair] - pairs.size
-        for g in range(G):
-            acc = np.bincount(code, band[g, q].ravel(), used.size)       # (U,) one sum per bin in use
-            extra = np.bincount(shares, acc[~is_pair], 2 * n_notes + 1)
+        pair_bins, other = used[is_pair], np.flatnonzero(~is_pair)
+        shares = used[other] - pairs.size
+        for g, (stack, i) in enumerate(heads):
+            acc = np.bincount(code, stack[i, q].ravel(), used.size)      # (U,) one sum per bin in use
+            extra = np.bincount(shares, acc[other], 2 * n_notes + 1)
             structure[g] += extra[:n_notes]
             context[g] += extra[n_notes:-1]
-            parts[g].append(pairs.pick(acc[is_pair], counts, used[is_pair]))
+            parts[g].append(pairs.pick(acc[is_pair], counts, pair_bins))
     structure /= np.maximum(counts, 1)                                   # mean over the note's tokens
     context /= np.maximum(counts, 1)
     return [_Head(_csr(parts[g], n_notes), structure[g], context[g]) for g in range(G)]
@@ -262,12 +267,19 @@ class _Pairs:
         ``acc`` holds the sums of the pair ``bins`` (increasing) that occur in the chunk.
         """
         nonzero = acc != 0
-        idx, acc = bins[nonzero], acc[nonzero]
-        if self.dense:
-            rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
+        every = bool(nonzero.all())                     # the usual case: the same pairs for every head
+        if every and getattr(self, "_every", (None,))[0] is bins:
+            _, rows, keys, n = self._every
         else:
-            rows, keys = self.rows[idx], self.keys[idx]
-        return rows, keys, (acc / counts[rows]).astype(np.float32)
+            idx, acc = (bins, acc) if every else (bins[nonzero], acc[nonzero])
+            if self.dense:
+                rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
+            else:
+                rows, keys = self.rows[idx], self.keys[idx]
+            n = counts[rows]
+            if every:
+                self._every = (bins, rows, keys, n)
+        return rows, keys, (acc / n).astype(np.float32)
 
 
 def _compact(code, size):

@@ -391,12 +391,11 @@ def _assemble(band, back, rollout_band, labels, key_labels, cols, *, progress=No
     """`AttentionMaps` from a band (L, H, T, W) and its key labels (P + T,) (see `band_to_notes`)."""
     L, H, T, _ = band.shape
     N = len(cols["pitch"])
-    flat = band_to_notes(band.reshape(L * H, T, -1), back, key_labels, N)
+    rolled = [] if rollout_band is None else [np.asarray(rollout_band, np.float32).reshape(1, T, -1)]
+    flat = band_to_notes([band.reshape(L * H, T, -1)] + rolled, back, key_labels, N)   # one index pass for both
     heads = [flat[layer * H:(layer + 1) * H] for layer in range(L)]
     progress is not None and progress.update(L * H)
-    rollout = None
-    if rollout_band is not None:
-        rollout = band_to_notes(np.asarray(rollout_band, np.float32).reshape(1, T, -1), back, key_labels, N)[0]
+    rollout = flat[L * H] if rolled else None
     nll = np.full(T, np.nan) if token_nll is None else np.asarray(token_nll, dtype=np.float64)
     if nll.shape != (T,):
         raise ValueError(f"token_nll has shape {nll.shape}, expected ({T},)")

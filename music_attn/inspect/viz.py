@@ -325,13 +325,16 @@ def _patterns(rows, L, H, beat):
     """
     N = len(beat)
     out = np.zeros((L, H + 1, _PATTERN_BINS))
+    stored = None                                                       # the keys the bins below are for
     for layer in range(L):
         for head in range(H):
             indptr, keys, w = rows(layer, head)
-            qi = np.repeat(np.arange(N), np.diff(indptr))
-            back = np.floor((beat[qi] - beat[np.asarray(keys)]) * 2 + 1e-6).astype(np.int64)
-            ok = (back >= 0) & (back < _PATTERN_BINS)
-            out[layer, head] = np.bincount(back[ok], weights=np.asarray(w)[ok], minlength=_PATTERN_BINS) / max(N, 1)
+            if stored is None or not (np.array_equal(indptr, stored[0]) and np.array_equal(keys, stored[1])):
+                qi = np.repeat(np.arange(N), np.diff(indptr))
+                back = np.floor((beat[qi] - beat[np.asarray(keys)]) * 2 + 1e-6).astype(np.int64)
+                ok = np.flatnonzero((back >= 0) & (back < _PATTERN_BINS))
+                stored, bins = (indptr, keys), back[ok]
+            out[layer, head] = np.bincount(bins, weights=np.asarray(w)[ok], minlength=_PATTERN_BINS) / max(N, 1)
         out[layer, H] = out[layer, :H].mean(0)
     scaled = out / np.maximum(out.max(-1, keepdims=True), 1e-12)
     return {"bins": _PATTERN_BINS, "perBeat": 2, "value": _b64(_quantize(scaled.reshape(-1)))}
