@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from music_attn.inspect import bands, roles, viz
-from music_attn.inspect.inspector import AttentionMaps, _note_dicts
+from music_attn.inspect.inspector import AttentionMaps
 
 
 def _random_csr(rng, n_rows, max_len, *, levels=None, empty=0.2):
@@ -48,9 +48,9 @@ def test_top_k_entries_equal_a_loop_over_rows(n_rows, max_len, levels, k):
     rng = np.random.default_rng(n_rows * 31 + max_len + k)
     indptr, _, weights = _random_csr(rng, n_rows, max_len, levels=levels)
     row = np.repeat(np.arange(n_rows), np.diff(indptr))
-    for key in (row + 0.5 * (1.0 - weights),                                       # AttentionMaps.top_keys
-                row + 0.5 * (1 - np.clip(weights.astype(np.float64), 0, 1))):      # the page's maps
-        np.testing.assert_array_equal(bands._top_k_entries(key, indptr, k), _loop_top_k(key, indptr, k))
+    for x in (0.5 * (1.0 - weights),                                               # AttentionMaps.top_keys
+              0.5 * (1 - np.clip(weights.astype(np.float64), 0, 1))):              # the page's maps
+        np.testing.assert_array_equal(bands._top_k_entries(x, indptr, k), _loop_top_k(row + x, indptr, k))
 
 
 def test_top_k_entries_with_keys_outside_their_rows_and_rows_of_very_different_lengths():
@@ -59,12 +59,16 @@ def test_top_k_entries_with_keys_outside_their_rows_and_rows_of_very_different_l
     row = np.repeat(np.arange(40), np.diff(indptr))
     w = weights.astype(np.float64)
     w[::7] = 1.6                                        # weights above 1: x below -0.25
-    key = row + 0.5 * (1.0 - w)
-    np.testing.assert_array_equal(bands._top_k_entries(key, indptr, 4), _loop_top_k(key, indptr, 4))
+    x = 0.5 * (1.0 - w)
+    np.testing.assert_array_equal(bands._top_k_entries(x, indptr, 4), _loop_top_k(row + x, indptr, 4))
     indptr = np.array([0, 200, 201, 202, 203, 203], np.int64)   # one long row: padding would be mostly empty
     row = np.repeat(np.arange(5), np.diff(indptr))
-    key = row + 0.5 * (1.0 - rng.integers(0, 4, 203) / 4)
-    np.testing.assert_array_equal(bands._top_k_entries(key, indptr, 3), _loop_top_k(key, indptr, 3))
+    x = 0.5 * (1.0 - rng.integers(0, 4, 203) / 4)
+    np.testing.assert_array_equal(bands._top_k_entries(x, indptr, 3), _loop_top_k(row + x, indptr, 3))
+    x = np.array([0.1, 1e-17, 2e-17, 0.0, 0.3, 0.2])    # in row 1, 1 + 2e-17 rounds to 1 + 0.0: a tie
+    indptr = np.array([0, 2, 6], np.int64)
+    np.testing.assert_array_equal(bands._top_k_entries(x, indptr, 2), [1, 0, 2, 3])
+    np.testing.assert_array_equal(bands._top_k_entries(x, indptr, 1), [1, 2])
 
 
 def _maps_of_rows(heads_rows, n_notes):
@@ -200,7 +204,7 @@ def test_json_notes_equal_a_loop_over_notes():
                  "bar": None if bar is None else int(bar[i]), "beat": None if beat is None else num(beat[i]),
                  "track": int(maps.track[i]), "drum": bool(maps.drum[i]), "velocity": int(maps.velocity[i]),
                  "surprise": num(surprise[i])} for i in range(N)]
-        got = _note_dicts(maps, 3)
+        got = viz._note_dicts(maps, 3)
         assert got == want
         assert [list(d) for d in got] == [list(d) for d in want]                           # same key order
 
@@ -274,3 +278,59 @@ def test_band_to_notes_equals_a_loop_over_the_band(monkeypatch, chunk, dense_blo
     for a, b in zip(alone, got):
         for x, y in zip(a.rows + (a.structure, a.context), b.rows + (b.structure, b.context)):
             np.testing.assert_array_equal(x, y)
+
+
+def test_page_floats_equal_a_loop():
+    values = [np.array([0.12345, -2.5, np.nan, np.inf, 1e-9, 3]), np.array([1, 2], np.int64),
+              np.array([0.1, 0.7], np.float32), np.zeros(0)]
+    for a in values:
+        want = [None if not np.isfinite(x) else round(float(x), 2) for x in a]
+        assert viz._floats(a, 2) == want
+
+
+def test_float_texts_equal_repr_of_numpy_rounding():
+    rng = np.random.default_rng(8)
+    values = np.concatenate((rng.random(20000), rng.random(2000) * 1e-3, np.arange(0, 1.0005, 0.0005),
+                             [0.0, -0.0, -1e-5, -0.3, 1.0, 1.0004, 1.0006, 7.25, 1e20, np.nan, np.inf, -np.inf]))
+    for decimals in (0, 1, 2, 3, 4):
+        rounded = np.round(values, decimals)
+        want = ["null" if not np.isfinite(y) else repr(float(y)) for y in rounded]
+        assert viz._float_texts(values, decimals).tolist() == want
+    assert viz._float_texts(np.float32([0.1234, 0.5]), 3).tolist() == ["0.123", "0.5"]
+
+
+@pytest.mark.parametrize("n_rows, max_len", [(30, 6), (5, 0), (0, 0), (12, 1)])
+def test_rows_json_equals_json_dumps(n_rows, max_len):
+    import json
+    rng = np.random.default_rng(n_rows)
+    indptr, keys, _ = _random_csr(rng, n_rows, max_len)
+    texts = np.array([str(k) for k in keys], dtype=object)
+    rows = [keys[indptr[i]:indptr[i + 1]].tolist() for i in range(n_rows)]
+    assert viz._rows_json(texts, indptr) == json.dumps(rows, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("decimals, with_rollout", [(3, True), (2, False), (6, True)])
+def test_to_json_equals_json_dumps_of_to_dict(decimals, with_rollout):
+    import json
+    rng = np.random.default_rng(decimals)
+    N, T = 40, 120
+    labels = np.sort(rng.integers(0, N, T))
+    labels[rng.random(T) < 0.2] = -1
+    labels[:N] = np.arange(N)                     # every note has a token
+    labels = np.sort(labels)
+    att = rng.random((2, 2, T, T)) ** 6
+    att[..., np.triu(np.ones((T, T), bool), 1)] = 0
+    att /= att.sum(-1, keepdims=True)
+    notes = {"pitch": rng.integers(40, 90, N), "start": np.arange(N) * 0.25, "end": np.arange(N) * 0.25 + 0.2,
+             "bar": np.arange(N) // 4 + 1, "beat": np.arange(N) % 4 + 1.0}
+    maps = AttentionMaps.from_arrays(att if with_rollout else None, labels, notes,
+                                     band=None if with_rollout else att, band_back=None if with_rollout else T - 1,
+                                     token_nll=np.r_[np.nan, rng.random(T - 1) * 3], name="x.mid",
+                                     texts={"tracks": ["a \"note_attention\":null"], "lyrics": ""})
+    maps.heads[1][0].rows.weights[::5] = 0.0      # weights that round to 0 and exact zeros
+    maps.heads[0][1].rows.weights[3] = 1.0007     # past 1
+    for k in (1, 3, 8, 200):
+        want = json.dumps(maps.to_dict(top_k=k, decimals=decimals), separators=(",", ":"), allow_nan=False)
+        assert maps.to_json(top_k=k, decimals=decimals) == want
+    want = json.dumps(maps.to_dict(token_band=True, decimals=decimals), separators=(",", ":"), allow_nan=False)
+    assert maps.to_json(token_band=True, decimals=decimals) == want

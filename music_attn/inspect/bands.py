@@ -103,38 +103,35 @@ def _split_floats(values, indptr, decimals):
     return rows if np.isfinite(values).all() else [[x if math.isfinite(x) else None for x in row] for row in rows]
 
 
-def _top_k_entries(key, indptr, k):
-    """``order[rank < k]`` of ``order = np.argsort(key, kind="stable")``, rank counted within rows.
+def _top_k_entries(x, indptr, k):
+    """The ``k`` first entries of every CSR row in the order ``np.argsort(row + x, kind="stable")``.
 
-    ``key`` (nnz,) orders the entries of CSR rows: ``key = row + x`` with x in [-0.25, 0.75),
-    so sorting it groups the rows in order, each by x, ties by position.  Returns the indices
-    of the ``k`` first entries of every row in that order without sorting all of them: each
-    row's k-th smallest key comes from a partition of the rows padded to their longest, the
-    entries up to it are kept, and only those are sorted.  Rows with more than ``k`` of them
-    (ties at the k-th key) are sorted whole; other keys (or NaN), or rows of very different
-    lengths, send every row through the full sort (the result is the same).
+    That is ``order[rank < k]``, rank counted within rows: each row's entries by
+    ``row + x`` (float64, as a caller sorting every entry would compute it), ties by
+    position.  With x in [-0.25, 0.75) the rows stay apart and in order; then each
+    row's k-th smallest key comes from a partition of the rows padded to their longest,
+    the entries up to it are kept, and only those are sorted.  Rows with more than
+    ``k`` of them (ties at the k-th key) are sorted whole; other x (or NaN), or rows of
+    very different lengths, send every row through the full sort (the same result).
     """
-    key, indptr = np.asarray(key), np.asarray(indptr, dtype=np.int64)
+    x, indptr = np.asarray(x), np.asarray(indptr, dtype=np.int64)
     counts = np.diff(indptr)
-    R, E, k = counts.size, key.size, int(k)
+    R, E, k = counts.size, x.size, int(k)
+    key = _row_ids(indptr) + x
     m = int(counts.max()) if R else 0
-    if E == 0 or k <= 0 or k >= m or R * m > 4 * E + 4096 or key.dtype != np.float64:
-        return _top_k_sorted(key, indptr, k)
-    x = key - np.repeat(np.arange(R, dtype=np.float64), counts)           # exact: x stays near the row
-    if not (x.min() >= -0.25 and x.max() < 0.75):                         # False for NaN too
-        return _top_k_sorted(key, indptr, k)
-    filled = np.arange(m) < counts[:, None]                               # (R, m)
+    if E == 0 or k <= 0 or k >= m or R * m > 4 * E + 4096 or not (x.min() >= -0.25 and x.max() < 0.75):
+        return _top_k_sorted(key, indptr, k)                              # (NaN fails the test on x)
     padded = np.full((R, m), np.inf)
-    padded[filled] = key                                                  # row by row, as stored
+    padded[np.arange(m) < counts[:, None]] = key                          # row by row, as stored
     kth = np.partition(padded, k - 1, axis=1)[:, k - 1:k]                 # (R, 1) each row's k-th smallest
-    upto = (padded <= kth) & filled
-    tied = upto.sum(1) > k                                                # ties at the k-th key: sort those rows
+    at = np.flatnonzero(padded <= np.minimum(kth, np.finfo(np.float64).max))   # a short row: all of it
+    row = at // m
+    keep = indptr[row] + at % m                                           # by row, then position
+    tied = np.bincount(row, minlength=R) > k                              # ties at the k-th key: sort those rows
     if tied.any():
-        upto[tied] = False
         rows = np.flatnonzero(np.repeat(tied, counts))
         extra = rows[_top_k_sorted(key[rows], np.concatenate(([0], np.cumsum(counts[tied]))), k)]
-    keep = np.flatnonzero(upto[filled])                                   # by row, then position
-    keep = np.sort(np.concatenate((keep, extra))) if tied.any() else keep
+        keep = np.sort(np.concatenate((keep[~tied[row]], extra)))
     return keep[np.argsort(key[keep], kind="stable")]
 
 

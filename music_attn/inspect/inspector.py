@@ -57,6 +57,7 @@ from music_attn.inspect.bands import (
 )
 from music_attn.inspect.fit import FIT_RATIO, _polyphonic, model_fit  # noqa: F401 (FIT_RATIO re-exported)
 from music_attn.runtime.windows import alignment
+from music_attn.inspect.viz import _note_dicts, _sparse_json
 from music_attn.inspect.windows_read import (  # noqa: F401 (the reference is used by the tests through here)
     _check_memory, _plan, _run_windows, _run_windows_one_by_one, fitting_window,
 )
@@ -254,7 +255,7 @@ class AttentionMaps:
         """
         rows = self.note_rows(layer, head)
         r = _row_ids(rows.indptr)
-        keep = _top_k_entries(r + 0.5 * (1.0 - rows.weights), rows.indptr, k)   # by row, strongest first
+        keep = _top_k_entries(0.5 * (1.0 - rows.weights), rows.indptr, k)   # by row, strongest first
         counts = np.bincount(r[keep], minlength=self.n_notes)
         rest = np.bincount(r, rows.weights.astype(np.float64), self.n_notes) - np.bincount(
             r[keep], rows.weights[keep].astype(np.float64), self.n_notes)
@@ -332,6 +333,9 @@ class AttentionMaps:
     # --------------------------------------------------------------- outputs
     def to_dict(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
         """Plain-Python view (JSON-ready), the format of ``docs/formats.md``."""
+        return self._plain(token_band, decimals, self._sparse_dict(top_k, decimals))
+
+    def _plain(self, token_band, decimals, note_attention):
         out = {"format": "music_attn.attention", "version": 3, "name": self.name, "texts": self.texts,
                "tracks": _track_list(self),
                "window": self.window, "n_tokens_in_file": self.n_tokens_in_file, "notice": self.notice,
@@ -340,7 +344,7 @@ class AttentionMaps:
                "notes": _note_dicts(self, decimals),
                "tokens": {"text": [str(t) for t in self.tokens], "note": self.note_of_token.tolist(),
                           "nll": _floats(self.token_nll, decimals)},
-               "note_attention": self._sparse_dict(top_k, decimals)}
+               "note_attention": note_attention}
         if token_band and self.token_band is not None:
             out["token_band"] = {"back": self.band_back, "values": _rounded(self.token_band, decimals)}
         return out
@@ -359,10 +363,11 @@ class AttentionMaps:
                 "context": _floats(context, decimals)}
 
     def to_json(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
-        """The `to_dict` view as compact JSON text."""
+        """The `to_dict` view as compact JSON text (its note attention written by `viz._sparse_json`)."""
         with _gc_paused():
-            return json.dumps(self.to_dict(top_k=top_k, token_band=token_band, decimals=decimals),
-                              separators=(",", ":"), allow_nan=False)
+            text = json.dumps(self._plain(token_band, decimals, None), separators=(",", ":"), allow_nan=False)
+            before, key, after = text.rpartition('"note_attention":null')      # after it: numbers only
+            return before + key[:-4] + _sparse_json(self, top_k, decimals) + after
 
     def _repr_html_(self):
         from music_attn.inspect.viz import render_html
@@ -450,20 +455,6 @@ def _find_column(notes, names):
     if hasattr(notes, "__len__") and len(notes) == 0 and names[0] in _NOTE_FIELDS:
         return np.zeros(0)
     return None
-
-
-def _note_dicts(maps, decimals):
-    """One dict per note (`to_dict`), built column by column: ints, rounded floats (None for NaN/inf)."""
-    none = [None] * maps.n_notes
-    pitch, bar, track, velocity = (none if a is None else np.asarray(a).astype(np.int64).tolist()
-                                   for a in (maps.pitch, maps.bar, maps.track, maps.velocity))
-    start, end, beat, surprise = (none if a is None else [round(x, decimals) if math.isfinite(x) else None
-                                                          for x in np.asarray(a, np.float64).tolist()]
-                                  for a in (maps.start, maps.end, maps.beat, maps.surprise))
-    columns = zip(pitch, maps.note_names, start, end, bar, beat, track, np.asarray(maps.drum).astype(bool).tolist(),
-                  velocity, surprise)
-    return [{"pitch": p, "name": n, "start": s, "end": e, "bar": b, "beat": t, "track": k, "drum": d, "velocity": v,
-             "surprise": x} for p, n, s, e, b, t, k, d, v, x in columns]
 
 
 def _num(x, decimals):
