@@ -9,6 +9,9 @@ each query note's tokens into CSR rows (:class:`NoteRows`), never N x N;
 Zuidema 2020).  See :mod:`music_attn.inspect.inspector` for the rules.
 """
 
+import contextlib
+import gc
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -59,6 +62,86 @@ def _split(values, indptr):
     return [values[a:b] for a, b in zip(indptr[:-1].tolist(), indptr[1:].tolist())]
 
 
+def _split_rows(values, indptr):
+    """CSR ``values`` (nnz,) as one Python list per row, like ``_split(values.tolist(), indptr)``.
+
+    Rows of at most a few entries (top-k rows) go through one padded (R, m) array and a
+    single ``tolist``; only the rows shorter than m are cut afterwards.
+    """
+    values, indptr = np.asarray(values), np.asarray(indptr, dtype=np.int64)
+    counts = np.diff(indptr)
+    R = counts.size
+    m = int(counts.max()) if R else 0
+    if R == 0 or m == 0 or R * m > 2 * values.size + R:            # long or ragged rows: slice them
+        return _split(values.tolist(), indptr)
+    pos = np.arange(values.size) - np.repeat(indptr[:-1], counts)
+    padded = np.zeros((R, m), dtype=values.dtype)
+    padded[np.repeat(np.arange(R), counts), pos] = values
+    out = padded.tolist()
+    for i in np.flatnonzero(counts < m).tolist():
+        out[i] = out[i][:counts[i]]
+    return out
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection while a large output (millions of lists, dicts and numbers, none
+    of them in a cycle) is built and serialised: its passes would walk all of them again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _split_floats(values, indptr, decimals):
+    """CSR ``values`` rounded to ``decimals`` (NaN and inf as None), one Python list per row."""
+    values = np.round(np.asarray(values, np.float64), decimals)
+    rows = _split_rows(values, indptr)
+    return rows if np.isfinite(values).all() else [[x if math.isfinite(x) else None for x in row] for row in rows]
+
+
+def _top_k_entries(x, indptr, k):
+    """The ``k`` first entries of every CSR row in the order ``np.argsort(row + x, kind="stable")``.
+
+    That is ``order[rank < k]``, rank counted within rows: each row's entries by
+    ``row + x`` (float64, as a caller sorting every entry would compute it), ties by
+    position.  With x in [-0.25, 0.75) the rows stay apart and in order; then each
+    row's k-th smallest key comes from a partition of the rows padded to their longest,
+    the entries up to it are kept, and only those are sorted.  Rows with more than
+    ``k`` of them (ties at the k-th key) are sorted whole; other x (or NaN), or rows of
+    very different lengths, send every row through the full sort (the same result).
+    """
+    x, indptr = np.asarray(x), np.asarray(indptr, dtype=np.int64)
+    counts = np.diff(indptr)
+    R, E, k = counts.size, x.size, int(k)
+    key = _row_ids(indptr) + x
+    m = int(counts.max()) if R else 0
+    if E == 0 or k <= 0 or k >= m or R * m > 4 * E + 4096 or not (x.min() >= -0.25 and x.max() < 0.75):
+        return _top_k_sorted(key, indptr, k)                              # (NaN fails the test on x)
+    padded = np.full((R, m), np.inf)
+    padded[np.arange(m) < counts[:, None]] = key                          # row by row, as stored
+    kth = np.partition(padded, k - 1, axis=1)[:, k - 1:k]                 # (R, 1) each row's k-th smallest
+    at = np.flatnonzero(padded <= np.minimum(kth, np.finfo(np.float64).max))   # a short row: all of it
+    row = at // m
+    keep = indptr[row] + at % m                                           # by row, then position
+    tied = np.bincount(row, minlength=R) > k                              # ties at the k-th key: sort those rows
+    if tied.any():
+        rows = np.flatnonzero(np.repeat(tied, counts))
+        extra = rows[_top_k_sorted(key[rows], np.concatenate(([0], np.cumsum(counts[tied]))), k)]
+        keep = np.sort(np.concatenate((keep[~tied[row]], extra)))
+    return keep[np.argsort(key[keep], kind="stable")]
+
+
+def _top_k_sorted(key, indptr, k):
+    """`_top_k_entries` by sorting every entry."""
+    order = np.argsort(key, kind="stable")
+    rank = np.arange(order.size) - indptr[_row_ids(indptr)[order]]
+    return order[rank < k]
+
+
 def _earlier_entropy(rows, n_notes):
     """Mean over notes of the entropy of their renormalised attention to earlier notes."""
     r = _row_ids(rows.indptr)
@@ -99,9 +182,13 @@ def band_to_notes(band, back, key_labels, n_notes):
     context tokens before the first query and the T queries: note index, -1
     structure, -2 a note not shown.  Query tokens are summed note by note, in
     chunks of whole notes; the index work of a chunk is shared by the G heads,
-    and temporaries stay O(chunk * W).
+    and temporaries stay O(chunk * W).  ``band`` may also be a list of such
+    stacks of equal T and W (the heads and the rollout): their heads, in order,
+    share the index work.
     """
-    G, T, W = band.shape
+    stacks = [band] if isinstance(band, np.ndarray) else list(band)
+    heads = [(stack, i) for stack in stacks for i in range(stack.shape[0])]
+    G, (_, T, W) = len(heads), stacks[0].shape
     P = key_labels.size - T
     qlab = key_labels[P:]
     counts = np.bincount(qlab[qlab >= 0], minlength=n_notes).astype(np.float64)
@@ -117,13 +204,14 @@ def band_to_notes(band, back, key_labels, n_notes):
         pairs = _Pairs(r[kl >= 0], kl[kl >= 0], n_notes)
         used, code = _compact(pairs.bins(r, kl, n_notes).ravel(), pairs.size + 2 * n_notes + 1)
         is_pair = used < pairs.size                                      # the rest: structure, context, outside
-        shares = used[~is_pair] - pairs.size
-        for g in range(G):
-            acc = np.bincount(code, band[g, q].ravel(), used.size)       # (U,) one sum per bin in use
-            extra = np.bincount(shares, acc[~is_pair], 2 * n_notes + 1)
+        pair_bins, other = used[is_pair], np.flatnonzero(~is_pair)
+        shares = used[other] - pairs.size
+        for g, (stack, i) in enumerate(heads):
+            acc = np.bincount(code, stack[i, q].ravel(), used.size)      # (U,) one sum per bin in use
+            extra = np.bincount(shares, acc[other], 2 * n_notes + 1)
             structure[g] += extra[:n_notes]
             context[g] += extra[n_notes:-1]
-            parts[g].append(pairs.pick(acc[is_pair], counts, used[is_pair]))
+            parts[g].append(pairs.pick(acc[is_pair], counts, pair_bins))
     structure /= np.maximum(counts, 1)                                   # mean over the note's tokens
     context /= np.maximum(counts, 1)
     return [_Head(_csr(parts[g], n_notes), structure[g], context[g]) for g in range(G)]
@@ -176,12 +264,19 @@ class _Pairs:
         ``acc`` holds the sums of the pair ``bins`` (increasing) that occur in the chunk.
         """
         nonzero = acc != 0
-        idx, acc = bins[nonzero], acc[nonzero]
-        if self.dense:
-            rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
+        every = bool(nonzero.all())                     # the usual case: the same pairs for every head
+        if every and getattr(self, "_every", (None,))[0] is bins:
+            _, rows, keys, n = self._every
         else:
-            rows, keys = self.rows[idx], self.keys[idx]
-        return rows, keys, (acc / counts[rows]).astype(np.float32)
+            idx, acc = (bins, acc) if every else (bins[nonzero], acc[nonzero])
+            if self.dense:
+                rows, keys = idx // max(self.K, 1) + self.r0, (idx % max(self.K, 1) + self.k0).astype(np.int32)
+            else:
+                rows, keys = self.rows[idx], self.keys[idx]
+            n = counts[rows]
+            if every:
+                self._every = (bins, rows, keys, n)
+        return rows, keys, (acc / n).astype(np.float32)
 
 
 def _compact(code, size):

@@ -52,11 +52,12 @@ from music_attn.music import select
 from music_attn.music.constants import DRUM_CHANNEL
 from music_attn.music.theory import note_name, spelled_names
 from music_attn.inspect.bands import (
-    _CONTEXT, _STRUCTURE, NoteRows, _band_keys, _check_dense, _earlier_entropy, _Head, _row_ids, _split, attention_rollout, band_to_notes,
-    dense_to_band,
+    _CONTEXT, _STRUCTURE, NoteRows, _band_keys, _check_dense, _earlier_entropy, _gc_paused, _Head, _row_ids, _split_floats, _split_rows,
+    _top_k_entries, attention_rollout, band_to_notes, dense_to_band,
 )
 from music_attn.inspect.fit import FIT_RATIO, _polyphonic, model_fit  # noqa: F401 (FIT_RATIO re-exported)
 from music_attn.runtime.windows import alignment
+from music_attn.inspect.viz import _note_dicts, _sparse_json
 from music_attn.inspect.windows_read import (  # noqa: F401 (the reference is used by the tests through here)
     _check_memory, _plan, _run_windows, _run_windows_one_by_one, fitting_window,
 )
@@ -254,9 +255,7 @@ class AttentionMaps:
         """
         rows = self.note_rows(layer, head)
         r = _row_ids(rows.indptr)
-        order = np.argsort(r + 0.5 * (1.0 - rows.weights), kind="stable")   # by row, strongest first
-        rank = np.arange(order.size) - rows.indptr[r[order]]
-        keep = order[rank < k]
+        keep = _top_k_entries(0.5 * (1.0 - rows.weights), rows.indptr, k)   # by row, strongest first
         counts = np.bincount(r[keep], minlength=self.n_notes)
         rest = np.bincount(r, rows.weights.astype(np.float64), self.n_notes) - np.bincount(
             r[keep], rows.weights[keep].astype(np.float64), self.n_notes)
@@ -334,15 +333,18 @@ class AttentionMaps:
     # --------------------------------------------------------------- outputs
     def to_dict(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
         """Plain-Python view (JSON-ready), the format of ``docs/formats.md``."""
+        return self._plain(token_band, decimals, self._sparse_dict(top_k, decimals))
+
+    def _plain(self, token_band, decimals, note_attention):
         out = {"format": "music_attn.attention", "version": 3, "name": self.name, "texts": self.texts,
                "tracks": _track_list(self),
                "window": self.window, "n_tokens_in_file": self.n_tokens_in_file, "notice": self.notice,
                "selection": self.selection, "model_fit": _fit_dict(self.model_fit, decimals),
                "layers": self.n_layers, "heads": self.n_heads,
-               "notes": [_note_dict(self, i, decimals) for i in range(self.n_notes)],
+               "notes": _note_dicts(self, decimals),
                "tokens": {"text": [str(t) for t in self.tokens], "note": self.note_of_token.tolist(),
                           "nll": _floats(self.token_nll, decimals)},
-               "note_attention": self._sparse_dict(top_k, decimals)}
+               "note_attention": note_attention}
         if token_band and self.token_band is not None:
             out["token_band"] = {"back": self.band_back, "values": _rounded(self.token_band, decimals)}
         return out
@@ -356,14 +358,16 @@ class AttentionMaps:
     def _head_dict(self, layer, head, k, decimals):
         indptr, keys, weights, rest = self.top_keys(layer, head, k)
         structure, context = self.shares(layer, head)
-        return {"keys": _split(keys.tolist(), indptr), "weights": _split(_floats(weights, decimals), indptr),
+        return {"keys": _split_rows(keys, indptr), "weights": _split_floats(weights, indptr, decimals),
                 "rest": _floats(rest, decimals), "structure": _floats(structure, decimals),
                 "context": _floats(context, decimals)}
 
     def to_json(self, *, top_k=JSON_TOP_K, token_band=False, decimals=3):
-        """The `to_dict` view as compact JSON text."""
-        return json.dumps(self.to_dict(top_k=top_k, token_band=token_band, decimals=decimals),
-                          separators=(",", ":"), allow_nan=False)
+        """The `to_dict` view as compact JSON text (its note attention written by `viz._sparse_json`)."""
+        with _gc_paused():
+            text = json.dumps(self._plain(token_band, decimals, None), separators=(",", ":"), allow_nan=False)
+            before, key, after = text.rpartition('"note_attention":null')      # after it: numbers only
+            return before + key[:-4] + _sparse_json(self, top_k, decimals) + after
 
     def _repr_html_(self):
         from music_attn.inspect.viz import render_html
@@ -392,12 +396,11 @@ def _assemble(band, back, rollout_band, labels, key_labels, cols, *, progress=No
     """`AttentionMaps` from a band (L, H, T, W) and its key labels (P + T,) (see `band_to_notes`)."""
     L, H, T, _ = band.shape
     N = len(cols["pitch"])
-    flat = band_to_notes(band.reshape(L * H, T, -1), back, key_labels, N)
+    rolled = [] if rollout_band is None else [np.asarray(rollout_band, np.float32).reshape(1, T, -1)]
+    flat = band_to_notes([band.reshape(L * H, T, -1)] + rolled, back, key_labels, N)   # one index pass for both
     heads = [flat[layer * H:(layer + 1) * H] for layer in range(L)]
     progress is not None and progress.update(L * H)
-    rollout = None
-    if rollout_band is not None:
-        rollout = band_to_notes(np.asarray(rollout_band, np.float32).reshape(1, T, -1), back, key_labels, N)[0]
+    rollout = flat[L * H] if rolled else None
     nll = np.full(T, np.nan) if token_nll is None else np.asarray(token_nll, dtype=np.float64)
     if nll.shape != (T,):
         raise ValueError(f"token_nll has shape {nll.shape}, expected ({T},)")
@@ -452,15 +455,6 @@ def _find_column(notes, names):
     if hasattr(notes, "__len__") and len(notes) == 0 and names[0] in _NOTE_FIELDS:
         return np.zeros(0)
     return None
-
-
-def _note_dict(maps, i, decimals):
-    return {"pitch": int(maps.pitch[i]), "name": maps.note_names[i], "start": _num(maps.start[i], decimals),
-            "end": _num(maps.end[i], decimals),
-            "bar": None if maps.bar is None else int(maps.bar[i]),
-            "beat": None if maps.beat is None else _num(maps.beat[i], decimals),
-            "track": int(maps.track[i]), "drum": bool(maps.drum[i]), "velocity": int(maps.velocity[i]),
-            "surprise": _num(maps.surprise[i], decimals)}
 
 
 def _num(x, decimals):

@@ -171,23 +171,38 @@ def head_roles(rows, n_layers, n_heads, notes, structure_share, structure_unifor
     N = len(notes["pitch"])
     prev = previous_in_voice(notes["start"], notes["pitch"], notes["track"])
     share = np.zeros((n_layers, n_heads, len(RELATIONS)))
-    seen = np.zeros(0, dtype=np.int64)                                  # visible pairs, as i * N + j
+    seen = code = masks = None                                          # visible pairs, as i * N + j
     for layer in range(n_layers):
         for head in range(n_heads):
             indptr, keys, weights = rows(layer, head)
             qi = np.repeat(np.arange(N), np.diff(indptr))               # (E,)
-            masks = relation_masks(qi, np.asarray(keys), notes, prev)
-            w = np.asarray(weights, dtype=np.float64)
-            share[layer, head, :-1] = [w[masks[r]].sum() / max(N, 1) for r in NOTE_RELATIONS]
-            code = qi * N + np.asarray(keys, dtype=np.int64)
-            if not np.array_equal(code, seen):                          # usually every head stores the same keys
-                seen = np.union1d(seen, code)
+            here = qi * N + np.asarray(keys, dtype=np.int64)
+            if code is None or not np.array_equal(here, code):          # usually every head stores the same keys
+                code, masks = here, relation_masks(qi, np.asarray(keys), notes, prev)
+                picks = [np.flatnonzero(masks[r]) for r in NOTE_RELATIONS]
+                seen = _union(seen, code)
+            w = np.asarray(weights)
+            share[layer, head, :-1] = [w[p].astype(np.float64).sum() / max(N, 1) for p in picks]
     share[..., -1] = np.asarray(structure_share, dtype=np.float64).mean(-1)
-    visible = (seen // max(N, 1), relation_masks(seen // max(N, 1), seen % max(N, 1), notes, prev))
+    seen = np.zeros(0, np.int64) if seen is None else seen
+    if code is None or not np.array_equal(seen, code):
+        masks = relation_masks(seen // max(N, 1), seen % max(N, 1), notes, prev)
+    visible = (seen // max(N, 1), masks)
     uniform = _uniform(visible, N, structure_uniform)
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = np.where(uniform > 0, share / np.where(uniform > 0, uniform, 1), np.nan)
     return {"relations": RELATIONS, "share": share, "uniform": uniform, "lift": lift}
+
+
+def _union(seen, code):
+    """Sorted distinct values of ``seen`` (sorted and distinct, or None) and ``code``: `np.union1d`."""
+    if code.size > 1 and not np.all(code[1:] > code[:-1]):
+        code = np.unique(code)
+    if seen is None or not seen.size:
+        return code
+    at = np.minimum(np.searchsorted(seen, code), seen.size - 1)
+    new = code[seen[at] != code]
+    return np.insert(seen, np.searchsorted(seen, new), new)
 
 
 def _uniform(visible, N, structure_uniform):

@@ -22,6 +22,7 @@ Shape legend: L layers, H heads, T tokens, N notes, R rows, C columns.
 
 import base64
 import json
+import math
 from importlib import resources
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from music_attn._io import atomic_write
 from music_attn._text import without_bidi
 from music_attn.errors import MusicAttnError
+from music_attn.inspect.bands import _gc_paused, _top_k_entries
 from music_attn.inspect.roles import bar_lines, dense_rows, maps_roles, note_context
 from music_attn.music import select
 from music_attn.music.theory import drum_name, key_name, key_spelling, piece_key, spell_with, uses_flats
@@ -60,8 +62,9 @@ def render_html(maps, *, score=None):
     bars, metres, tracks and continuation marker when the maps do not carry them.
     """
     page = _asset("page.html")
-    parts = {"{{css}}": _asset("inspector.css"), "{{js}}": _asset("inspector.js"),
-             "{{data}}": _embed_json(page_data(maps, score=score))}
+    with _gc_paused():
+        data = _embed_json(page_data(maps, score=score))
+    parts = {"{{css}}": _asset("inspector.css"), "{{js}}": _asset("inspector.js"), "{{data}}": data}
     for key, value in parts.items():
         page = page.replace(key, value, 1)
     return page
@@ -308,9 +311,7 @@ def _top_k_csr(indptr, keys, weights, N, k):
     """CSR rows -> counts (N,) uint8, keys, uint8 weights: the ``k`` largest of each row, largest first."""
     row = np.repeat(np.arange(N), np.diff(indptr))                      # (E,)
     w = np.clip(np.asarray(weights, dtype=np.float64), 0, 1)
-    order = np.argsort(row + 0.5 * (1 - w), kind="stable")              # by row, then weight down
-    rank = np.arange(order.size) - np.asarray(indptr)[row[order]]
-    take = order[rank < k]
+    take = _top_k_entries(0.5 * (1 - w), indptr, k)                     # by row, then weight down
     q = _quantize(np.asarray(weights)[take])
     take, q = take[q > 0], q[q > 0]
     return np.bincount(row[take], minlength=N).astype(np.uint8), np.asarray(keys)[take], q
@@ -325,13 +326,16 @@ def _patterns(rows, L, H, beat):
     """
     N = len(beat)
     out = np.zeros((L, H + 1, _PATTERN_BINS))
+    stored = None                                                       # the keys the bins below are for
     for layer in range(L):
         for head in range(H):
             indptr, keys, w = rows(layer, head)
-            qi = np.repeat(np.arange(N), np.diff(indptr))
-            back = np.floor((beat[qi] - beat[np.asarray(keys)]) * 2 + 1e-6).astype(np.int64)
-            ok = (back >= 0) & (back < _PATTERN_BINS)
-            out[layer, head] = np.bincount(back[ok], weights=np.asarray(w)[ok], minlength=_PATTERN_BINS) / max(N, 1)
+            if stored is None or not (np.array_equal(indptr, stored[0]) and np.array_equal(keys, stored[1])):
+                qi = np.repeat(np.arange(N), np.diff(indptr))
+                back = np.floor((beat[qi] - beat[np.asarray(keys)]) * 2 + 1e-6).astype(np.int64)
+                ok = np.flatnonzero((back >= 0) & (back < _PATTERN_BINS))
+                stored, bins = (indptr, keys), back[ok]
+            out[layer, head] = np.bincount(bins, weights=np.asarray(w)[ok], minlength=_PATTERN_BINS) / max(N, 1)
         out[layer, H] = out[layer, :H].mean(0)
     scaled = out / np.maximum(out.max(-1, keepdims=True), 1e-12)
     return {"bins": _PATTERN_BINS, "perBeat": 2, "value": _b64(_quantize(scaled.reshape(-1)))}
@@ -418,7 +422,7 @@ def _b64(a):
 
 
 def _floats(a, decimals):
-    return [None if not np.isfinite(x) else round(float(x), decimals) for x in np.asarray(a)]
+    return [round(x, decimals) if math.isfinite(x) else None for x in np.asarray(a, dtype=np.float64).tolist()]
 
 
 def _embed_json(data):
@@ -555,6 +559,91 @@ def _matplotlib():
 
 
 # ------------------------------------------------------------------ JSON
+_TABLE_DECIMALS = 4            # tables of 10**decimals + 1 texts up to this many decimals
+
+
+def _note_dicts(maps, decimals):
+    """One dict per note (`AttentionMaps.to_dict`), built column by column: ints, rounded floats
+    (None for NaN/inf)."""
+    none = [None] * maps.n_notes
+    pitch, bar, track, velocity = (none if a is None else np.asarray(a).astype(np.int64).tolist()
+                                   for a in (maps.pitch, maps.bar, maps.track, maps.velocity))
+    start, end, beat, surprise = (none if a is None else [round(x, decimals) if math.isfinite(x) else None
+                                                          for x in np.asarray(a, np.float64).tolist()]
+                                  for a in (maps.start, maps.end, maps.beat, maps.surprise))
+    columns = zip(pitch, maps.note_names, start, end, bar, beat, track, np.asarray(maps.drum).astype(bool).tolist(),
+                  velocity, surprise)
+    return [{"pitch": p, "name": n, "start": s, "end": e, "bar": b, "beat": t, "track": k, "drum": d, "velocity": v,
+             "surprise": x} for p, n, s, e, b, t, k, d, v, x in columns]
+
+
+def _sparse_json(maps, k, decimals):
+    """The text ``json.dumps(maps._sparse_dict(k, decimals), separators=(",", ":"))``, written
+    straight from the arrays (most of `AttentionMaps.to_json` is this note attention): each
+    number's text comes from a table of the texts of ``i / 10**decimals`` (what ``repr``
+    gives the rounded float, as ``json.dumps`` writes it), rows are joined in one pass, and
+    numbers outside the table (NaN, inf, negatives, past 1) take ``repr`` or ``null``."""
+    if not 0 <= decimals <= _TABLE_DECIMALS or int(decimals) != decimals:
+        return json.dumps(maps._sparse_dict(k, decimals), separators=(",", ":"), allow_nan=False)
+    ints = np.array([str(i) for i in range(maps.n_notes)], dtype=object)          # key note -> its text
+    layers = ",".join("[" + ",".join(_head_json(maps, layer, head, k, int(decimals), ints)
+                                     for head in range(maps.n_heads)) + "]" for layer in range(maps.n_layers))
+    rollout = "null" if maps.rollout is None else _head_json(maps, "rollout", None, k, int(decimals), ints)
+    return f'{{"top_k":{int(k)},"layers":[{layers}],"rollout":{rollout}}}'
+
+
+def _head_json(maps, layer, head, k, decimals, ints):
+    """One head's ``{"keys", "weights", "rest", "structure", "context"}`` as text."""
+    indptr, keys, weights, rest = maps.top_keys(layer, head, k)
+    structure, context = maps.shares(layer, head)
+    flat = [",".join(_float_texts(a, decimals).tolist()) for a in (rest, structure, context)]
+    return (f'{{"keys":{_rows_json(ints[np.asarray(keys, np.int64)], indptr)},'
+            f'"weights":{_rows_json(_float_texts(weights, decimals), indptr)},'
+            f'"rest":[{flat[0]}],"structure":[{flat[1]}],"context":[{flat[2]}]}}')
+
+
+def _float_texts(values, decimals):
+    """JSON text (object array (n,) of str) of each value rounded as ``np.round(values, decimals)``
+    does, ``null`` for NaN and inf: the texts ``json.dumps`` writes for `inspector._floats`."""
+    scale = 10.0 ** decimals
+    n = np.rint(np.asarray(values, dtype=np.float64).reshape(-1) * scale)       # np.round: multiply, rint, divide
+    inside = (n >= 0) & (n <= scale) & ~np.signbit(n)                             # not NaN, not -0.0
+    out = _table(decimals)[np.where(inside, n, 0).astype(np.int64)]
+    for i in np.flatnonzero(~inside).tolist():
+        y = float(n[i] / scale)
+        out[i] = repr(y) if math.isfinite(y) else "null"
+    return out
+
+
+_TABLES = {}
+
+
+def _table(decimals):
+    """The text of ``i / 10**decimals`` for i = 0 .. 10**decimals: object array."""
+    if decimals not in _TABLES:
+        scale = 10.0 ** decimals
+        _TABLES[decimals] = np.array([repr(i / scale) for i in range(int(scale) + 1)], dtype=object)
+    return _TABLES[decimals]
+
+
+def _rows_json(texts, indptr):
+    """``[[a,b],[],[c]]``: CSR rows of entries given as JSON texts (object array (E,)), in one join."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    counts = np.diff(indptr)
+    R, E = counts.size, texts.size
+    row = np.repeat(np.arange(R), counts)
+    pieces = np.empty(2 * E + 2 * R, dtype=object)       # per row: opener, (separator, text) per entry, "]"
+    start = 2 * indptr[:-1] + 2 * np.arange(R)
+    pieces[start] = ",["
+    pieces[start[:1]] = "["
+    pieces[start + 2 * counts + 1] = "]"
+    at = 2 * np.arange(E) + 2 * row + 1
+    pieces[at] = ","
+    pieces[at[np.arange(E) == indptr[row]]] = ""
+    pieces[at + 1] = texts
+    return "[" + "".join(pieces.tolist()) + "]"
+
+
 def write_json(maps, path, *, top_k=8, token_band=False, decimals=3):
     """Write `AttentionMaps.to_json` atomically: notes, sparse note attention (the ``top_k`` strongest
     key notes per query note and head, the rest summed), model fit; the token band on request.
