@@ -334,3 +334,19 @@ def test_to_json_equals_json_dumps_of_to_dict(decimals, with_rollout):
         assert maps.to_json(top_k=k, decimals=decimals) == want
     want = json.dumps(maps.to_dict(token_band=True, decimals=decimals), separators=(",", ":"), allow_nan=False)
     assert maps.to_json(token_band=True, decimals=decimals) == want
+
+
+@pytest.mark.parametrize("lead, T, W, n, offset, r0, r1, src_first", [
+    ((2, 3), 40, 8, 8, 5, 3, 8, 0), ((), 30, 16, 12, 0, 0, 12, 0), ((4,), 50, 16, 16, 20, 6, 16, 6),
+    ((), 9, 4, 4, 5, 0, 4, 0), ((1, 1), 20, 8, 5, 15, 4, 5, 2)])
+def test_put_rows_equals_a_loop_over_rows(lead, T, W, n, offset, r0, r1, src_first):
+    from music_attn.inspect.windows_read import _put_rows
+    rng = np.random.default_rng(r0 + T)
+    src = rng.random(lead + (n - src_first, n)).astype(np.float32)
+    dst = rng.random(lead + (T, W)).astype(np.float32)           # what is there must stay where unwritten
+    want = dst.copy()
+    for r in range(r0, r1):                                       # the rule, written as it reads
+        for k in range(r + 1):
+            want[..., offset + r, W - 1 - r + k] = src[..., r - src_first, k]
+    _put_rows(dst, src, np.arange(r0, r1), offset, W, src_first=src_first)
+    np.testing.assert_array_equal(dst, want)

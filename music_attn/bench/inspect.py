@@ -40,6 +40,8 @@ from music_attn.runtime.checkpoint import load_model
 from music_attn.inspect.inspector import attention_maps
 from music_attn.inspect.viz import write_html, write_json
 from music_attn.errors import MusicAttnError
+from music_attn._budget import keep_freed_memory
+keep_freed_memory()                    # as the command line does
 model = load_model()
 t0 = time.perf_counter()
 maps = attention_maps(model, sys.argv[1], progress=False)

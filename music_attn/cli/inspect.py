@@ -36,6 +36,7 @@ def register(sub):
 
 
 def _run(args):
+    from music_attn._budget import keep_freed_memory
     from music_attn._io import atomic_outputs, check_input, check_output
     from music_attn.errors import MidiError
     from music_attn.inspect.inspector import attention_maps
@@ -43,6 +44,7 @@ def _run(args):
     from music_attn.music.select import parse_bars
     from music_attn.runtime.checkpoint import load_model
 
+    keep_freed_memory()
     source = Path(args.file)
     check_input(source, what="MIDI file", error=MidiError)
     outputs, inputs = _outputs(args, source), [p for p in (source, args.model) if p]

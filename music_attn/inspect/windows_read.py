@@ -78,14 +78,29 @@ def _owned(s, a, b):
 
 
 def _put_rows(dst, src, rows, offset, W, src_first=0):
-    """Window rows into the band layout: for each r in ``rows``,
+    """Window rows into the band layout: for each r in ``rows`` (consecutive),
     ``dst[..., offset + r, W-1-r:] = src[..., r - src_first, :r + 1]`` (keys 0..r of the window).
 
-    ``dst`` (..., T, W) is zero elsewhere (keys the window did not hold); ``src`` (..., n, n).
-    One slice copy per row: a window has at most W of them.
+    ``dst`` (..., T, W) C-contiguous, zero elsewhere (keys the window did not hold); ``src`` (..., n, n).
+    One masked copy through a skewed view of ``dst``: its element (i, k) is
+    ``dst[..., offset + r0 + i, W-1-(r0+i) + k]``, so row i's keys 0..r0+i land where the band
+    keeps them, and the mask (k <= r0 + i) leaves the rest of ``dst`` untouched.
     """
-    for r in rows.tolist():
-        dst[..., offset + r, W - 1 - r:] = src[..., r - src_first, :r + 1]
+    if rows.size == 0:
+        return
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    if rows.size != r1 - r0 or not dst.flags.c_contiguous:
+        for r in rows.tolist():
+            dst[..., offset + r, W - 1 - r:] = src[..., r - src_first, :r + 1]
+        return
+    item = dst.itemsize
+    start = ((offset + r0) * W + (W - 1 - r0)) * item                  # byte offset of element (0, 0)
+    flat = dst.reshape(dst.shape[:-2] + (-1,))
+    skew = np.lib.stride_tricks.as_strided(
+        flat[..., start // item:], shape=dst.shape[:-2] + (r1 - r0, r1),
+        strides=dst.strides[:-2] + ((W - 1) * item, item), writeable=True)
+    mask = np.arange(r1)[None, :] <= np.arange(r0, r1)[:, None]         # (rows, keys): k <= r
+    np.copyto(skew, src[..., r0 - src_first:r1 - src_first, :r1], where=mask)
 
 
 def _run_windows_one_by_one(model, ids, window, a, b, bar=None):
