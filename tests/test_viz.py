@@ -4,6 +4,7 @@ import base64
 import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,24 @@ def test_without_a_score_bar_lines_come_from_the_notes_on_downbeats():
     maps.beat[4] = 1.5                              # bar 4 has no note on its downbeat: interpolated
     music = page_data(maps)["music"]
     assert music["bars"] == [0, 2000, 4000, 6000] and music["firstBar"] == 3
+
+
+@pytest.mark.slow
+def test_png_is_the_same_after_matplotlib_was_preloaded_in_a_thread(tmp_path):
+    """The CLI loads matplotlib (and draws a little) in a thread while the model runs:
+    the PNG drawn afterwards is byte for byte the one drawn without it."""
+    pytest.importorskip("matplotlib")
+    import subprocess
+    import sys
+    child = ("import sys, threading\n"
+             "sys.path.insert(0, sys.argv[3])\n"
+             "from test_viz import synthetic_maps\n"
+             "from music_attn.inspect.viz import preload_matplotlib, render_png\n"
+             "if sys.argv[2] == 'preload':\n"
+             "    t = threading.Thread(target=preload_matplotlib); t.start(); t.join()\n"
+             "render_png(synthetic_maps(10, L=2, H=3), sys.argv[1])\n")
+    here = str(Path(__file__).parent)
+    for mode in ("plain", "preload"):
+        subprocess.run([sys.executable, "-c", child, str(tmp_path / f"{mode}.png"), mode, here],
+                       check=True, timeout=120)
+    assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "preload.png").read_bytes()

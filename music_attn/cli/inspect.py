@@ -51,12 +51,20 @@ def _run(args):
     for path in outputs.values():                 # before the model runs, not after
         check_output(path, inputs=inputs, force=args.force)
     need_matplotlib(args.png)
+    preload = None
+    if args.png:                                  # matplotlib loads while the model reads the piece
+        import threading
+        from music_attn.inspect.viz import preload_matplotlib
+        preload = threading.Thread(target=preload_matplotlib, name="music-attn-preload", daemon=True)
+        preload.start()
     bars = parse_bars(args.bars) if args.bars else None
     model = load_model(args.model)
     tokenizer = model.tokenizer.with_options(include_drums=True) if args.drums and model.tokenizer else None
     maps = attention_maps(model, source, window=args.window, bars=bars, start=args.start, end=args.end,
                           tracks=args.track, melody=args.melody, tokenizer=tokenizer)
     note_dropped_drums(source, maps.score.dropped_drums if maps.score is not None else 0)
+    if preload is not None:
+        preload.join()                            # matplotlib is not for two threads at once
     with atomic_outputs(list(outputs.values()), inputs=inputs, force=args.force) as temps:
         size = write_outputs(maps, dict(zip(outputs, temps)))
     print(outputs_report(maps, outputs, size))

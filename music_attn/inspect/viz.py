@@ -463,20 +463,25 @@ def render_png(maps, path, *, max_labels=12, max_cells=400):
     panel = 2.6
     fig = Figure(figsize=(panel * H + 0.9, panel * L + 0.9))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(L, H, squeeze=False, sharex=True, sharey=True)
+    axes = fig.subplots(L, H, squeeze=False)         # same extents; ticks only on the outer panels
     fig.subplots_adjust(left=0.9 / (panel * H + 0.9), right=0.99, bottom=0.75 / (panel * L + 0.9),
                         top=1 - 0.6 / (panel * L + 0.9), wspace=0.08, hspace=0.25)
     for layer, head in np.ndindex(L, H):
         ax = axes[layer, head]
         ax.imshow(images[layer, head], cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest",
                   aspect="auto")
-        ax.set_title(f"layer {layer + 1} head {head + 1}", fontsize=8, pad=2)
+        ax.set_title(f"layer {layer + 1} head {head + 1}", fontsize=8, pad=2, y=1.0)   # y: no auto-placement pass
         ax.tick_params(labelsize=6, length=2, pad=1)
-    if band:
-        axes[0, 0].set_xticks(np.arange(0, back, _nice_step(-(-back // max_labels))))
-    else:
-        axes[0, 0].set_xticks(ticks, labels, rotation=90)                       # shared by every panel
-    axes[0, 0].set_yticks(ticks, labels)
+        if layer < L - 1:
+            ax.set_xticks([])
+        elif band:
+            ax.set_xticks(np.arange(0, back, _nice_step(-(-back // max_labels))))
+        else:
+            ax.set_xticks(ticks, labels, rotation=90)
+        if head:
+            ax.set_yticks([])
+        else:
+            ax.set_yticks(ticks, labels)
     fig.supxlabel(f"key: {unit} back from the query" if band else f"key ({unit})", fontsize=8)
     fig.supylabel(f"query ({unit})", fontsize=8)
     what = f"attention by {unit} back" if band else f"attention between {unit} (query row -> key column)"
@@ -547,6 +552,22 @@ def _run_image(rows, run, bins, back=None):
         query, col, weights = query[keep], col[keep], weights[keep]
     cells = np.bincount(run[query] * width + col, weights, bins * width).reshape(bins, width)
     return cells / np.maximum(np.bincount(run, minlength=bins), 1)[:, None]
+
+
+def preload_matplotlib():
+    """Import what `render_png` needs and draw a little (fonts, colour maps), in a thread while the
+    model runs (join it before drawing: matplotlib is not for two threads at once); nothing when
+    matplotlib is missing."""
+    try:
+        Figure, FigureCanvasAgg = _matplotlib()
+    except MusicAttnError:
+        return
+    fig = Figure(figsize=(1, 1))                  # and load the fonts and colour maps: draw a little
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.imshow(np.zeros((2, 2)), cmap="magma_r")
+    ax.set_title("x", fontsize=8)
+    fig.canvas.draw()
 
 
 def _matplotlib():
