@@ -55,7 +55,7 @@ from music_attn.music import constants as K
 from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table
 from music_attn.training.ngram import KneserNeyLM
-from music_attn.training.train import TrainConfig, TrainState, train, train_state_from_checkpoint
+from music_attn.training.train import TrainConfig, TrainState, clock_deadline, train, train_state_from_checkpoint
 from music_attn.runtime.windows import sequence_nll
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,16 +176,6 @@ def _paths(output):
     return output, output.with_suffix(".state.npz"), output.with_suffix(".log")
 
 
-def _deadline(until):
-    """Seconds since the epoch at the next HH:MM (UTC), or inf."""
-    if not until:
-        return np.inf
-    now = datetime.datetime.now(datetime.timezone.utc)
-    hour, minute = (int(x) for x in until.split(":"))
-    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    return (at if at > now else at + datetime.timedelta(days=1)).timestamp()
-
-
 def _fresh(args, tokenizer, train_seqs, log):
     """A new model and TrainState whose step count fits ``--minutes``."""
     rng = np.random.default_rng(args.seed)
@@ -287,7 +277,7 @@ def run_training(args):
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
-    deadline = _deadline(args.until)
+    deadline = clock_deadline(args.until)
     if args.minutes is None:
         args.minutes = np.inf if (args.steps or args.resume) else 60.0
     args.minutes = min(args.minutes, 0.85 * (deadline - time.time()) / 60)

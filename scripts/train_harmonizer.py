@@ -61,8 +61,8 @@ from music_attn.music.tokenizers.grid import GridTokenizer
 from music_attn.runtime.harmonize import condition_of, harmonization_nll
 from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table
-from music_attn.training.train import (TrainConfig, TrainState, clip_grads, lr_at, skip_target_phases,
-                                       train_state_from_checkpoint)
+from music_attn.training.train import (TrainConfig, TrainState, clip_grads, clock_deadline, lr_at,
+                                       skip_target_phases, train_state_from_checkpoint)
 
 K_AHEAD = 32               # sixteenths of melody read ahead: two bars of 4/4
 VALID_TRAIN = 38           # validation chorales trained on (the first half); the other 38 validate
@@ -202,7 +202,7 @@ def run_training(args):
     vals = [r["val_nll"] for r in state.history if "val_nll" in r]
     best = min(vals) if vals else np.inf
     minutes = state.history[-1].get("minutes", 0.0) if state.history else 0.0
-    deadline = _deadline(args.until)
+    deadline = clock_deadline(args.until)
     stop, config, losses = _Stop(), state.config, []
     snapshots = collections.deque(maxlen=max(args.average, 1))
     if not args.resume:
@@ -249,15 +249,6 @@ def run_training(args):
     log(f"# stopped at step {state.step}: best validation NLL {best:.4f} nats per lower-voice cell; "
         "--resume continues")
     return 0
-
-
-def _deadline(until):
-    if not until:
-        return np.inf
-    now = datetime.datetime.now(datetime.timezone.utc)
-    hour, minute = (int(x) for x in until.split(":"))
-    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    return (at if at > now else at + datetime.timedelta(days=1)).timestamp()
 
 
 def run_eval(args):

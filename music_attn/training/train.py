@@ -15,6 +15,7 @@ Shape legend: B batch, T window length.
 """
 
 import dataclasses
+import datetime
 import math
 import signal
 import threading
@@ -32,7 +33,8 @@ from music_attn.core.model import parallel_map
 from music_attn.runtime.windows import alignment, corpus_nll
 
 __all__ = ["TrainConfig", "TrainState", "AdamW", "lr_at", "clip_grads", "train",
-           "train_state_from_checkpoint", "check_train_state", "resume_training", "fresh_training"]
+           "train_state_from_checkpoint", "check_train_state", "resume_training", "fresh_training",
+           "clock_deadline"]
 
 
 @dataclass(frozen=True)
@@ -495,3 +497,15 @@ class _Saver:
         if self.saved is None:
             return f"{self.path} was not written by this run"
         return f"{self.path} keeps step {self.saved}, the last good checkpoint"
+
+
+def clock_deadline(until):
+    """Seconds since the epoch at the next HH:MM (UTC) of ``until`` (a training script's
+    ``--until``), or inf when it is empty."""
+    if not until:
+        return np.inf
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hour, minute = (int(x) for x in until.split(":"))
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return (at if at > now else at + datetime.timedelta(days=1)).timestamp()
+
