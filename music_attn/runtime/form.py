@@ -73,12 +73,10 @@ class Form:
             return [], None                                       # the cadence shapes the last two bars
         if rng.random() >= self.repeat:
             return [], None
-        kinds = tokenizer.kind_mask
-        keep = np.zeros(tokenizer.vocab_size, bool)
-        for kind in _REPLAYED:
-            keep |= kinds(kind)
+        keep = np.logical_or.reduce([tokenizer.kind_mask(kind) for kind in _REPLAYED])   # (V,) what it copies
+        pitch = tokenizer.kind_mask(PITCH)
         earlier = {d: [t for t in history[-1 - d] if keep[t]] for d in REPEAT_DISTANCES if d < len(history)}
-        earlier = {d: tokens for d, tokens in earlier.items() if any(kinds(PITCH)[t] for t in tokens)}
+        earlier = {d: tokens for d, tokens in earlier.items() if pitch[tokens].any()}
         if not earlier:
             return [], None
         if last_distance in earlier:
