@@ -6,6 +6,10 @@ tracks in a ``mido.MidiFile``; ``note_events(...)`` turns (pitch, start, end,
 velocity) tuples in ticks into note-on/note-off pairs; ``random_tune(...)``
 makes a melody on a grid, with metre and tempo changes, for round trips.
 
+``bars_by_loop(...)`` is the independent reference for a bar's contents (the
+notes starting in it, as (offset, pitch, length)), against which bar repeats are
+checked.
+
 ``mido_reference(...)`` is the independent reference reader: a file read
 message by message with mido, against which the project's byte scanner,
 tokenizers and writer are checked.
@@ -204,3 +208,12 @@ def ensemble_tune(rng, *, ticks_per_beat=480, n_bars=8, grid=4):
         tracks.append(track(head + note_events(notes, channel=channel), end=end))
         parts[(program, channel)] = notes
     return midi_file(*tracks, ticks_per_beat=ticks_per_beat), parts
+
+
+def bars_by_loop(notes, lines):
+    """Each bar's notes between consecutive bar lines (ticks) as a sorted tuple of
+    (offset in the bar, pitch, length), by a plain loop over the notes."""
+    return [tuple(sorted((int(n["start_tick"]) - a, int(n["pitch"]), int(n["end_tick"] - n["start_tick"]))
+                         for n in notes if a <= n["start_tick"] < b))
+            for a, b in zip(lines[:-1], lines[1:])]
+

@@ -13,7 +13,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from midi_factory import midi_file, note_events, save, track
+from midi_factory import bars_by_loop, midi_file, note_events, save, track
 import prompt_factory as mf
 from music_attn.cli import main
 from music_attn.core.model import ModelConfig, init_model
@@ -314,7 +314,6 @@ def test_repeat_from_nothing_replays_bars(capsys, tmp_path):
     code, _, _ = run_here(capsys, "--bars", "8", "--repeat", "1", "--seed", "1", "-o", out)
     score = read_midi(out)
     lines = rhythm.bar_starts(score, end_tick=int(score.notes["end_tick"].max()) + 1)
-    bars = [tuple(sorted((int(n["start_tick"]) - a, int(n["pitch"]), int(n["end_tick"] - n["start_tick"]))
-                         for n in score.notes if a <= n["start_tick"] < b)) for a, b in zip(lines[:-1], lines[1:])]
+    bars = bars_by_loop(score.notes, lines)
     full = [k for k, b in enumerate(bars) if b]
     assert code == 0 and sum(bars[k] in bars[:k] for k in full[1:]) >= len(full) // 2

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import music_attn
+from midi_factory import bars_by_loop
 from music_attn import continue_midi
 from music_attn.music import features as F
 from music_attn.music import rhythm
@@ -146,15 +147,6 @@ def test_replay_passes_over_empty_bars_and_never_runs_without_a_chance_or_a_gene
         Form(repeat=1.5)
 
 
-def _bars_of_notes(notes, lines):
-    """Each bar's notes as sorted (offset, pitch, length) tuples, by a plain loop."""
-    out = []
-    for a, b in zip(lines[:-1], lines[1:]):
-        out.append(sorted((int(n["start_tick"]) - a, int(n["pitch"]), int(n["end_tick"] - n["start_tick"]))
-                          for n in notes if a <= n["start_tick"] < b))
-    return out
-
-
 def test_repeat_one_makes_the_new_bars_replay_earlier_ones_and_zero_leaves_them_to_the_model(prompt):
     counts = {}
     for repeat in (0.0, 1.0):
@@ -163,7 +155,7 @@ def test_repeat_one_makes_the_new_bars_replay_earlier_ones_and_zero_leaves_them_
             out = continue_midi(prompt, prompt_bars=(1, 4), bars=8, seed=seed, repeat=repeat)
             lines = rhythm.bar_starts(out, end_tick=10 ** 6)[:13]
             notes = np.concatenate([out.prompt.notes, out.new_notes])
-            bars = _bars_of_notes(notes, lines)
+            bars = bars_by_loop(notes, lines)
             for k in range(4, 12):
                 if bars[k]:
                     total += 1

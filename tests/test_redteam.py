@@ -100,13 +100,24 @@ def tiny(tmp_path):
 
 
 # ================================================================== training runs and datasets
+def _endless_run(tunes, out, cwd):
+    """A training child of 100,000 steps with no scheduled checkpoint, once it has saved ``out``
+    (after its first step, long before its last); killed if it never does."""
+    child = _start(["train", str(tunes), "-o", str(out), "--steps", "100000", "--checkpoint-every", "0", *TINY],
+                   cwd)
+    try:
+        _wait_for(out, child)
+    except BaseException:
+        child.kill()
+        raise
+    return child
+
+
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_before_its_first_scheduled_checkpoint_resumes(tunes, tmp_path):
     out = tmp_path / "m.npz"
-    child = _start(["train", str(tunes), "-o", str(out), "--steps", "100000", "--checkpoint-every", "0", *TINY],
-                   tmp_path)
+    child = _endless_run(tunes, out, tmp_path)
     try:
-        _wait_for(out, child)                        # saved after the first step, long before step 100,000
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=TIME_LIMIT)
     finally:
@@ -121,10 +132,8 @@ def test_a_run_killed_with_sigkill_before_its_first_scheduled_checkpoint_resumes
 @pytest.mark.slow
 def test_sigterm_stops_a_run_and_saves_like_ctrl_c(tunes, tmp_path):
     out = tmp_path / "m.npz"
-    child = _start(["train", str(tunes), "-o", str(out), "--steps", "100000", "--checkpoint-every", "0", *TINY],
-                   tmp_path)
+    child = _endless_run(tunes, out, tmp_path)
     try:
-        _wait_for(out, child)
         first = load_checkpoint(out).train_state["meta"]["step"]
         time.sleep(0.5)
         child.send_signal(signal.SIGTERM)
