@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from music_attn.music.voice_leading import COUNTS, VoiceLeading, voice_leading
+from music_attn.runtime.keys import KEYS
 from music_attn.runtime.harmonize import (CANDIDATES, TEMPERATURE, best_voicing, harmonization_nll, harmonize,
                                           load_harmonizer, sample_voices)
 
@@ -47,7 +48,7 @@ def _row(name, report, nll=""):
             f"{100 * report.complete_share:.1f}% | {nll} |")
 
 
-def chorales(model, folder, temperature, first=38, limit=None, candidates=None):
+def chorales(model, folder, temperature, first=38, limit=None, candidates=None, keys=KEYS):
     grids = [np.asarray(c, dtype=np.int64).reshape(-1, 4) for c in json.loads((Path(folder) / "valid.json").read_text())]
     grids = grids[first:][:limit]
     bach, ruled, free = [], [], []
@@ -57,31 +58,37 @@ def chorales(model, folder, temperature, first=38, limit=None, candidates=None):
         for rules, out in ((True, ruled), (False, free)):
             k = (candidates or CANDIDATES) if rules else 1
             rngs = [np.random.default_rng([i, c]) for c in range(k)]
-            sampled, logp = sample_voices(model, g[:, 0], rng=rngs, temperature=temperature, rules=rules)
+            sampled, logp = sample_voices(model, g[:, 0], rng=rngs, temperature=temperature, rules=rules,
+                                          keys=keys)
             out.append(voice_leading(sampled[best_voicing(sampled, logp)]))
     seconds = time.perf_counter() - t0
-    total, cells = 0.0, 0
-    for g in grids:
-        s, n = harmonization_nll(g, model=model, total=True)
-        total, cells = total + s, cells + n
+    nll = {}
+    for k in sorted({keys, 1}):
+        total, cells = 0.0, 0
+        for g in grids:
+            s, n = harmonization_nll(g, model=model, keys=k, total=True)
+            total, cells = total + s, cells + n
+        nll[k] = total / cells
     print(f"{len(grids)} held-out validation chorales (valid[{first}:]), Bach's soprano given; {seconds:.0f} s "
           f"for {2 * len(grids)} harmonizations; temperature {temperature}, best of "
-          f"{candidates or CANDIDATES} with the rules\n")
+          f"{candidates or CANDIDATES} with the rules; the model reads {keys} key{'s' * (keys > 1)}\n")
     print("| voices | parallel 5ths+8ves per 100 pair moves | hidden 8ves per 100 | crossing (steps) | "
           "spacing > 8ve (steps) | complete triads or 7ths | NLL of Bach's A, T, B (nats/cell) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(_row("Bach", _total(bach)))
     print(_row("harmonizer, with rules (default)", _total(ruled)))
-    print(_row("harmonizer, --free (model alone)", _total(free), f"{total / cells:.4f}"))
+    print(_row("harmonizer, --free (model alone)", _total(free), f"{nll[keys]:.4f}"))
+    print("\nNLL of Bach's A, T, B by the number of keys read: "
+          + ", ".join(f"{k} key{'s' * (k > 1)} {v:.4f}" for k, v in nll.items()))
 
 
-def folk(model, n, temperature):
+def folk(model, n, temperature, keys=KEYS):
     files = sorted((ROOT / "data" / "oneills1850").glob("*.mid"))[: (n + 1) // 2] + \
         sorted((ROOT / "data" / "ryansMammoth").glob("*.mid"))[: n // 2]
     reports, notes, moved, off = [], [], 0, 0
     t0 = time.perf_counter()
     for i, path in enumerate(files):
-        h = harmonize(path, model=model, seed=i, temperature=temperature)
+        h = harmonize(path, model=model, seed=i, temperature=temperature, keys=keys)
         reports.append(h.voice_leading)
         moved += any("moved" in m for m in h.messages)
         off += any("off the sixteenth" in m for m in h.messages)
@@ -103,12 +110,13 @@ def main(argv=None):
                    "38, the held-out half)")
     p.add_argument("--limit", type=int, help="only N chorales")
     p.add_argument("--candidates", type=int, help=f"voicings per harmonization with the rules (default {CANDIDATES})")
+    p.add_argument("--keys", type=int, default=KEYS, help=f"keys the model reads (default {KEYS}; 1: the written key)")
     p.add_argument("--folk", type=int, default=0, metavar="N", help="also N folk tunes")
     args = p.parse_args(argv)
     model = load_harmonizer(args.model)
-    chorales(model, args.data, args.temperature, args.first, args.limit, args.candidates)
+    chorales(model, args.data, args.temperature, args.first, args.limit, args.candidates, args.keys)
     if args.folk:
-        folk(model, args.folk, args.temperature)
+        folk(model, args.folk, args.temperature, args.keys)
     return 0
 
 

@@ -24,6 +24,9 @@ def register(sub):
     p.add_argument("--temperature", type=real(0, 10, low_open=True), default=default_of(harmonize, "temperature"),
                    help="divides the logits before sampling")
     p.add_argument("--free", action="store_true", help="the model alone: no voice-leading rules while sampling")
+    p.add_argument("--keys", type=int, choices=range(1, 12, 2), default=default_of(harmonize, "keys"), metavar="K",
+                   help="read the melody in K keys (odd, 1-11) around the written one and average the "
+                        "model's predictions (default: %(default)s; 1: the written key only)")
     add_force(p)
     p.set_defaults(func=_harmonize)
     a = sub.add_parser("analyze", help="voice leading of a four-voice file, per bar: parallels, crossing, spacing")
@@ -46,7 +49,7 @@ def _harmonize(args):
         check_output(path, inputs=inputs, force=args.force)
     results = harmonize(source, model=load_harmonizer(args.model), seed=args.seed, num_samples=args.num_samples,
                         track=args.track, bars=parse_bars(args.bars) if args.bars else None,
-                        rules=not args.free, temperature=args.temperature)
+                        rules=not args.free, temperature=args.temperature, keys=args.keys)
     results = results if isinstance(results, list) else [results]
     with atomic_outputs(outputs, inputs=inputs, force=args.force) as temps:
         for result, tmp in zip(results, temps):

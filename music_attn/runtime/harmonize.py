@@ -38,7 +38,8 @@ from music_attn.music.midi import Score, read_midi, write_midi
 from music_attn.music.voice_leading import PAIRS, RANGES, VOICE_NAMES, voice_leading
 from music_attn.runtime.checkpoint import load_model, shipped_model_path
 from music_attn.runtime.generate import next_token_distribution
-from music_attn.runtime.windows import alignment, spans, token_nll, window_start
+from music_attn.runtime.keys import KEYS, dead_after, fitting_shifts, key_shifts, mix, shift_table
+from music_attn.runtime.windows import alignment, log_softmax, spans, window_start
 
 __all__ = ["harmonize", "harmonization_nll", "Harmonization", "Melody", "read_melody",
            "sample_voices", "condition_of", "harmony_file", "load_harmonizer",
@@ -55,6 +56,9 @@ TEMPERATURE = 0.9
 # With the rules, each harmonization is the best of this many drawn side by side: fewest
 # faults, then the most complete chords, then the most likely (docs/harmonize.md).
 CANDIDATES = 4
+# Sequences decoded side by side at most (samples x keys): bounds the KV cache, about 4 MB a
+# sequence for the shipped harmonizer.
+ROWS = 48
 
 
 def harmonizer_path():
@@ -109,21 +113,21 @@ def ahead(model):
     return int(model.config.condition)
 
 
-def _windows_nll(model, ids, cond, stride):
-    """NLL (nats) of every token after the first: windows of ``max_len`` moving by ``stride``."""
+def _windows_logp(model, ids, cond, stride):
+    """log-probabilities (n-1, V) of the token after each token but the last: windows of
+    ``max_len`` moving by ``stride``, each position scored in the window that owns it."""
     W = model.config.max_len
-    out = np.empty(len(ids) - 1)
+    out = np.empty((len(ids) - 1, model.config.vocab_size))
     for span in spans(len(ids), W, min(stride, W), align=alignment(model)):
         window = ids[span.start:span.stop][None]
         c = None if cond is None else cond[span.start:span.stop][None]
-        logits = model.forward(window, condition=c)[0, :-1]                 # (n-1, V)
-        nll = token_nll(logits, ids[span.start + 1:span.stop])
+        logp = log_softmax(np.asarray(model.forward(window, condition=c)[0, :-1], dtype=np.float64))
         keep = max(span.keep, span.start + 1)
-        out[keep - 1:span.stop - 1] = nll[keep - span.start - 1:]
+        out[keep - 1:span.stop - 1] = logp[keep - span.start - 1:]
     return out
 
 
-def harmonization_nll(grid, *, model=None, stride=256, total=False):
+def harmonization_nll(grid, *, model=None, keys=KEYS, stride=256, total=False):
     """The model's NLL of the alto, tenor and bass given the soprano, nats per cell.
 
     Parameters
@@ -132,6 +136,9 @@ def harmonization_nll(grid, *, model=None, stride=256, total=False):
         model's range.
     model : a harmonizer (None: the shipped one); a plain grid model is scored on
         its own (it sees the soprano only up to the current step).
+    keys : keys the model reads the piece in (:mod:`~music_attn.runtime.keys`): each cell's
+        distribution is the mean of its distributions in the written key and
+        ``keys // 2`` semitones either side that the melody fits; 1: the written key only.
     stride : window stride (tokens) for a piece longer than the model's window.
     total : return (summed nats, number of cells) instead of the mean.
 
@@ -141,16 +148,34 @@ def harmonization_nll(grid, *, model=None, stride=256, total=False):
     """
     model = load_harmonizer() if model is None else model
     grid = np.asarray(grid, dtype=np.int64)
-    ids = model.tokenizer.encode_grid(grid).ids.astype(np.int64)
-    K = ahead(model)
-    cond = condition_of(model.tokenizer, grid[:, 0], len(ids), K) if K else None
-    nll = _windows_nll(model, ids, cond, stride)
+    tok = model.tokenizer
+    ids = tok.encode_grid(grid).ids.astype(np.int64)
+    shifts = fitting_shifts(keys, grid[:, 0], tok.pitch_range)
+    probs, tables, live = [], [], []
+    for s in shifts:
+        table = shift_table(tok, s)
+        moved = table[ids]
+        cond = _condition(model, np.where(grid[:, 0] >= 0, grid[:, 0] + s, -1), len(ids))
+        probs.append(np.exp(_windows_logp(model, np.where(moved < 0, tok.rest_id, moved), cond, stride)))
+        tables.append(table)
+        live.append(~dead_after(moved)[:-1])           # target j reads tokens 0..j
+    targets = ids[1:]
+    if len(shifts) == 1:
+        p = probs[0][np.arange(len(targets)), targets]
+    else:
+        p = mix(np.stack(probs, axis=1), np.stack(tables), np.stack(live, axis=1))[np.arange(len(targets)), targets]
+    nll = -np.log(p)
     lower = np.arange(len(nll)) % 4 > 0                 # target i is cell i: voice i % 4
     if not lower.any():
         raise ValueError("the grid has no steps to score")
     if total:
         return float(nll[lower].sum()), int(lower.sum())
     return float(nll[lower].mean())
+
+
+def _condition(model, soprano, n_tokens):
+    """The condition tokens of a soprano for a model that reads ahead, else None."""
+    return condition_of(model.tokenizer, soprano, n_tokens, ahead(model)) if ahead(model) else None
 
 
 # --------------------------------------------------------------------------- 1. the melody
@@ -303,65 +328,90 @@ def rule_mask(voice, cur, prev, pitches):
 
 
 def sample_voices(model, soprano, *, num_samples=1, rng=None, temperature=TEMPERATURE, top_p=None,
-                  rules=True):
+                  rules=True, keys=KEYS):
     """Alto, tenor and bass under ``soprano`` (int (S,), model pitches, -1 silent).
 
     ``rng``: an int seed (sample i draws with seed + i), a Generator, or a list of
     Generators, one per sample (then ``num_samples`` is its length).
+    ``keys``: each cell is drawn from the mean of the model's distributions in this many
+    keys around the written one (:mod:`~music_attn.runtime.keys`), the distribution
+    :func:`harmonization_nll` scores.
     Returns (grids int (N, S, 4) in model pitches, log-probabilities (N,) of the drawn cells).
     With ``rules``, cells that break the rules of :func:`rule_mask` (and rests under a
     sounding soprano) get probability zero; a cell with no legal pitch is drawn freely.
+    A cell is always a pitch or a rest (the model's other tokens are never drawn).
     """
     tok = model.tokenizer
     rngs = list(rng) if isinstance(rng, (list, tuple)) else _rngs(rng, int(num_samples))
     S, N = len(soprano), len(rngs)
+    soprano = np.asarray(soprano, dtype=np.int64)
+    shifts = fitting_shifts(keys, soprano, tok.pitch_range)
+    K = len(shifts)
+    if N > 1 and N * K > ROWS:                          # in parts: each row draws from its own generator
+        per = max(1, ROWS // K)
+        parts = [sample_voices(model, soprano, rng=rngs[i:i + per], temperature=temperature, top_p=top_p,
+                               rules=rules, keys=keys) for i in range(0, N, per)]
+        return np.concatenate([g for g, _ in parts]), np.concatenate([lp for _, lp in parts])
+    tables = np.stack([shift_table(tok, s) for s in shifts])                 # (K, V)
     n_tokens = 1 + 4 * S
-    cond = condition_of(tok, soprano, n_tokens, ahead(model)) if ahead(model) else None
-    sop_ids = tok.grid_ids(np.column_stack([soprano, np.full((S, 3), -1)]))[:, 0]
+    cond = None
+    if ahead(model):
+        cond = np.stack([_condition(model, np.where(soprano >= 0, soprano + s, -1), n_tokens) for s in shifts])
+    sop_ids = tables[:, tok.grid_ids(np.column_stack([soprano, np.full((S, 3), -1)]))[:, 0]]   # (K, S)
     low = tok.pitch_range[0]
     pitches = np.arange(low, tok.pitch_range[1] + 1)
     pitch_ids = tok.grid_ids(np.column_stack([pitches, np.full((len(pitches), 3), -1)]))[:, 0]
     grids = np.repeat(np.column_stack([soprano, np.full((S, 3), -1)])[None], N, axis=0)   # (N, S, 4)
     logp = np.zeros(N)
+    live = np.ones((N, K), bool)                        # row n * K + k: sample n read in key k
+    cell_tokens = np.zeros(model.config.vocab_size, bool)
+    cell_tokens[np.append(pitch_ids, tok.rest_id)] = True
     with single_threaded_blas():
-        reader = _Reader(model, np.array([tok.bos_id, sop_ids[0]]), N, cond)
+        start = np.stack([np.full(K, tok.bos_id), sop_ids[:, 0]], axis=1)        # (K, 2)
+        reader = _Reader(model, np.tile(start, (N, 1)), cond, np.tile(np.arange(K), N))
         for t in range(S):
             for v in (1, 2, 3):
-                allowed = None
+                allowed = cell_tokens                           # a lower cell is a pitch or a rest
                 if rules:
                     allowed = np.stack([_allowed(grids[i], t, v, pitches, pitch_ids, tok.rest_id,
                                                  model.config.vocab_size) for i in range(N)])
-                probs = next_token_distribution(reader.logits, temperature, None, top_p, allowed=allowed)
+                logits = reader.logits
+                if K > 1:
+                    probs = np.exp(log_softmax(np.asarray(logits, np.float64))).reshape(N, K, -1)
+                    with np.errstate(divide="ignore"):
+                        logits = np.log(mix(probs, tables, live))
+                probs = next_token_distribution(logits, temperature, None, top_p, allowed=allowed)
                 cells = _draw(probs, rngs)
                 logp += np.log(probs[np.arange(N), cells])
                 grids[:, t, v] = np.where(cells == tok.rest_id, -1, cells - pitch_ids[0] + low)
-                reader.push(cells)
+                moved = tables[:, cells].T                                           # (N, K)
+                live &= moved >= 0
+                reader.push(np.where(moved >= 0, moved, tok.rest_id).reshape(-1))
             if t + 1 < S:
-                reader.push(np.full(N, sop_ids[t + 1]))
+                reader.push(np.tile(sop_ids[:, t + 1], N))
     return grids, logp
 
 
 class _Reader:
-    """Next-token logits (N, V) of N grid sequences growing in step, with their condition tokens.
+    """Next-token logits (R, V) of R grid sequences growing in step, with their condition tokens.
 
-    The KV cache holds up to ``max_len`` tokens; then the window restarts at the next
-    multiple of half a window (and of the model's period), read again from an empty cache.
+    ``cond`` (K, n, C) holds the condition tokens of each key (None: no condition) and
+    ``row_key`` (R,) the key of each row.  The KV cache holds up to ``max_len`` tokens;
+    then the window restarts at the next multiple of half a window (and of the model's
+    period), read again from an empty cache.
     """
 
-    def __init__(self, model, context, n, cond):
-        self.model, self.cond, self.offset = model, cond, 0
-        self.seq = np.repeat(np.asarray(context, np.int64)[None], n, axis=0)          # (N, T)
-        self.cache = model.new_cache(n)
+    def __init__(self, model, context, cond, row_key):
+        self.model, self.cond, self.row_key, self.offset = model, cond, np.asarray(row_key), 0
+        self.seq = np.asarray(context, np.int64)                                     # (R, T)
+        self.cache = model.new_cache(len(self.seq))
         self._restart()
-
-    def _condition(self, a, b):
-        return None if self.cond is None else np.broadcast_to(self.cond[a:b], (len(self.seq), b - a, self.cond.shape[1]))
 
     def _restart(self):
         self.cache.reset()
         n = self.seq.shape[1]
-        self.logits = self.model.forward(self.seq, cache=self.cache,
-                                         condition=self._condition(self.offset, self.offset + n))[:, -1]
+        c = None if self.cond is None else self.cond[self.row_key, self.offset:self.offset + n]
+        self.logits = self.model.forward(self.seq, cache=self.cache, condition=c)[:, -1]
 
     def push(self, tokens):
         L = self.model.config.max_len
@@ -372,7 +422,7 @@ class _Reader:
             self.seq, self.offset = self.seq[:, start - self.offset:], start
             self._restart()
             return
-        c = None if self.cond is None else np.broadcast_to(self.cond[position], (len(self.seq), self.cond.shape[1]))
+        c = None if self.cond is None else self.cond[self.row_key, position]
         self.logits = self.model.decode(self.seq[:, -1], self.cache, condition=c)
 
 
@@ -383,8 +433,8 @@ def _allowed(grid, t, v, pitches, pitch_ids, rest_id, V):
     ok = rule_mask(v, grid[t], prev, pitches)
     allowed[pitch_ids[ok]] = True
     allowed[rest_id] = grid[t, 0] < 0                    # a lower voice rests only with the soprano
-    if not allowed.any():
-        allowed[:] = True
+    if not allowed.any():                                # no legal pitch: any pitch or rest
+        allowed[pitch_ids] = allowed[rest_id] = True
     return allowed
 
 
@@ -475,7 +525,7 @@ def _voice_track(melody, column, name, channel):
 # --------------------------------------------------------------------------- the job
 
 def harmonize(melody, *, model=None, seed=None, num_samples=1, track=None, bars=None, rules=True,
-              temperature=TEMPERATURE, candidates=None):
+              temperature=TEMPERATURE, candidates=None, keys=KEYS):
     """Add alto, tenor and bass under a melody, in the style of Bach's chorales.
 
     Parameters
@@ -493,6 +543,8 @@ def harmonize(melody, *, model=None, seed=None, num_samples=1, track=None, bars=
     candidates : voicings drawn per harmonization, the best kept (fewest faults, then most
         complete triads and sevenths, then most likely); default :data:`CANDIDATES` with the
         rules, 1 without (the model alone).
+    keys : keys the model reads the melody in, its distributions averaged
+        (:mod:`~music_attn.runtime.keys`; 1: the written key only).
 
     Returns
     -------
@@ -507,10 +559,12 @@ def harmonize(melody, *, model=None, seed=None, num_samples=1, track=None, bars=
     k = (CANDIDATES if rules else 1) if candidates is None else candidates
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 16:
         raise ValueError(f"candidates must be an integer in 1..16, got {k!r}")
+    key_shifts(keys)                                   # a bad value fails before any work
     model = load_harmonizer(model) if model is None or not hasattr(model, "forward") else model
     read = read_melody(melody, track=track, bars=bars, model_range=model.tokenizer.pitch_range)
     rngs = [g for i in range(num_samples) for g in _candidate_rngs(seed, i, k)]
-    grids, logp = sample_voices(model, read.soprano, rng=rngs, temperature=temperature, rules=rules)
+    grids, logp = sample_voices(model, read.soprano, rng=rngs, temperature=temperature, rules=rules,
+                               keys=keys)
     out = [_harmonization(read, _best(grids[i * k:(i + 1) * k], logp[i * k:(i + 1) * k]), rules)
            for i in range(num_samples)]
     return out[0] if num_samples == 1 else out
