@@ -8,6 +8,9 @@ Run from the repository root (the data folder holds train.json and valid.json):
         --resume --freeze-base 1500
     python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz \
         --resume --freeze-base 1500 --steps 7500 --average 5      # a longer schedule, averaged
+    python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer_distilled.npz \
+        --init benchmarks/harmonizer.npz --teacher benchmarks/harmonizer.npz --distill 0.7 \
+        --freeze-base 0 --steps 2500 --lr 5e-5                     # distil the three-key reading
     python scripts/train_harmonizer.py --data ../shared/data/jsb -o benchmarks/harmonizer.npz --eval
 
 The model is the four-voice grid model of the JSB benchmark (soprano, alto, tenor,
@@ -39,6 +42,12 @@ rises to where the longer schedule stands, then decays to its end).  ``--average
 also scores the mean of the weights at the last K evaluations (a running average of
 the trajectory, as the JSB benchmark's weights are) and keeps it when it is better.
 
+``--teacher MODEL`` distils a harmonizer read in ``--teacher-keys`` keys (the mixture of
+:mod:`music_attn.runtime.keys`) into one pass: each scored cell's target is
+``(1 - ALPHA)`` x the one-hot of Bach's cell plus ``ALPHA`` x the teacher's distribution
+(``--distill ALPHA``).  ``--init`` may be a harmonizer, whose condition table is kept.
+The validation figure that chooses the checkpoint is always one pass in the written key.
+
 Files: ``-o`` the best model (float32 weights, shipped as music_attn/assets/harmonizer.npz);
 ``<output>.state.npz`` the last training state (exact resume; saved every
 ``--eval-every`` steps, at SIGINT and SIGTERM); ``<output minus .npz>.log`` the curve.
@@ -58,7 +67,9 @@ import numpy as np
 
 from music_attn.core.model import ModelConfig, Model, parallel_map
 from music_attn.music.tokenizers.grid import GridTokenizer
+from music_attn.core.ops import log_softmax
 from music_attn.runtime.harmonize import condition_of, harmonization_nll
+from music_attn.runtime.keys import KEYS, dead_after, key_shifts, mix, shift_table
 from music_attn.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
 from music_attn.training.data import pitch_table
 from music_attn.training.train import (TrainConfig, TrainState, clip_grads, clock_deadline, lr_at,
@@ -89,6 +100,11 @@ def _parse(argv):
     p.add_argument("--valid-train", type=int, default=VALID_TRAIN, metavar="N",
                    help="the first N validation chorales are trained on; the rest validate")
     p.add_argument("--ahead", type=int, default=K_AHEAD, help="sixteenths of melody read ahead")
+    p.add_argument("--teacher", metavar="MODEL.npz", help="distil this harmonizer read in --teacher-keys keys")
+    p.add_argument("--teacher-keys", type=int, default=KEYS, help=f"keys the teacher reads (default {KEYS})")
+    p.add_argument("--distill", type=float, default=0.5, metavar="ALPHA",
+                   help="with --teacher, the weight of the teacher's distribution in each target (the one-hot "
+                        "of Bach's cell has 1 - ALPHA; default 0.5)")
     p.add_argument("--until", metavar="HH:MM", help="stop by this UTC clock time (resumable)")
     p.add_argument("--seed", type=int, default=TRAIN.seed)
     return p.parse_args(argv)
@@ -143,17 +159,36 @@ def batch(data, config, rng, tokenizer, K):
 def validate(model, grids):
     """Mean NLL per alto, tenor or bass cell over the chorales, and the count of cells."""
     def one(grid):
-        return harmonization_nll(grid, model=model, total=True)
+        return harmonization_nll(grid, model=model, keys=1, total=True)
     parts = parallel_map(one, grids)
     total, count = (sum(x) for x in zip(*parts))
     return total / count, count
+
+
+def teacher_targets(teacher, shifts, inputs, targets, cond, alpha):
+    """(B, T, V) distillation targets: (1 - alpha) x the one-hot of each target plus alpha x the
+    teacher's distribution read in the keys ``shifts`` (:mod:`music_attn.runtime.keys`).
+
+    A key reads a row only when the row's melody ahead (its condition tokens) fits the range
+    in it, and drops out from the first lower-voice note it cannot spell.
+    """
+    tok, (B, T), K = teacher.tokenizer, inputs.shape, len(shifts)
+    tables = np.stack([shift_table(tok, s) for s in shifts])                 # (K, V)
+    moved, moved_cond = tables[:, inputs], tables[:, cond]                   # (K, B, T), (K, B, T, C)
+    live = (moved_cond >= 0).all(axis=(2, 3))[:, :, None] & ~dead_after(moved)
+    logits = teacher.forward(np.where(moved < 0, tok.rest_id, moved).reshape(K * B, T),
+                             condition=np.where(moved_cond < 0, tok.pad_id, moved_cond).reshape(K * B, T, -1))
+    probs = np.exp(log_softmax(np.asarray(logits, np.float64))).reshape(K, B * T, -1).swapaxes(0, 1)
+    q = mix(probs, tables, live.reshape(K, B * T).T).reshape(B, T, -1)
+    return (1 - alpha) * np.eye(q.shape[-1])[np.maximum(targets, 0)] + alpha * q
 
 
 def _fresh(args, tokenizer):
     source = load_model(args.init)
     config = ModelConfig(**{**source.config.to_dict(), "condition": args.ahead, "dropout": 0.1})
     params = dict(source.params)
-    params["cond_emb"] = np.zeros((args.ahead, config.vocab_size, config.d_model), np.float32)
+    if source.config.condition != args.ahead:            # a JSB model: the condition table starts at zero
+        params["cond_emb"] = np.zeros((args.ahead, config.vocab_size, config.d_model), np.float32)
     model = Model(config, {k: v.copy() for k, v in params.items()}, tokenizer=tokenizer)
     tconf = dataclasses.replace(TRAIN, steps=args.steps or TRAIN.steps, lr=args.lr, seed=args.seed)
     return model, TrainState(model, tconf, np.random.default_rng(args.seed))
@@ -196,6 +231,10 @@ def run_training(args):
         log(f"# {model!r}\n# {json.dumps(model.config.to_dict())}\n# {json.dumps(state.config.to_dict())}")
         log("# minutes  step  train_loss  val_nll_per_cell  best")
     K = model.config.condition
+    teacher = None
+    if args.teacher:
+        teacher, shifts = load_model(args.teacher), key_shifts(args.teacher_keys)
+        log(f"# distilling {args.teacher} read in {args.teacher_keys} keys, weight {args.distill}")
     valid = load_grids(args.data, "valid")
     data = encoded(tokenizer, load_grids(args.data, "train") + valid[:args.valid_train], K, eos=True)
     val = valid[args.valid_train:]
@@ -207,11 +246,14 @@ def run_training(args):
     snapshots = collections.deque(maxlen=max(args.average, 1))
     if not args.resume:
         v, _ = validate(model, val)
-        log(f"{0.0:8.2f} {0:5d} {'':>10} {v:10.4f} {v:8.4f}   (the JSB model, no condition read yet)")
+        start = f"the weights of {args.init}" if model.params["cond_emb"].any() else "the JSB model, no condition read yet"
+        log(f"{0.0:8.2f} {0:5d} {'':>10} {v:10.4f} {v:8.4f}   ({start})")
     t0 = time.perf_counter()
     while state.step < config.steps and not stop.requested and time.time() < deadline:
         inputs, targets, cond = batch(data, config, state.rng, tokenizer, K)
-        loss, grads = model.loss_and_grads(inputs, targets, workers=config.workers, rng=state.rng, condition=cond)
+        soft = None if teacher is None else teacher_targets(teacher, shifts, inputs, targets, cond, args.distill)
+        loss, grads = model.loss_and_grads(inputs, targets, workers=config.workers, rng=state.rng, condition=cond,
+                                           soft=soft)
         if not np.isfinite(loss):
             log(f"# step {state.step + 1}: loss {loss}; stopped, the last good state is kept")
             return 1
@@ -255,8 +297,9 @@ def run_eval(args):
     model = load_model(args.output)
     held_out = load_grids(args.data, "valid")[args.valid_train:]
     v, n = validate(model, held_out)
-    print(f"{args.output}: {v:.4f} nats per alto, tenor or bass cell given the soprano ({n:,} cells, "
-          f"{len(held_out)} held-out validation chorales)")
+    mixed = sum(parallel_map(lambda g: harmonization_nll(g, model=model, total=True)[0], held_out)) / n
+    print(f"{args.output}: {v:.4f} nats per alto, tenor or bass cell given the soprano in one pass, "
+          f"{mixed:.4f} read in {KEYS} keys ({n:,} cells, {len(held_out)} held-out validation chorales)")
     return 0
 
 

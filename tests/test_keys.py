@@ -122,3 +122,24 @@ def test_a_bad_keys_value_fails_before_any_work(tmp_path):
     missing = tmp_path / "absent.mid"
     with pytest.raises(ValueError, match="keys must be an odd integer"):
         harmonize(missing, keys=4)
+
+
+@pytest.mark.parametrize("bass_low, soprano_top", [(True, False), (False, True)])
+def test_distillation_targets_are_the_one_hot_mixed_with_the_teachers_keys(model64, bass_low, soprano_top):
+    """scripts/train_harmonizer.py --teacher: the target of each cell against the float64 loop."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from train_harmonizer import teacher_targets
+
+    tok = model64.tokenizer
+    grid = _grid(np.random.default_rng(13), 20, bass_low, soprano_top)
+    ids = tok.encode_grid(grid).ids.astype(np.int64)
+    cond = condition_of(tok, grid[:, 0], len(ids), AHEAD)
+    targets = ids[1:].copy()
+    targets[::4] = -1                                  # the soprano cells are not scored
+    soft = teacher_targets(model64, (0, -1, 1), ids[None, :-1], targets[None], cond[None, :-1], 0.6)[0]
+    q = _mixture_by_loop(model64, grid, (0, -1) if soprano_top else (0, -1, 1))
+    want = 0.4 * np.eye(tok.vocab_size)[ids[1:]] + 0.6 * q
+    counted = targets >= 0
+    np.testing.assert_allclose(soft[counted], want[counted], rtol=1e-9, atol=1e-12)

@@ -138,6 +138,26 @@ def test_cross_entropy_ignores_negative_targets_and_matches_a_loop(rng):
     assert_grad(lambda: np.array(cross_entropy_forward(logits, targets)[0]), logits, dlogits, 1.0)
 
 
+def test_soft_cross_entropy_is_a_loop_over_target_distributions_and_one_hot_is_the_hard_loss(rng):
+    logits = rng.normal(size=(2, 4, 6))
+    targets = np.array([[1, -1, 5, 0], [2, 2, -1, 3]])
+    soft = rng.random(size=(2, 4, 6))
+    soft /= soft.sum(-1, keepdims=True)
+    loss, cache = cross_entropy_forward(logits, targets, soft=soft)
+    terms = [sum(soft[b, t, v] * (math.log(sum(math.exp(u) for u in logits[b, t])) - logits[b, t, v])
+                 for v in range(6)) for b in range(2) for t in range(4) if targets[b, t] >= 0]
+    assert loss == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+    dlogits = cross_entropy_backward(1.0, cache, logits.shape)
+    assert not dlogits[0, 1].any() and not dlogits[1, 2].any()
+    assert_grad(lambda: np.array(cross_entropy_forward(logits, targets, soft=soft)[0]), logits, dlogits, 1.0)
+    one_hot = np.eye(6)[np.maximum(targets, 0)]
+    hard, hard_cache = cross_entropy_forward(logits, targets)
+    soft_loss, soft_cache = cross_entropy_forward(logits, targets, soft=one_hot)
+    assert soft_loss == pytest.approx(hard, rel=1e-12)
+    np.testing.assert_allclose(cross_entropy_backward(1.0, soft_cache), cross_entropy_backward(1.0, hard_cache),
+                               rtol=0, atol=1e-15)
+
+
 # --------------------------------------------------------------------------- attention
 
 B, T, C, H, L = 2, 6, 8, 2, 9

@@ -331,6 +331,27 @@ def test_condition_gradient_matches_finite_differences():
                 grads["cond_emb"], 1.0, entries=24)
 
 
+def test_soft_targets_train_on_distributions_and_one_hot_ones_are_the_hard_loss():
+    model = _conditioned(K=2)
+    rng = np.random.default_rng(15)
+    ids, targets = rng.integers(0, V, (4, 10)), rng.integers(-1, V, (4, 10))
+    cond = rng.integers(0, V, (4, 10, 2))
+    soft = rng.random((4, 10, V))
+    soft /= soft.sum(-1, keepdims=True)
+    loss, _ = model.loss_and_grads(ids, targets, condition=cond, soft=soft, workers=2)
+    logits = model.forward(ids, condition=cond)                     # float64, no dropout
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    counted = targets >= 0
+    assert loss == pytest.approx(-(soft * logp).sum(-1)[counted].sum() / counted.sum(), rel=1e-10)
+    hard, hard_grads = model.loss_and_grads(ids, targets, condition=cond, workers=2)
+    one_hot, one_hot_grads = model.loss_and_grads(ids, targets, condition=cond, workers=2,
+                                                  soft=np.eye(V)[np.maximum(targets, 0)])
+    assert one_hot == pytest.approx(hard, rel=1e-12)
+    for name, g in hard_grads.items():
+        np.testing.assert_allclose(one_hot_grads[name], g, rtol=1e-10, atol=1e-13)
+
+
 def test_condition_decode_steps_equal_the_full_forward():
     model = _conditioned(period=4).astype(np.float32)
     rng = np.random.default_rng(14)

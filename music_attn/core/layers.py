@@ -647,13 +647,16 @@ class CrossEntropyCache(NamedTuple):
     targets: np.ndarray      # (N,)
     valid: np.ndarray        # (N,) bool: targets >= 0
     count: int
+    soft: np.ndarray = None  # (N, V) target distributions, or None: one-hot targets
 
 
-def cross_entropy_forward(logits, targets, count=None):
+def cross_entropy_forward(logits, targets, count=None, soft=None):
     """Mean negative log-likelihood of ``targets`` (negative targets are ignored).
 
     logits (..., V), targets (...) int -> scalar loss (nats per counted token).
     ``count`` overrides the number of tokens to divide by (a part of a larger batch).
+    ``soft`` (..., V): a target distribution per position instead of the one-hot of
+    ``targets`` (which then only marks the positions counted): ``-sum_v soft_v log p_v``.
     """
     V = logits.shape[-1]
     logits = logits.reshape(-1, V)                              # (..., V) -> (N, V)
@@ -662,17 +665,24 @@ def cross_entropy_forward(logits, targets, count=None):
     valid = targets >= 0
     count = max(int(valid.sum()), 1) if count is None else count
     rows = np.flatnonzero(valid)
-    loss = -float(np.sum(logp[rows, targets[rows]])) / count
+    if soft is not None:
+        soft = np.asarray(soft, dtype=logp.dtype).reshape(-1, V)
+        loss = -float(np.sum(soft[rows] * logp[rows])) / count
+    else:
+        loss = -float(np.sum(logp[rows, targets[rows]])) / count
     probs = np.exp(logp, out=logp)
-    return loss, CrossEntropyCache(probs, targets, valid, count)
+    return loss, CrossEntropyCache(probs, targets, valid, count, soft)
 
 
 def cross_entropy_backward(dloss, cache, shape=None):
     """d logits (N, V) (reshaped to ``shape`` when given)."""
-    probs, targets, valid, count = cache
+    probs, targets, valid, count, soft = cache
     # forward was: loss = -mean(log_softmax(logits)[target])  =>  d logits = probs - onehot(target)
     dlogits = probs * (dloss / count)
     rows = np.flatnonzero(valid)
-    dlogits[rows, targets[rows]] -= dloss / count
+    if soft is not None:                                        # d logits = probs - soft
+        dlogits[rows] -= soft[rows] * (dloss / count)
+    else:
+        dlogits[rows, targets[rows]] -= dloss / count
     dlogits[~valid] = 0.0
     return dlogits if shape is None else dlogits.reshape(shape)

@@ -392,7 +392,7 @@ class Model:
             state = cache.work["decode"] = (self.params, weights, work)
         return state[1], state[2]
 
-    def loss_and_grads(self, ids, targets, *, workers=None, rng=None, condition=None):
+    def loss_and_grads(self, ids, targets, *, workers=None, rng=None, condition=None, soft=None):
         """Mean cross-entropy of ``targets`` given ``ids`` and its gradient.
 
         Parameters
@@ -405,6 +405,8 @@ class Model:
         rng : np.random.Generator drawing the dropout masks (one seed per
             batch part); None, or ``config.dropout == 0``, trains without dropout.
         condition : (B, T, K) int condition tokens, for a model with ``config.condition``.
+        soft : (B, T, V) a target distribution per position (distillation), in place of
+            the one-hot of ``targets``, which then only marks the positions counted.
 
         Returns
         -------
@@ -415,9 +417,9 @@ class Model:
         count = max(int(np.sum(targets >= 0)), 1)
         parts = _row_parts(len(ids), workers)
         rngs = _part_rngs(rng if self.config.dropout else None, len(parts))
-        cond = _rows_of(condition)
+        cond, dist = _rows_of(condition), _rows_of(soft)
         results = parallel_map(lambda k: self._loss_and_grads(ids[parts[k]], targets[parts[k]], count, rngs[k],
-                                                               cond(parts[k])),
+                                                               cond(parts[k]), dist(parts[k])),
                                range(len(parts)), workers)
         loss, grads = results[0]
         for part_loss, part_grads in results[1:]:
@@ -426,10 +428,10 @@ class Model:
                 grads[name] += g
         return loss, grads
 
-    def _loss_and_grads(self, ids, targets, count, rng=None, condition=None):
+    def _loss_and_grads(self, ids, targets, count, rng=None, condition=None, soft=None):
         """Summed cross-entropy / ``count`` of these rows and its gradient (dropout drawn from ``rng``)."""
         logits, fwd = self._forward(ids, None, rng, condition)
-        loss, ce = cross_entropy_forward(logits, targets, count)
+        loss, ce = cross_entropy_forward(logits, targets, count, soft)
         dlogits = cross_entropy_backward(1.0, ce, logits.shape)
         return loss, self._backward(dlogits, fwd)
 
@@ -559,7 +561,7 @@ class Model:
 
 
 def _rows_of(condition):
-    """rows -> the condition of those batch rows (None stays None)."""
+    """rows -> the condition (or any per-row array) of those batch rows (None stays None)."""
     if condition is None:
         return lambda rows: None
     condition = np.asarray(condition)

@@ -68,8 +68,9 @@ def fitting_shifts(keys, soprano, pitch_range):
 
 
 def dead_after(moved_ids):
-    """bool (n,): True from the first -1 of ``moved_ids`` (n,) on (a note that key cannot spell)."""
-    return np.logical_or.accumulate(np.asarray(moved_ids) < 0)
+    """bool (..., n): True from the first -1 of each row of ``moved_ids`` (..., n) on (a note
+    that key cannot spell)."""
+    return np.logical_or.accumulate(np.asarray(moved_ids) < 0, axis=-1)
 
 
 def mix(probs, tables, live):
