@@ -282,8 +282,8 @@ def run_training(args):
                     keep, v = mean, v_mean
             if v < best:
                 best = v
-                keep.metrics = {"harmonizer_ahead": K, "validation_nats_per_cell": round(v, 6)}
-                save_checkpoint(output, keep.astype(np.float32))
+                save_checkpoint(output, keep.astype(np.float32),
+                                metrics={"harmonizer_ahead": K, "validation_nats_per_cell": round(v, 6)})
             save_checkpoint(state_path, model, train_state=state.to_checkpoint())
             log(f"{minutes:8.2f} {state.step:5d} {record['loss']:10.4f} {record['val_nll']:10.4f} {best:8.4f}{note}")
             losses, t0 = [], time.perf_counter()
