@@ -151,12 +151,13 @@ def harmonization_nll(grid, *, model=None, keys=KEYS, stride=256, total=False):
     tok = model.tokenizer
     ids = tok.encode_grid(grid).ids.astype(np.int64)
     shifts = fitting_shifts(keys, grid[:, 0], tok.pitch_range)
+    cond = _condition(model, grid[:, 0], len(ids))     # the melody fits every key read: cond moves whole
     probs, tables, live = [], [], []
     for s in shifts:
         table = shift_table(tok, s)
         moved = table[ids]
-        cond = _condition(model, np.where(grid[:, 0] >= 0, grid[:, 0] + s, -1), len(ids))
-        probs.append(np.exp(_windows_logp(model, np.where(moved < 0, tok.rest_id, moved), cond, stride)))
+        probs.append(np.exp(_windows_logp(model, np.where(moved < 0, tok.rest_id, moved),
+                                          None if cond is None else table[cond], stride)))
         tables.append(table)
         live.append(~dead_after(moved)[:-1])           # target j reads tokens 0..j
     targets = ids[1:]
@@ -354,9 +355,8 @@ def sample_voices(model, soprano, *, num_samples=1, rng=None, temperature=TEMPER
         return np.concatenate([g for g, _ in parts]), np.concatenate([lp for _, lp in parts])
     tables = np.stack([shift_table(tok, s) for s in shifts])                 # (K, V)
     n_tokens = 1 + 4 * S
-    cond = None
-    if ahead(model):
-        cond = np.stack([_condition(model, np.where(soprano >= 0, soprano + s, -1), n_tokens) for s in shifts])
+    cond = _condition(model, soprano, n_tokens)
+    cond = None if cond is None else tables[:, cond]                          # (K, n, C) in each key
     sop_ids = tables[:, tok.grid_ids(np.column_stack([soprano, np.full((S, 3), -1)]))[:, 0]]   # (K, S)
     low = tok.pitch_range[0]
     pitches = np.arange(low, tok.pitch_range[1] + 1)
