@@ -201,6 +201,19 @@ def test_triplets_and_chords_in_the_melody_are_reported_not_dropped(tmp_path, mo
     assert len(out.notes[out.notes["track"] == 1]) == 5                 # every melody note is in the file
 
 
+def test_a_passage_keeps_the_whole_melody_and_the_voices_sound_under_its_bars_only(tmp_path, model):
+    notes = [(72 + (i % 5), 96 * i, 96 * (i + 1), 80) for i in range(12)]    # 4 bars of 3/4, a quarter each
+    path = _melody_file(tmp_path, notes)
+    out = harmonize(path, model=model, seed=0, bars=(2, 3))
+    melody = out.notes[out.notes["track"] == 1]
+    assert len(melody) == 12                                             # the whole track is kept
+    lower = out.notes[out.notes["track"] >= 2]
+    bar_ticks = 3 * 96
+    assert len(lower) and lower["start_tick"].min() >= bar_ticks and lower["end_tick"].max() <= 3 * bar_ticks
+    with pytest.raises(MusicAttnError, match="bars 6:7 of track .* hold no notes"):
+        harmonize(path, model=model, seed=0, bars=(6, 7))
+
+
 def test_a_track_is_chosen_by_name_and_an_ambiguous_file_is_refused(tmp_path, model):
     bass = track([(0, mido.MetaMessage("track_name", name="Bass line"))] + note_events([(40, 0, 384, 70)], 1))
     path = _melody_file(tmp_path, [(72, 0, 384, 80)], extra_tracks=(bass,))

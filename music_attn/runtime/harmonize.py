@@ -223,7 +223,7 @@ def read_melody(source, *, track=None, bars=None, model_range=(36, 81)):
     messages = []
     if bars is not None:
         bar, _ = select.bars_and_beats(notes, score.time_signatures, score.ticks_per_beat)
-        notes = notes[select.passage_mask(bar, None, bars=bars)]
+        notes = notes[select.passage_mask(bar, notes["start"], bars=bars)]
         if not len(notes):
             raise MusicAttnError(f"{source}: bars {bars[0]}:{bars[1]} of track {info.describe()} hold no notes")
     top = select.top_voice(dataclasses.replace(score, notes=notes)).notes
@@ -293,7 +293,7 @@ def _semitones(shift):
     way = "up" if shift > 0 else "down"
     if not rest:
         return f"{way} {octaves} octave{'s' if octaves > 1 else ''}"
-    return f"{way} {abs(shift)} semitones"
+    return f"{way} {abs(shift)} semitone{'s' if abs(shift) > 1 else ''}"
 
 
 # --------------------------------------------------------------------------- 2. the voices
